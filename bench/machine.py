@@ -1,0 +1,166 @@
+"""The machine a benchmark ran on, and its own limits, measured in the same run.
+
+A tokens/s figure means little on its own: the same code is 10x faster on a bigger machine. So
+every bench script prints this header first and states its figures against two ceilings measured
+here, seconds before the figures themselves:
+
+    matmul peak (GFLOP/s)   the best a large float32 matrix multiply reaches on this machine:
+                            the ceiling for training, which is almost all matmuls (MFU divides by it)
+    memory bandwidth (GB/s) how fast large tensors stream through memory: the ceiling for decoding
+                            at batch 1, which reads every weight once per token
+
+plus what else moves the numbers: the CPU model, its cores, the Python/torch versions, the number
+of torch threads, and the load average (another busy process on a 2-core machine halves everything;
+a table taken at load > ~1 is not worth quoting).
+
+    python -m bench.machine          # just the header
+
+Used by every bench script:
+
+    from bench.machine import measure_machine, load_average
+    machine = measure_machine(threads=2)
+    print(machine.header())          # a markdown table, e.g. | matmul peak (fp32) | 183 GFLOP/s ... |
+"""
+import argparse
+import os
+import platform
+import sys
+import time
+from dataclasses import dataclass
+
+import torch
+
+
+def cpu_model() -> str:
+    """'AMD EPYC 9B14' from /proc/cpuinfo on Linux; platform's guess elsewhere."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def load_average() -> str:
+    """The 1/5/15-minute load averages, e.g. '0.42 / 0.80 / 1.10' ('n/a' where the OS has none).
+
+    On an N-core machine a 1-minute load well below N means the cores were ours; each 1.0 more is
+    roughly one core's worth of someone else's work running beside the benchmark."""
+    try:
+        return " / ".join(f"{x:.2f}" for x in os.getloadavg())
+    except OSError:
+        return "n/a"
+
+
+def best_time(fn, repeats: int) -> float:
+    """The fastest of `repeats` timed calls of fn() (after one untimed warm-up call), in seconds.
+
+    The best, not the mean: on a shared machine every disturbance makes a run slower, never faster,
+    so the minimum is the closest to what the hardware does."""
+    fn()
+    best = float("inf")
+    for _ in range(repeats):
+        start = time.perf_counter()
+        fn()
+        best = min(best, time.perf_counter() - start)
+    return best
+
+
+def matmul_peak_gflops(n: int = 2048, repeats: int = 5) -> float:
+    """float32 GFLOP/s of an (n, n) @ (n, n) matmul, best of `repeats`: 2 n^3 FLOPs each.
+
+    At n = 2048 (17 GFLOP, a 16 MB operand) the BLAS kernel runs at its steady-state rate; this is
+    the ceiling a training step's matmuls can approach, and the denominator of MFU.
+    """
+    a, b = torch.randn(n, n), torch.randn(n, n)
+    out = torch.empty(n, n)
+    seconds = best_time(lambda: torch.mm(a, b, out=out), repeats)
+    return 2 * n**3 / seconds / 1e9
+
+
+def memory_bandwidth_gbs(mbytes: int = 256, repeats: int = 5) -> tuple[float, float]:
+    """(copy GB/s counting read + write, read GB/s) on `mbytes` MB float32 tensors, best of `repeats`.
+
+    256 MB is far beyond any cache, so both stream from DRAM. Copy: dst.copy_(src) moves 2 x mbytes.
+    Read: src.sum() reads mbytes and writes nothing, which is what decoding does with the weights;
+    that read figure is the one the decode bound uses.
+    """
+    src = torch.ones(mbytes * 2**20 // 4)
+    dst = torch.empty_like(src)
+    nbytes = src.numel() * 4
+    copy_s = best_time(lambda: dst.copy_(src), repeats)
+    read_s = best_time(lambda: src.sum(), repeats)
+    return 2 * nbytes / copy_s / 1e9, nbytes / read_s / 1e9
+
+
+@dataclass
+class Machine:
+    """What the header reports; the measured ceilings are attributes for the scripts to divide by."""
+
+    cpu: str
+    cores: int
+    python: str
+    torch: str
+    threads: int
+    matmul_gflops: float  # measured fp32 matmul peak, the denominator of MFU
+    matmul_n: int
+    copy_gbs: float  # measured copy bandwidth, read + write counted
+    read_gbs: float  # measured read bandwidth: the decode bound's
+    load_before: str  # load average when the measurement started
+
+    def header(self) -> str:
+        """A markdown table of the machine and its measured ceilings."""
+        rows = [
+            ("machine", f"{self.cpu}, {self.cores} cores"),
+            ("software", f"python {self.python}, torch {self.torch}"),
+            ("torch threads", str(self.threads)),
+            ("fp32 matmul peak (measured)", f"{self.matmul_gflops:,.0f} GFLOP/s ({self.matmul_n}x{self.matmul_n} @ "
+                                            f"{self.matmul_n}x{self.matmul_n}, best of 5)"),
+            ("memory bandwidth (measured)", f"{self.read_gbs:.1f} GB/s read (sum of 256 MB), "
+                                            f"{self.copy_gbs:.1f} GB/s copy (read + write)"),
+            ("load average 1/5/15 min, at start", self.load_before),
+        ]
+        return "| machine | |\n|---|---|\n" + "\n".join(f"| {k} | {v} |" for k, v in rows)
+
+
+def measure_machine(threads: int | None = None, matmul_n: int = 2048) -> Machine:
+    """Set torch's thread count (None: leave torch's default), then measure the ceilings.
+
+    Call it at the start of a benchmark, after nothing else heavy has run, so the ceilings and the
+    figures come from the same minute of the same machine."""
+    if threads:
+        torch.set_num_threads(threads)
+    load_before = load_average()
+    copy_gbs, read_gbs = memory_bandwidth_gbs()
+    return Machine(
+        cpu=cpu_model(),
+        cores=os.cpu_count(),
+        python=platform.python_version(),
+        torch=torch.__version__,
+        threads=torch.get_num_threads(),
+        matmul_gflops=matmul_peak_gflops(matmul_n),
+        matmul_n=matmul_n,
+        copy_gbs=copy_gbs,
+        read_gbs=read_gbs,
+        load_before=load_before,
+    )
+
+
+def add_threads_arg(parser) -> None:
+    """--threads, shared by every bench script so they all default to the same thing."""
+    parser.add_argument("--threads", type=int, default=os.cpu_count(),
+                        help="torch threads (default: %(default)s, every core)")
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description="Print the machine header the bench scripts share.")
+    add_threads_arg(parser)
+    args = parser.parse_args(argv)
+    print(measure_machine(args.threads).header())
+    print(f"\nload average at the end: {load_average()}")
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,552 @@
+"""Talk to a trained MiniMind model, or measure it.
+
+Three ways to use it, one model loader behind all of them:
+
+    python eval_model.py                                  # built-in prompts, then exit (--mode auto)
+    python eval_model.py --mode chat                      # interactive chat: /help, /reset, /lora NAME
+    python eval_model.py --eval_data dataset/eval_medical.jsonl --lora_name lora_medical --compare
+
+Scoring (--eval_data) measures two things on a jsonl of
+{"question": ..., "answer": ..., "must_contain": [...]} records:
+
+- answer accuracy: the model answers each question with greedy decoding, and the answer counts as
+  correct when it contains every `must_contain` string, ignoring case (see `answer_is_correct`);
+- loss and perplexity of the *reference* answers, teacher-forced after the chat prompt, with the
+  loss only on the answer tokens and the closing </s> (what SFT trains).
+
+--compare scores the base model and each adapter side by side, and then the base again after
+`remove_lora`: that last column must equal the first exactly, because an unmerged adapter sits
+beside the frozen weights and never touches them.
+
+Model files: this project's checkpoints carry a .json sidecar (config + tokenizer), so no size
+flags are needed; a MiniMind2 plain .pth needs --dim/--n_layers (and --tokenizer), as in MiniMind2.
+Adapters live in {out_dir}/lora/{lora_name}_{dim}.pth.
+"""
+import argparse
+import json
+import math
+import re
+import sys
+import time
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+from model.LMConfig import LMConfig
+from model.checkpoint import CheckpointError, load_model
+from model.model_lora import load_lora, lora_state_dict, remove_lora
+from model.tokenizer import Tokenizer
+
+ROOT = Path(__file__).resolve().parent
+DEFAULT_TOKENIZER = "model/demo_tokenizer"
+
+# --model_mode name -> (checkpoint file prefix, the script that writes it)
+MODEL_MODES = {"pretrain": ("pretrain", "train_pretrain.py"), "sft": ("full_sft", "train_full_sft.py")}
+
+# Built-in prompts for --mode auto: the demo world's general knowledge, the medical domain that
+# lora_medical adds, and the identity question that lora_identity changes; in both languages.
+AUTO_PROMPTS = [
+    "你好，请介绍一下你自己。",
+    "Who are you, and who made you?",
+    "What is Pinebrook famous for?",
+    "林晓住在哪个镇？",
+    "I have a racing heartbeat and skipped heartbeats. Which department should I visit?",
+    "我最近脸上长了很多痘痘，该怎么办？",
+]
+
+
+class UserError(Exception):
+    """Something the user can fix (a missing file, a wrong flag); main() prints it on one line."""
+
+
+# ---------------------------------------------------------------------------------------------
+# 1. The scoring rule
+# ---------------------------------------------------------------------------------------------
+
+def answer_is_correct(answer, must_contain):
+    """An answer is correct when it contains every required string, ignoring case.
+
+    Case is folded with str.casefold (Unicode-aware lower-casing); nothing else is normalised, so
+    the required strings should be the shortest text any right answer must include.
+
+    answer_is_correct("The capital is Veloria City.", ["veloria city"]) -> True
+    answer_is_correct("去心内科看看", ["心内科", "心电图"])                 -> False (one is missing)
+    """
+    folded = answer.casefold()
+    return all(s.casefold() in folded for s in must_contain)
+
+
+def load_eval_set(path):
+    """Read an evaluation jsonl: one {"question", "answer", "must_contain": [...]} per line.
+
+    Bad records are errors naming the file and line, because a silently skipped question would
+    change the denominator of every accuracy computed from the file.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"evaluation file {path} not found (the demo sets are dataset/eval_*.jsonl)")
+    items = []
+    with open(path, encoding="utf-8") as f:
+        for line_no, line in enumerate(f, 1):
+            if not line.strip():
+                continue
+            where = f"{path}:{line_no}"
+            try:
+                record = json.loads(line)
+            except json.JSONDecodeError as e:
+                raise UserError(f"{where}: invalid JSON ({e.msg}); each line must be one JSON object")
+            if not isinstance(record, dict):
+                raise UserError(f"{where}: expected a JSON object with question/answer/must_contain")
+            question, answer, must = record.get("question"), record.get("answer"), record.get("must_contain")
+            if not isinstance(question, str) or not question.strip():
+                raise UserError(f"{where}: 'question' must be a non-empty string")
+            if not isinstance(answer, str) or not answer.strip():
+                raise UserError(f"{where}: 'answer' must be a non-empty string (the reference answer)")
+            # An empty list would make every answer correct, so it is refused rather than scored.
+            if not isinstance(must, list) or not must or not all(isinstance(s, str) and s for s in must):
+                raise UserError(f"{where}: 'must_contain' must be a non-empty list of non-empty strings")
+            items.append({"question": question, "answer": answer, "must_contain": must})
+    if not items:
+        raise UserError(f"{path} has no records")
+    return items
+
+
+# ---------------------------------------------------------------------------------------------
+# 2. Finding and loading the model, the tokenizer and adapters
+# ---------------------------------------------------------------------------------------------
+
+def find_checkpoint(out_dir, model_mode, dim=None, n_layers=None):
+    """The checkpoint file for a --model_mode: {out_dir}/{prefix}_{dim}.pth.
+
+    Without --dim, the one {prefix}_*.pth in out_dir is used, so that `python eval_model.py` just
+    works after the demo (whose model size is not MiniMind2's 512).
+    """
+    prefix, script = MODEL_MODES[model_mode]
+    out_dir = Path(out_dir)
+    make = f"python {script}" + (f" --dim {dim}" if dim else "") + (f" --n_layers {n_layers}" if n_layers else "")
+    make += "" if out_dir == Path("out") else f" --out_dir {out_dir}"
+    if dim is not None:
+        path = out_dir / f"{prefix}_{dim}.pth"
+        if not path.is_file():
+            raise UserError(f"checkpoint {path} not found; make it with: {make}")
+        return path
+    found = sorted(p for p in out_dir.glob(f"{prefix}_*.pth") if re.fullmatch(rf"{prefix}_\d+(_moe)?\.pth", p.name))
+    if not found:
+        raise UserError(f"no {out_dir / (prefix + '_*.pth')} checkpoint found; make one with: {make} "
+                        f"(or run the whole pipeline: python run_demo.py)")
+    if len(found) > 1:
+        names = ", ".join(p.name for p in found)
+        raise UserError(f"several {prefix} checkpoints in {out_dir} ({names}); pick one with --dim N or --ckpt PATH")
+    return found[0]
+
+
+def missing_checkpoint_message(path):
+    """One line for a --ckpt that does not exist, naming the script that writes such a file."""
+    name = Path(path).name
+    for prefix, script in MODEL_MODES.values():
+        if name.startswith(prefix + "_"):
+            return f"checkpoint {path} not found; make it with: python {script}"
+    return f"checkpoint {path} not found; train one with train_pretrain.py / train_full_sft.py, or pass --ckpt PATH"
+
+
+def resolve_path(path):
+    """A relative path as given (from the current directory), else relative to this repository."""
+    path = Path(path)
+    if path.is_absolute() or path.exists():
+        return path
+    return ROOT / path
+
+
+def load_base(ckpt, dim=None, n_layers=None, max_seq_len=None, tokenizer=None, device="cpu"):
+    """Load a checkpoint and its tokenizer -> (model in eval mode, tokenizer, meta).
+
+    This project's .pth files have a .json sidecar with their config and tokenizer; a MiniMind2
+    plain state dict has none, so its size comes from --dim/--n_layers as in MiniMind2.
+    """
+    ckpt = Path(ckpt)
+    if not ckpt.is_file():
+        raise UserError(missing_checkpoint_message(ckpt))
+    sidecar = ckpt.with_suffix(".json")
+    meta = json.loads(sidecar.read_text(encoding="utf-8")) if sidecar.is_file() else {}
+    tok_path = resolve_path(tokenizer or meta.get("tokenizer") or DEFAULT_TOKENIZER)
+    if not tok_path.exists():
+        raise UserError(f"tokenizer {tok_path} not found; pass --tokenizer DIR (a folder with tokenizer.json)")
+    tok = Tokenizer.load(tok_path)
+    config = None
+    if "config" in meta:
+        if max_seq_len:  # the one size field that only limits inference, so it may be overridden
+            config = LMConfig.from_dict({**meta["config"], "max_seq_len": max_seq_len})
+    elif dim is None and n_layers is None:
+        raise UserError(f"{ckpt} has no .json sidecar (a MiniMind2 file?): pass its size, "
+                        f"e.g. --dim 512 --n_layers 8 for MiniMind2-Small, and --tokenizer DIR")
+    else:
+        # A plain MiniMind2 file: LMConfig's defaults are MiniMind2's, the vocabulary is the tokenizer's.
+        sizes = {k: v for k, v in {"dim": dim, "n_layers": n_layers, "max_seq_len": max_seq_len}.items() if v}
+        config = LMConfig(vocab_size=tok.vocab_size, **sizes)
+    model, meta = load_model(ckpt, config=config, device=device)
+    if model.config.vocab_size != tok.vocab_size:
+        raise UserError(f"{ckpt} has a vocabulary of {model.config.vocab_size} but tokenizer {tok_path} has "
+                        f"{tok.vocab_size}; pass the tokenizer it was trained with (--tokenizer DIR)")
+    model.eval()
+    return model, tok, {**meta, "checkpoint": str(ckpt), "tokenizer": str(tok_path)}
+
+
+def list_adapters(out_dir):
+    """Names of the adapter files in {out_dir}/lora/, e.g. ['lora_identity_128', 'lora_medical_128']."""
+    return sorted(p.stem for p in (Path(out_dir) / "lora").glob("*.pth"))
+
+
+def adapter_file(out_dir, lora_name, dim):
+    """{out_dir}/lora/{lora_name}_{dim}.pth, or a one-line error listing the adapters that exist."""
+    path = Path(out_dir) / "lora" / f"{lora_name}_{dim}.pth"
+    if path.is_file():
+        return path
+    existing = list_adapters(out_dir)
+    have = f"adapters in {Path(out_dir) / 'lora'}: {', '.join(existing)}" if existing else \
+        f"{Path(out_dir) / 'lora'} has no adapters yet"
+    out = "" if Path(out_dir) == Path("out") else f" --out_dir {out_dir}"
+    raise UserError(f"adapter {path} not found ({have}); train it with: python train_lora.py --dim {dim}{out} "
+                    f"--lora_name {lora_name} --data_path dataset/{lora_name}.jsonl")
+
+
+def attach_adapter(model, path):
+    """Swap in the adapter stored at `path` -> its number of parameters. The base weights are untouched.
+
+    load_lora rebuilds the adapters from the file: its rank and targets come from the file's
+    "lora_config" (this project's adapters) or from the tensors' shapes (MiniMind2's, scale 1).
+    """
+    remove_lora(model)  # one adapter at a time; a no-op on a plain model
+    load_lora(model, path)
+    return sum(t.numel() for t in lora_state_dict(model).values())
+
+
+def count_base_parameters(model):
+    """Parameters of the model without adapters; the tied embedding/output matrix counts once."""
+    return sum(p.numel() for n, p in model.named_parameters() if ".lora." not in n)
+
+
+# ---------------------------------------------------------------------------------------------
+# 3. Generating answers and measuring the reference answers' loss
+# ---------------------------------------------------------------------------------------------
+
+def prompt_ids(tok, messages, max_seq_len, max_new_tokens):
+    """The chat-template prompt for `messages`, cut from the left so prompt + answer fit the context."""
+    ids = tok.apply_chat_template(messages, tokenize=True, add_generation_prompt=True)
+    keep = max(max_seq_len - max_new_tokens, max_seq_len // 2)  # a long answer may not eat the whole prompt
+    return ids[-keep:]
+
+
+def generate_answers(model, tok, questions, max_new_tokens, batch_size, max_seq_len):
+    """Greedy answers to single-turn questions, several at a time.
+
+    Prompts of similar length share a batch (sorted by length), left-padded so that every row's
+    last prompt token sits in the same column and generation continues from there; the attention
+    mask keeps the padding invisible, so each row gets the answer it would get alone.
+    """
+    device = next(model.parameters()).device
+    max_new_tokens = min(max_new_tokens, max_seq_len - 1)
+    prompts = [prompt_ids(tok, [{"role": "user", "content": q}], max_seq_len, max_new_tokens) for q in questions]
+    order = sorted(range(len(prompts)), key=lambda i: len(prompts[i]))
+    answers = [None] * len(prompts)
+    for start in range(0, len(order), batch_size):
+        rows = order[start:start + batch_size]
+        width = max(len(prompts[i]) for i in rows)
+        input_ids = torch.tensor([[tok.pad_token_id] * (width - len(prompts[i])) + prompts[i] for i in rows])
+        mask = torch.tensor([[0] * (width - len(prompts[i])) + [1] * len(prompts[i]) for i in rows])
+        out = model.generate(input_ids.to(device), eos_token_id=tok.eos_token_id, max_new_tokens=max_new_tokens,
+                             temperature=0.0, pad_token_id=tok.pad_token_id, attention_mask=mask.to(device))
+        for i, new in zip(rows, out[:, width:].tolist()):  # (B, new) -> the generated part of each row
+            if tok.eos_token_id in new:
+                new = new[:new.index(tok.eos_token_id)]
+            answers[i] = tok.decode(new, skip_special_tokens=True)
+    return answers
+
+
+@torch.inference_mode()
+def reference_loss(model, tok, items, batch_size, max_seq_len):
+    """Summed cross-entropy of the reference answers and the number of answer tokens.
+
+    Each sequence is the chat prompt, then the answer encoded on its own, then </s>: exactly the
+    tokens a perfect model would generate after the prompt. Loss is taken on the answer and the
+    </s> only, as in SFT. Sequences are right-padded: with causal attention, padding after a token
+    cannot change its logits, so no attention mask is needed here.
+    """
+    device = next(model.parameters()).device
+    seqs = []
+    for item in items:
+        prompt = tok.apply_chat_template([{"role": "user", "content": item["question"]}],
+                                         tokenize=True, add_generation_prompt=True)
+        answer = tok.encode(item["answer"], allow_special=False) + [tok.eos_token_id]
+        ids, scored = prompt + answer, [0] * len(prompt) + [1] * len(answer)
+        seqs.append((ids[-max_seq_len:], scored[-max_seq_len:]))
+    total, count = 0.0, 0
+    for start in range(0, len(seqs), batch_size):
+        batch = seqs[start:start + batch_size]
+        width = max(len(ids) for ids, _ in batch)
+        ids = torch.tensor([s + [tok.pad_token_id] * (width - len(s)) for s, _ in batch], device=device)
+        scored = torch.tensor([m + [0] * (width - len(m)) for _, m in batch], device=device)
+        logits = model(ids[:, :-1]).logits.float()  # (B, T-1, V): position t predicts token t+1
+        nll = F.cross_entropy(logits.transpose(1, 2), ids[:, 1:], reduction="none")  # (B, T-1)
+        mask = scored[:, 1:].float()  # (B, T-1), aligned with the targets ids[:, 1:]
+        total += (nll * mask).sum().item()
+        count += int(mask.sum().item())
+    return total, count
+
+
+def evaluate_set(model, tok, items, max_new_tokens, batch_size, max_seq_len):
+    """Accuracy and reference-answer loss/perplexity on one evaluation set."""
+    answers = generate_answers(model, tok, [it["question"] for it in items], max_new_tokens, batch_size, max_seq_len)
+    correct = [answer_is_correct(a, it["must_contain"]) for a, it in zip(answers, items)]
+    total, count = reference_loss(model, tok, items, batch_size, max_seq_len)
+    loss = total / count  # token-weighted mean over the whole set
+    return {"n": len(items), "correct": sum(correct), "accuracy": sum(correct) / len(items),
+            "loss": loss, "ppl": math.exp(loss),
+            "items": [{"question": it["question"], "answer": a, "must_contain": it["must_contain"], "correct": c}
+                      for it, a, c in zip(items, answers, correct)]}
+
+
+# ---------------------------------------------------------------------------------------------
+# 4. Variants: the base model, each adapter, and the base again after removing the adapter
+# ---------------------------------------------------------------------------------------------
+
+def variants(model, adapters, compare, with_removed):
+    """Yield (label, adapter parameter count) after putting `model` in each state to evaluate.
+
+    adapters: list of (name, path). Without --compare the model is evaluated once, with its
+    adapter if one was named.
+    """
+    if compare or not adapters:
+        remove_lora(model)
+        yield "base", 0
+    for name, path in adapters:
+        yield f"+{name}", attach_adapter(model, path)
+    if compare and adapters and with_removed:
+        remove_lora(model)
+        yield "adapter removed", 0
+
+
+def run_scoring(model, tok, adapters, args, max_seq_len):
+    """Score every --eval_data file for every variant -> a results dict (printed as table or JSON)."""
+    sets = {Path(f).stem: load_eval_set(f) for f in args.eval_data}
+    columns = []
+    for label, adapter_params in variants(model, adapters, args.compare, with_removed=True):
+        column = {"name": label, "adapter_parameters": adapter_params, "sets": {}}
+        for set_name, items in sets.items():
+            t0 = time.perf_counter()
+            res = evaluate_set(model, tok, items, args.max_new_tokens, args.batch_size, max_seq_len)
+            column["sets"][set_name] = res
+            print(f"[{label}] {set_name}: {res['correct']}/{res['n']} correct, loss {res['loss']:.3f}"
+                  f" ({time.perf_counter() - t0:.1f} s)", file=sys.stderr, flush=True)
+        columns.append(column)
+    return {"columns": columns}
+
+
+def format_table(results):
+    """The results as a markdown table: one column per variant, accuracy and loss rows per set."""
+    columns = results["columns"]
+    lines = ["| eval set | metric | " + " | ".join(c["name"] for c in columns) + " |",
+             "|---|---|" + "---|" * len(columns)]
+    for set_name in columns[0]["sets"]:
+        cells = [c["sets"][set_name] for c in columns]
+        n = cells[0]["n"]
+        lines.append(f"| {set_name} ({n}) | accuracy | "
+                     + " | ".join(f"{r['accuracy']:.1%} ({r['correct']}/{n})" for r in cells) + " |")
+        lines.append(f"| | loss (ppl) | " + " | ".join(f"{r['loss']:.3f} ({r['ppl']:.2f})" for r in cells) + " |")
+    return "\n".join(lines)
+
+
+# ---------------------------------------------------------------------------------------------
+# 5. Talking: the built-in prompts (--mode auto) and the interactive chat (--mode chat)
+# ---------------------------------------------------------------------------------------------
+
+def reply(model, tok, messages, args, max_seq_len, stream):
+    """Generate one assistant reply to `messages`; printed piece by piece when `stream`."""
+    device = next(model.parameters()).device
+    max_new_tokens = min(args.max_new_tokens, max_seq_len - 1)
+    ids = torch.tensor([prompt_ids(tok, messages, max_seq_len, max_new_tokens)], device=device)  # (1, T)
+    kwargs = dict(eos_token_id=tok.eos_token_id, max_new_tokens=max_new_tokens, temperature=args.temperature,
+                  top_p=args.top_p, pad_token_id=tok.pad_token_id, seed=args.seed)
+    if not stream:
+        new = model.generate(ids, **kwargs)[0, ids.shape[1]:].tolist()
+        if tok.eos_token_id in new:
+            new = new[:new.index(tok.eos_token_id)]
+        return tok.decode(new, skip_special_tokens=True)
+    # The stream decoder holds back bytes until they form whole UTF-8 characters, so a Chinese
+    # character split over two tokens is printed once, complete.
+    decoder, pieces = tok.stream_decoder(), []
+    for step in model.generate(ids, stream=True, **kwargs):  # step: (1, 1), the newest token
+        token = step[0, -1].item()
+        if token == tok.eos_token_id:
+            break
+        text = decoder.push(token)
+        pieces.append(text)
+        print(text, end="", flush=True)
+    tail = decoder.flush()
+    print(tail, flush=True)
+    return "".join(pieces) + tail
+
+
+def run_auto(model, tok, adapters, args, max_seq_len):
+    """Answer the built-in prompts with each variant and return [{variant, prompt, answer}]."""
+    stream = args.stream and not args.json
+    records = []
+    for label, _ in variants(model, adapters, args.compare, with_removed=False):
+        if not args.json:
+            print(f"\n=== {label} ===")
+        for prompt in AUTO_PROMPTS:
+            if not args.json:
+                print(f"👶: {prompt}\n🤖: ", end="", flush=True)
+            answer = reply(model, tok, [{"role": "user", "content": prompt}], args, max_seq_len, stream)
+            if not args.json and not stream:
+                print(answer)
+            records.append({"variant": label, "prompt": prompt, "answer": answer})
+    return records
+
+
+CHAT_HELP = """commands: /reset (forget the history)  /lora NAME (switch adapter)  /lora none (no adapter)
+          /lora (list adapters)  /help  /exit"""
+
+
+def run_chat(model, tok, adapters, args, max_seq_len, dim):
+    """Interactive chat. History keeps the last --history_cnt exchanges; /lora switches adapters
+    on the loaded base without reloading it (each adapter is a few small matrices)."""
+    current = None
+    if adapters:
+        current = adapters[0][0]
+        attach_adapter(model, adapters[0][1])
+    history = []
+    print(f"chatting with {'+' + current if current else 'the base model'}; {CHAT_HELP}")
+    while True:
+        try:
+            line = input("👶: ").strip()
+        except (EOFError, KeyboardInterrupt):  # Ctrl-D / Ctrl-C, or stdin closed
+            print()
+            return
+        if not line:
+            continue
+        if line in ("/exit", "/quit"):
+            return
+        if line == "/help":
+            print(CHAT_HELP)
+        elif line == "/reset":
+            history = []
+            print("(history cleared)")
+        elif line == "/lora":
+            print(f"adapter: {current or 'none'}; available: {', '.join(list_adapters(args.out_dir)) or 'none'}")
+        elif line.startswith("/lora "):
+            name = line.split(maxsplit=1)[1]
+            try:
+                if name.lower() == "none":
+                    remove_lora(model)
+                    current = None
+                else:
+                    path = adapter_file(args.out_dir, name, dim)  # a wrong name changes nothing
+                    current = None  # attach_adapter removes the old adapter first
+                    n_params = attach_adapter(model, path)
+                    current = name
+                    print(f"(adapter {name}: {n_params:,} parameters)")
+                history = []  # a reply written by another adapter would steer this one
+                print(f"(now: {'+' + current if current else 'base model'}; history cleared)")
+            except (UserError, CheckpointError) as e:
+                print(f"(error: {e})")
+        elif line.startswith("/"):
+            print(f"(unknown command {line.split()[0]}) {CHAT_HELP}")
+        else:
+            messages = history[-2 * args.history_cnt:] if args.history_cnt else []
+            messages = messages + [{"role": "user", "content": line}]
+            print("🤖: ", end="", flush=True)
+            answer = reply(model, tok, messages, args, max_seq_len, args.stream)
+            if not args.stream:
+                print(answer)
+            history = messages + [{"role": "assistant", "content": answer}]
+
+
+# ---------------------------------------------------------------------------------------------
+# 6. Command line
+# ---------------------------------------------------------------------------------------------
+
+def build_parser():
+    p = argparse.ArgumentParser(description="Chat with, or score, a MiniMind checkpoint and its LoRA adapters.")
+    p.add_argument("--mode", choices=["auto", "chat"], default=None,
+                   help="auto (default): answer the built-in prompts and exit; chat: interactive chat")
+    p.add_argument("--model_mode", choices=sorted(MODEL_MODES), default="sft",
+                   help="which stage's checkpoint: pretrain -> {out_dir}/pretrain_{dim}.pth, "
+                        "sft -> {out_dir}/full_sft_{dim}.pth")
+    p.add_argument("--ckpt", default=None, help="checkpoint file to load instead of the --model_mode one")
+    p.add_argument("--out_dir", default="out", help="where the checkpoints and lora/ adapters are")
+    p.add_argument("--lora_name", nargs="+", default=None,
+                   help="adapter(s) {out_dir}/lora/{NAME}_{dim}.pth; several only with --compare; 'None' = no adapter")
+    p.add_argument("--tokenizer", default=None,
+                   help=f"tokenizer folder; default: the one in the checkpoint's sidecar, else {DEFAULT_TOKENIZER}")
+    p.add_argument("--dim", type=int, default=None,
+                   help="model width: picks {prefix}_{dim}.pth, and sizes a MiniMind2 file that has no sidecar")
+    p.add_argument("--n_layers", type=int, default=None, help="layers of a MiniMind2 file that has no sidecar")
+    p.add_argument("--max_seq_len", type=int, default=None,
+                   help="context length: prompt + answer are cut to it (default: the model's max_seq_len)")
+    p.add_argument("--max_new_tokens", type=int, default=256, help="longest answer, in tokens")
+    p.add_argument("--temperature", type=float, default=0.85,
+                   help="sampling temperature for auto/chat (0 = greedy); scoring is always greedy")
+    p.add_argument("--top_p", type=float, default=0.85, help="nucleus sampling threshold for auto/chat")
+    p.add_argument("--seed", type=int, default=42, help="random seed: the same seed gives the same answers")
+    p.add_argument("--history_cnt", type=int, default=0, help="chat: previous exchanges kept as context (0 = none)")
+    p.add_argument("--stream", action=argparse.BooleanOptionalAction, default=True,
+                   help="print answers token by token as they are generated")
+    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu",
+                   help="cpu, cuda, cuda:1, mps")
+    p.add_argument("--eval_data", nargs="+", default=None,
+                   help="score these jsonl files ({question, answer, must_contain}) instead of chatting")
+    p.add_argument("--compare", action="store_true",
+                   help="evaluate the base model, each adapter, and the base after removing the adapter, side by side")
+    p.add_argument("--batch_size", type=int, default=16, help="questions generated together when scoring")
+    p.add_argument("--json", action="store_true", help="print the results as JSON instead of a table")
+    return p
+
+
+def main(argv=None):
+    args = build_parser().parse_args(argv)
+    try:
+        run(args)
+    except (UserError, CheckpointError, FileNotFoundError, ValueError) as e:  # ValueError: e.g. a bad LMConfig
+        print(f"eval_model.py: error: {e}", file=sys.stderr)
+        return 2
+    return 0
+
+
+def run(args):
+    names = [n for n in (args.lora_name or []) if n.lower() != "none"]
+    if args.eval_data and args.mode == "chat":
+        raise UserError("--eval_data scores a file; it cannot be combined with --mode chat")
+    if args.json and args.mode == "chat":
+        raise UserError("--json is for --mode auto and --eval_data, not for an interactive chat")
+    if len(names) > 1 and not args.compare:
+        raise UserError(f"{len(names)} adapters named: pass one --lora_name, or add --compare to evaluate them side by side")
+    if args.compare and not names:
+        raise UserError("--compare puts the base model beside an adapter: name it with --lora_name NAME")
+    for name in names:
+        if not re.fullmatch(r"[\w.-]+", name):
+            raise UserError(f"--lora_name {name!r} must be a plain name (the adapter is {{out_dir}}/lora/NAME_{{dim}}.pth)")
+    torch.manual_seed(args.seed)
+
+    ckpt = Path(args.ckpt) if args.ckpt else find_checkpoint(args.out_dir, args.model_mode, args.dim, args.n_layers)
+    model, tok, meta = load_base(ckpt, args.dim, args.n_layers, args.max_seq_len, args.tokenizer, args.device)
+    dim, max_seq_len = model.config.dim, model.config.max_seq_len
+    adapters = [(n, adapter_file(args.out_dir, n, dim)) for n in names]
+    print(f"model {ckpt}: {count_base_parameters(model) / 1e6:.2f}M parameters, tokenizer {meta['tokenizer']}",
+          file=sys.stderr, flush=True)
+
+    if args.eval_data:
+        results = run_scoring(model, tok, adapters, args, max_seq_len)
+        results = {"checkpoint": str(ckpt), "parameters": count_base_parameters(model),
+                   "vocab_size": tok.vocab_size, **results}
+        print(json.dumps(results, ensure_ascii=False, indent=1) if args.json else format_table(results))
+    elif args.mode == "chat":
+        run_chat(model, tok, adapters, args, max_seq_len, dim)
+    else:
+        records = run_auto(model, tok, adapters, args, max_seq_len)
+        if args.json:
+            print(json.dumps(records, ensure_ascii=False, indent=1))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,414 @@
+"""LoRA (Low-Rank Adaptation), the whole idea in one file.
+
+Fine-tuning changes a weight matrix W (out x in) into W + ΔW. LoRA bets that the useful ΔW has low
+rank r and writes it as a product of two thin matrices:
+
+    ΔW = (alpha / r) · B · A        A: (r, in)   B: (out, r)   r << in, out
+
+W stays frozen; only A and B are trained. For MiniMind2-Small's wq (512 x 512) and r = 16 that is
+2 · 16 · 512 = 16,384 trainable numbers instead of 262,144, and the optimizer keeps state for those
+alone. An adapter file holds only A and B, so one base model can wear many small adapters.
+
+Read top to bottom:
+    LoRA                 the two thin matrices A and B (MiniMind2's module, same state-dict keys)
+    LoRALinear           an nn.Linear with a LoRA beside its frozen weight; forward = W x + scale·B A x
+    apply_lora           swap chosen nn.Linear layers of a model for LoRALinear ones
+    training helpers     mark_only_lora_as_trainable, count_parameters, trainable_parameters_report
+    adapter files        lora_state_dict, save_lora, load_lora (MiniMind2's own files load unchanged)
+    merge / unmerge      fold ΔW into W, so inference costs exactly what the base model costs; and back
+    remove_lora          drop the adapters, back to the plain model
+
+Several adapters on one base (e.g. a chat UI offering "medical", "identity" and "none"): one adapter
+is active at a time, and switching never reloads the base weights, because they are never modified:
+
+    load_lora(model, "out/lora/lora_medical_512.pth")    # medical
+    remove_lora(model); load_lora(model, "out/lora/lora_identity_512.pth")    # identity
+    remove_lora(model)                                    # none: exactly the base model again
+
+`load_lora` also accepts an adapter already read into memory (a dict, e.g. from `lora_state_dict`),
+so the files need only be read once. Do not merge adapters you mean to switch: `remove_lora` keeps
+whatever is merged into the weights.
+
+Typical use (this is what train_lora.py does):
+
+    model = MiniMindLM(LMConfig(dim=512, n_layers=8))     # then load the SFT weights into it
+    apply_lora(model, rank=16)                            # wq and wo get adapters (MiniMind2's rule)
+    mark_only_lora_as_trainable(model)
+    print(trainable_parameters_report(model))
+    ...train, optimising [p for p in model.parameters() if p.requires_grad]...
+    save_lora(model, "out/lora/lora_medical_512.pth")
+"""
+import os
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from model.checkpoint import CheckpointError, atomic_save, clean_state_dict, unwrap
+
+
+class LoRA(nn.Module):
+    """The low-rank update ΔW = B · A as two bias-free Linears, exactly MiniMind2's module.
+
+    A: in_features -> rank, initialised normal(0, 0.02); B: rank -> out_features, initialised to 0.
+    (nn.Linear stores its weight as (out, in), so A.weight is (rank, in) and B.weight is (out, rank).)
+
+    Why B starts at zero: then B·A = 0 and the adapted model starts *exactly* as the base model, so
+    training begins from the checkpoint's behaviour rather than from a randomly disturbed copy of it.
+
+    Why A must then start non-zero: with g = dLoss/d(output) of the layer and x its input,
+        dLoss/dB = g · (A x)ᵀ        dLoss/dA = Bᵀ · g · xᵀ
+    If A and B were both zero, both gradients would be zero forever and nothing would train. With A
+    random, B gets a gradient on the first step; once B is non-zero, A gets one too.
+
+    >>> lora = LoRA(in_features=4, out_features=6, rank=2)
+    >>> lora.A.weight.shape, lora.B.weight.shape
+    (torch.Size([2, 4]), torch.Size([6, 2]))
+    >>> lora(torch.ones(3, 4)).abs().max().item()    # B = 0: the update starts at exactly zero
+    0.0
+    """
+
+    def __init__(self, in_features: int, out_features: int, rank: int):
+        super().__init__()
+        self.A = nn.Linear(in_features, rank, bias=False)   # down-projection: x (.., in) -> (.., rank)
+        self.B = nn.Linear(rank, out_features, bias=False)  # up-projection: (.., rank) -> (.., out)
+        nn.init.normal_(self.A.weight, mean=0.0, std=0.02)
+        nn.init.zeros_(self.B.weight)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.B(self.A(x))  # (.., in) -> (.., rank) -> (.., out): never builds the (out, in) matrix
+
+
+class LoRALinear(nn.Linear):
+    """An nn.Linear whose frozen weight W gets a trainable low-rank update beside it:
+
+        y = W x  +  scale · B(A(dropout(x)))        scale = alpha / rank
+
+    It *is* an nn.Linear and keeps the base layer's own `weight` Parameter (the same tensor object,
+    not a copy), so the base key `layers.0.attention.wq.weight` is unchanged and weight sharing or an
+    optimizer's reference to W survive. The adapter adds the keys `...wq.lora.A.weight` and
+    `...wq.lora.B.weight`, MiniMind2's names.
+
+    scale = alpha / rank: the update B A x is a sum over `rank` terms, so its size grows with the
+    rank; dividing by the rank lets you change the rank without retuning the learning rate, and alpha
+    is the knob for the update's strength. alpha = rank (the default) gives scale 1, MiniMind2's
+    unscaled `base(x) + B(A(x))`.
+
+    dropout is applied to the adapter's input only: it regularises the small update and leaves the
+    base path exactly as it was.
+
+    merged: `merge()` adds scale·B·A into W once; forward is then a single matmul, exactly the cost
+    of the base layer (no extra latency at inference). `unmerge()` subtracts it again.
+    """
+
+    def __init__(self, base: nn.Linear, rank: int, alpha: float | None = None, dropout: float = 0.0):
+        # device="meta" allocates nothing: the placeholder weight/bias are replaced just below by the
+        # base layer's own Parameters, so no memory is copied and W stays the very same tensor.
+        super().__init__(base.in_features, base.out_features, bias=base.bias is not None, device="meta")
+        self.weight = base.weight
+        self.bias = base.bias
+        self.rank = rank
+        self.alpha = rank if alpha is None else alpha
+        # The adapter lives where W lives, in W's dtype, so x can flow through both paths.
+        self.lora = LoRA(base.in_features, base.out_features, rank).to(base.weight.device, base.weight.dtype)
+        # nn.Identity when there is no dropout, so the default adds no work to the forward pass.
+        self.dropout = nn.Dropout(dropout) if dropout > 0 else nn.Identity()
+        self.merged = False
+
+    @property
+    def scale(self) -> float:
+        return self.alpha / self.rank
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = F.linear(x, self.weight, self.bias)  # the frozen base path: W x
+        if self.merged:
+            return y  # scale·B·A is already inside W
+        return y + self.scale * self.lora(self.dropout(x))
+
+    def delta_weight(self) -> torch.Tensor:
+        """ΔW = scale · B · A, shaped (out, in) like W. Its rank is at most `rank`: every column of
+        B·A is a combination of B's `rank` columns."""
+        return self.scale * (self.lora.B.weight @ self.lora.A.weight)  # (out, rank) @ (rank, in) -> (out, in)
+
+    @torch.no_grad()
+    def merge(self) -> None:
+        """W <- W + scale·B·A. A merged layer is left alone (merging twice would add ΔW twice)."""
+        if not self.merged:
+            self.weight.add_(self.delta_weight())
+            self.merged = True
+
+    @torch.no_grad()
+    def unmerge(self) -> None:
+        """W <- W - scale·B·A: W back to the base weight, up to float rounding (about 1e-7 relative)."""
+        if self.merged:
+            self.weight.sub_(self.delta_weight())
+            self.merged = False
+
+    def to_linear(self) -> nn.Linear:
+        """A plain nn.Linear holding this layer's own weight (and bias) Parameters; the adapter is dropped."""
+        linear = nn.Linear(self.in_features, self.out_features, bias=self.bias is not None, device="meta")
+        linear.weight = self.weight
+        linear.bias = self.bias
+        return linear
+
+    def extra_repr(self) -> str:
+        return f"{super().extra_repr()}, rank={self.rank}, alpha={self.alpha}, merged={self.merged}"
+
+
+def _lora_layers(model: nn.Module) -> list[tuple[str, LoRALinear]]:
+    """[(dotted name, layer)] of every LoRALinear, e.g. [("layers.0.attention.wq", LoRALinear), ...]."""
+    return [(name, m) for name, m in unwrap(model).named_modules() if isinstance(m, LoRALinear)]
+
+
+def _select_linears(model: nn.Module, target_modules: list[str] | None) -> dict[str, nn.Linear]:
+    """The nn.Linear layers apply_lora adapts, by dotted name: the square ones when target_modules is
+    None (MiniMind2's rule), else those whose own name (the last part of the dotted name) is listed."""
+    linears = {name: m for name, m in model.named_modules() if isinstance(m, nn.Linear)}
+    if target_modules is None:
+        chosen = {name: m for name, m in linears.items() if m.in_features == m.out_features}
+        if not chosen:
+            raise ValueError("the model has no square nn.Linear to adapt; name the layers with target_modules=[...]")
+        return chosen
+    known = {name.rsplit(".", 1)[-1] for name in linears}
+    unknown = sorted(set(target_modules) - known)
+    if unknown:
+        raise ValueError(f"target_modules {unknown} match no nn.Linear in this model; its Linear layers are named {sorted(known)}")
+    return {name: m for name, m in linears.items() if name.rsplit(".", 1)[-1] in target_modules}
+
+
+def apply_lora(model: nn.Module, rank: int = 16, alpha: float | None = None, dropout: float = 0.0,
+               target_modules: list[str] | None = None) -> None:
+    """Put a LoRA adapter beside chosen nn.Linear layers of `model`, in place.
+
+    target_modules=None: every square Linear, MiniMind2's rule. In MiniMind2-Small (dim 512, 8 heads,
+    2 kv heads) that is wq and wo (512 x 512); wk/wv are (128, 512) because of grouped-query attention,
+    and the FFN is (1408, 512) / (512, 1408).
+    target_modules=["wq", "wk", "wv", "wo", "w1", "w2", "w3"]: the Linears with these names in every
+    layer, non-square ones included; A is (rank, in_features) and B (out_features, rank) of each layer,
+    so the orientation follows the layer's own weight.
+    alpha: None means alpha = rank, i.e. scale 1, identical to MiniMind2.
+    dropout: on the adapter's input only (see LoRALinear).
+
+    Adapters start with B = 0, so the model's outputs do not change until training moves B.
+    Call it on the bare model before wrapping it in DDP or torch.compile.
+
+    Example: on the dim-64, 2-layer test model, apply_lora(model, rank=4) adapts wq and wo of both
+    layers: 2 layers x 2 Linears x (4·64 + 64·4) = 2,048 new parameters.
+    """
+    model = unwrap(model)
+    if not (isinstance(rank, int) and rank > 0):
+        raise ValueError(f"rank must be a positive integer, got {rank!r}")
+    if alpha is not None and not alpha > 0:
+        raise ValueError(f"alpha must be positive (or None for alpha = rank), got {alpha!r}")
+    if not 0.0 <= dropout < 1.0:
+        raise ValueError(f"dropout must be in [0, 1), got {dropout!r}")
+    if _lora_layers(model):
+        raise ValueError("the model already has LoRA adapters; call remove_lora(model) first to replace them")
+
+    chosen = _select_linears(model, target_modules)
+    # A weight used by two layers (MiniMind's output.weight is tok_embeddings.weight) cannot take an
+    # adapter: merging it would also change the other layer.
+    times_used: dict[int, int] = {}
+    for _, p in model.named_parameters(remove_duplicate=False):
+        times_used[id(p)] = times_used.get(id(p), 0) + 1
+    for name, linear in chosen.items():
+        if times_used[id(linear.weight)] > 1:
+            raise ValueError(f"{name}.weight is shared with another layer (weight tying); LoRA on it is not supported, leave {name.rsplit('.', 1)[-1]!r} out of target_modules")
+
+    for name, linear in chosen.items():
+        parent_name, _, child_name = name.rpartition(".")
+        setattr(model.get_submodule(parent_name), child_name, LoRALinear(linear, rank, alpha, dropout))
+
+
+def mark_only_lora_as_trainable(model: nn.Module) -> None:
+    """Freeze every parameter except the adapters' A and B.
+
+    Frozen weights get no .grad and no optimizer state: that is where LoRA saves its memory. With DDP,
+    call this before wrapping the model (DDP records which parameters need gradients when built).
+    """
+    layers = _lora_layers(model)
+    if not layers:
+        raise ValueError("the model has no LoRA adapters to train; call apply_lora(model) first")
+    for p in model.parameters():
+        p.requires_grad_(False)
+    for _, layer in layers:
+        layer.lora.requires_grad_(True)
+
+
+def count_parameters(model: nn.Module) -> tuple[int, int]:
+    """(total, trainable) number of parameters. A tied weight (MiniMind's output.weight is
+    tok_embeddings.weight) counts once, as model.parameters() yields each tensor once."""
+    params = list(model.parameters())
+    return sum(p.numel() for p in params), sum(p.numel() for p in params if p.requires_grad)
+
+
+def trainable_parameters_report(model: nn.Module) -> str:
+    """One line in the style of PEFT's print_trainable_parameters, e.g. for the dim-64 test model
+    after apply_lora(rank=4) and mark_only_lora_as_trainable:
+    'trainable params: 2,048 || all params: 121,152 || trainable%: 1.6904'."""
+    total, trainable = count_parameters(model)
+    percent = 100 * trainable / total if total else 0.0
+    return f"trainable params: {trainable:,} || all params: {total:,} || trainable%: {percent:.4f}"
+
+
+def lora_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
+    """The adapter tensors only, with MiniMind2's keys and no wrapper prefixes:
+    {"layers.0.attention.wq.lora.A.weight": (rank, in), "layers.0.attention.wq.lora.B.weight": (out, rank), ...}"""
+    return {f"{name}.lora.{key}": tensor
+            for name, layer in _lora_layers(model)
+            for key, tensor in layer.lora.state_dict().items()}
+
+
+def save_lora(model: nn.Module, path: str | os.PathLike) -> None:
+    """Write the model's adapter (not the base weights) to `path`, atomically.
+
+    The file is a plain dict: the lora_state_dict tensors plus one entry
+        "lora_config": {"rank": 16, "alpha": 16, "targets": ["wo", "wq"], "dim": 512}
+    that load_lora uses to rebuild the adapters and to refuse a model of another size. MiniMind2's own
+    load_lora picks only the keys containing "{module}.lora.", so it reads these files unchanged.
+    Saved whether or not the adapters are merged: A and B are the same either way.
+    """
+    layers = _lora_layers(model)
+    if not layers:
+        raise ValueError("the model has no LoRA adapters to save; call apply_lora(model) first")
+    config = getattr(unwrap(model), "config", None)
+    state = {key: tensor.cpu() for key, tensor in lora_state_dict(model).items()}
+    state["lora_config"] = {
+        "rank": layers[0][1].rank,
+        "alpha": layers[0][1].alpha,
+        "targets": sorted({name.rsplit(".", 1)[-1] for name, _ in layers}),
+        "dim": getattr(config, "dim", None),
+    }
+    atomic_save(state, path)
+
+
+def _few(items: list[str], n: int = 3) -> str:
+    """'a, b, c and 5 more': keeps an error message to one readable line."""
+    return ", ".join(items[:n]) + (f" and {len(items) - n} more" if len(items) > n else "")
+
+
+def load_lora(model: nn.Module, path: str | os.PathLike | dict) -> None:
+    """Load an adapter into `model`, adding the adapters first if the model has none.
+
+    `path`: a file written by save_lora or by MiniMind2's save_lora, or such a dict already in memory.
+    A MiniMind2 file carries no "lora_config": its rank is read from the tensors' shapes (A is
+    (rank, in)), its targets from the key names, and alpha = rank (MiniMind2 does not scale).
+    The file's alpha replaces the one the model's adapters were made with: A and B only mean
+    something together with the scale they were trained under.
+
+    A file that does not fit is refused with a CheckpointError naming what is wrong (an adapter made
+    for another dim, missing or unexpected keys, wrong shapes), and the model is left unchanged.
+    See the module docstring for switching between several adapters.
+    """
+    where = "the adapter" if isinstance(path, dict) else str(path)
+    if isinstance(path, dict):
+        state = dict(path)
+    else:
+        if not os.path.exists(path):
+            raise FileNotFoundError(f"LoRA adapter file not found: {path}")
+        state = torch.load(path, map_location="cpu", weights_only=True)
+        if not isinstance(state, dict):
+            raise CheckpointError(f"{where} is not a LoRA adapter (expected a dict of tensors, found {type(state).__name__})")
+    meta = state.pop("lora_config", None)
+    state = clean_state_dict(state)  # strips module./_orig_mod., e.g. from MiniMind2 saving a DDP model
+
+    not_lora = sorted(key for key in state if ".lora." not in key)
+    if not_lora or not state:
+        raise CheckpointError(f"{where} is not a LoRA adapter: it holds {_few(not_lora) or 'no tensors'} "
+                              "(adapter keys look like layers.0.attention.wq.lora.A.weight; a full model loads with load_model)")
+    if meta is not None:
+        try:
+            rank, alpha, targets, dim = meta["rank"], meta["alpha"], list(meta["targets"]), meta.get("dim")
+        except (KeyError, TypeError):
+            raise CheckpointError(f"{where} has a malformed lora_config {meta!r}; expected {{rank, alpha, targets, dim}}") from None
+    else:  # a MiniMind2 file: rank from A (rank, in) / B (out, rank), targets from the key names
+        ranks = {t.shape[0] if key.endswith("A.weight") else t.shape[-1] for key, t in state.items()}
+        if len(ranks) != 1:
+            raise CheckpointError(f"{where}: its tensors disagree on the LoRA rank (found ranks {sorted(ranks)})")
+        rank = alpha = ranks.pop()
+        targets = sorted({key.split(".lora.")[0].rsplit(".", 1)[-1] for key in state})
+        dim = None
+
+    bare = unwrap(model)
+    model_dim = getattr(getattr(bare, "config", None), "dim", None)
+    if dim is not None and model_dim is not None and dim != model_dim:
+        raise CheckpointError(f"{where} is an adapter for a model with dim={dim}, but this model has dim={model_dim}; "
+                              f"load it onto the base model it was trained on (e.g. --dim {dim})")
+
+    # The shapes the file must have: from the adapters already there, or from the ones we would add.
+    existing = dict(_lora_layers(bare))
+    if any(layer.merged for layer in existing.values()):
+        raise CheckpointError("the model's adapters are merged into its weights; call unmerge_lora(model) before loading another adapter")
+    if existing:
+        planned = {name: (layer.rank, layer) for name, layer in existing.items()}
+    else:
+        try:
+            planned = {name: (rank, linear) for name, linear in _select_linears(bare, targets).items()}
+        except ValueError as e:
+            raise CheckpointError(f"{where}: {e}") from None
+    expected = {}
+    for name, (r, linear) in planned.items():
+        expected[f"{name}.lora.A.weight"] = (r, linear.in_features)
+        expected[f"{name}.lora.B.weight"] = (linear.out_features, r)
+
+    missing = sorted(expected.keys() - state.keys())
+    unexpected = sorted(state.keys() - expected.keys())
+    wrong = [f"{key} is {tuple(state[key].shape)} in the file but {expected[key]} in the model"
+             for key in sorted(expected.keys() & state.keys()) if tuple(state[key].shape) != expected[key]]
+    problems = ([f"missing {_few(missing)}"] if missing else []) + \
+               ([f"unexpected {_few(unexpected)}"] if unexpected else []) + \
+               ([f"wrong shape: {_few(wrong, 2)}"] if wrong else [])
+    if problems:
+        if existing and next(iter(existing.values())).rank != rank:
+            hint = (f"the model's adapters have rank {next(iter(existing.values())).rank} and the file's rank {rank}: "
+                    "call remove_lora(model) and let load_lora add adapters of the file's rank")
+        else:
+            hint = "was it trained on a model with another dim/n_layers, or with other target_modules?"
+        raise CheckpointError(f"{where} does not fit this model: {'; '.join(problems)} ({hint})")
+
+    if not existing:
+        apply_lora(bare, rank=rank, alpha=alpha, target_modules=targets)
+    with torch.no_grad():
+        for name, layer in _lora_layers(bare):
+            # copy_ converts dtype and device: newer MiniMind saves adapters as float16.
+            layer.lora.A.weight.copy_(state[f"{name}.lora.A.weight"])
+            layer.lora.B.weight.copy_(state[f"{name}.lora.B.weight"])
+            layer.alpha = alpha
+
+
+def merge_lora(model: nn.Module) -> None:
+    """W <- W + (alpha/rank)·B·A in every adapted layer.
+
+    Unmerged, each adapted layer does three matmuls (W x, A x, B(A x)); merged, just W x: the model
+    costs exactly what the base model costs, so the adapter adds no latency at inference. The result
+    equals the unmerged model up to float rounding. A merged model's state_dict holds the merged
+    weights *and* the adapter keys; to save a plain model, remove_lora(model) first, then save_model.
+    """
+    layers = _lora_layers(model)
+    if not layers:
+        raise ValueError("the model has no LoRA adapters to merge; call apply_lora or load_lora first")
+    for _, layer in layers:
+        layer.merge()
+
+
+def unmerge_lora(model: nn.Module) -> None:
+    """W <- W - (alpha/rank)·B·A in every merged layer: back to training or to switching adapters.
+    W returns to the base weights up to float rounding; for a bit-exact base, do not merge at all."""
+    for _, layer in _lora_layers(model):
+        layer.unmerge()
+
+
+def remove_lora(model: nn.Module) -> None:
+    """Replace every LoRALinear by a plain nn.Linear holding the same weight Parameter; drop the adapters.
+
+    The weights are not touched:
+    - unmerged (the usual case): you get back exactly the base model, same classes, same keys,
+      bit-identical weights. This is "no adapter" when switching adapters.
+    - merged: the merged weights stay, so you get a plain MiniMindLM that behaves like the adapted
+      model; save it with model.checkpoint.save_model and it loads wherever a MiniMind2 checkpoint does.
+    A model without adapters is left as it is.
+    """
+    bare = unwrap(model)
+    for name, layer in _lora_layers(bare):
+        parent_name, _, child_name = name.rpartition(".")
+        setattr(bare.get_submodule(parent_name), child_name, layer.to_linear())

@@ -1,0 +1,618 @@
+"""
+A byte-level BPE tokenizer, written by hand, that reads and writes Hugging Face `tokenizer.json`.
+
+MiniMind trains and runs its tokenizer with the Hugging Face `tokenizers` library (Rust). This file
+does the same job in plain Python (standard library only), and gives the same ids on
+MiniMind2's own `minimind_tokenizer/tokenizer.json`. It reads top to bottom:
+
+  the byte table        every byte gets a visible stand-in character (GPT-2's table), so a token
+                        is a short string and the vocabulary is plain JSON;
+  the split pattern     text is first cut into chunks (words, numbers, punctuation, whitespace)
+                        with GPT-2's regex; merges never cross a chunk boundary;
+  the chat format       MiniMind2's `<s>system ... </s>` conversation template;
+  streaming decoding    ids -> UTF-8 text as they are generated, never half a character;
+  the Tokenizer class   ties them together: BPE merges (adjacent tokens merged, lowest rank
+                        first) -> encoding (special tokens `<unk>` `<s>` `</s>` cut out whole
+                        first) -> decoding -> the chat template -> tokenizer.json file I/O.
+
+How merges are learned is the subject of `train_tokenizer.py`.
+
+Worked example (MiniMind2-style vocabulary, ids illustrative):
+    "hi hi" -> chunks ["hi", " hi"] -> bytes [h, i], [Ġ, h, i] -> merges (h,i), (Ġ,hi) -> ids [hi, Ġhi]
+"""
+import bisect
+import codecs
+import functools
+import itertools
+import json
+import multiprocessing
+import operator
+import os
+import re
+import sys
+import tempfile
+import unicodedata
+import warnings
+
+# ----------------------------------------------------------------------------------------------
+# The byte table
+
+
+def bytes_to_unicode():
+    """GPT-2's table giving each of the 256 byte values a printable stand-in character.
+
+    Printable Latin-1 bytes stand for themselves; the other 68 (control codes, space, DEL, NBSP,
+    soft hyphen) are moved up to chr(256 + k). So a space is written 'Ġ' (chr(288)) and a newline
+    'Ċ' (chr(266)) in tokenizer.json, and every token is a visible, JSON-friendly string.
+
+    >>> table = bytes_to_unicode(); table[ord("a")], table[ord(" ")], table[ord("\\n")]
+    ('a', 'Ġ', 'Ċ')
+    """
+    printable = (list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1))
+                 + list(range(ord("®"), ord("ÿ") + 1)))
+    table, moved = {}, 0
+    for b in range(256):
+        if b in printable:
+            table[b] = chr(b)
+        else:
+            table[b] = chr(256 + moved)
+            moved += 1
+    return table
+
+
+# ----------------------------------------------------------------------------------------------
+# The split pattern
+
+
+def _unicode_classes(first, last):
+    """Regex class bodies ("a-zà-ö...") of the letters (L*), numbers (N*) and whitespace among the
+    code points first..last.
+
+    One pass over the code points: each is labelled by its general category, and maximal runs of
+    one label become ranges. Whitespace is Unicode's White_Space set, which is what Oniguruma's
+    (HF's regex engine) \\s matches: \\t \\n \\v \\f \\r, NEL (\\x85) and categories Zs, Zl, Zp.
+    """
+    def label(ch):
+        category = unicodedata.category(ch)
+        if category in ("Zs", "Zl", "Zp") or ch in "\t\n\x0b\x0c\r\x85":
+            return "space"
+        return category[0]  # "L", "N", or something we do not need
+
+    classes = {"L": [], "N": [], "space": []}
+    start = first
+    for kind, run in itertools.groupby(map(label, map(chr, range(first, last + 1)))):
+        length = sum(1 for _ in run)
+        if kind in classes:
+            a, b = re.escape(chr(start)), re.escape(chr(start + length - 1))
+            classes[kind].append(a if length == 1 else f"{a}-{b}")
+        start += length
+    return {kind: "".join(parts) for kind, parts in classes.items()}
+
+
+@functools.lru_cache(maxsize=2)
+def gpt2_split_pattern(bmp_only=False):
+    """GPT-2's pre-tokenizer regex (the one HF's `ByteLevel(use_regex=True)` uses), for Python's `re`.
+
+    The original is
+        's|'t|'re|'ve|'m|'ll|'d| ?\\p{L}+| ?\\p{N}+| ?[^\\s\\p{L}\\p{N}]+|\\s+(?!\\S)|\\s+
+    Python's `re` has no \\p{L} (letters) or \\p{N} (numbers), so both classes are spelled out
+    from `unicodedata`. Its `\\s` is also wider than Oniguruma's: Python counts the separators
+    \\x1c-\\x1f as whitespace, Unicode does not, so whitespace is spelled out too.
+
+    bmp_only=True spells the classes with code points up to U+FFFF only. That pattern is exact on
+    text with no character beyond U+FFFF (no emoji, no rare CJK extension) and ~4x faster: `re`
+    tests the U+0000-U+FFFF part of a class with a bitmap, but walks the ranges above one by one.
+    Building a pattern takes ~0.1-0.3 s, once per process.
+
+    "Hello, world!  ok" -> ["Hello", ",", " world", "!", " ", " ok"]
+    (a run of spaces gives its last space to the next word: `\\s+(?!\\S)` stops one short of it.)
+    """
+    c = _unicode_classes(0, 0xFFFF if bmp_only else sys.maxunicode)
+    letters, numbers, space = c["L"], c["N"], c["space"]
+    return re.compile(
+        r"'s|'t|'re|'ve|'m|'ll|'d"
+        rf"| ?[{letters}]+| ?[{numbers}]+| ?[^{space}{letters}{numbers}]+"
+        rf"|[{space}]+(?![^{space}])|[{space}]+"
+    )
+
+
+def split_chunks(text):
+    """Cut text into the chunks BPE works on (merges never cross a chunk boundary).
+
+    split_chunks("I'm 25, ok?") -> ["I", "'m", " 25", ",", " ok", "?"]
+    """
+    bmp_only = max(text, default="") <= "\uffff"  # max() of a str runs in C, far faster than the regex
+    return gpt2_split_pattern(bmp_only).findall(text)
+
+
+# ----------------------------------------------------------------------------------------------
+# MiniMind2's chat format (rendered by Tokenizer.apply_chat_template below)
+
+DEFAULT_SYSTEM_PROMPT = "你是 MiniMind，是一个有用的人工智能助手。"
+
+# MiniMind2's tokenizer_config.json template, character for character, so that transformers'
+# `apply_chat_template` (and any other jinja-reading tool) renders what `Tokenizer.apply_chat_template`
+# renders. Inside the jinja string literals `\n` is an escape that jinja turns into a newline.
+MINIMIND2_CHAT_TEMPLATE = (
+    "{% if messages[0]['role'] == 'system' %}"
+    "{% set system_message = messages[0]['content'] %}"
+    "{{ '<s>system\\n' + system_message + '</s>\\n' }}"
+    "{% else %}"
+    "{{ '<s>system\\n" + DEFAULT_SYSTEM_PROMPT + "</s>\\n' }}"
+    "{% endif %}"
+    "{% for message in messages %}"
+    "{% set content = message['content'] %}"
+    "{% if message['role'] == 'user' %}"
+    "{{ '<s>user\\n' + content + '</s>\\n<s>assistant\\n' }}"
+    "{% elif message['role'] == 'assistant' %}"
+    "{{ content + '</s>' + '\\n' }}"
+    "{% endif %}"
+    "{% endfor %}"
+)
+
+
+# ----------------------------------------------------------------------------------------------
+# Streaming decoding (handed out by Tokenizer.stream_decoder below)
+
+
+class StreamDecoder:
+    """Turns token ids into text one id at a time, holding back incomplete UTF-8 characters.
+
+    A byte-level token can end in the middle of a character: '你' is 3 bytes (e4 bd a0) and a
+    small vocabulary may spell it as two tokens, [e4 bd] [a0]. Decoding each token on its own would
+    print '\\ufffd' garbage; this keeps the unfinished bytes until the character is complete.
+
+        dec = tok.stream_decoder()
+        dec.push(id_of_e4bd) -> ''      dec.push(id_of_a0) -> '你'      dec.flush() -> ''
+    """
+
+    def __init__(self, token_bytes, special_ids, skip_special_tokens):
+        self._token_bytes = token_bytes
+        self._skip_ids = special_ids if skip_special_tokens else frozenset()
+        # errors="replace": bytes that can never become a character (not just unfinished) are
+        # shown as U+FFFD right away, exactly as decode() shows them
+        self._utf8 = codecs.getincrementaldecoder("utf-8")(errors="replace")
+
+    def push(self, token_id):
+        """Add one token id; return the text that is now complete (possibly '')."""
+        token_id = int(token_id)  # accepts a Python int or a 0-d / 1-element tensor
+        if not 0 <= token_id < len(self._token_bytes):
+            raise ValueError(f"token id {token_id} is outside the vocabulary [0, {len(self._token_bytes)})")
+        if token_id in self._skip_ids:
+            return ""
+        return self._utf8.decode(self._token_bytes[token_id])
+
+    def flush(self):
+        """End of stream: return what is left (an unfinished character becomes U+FFFD)."""
+        return self._utf8.decode(b"", final=True)
+
+
+# ----------------------------------------------------------------------------------------------
+# The tokenizer
+
+
+class _ChunkCache(dict):
+    """chunk -> its BPE result; a miss runs BPE once (dict's __missing__ hook), a hit costs one lookup.
+
+    Text repeats itself: the same words come back again and again, so caching per chunk turns most of
+    the encoding into dictionary lookups done inside C (`map(cache.__getitem__, chunks)`).
+    """
+
+    def __init__(self, bpe):
+        super().__init__()
+        self._bpe = bpe
+
+    def __missing__(self, chunk):
+        merged = self[chunk] = self._bpe(chunk)
+        return merged
+
+
+class Tokenizer:
+    """Byte-level BPE with special tokens and MiniMind2's chat template.
+
+    Build one with `Tokenizer.load(path)` (a directory or a tokenizer.json) or, when training, from
+    a vocabulary and a merge list. Internally every token id is also written as one character,
+    chr(id): a pair of tokens is then a 2-character string (a fast dict key), a merged chunk is
+    a short `str` worth caching, and the text of all chunks turns into ids with one
+    `map(ord, ...)`. That keeps most per-byte work inside C, which is what makes a pure-Python
+    BPE fast enough for data sets.
+    """
+
+    # above this many cached chunks the cache is emptied (bounds memory on multi-GB corpora;
+    # frequent chunks come straight back)
+    CACHE_LIMIT = 500_000
+
+    def __init__(self, vocab, merges, added_tokens, bos_token="<s>", eos_token="</s>", pad_token="<unk>"):
+        """
+        vocab:        {token string (byte-level characters): id}, the BPE model's vocabulary.
+        merges:       [(left, right), ...] in rank order (rank 0 is applied first).
+        added_tokens: [{"id": int, "content": str, "special": bool}, ...], matched whole in text.
+        bos/eos/pad_token: contents of the added tokens used as begin/end of sequence and padding.
+        """
+        self.vocab = dict(vocab)
+        self.merges = [tuple(m) for m in merges]
+        self.added_tokens = [dict(t) for t in added_tokens]
+        self._byte_to_char = bytes_to_unicode()
+        char_to_byte = {c: b for b, c in self._byte_to_char.items()}
+
+        # id -> bytes, for decoding. Added tokens decode to their own text.
+        size = 1 + max(list(self.vocab.values()) + [t["id"] for t in self.added_tokens])
+        token_bytes = [None] * size
+        for token, i in self.vocab.items():
+            try:
+                token_bytes[i] = bytes(char_to_byte[c] for c in token)
+            except KeyError:  # not made of byte-level characters: can only be an added token
+                if not any(t["content"] == token for t in self.added_tokens):
+                    raise ValueError(f"vocab entry {token!r} (id {i}) is not a byte-level token; "
+                                     "only byte-level BPE tokenizers are supported") from None
+        for t in self.added_tokens:
+            token_bytes[t["id"]] = t["content"].encode("utf-8")
+        missing = [i for i, b in enumerate(token_bytes) if b is None]
+        if missing:
+            raise ValueError(f"token ids must be contiguous from 0; id {missing[0]} has no token")
+        self._token_bytes = token_bytes
+        # id -> token string as tokenizer.json spells it, for showing tokens to people
+        self._token_strings = [None] * size
+        for token, i in self.vocab.items():
+            self._token_strings[i] = token
+        for t in self.added_tokens:
+            self._token_strings[t["id"]] = t["content"]
+
+        # byte value -> the id-character of its single-byte token (see the class docstring)
+        byte_ids = {}
+        for b, c in self._byte_to_char.items():
+            if c not in self.vocab:
+                raise ValueError(f"the vocabulary lacks the byte token {c!r} (byte {b}); "
+                                 "a byte-level BPE needs all 256")
+            byte_ids[b] = chr(self.vocab[c])
+        # str.translate table: a latin-1 decoded chunk has one character per byte, ord < 256
+        self._bytes_to_ids = [byte_ids[b] for b in range(256)]
+
+        # merge rank lookup keyed by the two id-characters side by side, and rank -> merged token
+        self._merge_rank = {}
+        self._merge_by_rank = []
+        for rank, (left, right) in enumerate(self.merges):
+            for part in (left, right, left + right):
+                if part not in self.vocab:
+                    raise ValueError(f"merge #{rank} ({left!r}, {right!r}) uses {part!r}, "
+                                     "which is not in the vocabulary")
+            pair = chr(self.vocab[left]) + chr(self.vocab[right])
+            self._merge_rank[pair] = rank  # a duplicated merge takes its last rank, as in HF
+            self._merge_by_rank.append(chr(self.vocab[left + right]))
+
+        self._added_ids = {t["content"]: t["id"] for t in self.added_tokens}
+        self._special_ids = frozenset(t["id"] for t in self.added_tokens if t.get("special", True))
+        self._added_pattern = self.special_pattern(self._added_ids)
+
+        self._cache = _ChunkCache(self._bpe)
+        self.bos_token, self.eos_token, self.pad_token = bos_token, eos_token, pad_token
+        for name, content in (("bos_token", bos_token), ("eos_token", eos_token), ("pad_token", pad_token)):
+            if content not in self._added_ids:
+                raise ValueError(f"{name} {content!r} is not one of the added tokens "
+                                 f"{sorted(self._added_ids)}")
+
+    @staticmethod
+    def special_pattern(contents):
+        """Regex that cuts the given added tokens out of text: re.split gives [text, token, text, ...].
+
+        Longest first, so that of two tokens where one starts the other the longer one wins;
+        with no tokens it matches nothing and split returns [text].
+        special_pattern(["<s>", "</s>"]).split("a</s>b") -> ["a", "</s>", "b"]
+        """
+        contents = sorted(contents, key=lambda s: (-len(s), s))
+        return re.compile("(" + "|".join(map(re.escape, contents)) + ")" if contents else "(?!)")
+
+    # -- ids of the special tokens -----------------------------------------------------------------
+
+    @property
+    def bos_token_id(self):
+        """Id of `<s>` (1 in MiniMind2): starts every turn of the chat template and every sample."""
+        return self._added_ids[self.bos_token]
+
+    @property
+    def eos_token_id(self):
+        """Id of `</s>` (2): ends a turn; generation stops on it."""
+        return self._added_ids[self.eos_token]
+
+    @property
+    def pad_token_id(self):
+        """Id of `<unk>` (0), which MiniMind2 also uses as padding."""
+        return self._added_ids[self.pad_token]
+
+    @property
+    def vocab_size(self):
+        """Number of token ids (= rows of the model's embedding table), added tokens included."""
+        return len(self._token_bytes)
+
+    # -- BPE merges --------------------------------------------------------------------------------
+
+    def _bpe(self, chunk):
+        """Merge one chunk. Returns its token ids written as characters (chr(id) each).
+
+        Like Hugging Face: among all adjacent pairs take the one with the lowest merge rank (the
+        leftmost if it occurs twice), merge it, repeat until no adjacent pair is a listed merge.
+        `ranks[i]` holds the rank of the pair (parts[i], parts[i+1]); min() and index() scan it
+        in C, and a merge only changes the ranks of the two pairs touching the new token.
+
+        With merges [(a,a), (a,b), (aa,ab)]: "aaabdaaabac" -> aa a b d aa a b a c
+            -> aa ab d aa ab a c -> aaab d aaab a c
+        """
+        parts = list(chunk.encode("utf-8").decode("latin-1").translate(self._bytes_to_ids))
+        rank_of, no_merge = self._merge_rank, len(self._merge_by_rank)
+        ranks = list(map(rank_of.get, map(operator.add, parts, parts[1:]), itertools.repeat(no_merge)))
+        while ranks:
+            rank = min(ranks)
+            if rank == no_merge:
+                break
+            i = ranks.index(rank)
+            new = self._merge_by_rank[rank]
+            parts[i:i + 2] = [new]  # (B, C) -> X in  A B C D  gives  A X D
+            del ranks[i]
+            if i < len(ranks):  # the pair (X, D)
+                ranks[i] = rank_of.get(new + parts[i + 1], no_merge)
+            if i > 0:  # the pair (A, X)
+                ranks[i - 1] = rank_of.get(parts[i - 1] + new, no_merge)
+        return "".join(parts)
+
+    def _encode_ordinary(self, text):
+        """Text without special tokens -> id-characters, via the per-chunk cache."""
+        if len(self._cache) > self.CACHE_LIMIT:
+            self._cache.clear()
+        return "".join(map(self._cache.__getitem__, split_chunks(text)))
+
+    # -- encoding: special tokens first, then chunks -----------------------------------------------
+
+    def encode(self, text, allow_special=True):
+        """Text -> list of token ids. No `<s>`/`</s>` is added: put them in the text if wanted.
+
+        allow_special=True: added tokens written in the text ("<s>", "</s>", "<unk>") become their
+        single ids, as Hugging Face does. allow_special=False: they are ordinary text, so user
+        content can never forge a turn boundary ("<s>" -> the ids of "<", "s", ">").
+
+        encode("a</s>b") -> [id("a"), 2, id("b")]
+        """
+        if not isinstance(text, str):
+            raise TypeError(f"encode expects a str, got {type(text).__name__}")
+        try:
+            if not allow_special:
+                return list(map(ord, self._encode_ordinary(text)))
+            pieces = self._added_pattern.split(text)  # [text, added, text, added, ..., text]
+            out = []
+            for i, piece in enumerate(pieces):
+                if i % 2:
+                    out.append(chr(self._added_ids[piece]))
+                elif piece:
+                    out.append(self._encode_ordinary(piece))
+            return list(map(ord, "".join(out)))
+        except UnicodeEncodeError as e:
+            raise ValueError(f"text holds a lone surrogate {text[e.start]!r} at position {e.start}, "
+                             "which is not valid Unicode text; clean the input") from None
+
+    def encode_batch(self, texts, num_workers=1, allow_special=True):
+        """Encode many texts. num_workers > 1 spreads them over that many processes.
+
+        Starting the processes costs ~0.1-0.5 s, so use workers for big inputs (a data set), not
+        for a handful of prompts. Order is kept: result[i] == encode(texts[i]).
+        """
+        texts = list(texts)
+        if num_workers <= 1 or len(texts) < 2:
+            return [self.encode(t, allow_special) for t in texts]
+        # one contiguous share of about equal length per worker: each worker unpickles the
+        # tokenizer once and keeps its chunk cache warm for its whole share
+        num_workers = min(num_workers, len(texts))
+        ends = list(itertools.accumulate(map(len, texts)))
+        cuts = [0] + [bisect.bisect_left(ends, ends[-1] * k / num_workers) + 1 for k in range(1, num_workers)]
+        shares = [texts[a:b] for a, b in zip(cuts, cuts[1:] + [len(texts)])]
+        encode_many = functools.partial(_encode_many, self, allow_special=allow_special)
+        with multiprocessing.get_context().Pool(num_workers) as pool:
+            return [ids for share in pool.map(encode_many, shares, chunksize=1) for ids in share]
+
+    def __getstate__(self):
+        # pickled for worker processes: ship the definition, not the (possibly huge) chunk cache
+        return {"vocab": self.vocab, "merges": self.merges, "added_tokens": self.added_tokens,
+                "bos_token": self.bos_token, "eos_token": self.eos_token, "pad_token": self.pad_token}
+
+    def __setstate__(self, state):
+        self.__init__(**state)
+
+    # -- decoding ----------------------------------------------------------------------------------
+
+    def decode(self, ids, skip_special_tokens=False):
+        """Token ids -> text. Bytes that do not form valid UTF-8 become U+FFFD (as HF does).
+
+        Accepts a list of ints or a 1-D tensor/array. skip_special_tokens drops `<s>`, `</s>`,
+        `<unk>` (and any other special added token).
+        """
+        ids = ids.tolist() if hasattr(ids, "tolist") else list(ids)
+        if ids and (min(ids) < 0 or max(ids) >= len(self._token_bytes)):
+            bad = next(i for i in ids if not 0 <= i < len(self._token_bytes))
+            raise ValueError(f"token id {bad} is outside the vocabulary [0, {len(self._token_bytes)})")
+        if skip_special_tokens:
+            ids = [i for i in ids if i not in self._special_ids]
+        return b"".join(map(self._token_bytes.__getitem__, ids)).decode("utf-8", errors="replace")
+
+    def stream_decoder(self, skip_special_tokens=False):
+        """A `StreamDecoder` for printing generated tokens as they arrive (see its docstring)."""
+        return StreamDecoder(self._token_bytes, self._special_ids, skip_special_tokens)
+
+    def id_to_token(self, token_id):
+        """The token's string as tokenizer.json writes it (byte-level characters, e.g. 'Ġthe')."""
+        return self._token_strings[token_id]
+
+    # -- the chat template -------------------------------------------------------------------------
+
+    def apply_chat_template(self, messages, tokenize=False, add_generation_prompt=False):
+        """Render a conversation in MiniMind2's format; return the text, or its ids if tokenize=True.
+
+            <s>system\\n{system}</s>\\n            (DEFAULT_SYSTEM_PROMPT if messages[0] is not a system turn)
+            <s>user\\n{content}</s>\\n<s>assistant\\n   for each user turn
+            {content}</s>\\n                        for each assistant turn
+
+        A user turn already ends with the assistant header, so a conversation ending in a user
+        turn is ready for generation whatever `add_generation_prompt` says; the argument exists
+        for Hugging Face compatibility and changes nothing, exactly as in MiniMind2's template.
+        MiniMind2's jinja silently drops a system turn that is not first and any unknown role;
+        here those raise ValueError, since dropping text silently is never what the caller meant.
+        """
+        if not isinstance(messages, (list, tuple)) or not messages:
+            raise ValueError("messages must be a non-empty list of {'role': ..., 'content': ...} dicts")
+        for k, m in enumerate(messages):
+            if not isinstance(m, dict) or not isinstance(m.get("content"), str) or "role" not in m:
+                raise ValueError(f"message {k} must be a dict with a 'role' and a str 'content', got {m!r}")
+            if m["role"] not in ("system", "user", "assistant"):
+                raise ValueError(f"message {k} has role {m['role']!r}; use 'system', 'user' or 'assistant'")
+            if m["role"] == "system" and k > 0:
+                raise ValueError(f"message {k} is a system message; MiniMind2's template only reads "
+                                 "one, as the first message")
+        system = messages[0]["content"] if messages[0]["role"] == "system" else DEFAULT_SYSTEM_PROMPT
+        parts = [f"<s>system\n{system}</s>\n"]
+        for m in messages:
+            if m["role"] == "user":
+                parts.append(f"<s>user\n{m['content']}</s>\n<s>assistant\n")
+            elif m["role"] == "assistant":
+                parts.append(f"{m['content']}</s>\n")
+        text = "".join(parts)
+        return self.encode(text) if tokenize else text
+
+    # -- file I/O ----------------------------------------------------------------------------------
+
+    @classmethod
+    def load(cls, path):
+        """Load a Hugging Face byte-level BPE: a directory holding tokenizer.json, or the file itself.
+
+        Merges may be written "left right" (older files, MiniMind2's) or ["left", "right"] (newer).
+        A tokenizer_config.json beside it supplies bos/eos/pad tokens (else <s>, </s>, <unk>).
+        """
+        path = os.fspath(path)
+        file = os.path.join(path, "tokenizer.json") if os.path.isdir(path) else path
+        if not os.path.isfile(file):
+            raise FileNotFoundError(f"no tokenizer at {path!r}: pass a tokenizer.json or a directory "
+                                    "holding one (train one with train_tokenizer.py)")
+        with open(file, encoding="utf-8") as f:
+            spec = json.load(f)
+        _check_supported(spec, file)
+        model = spec["model"]
+        merges = [m.split(" ") if isinstance(m, str) else m for m in model["merges"]]
+        bad = next((m for m in merges if len(m) != 2), None)
+        if bad is not None:
+            raise ValueError(f"{file}: merge {bad!r} is not a pair of tokens")
+        added = [{"id": t["id"], "content": t["content"], "special": t.get("special", True)}
+                 for t in spec.get("added_tokens") or []]
+
+        special_names = {"bos_token": "<s>", "eos_token": "</s>", "pad_token": "<unk>"}
+        config_file = os.path.join(os.path.dirname(file), "tokenizer_config.json")
+        if os.path.isfile(config_file):
+            with open(config_file, encoding="utf-8") as f:
+                config = json.load(f)
+            for name in special_names:
+                value = config.get(name)
+                if isinstance(value, dict):  # {"content": "<s>", ...} form
+                    value = value.get("content")
+                if value:
+                    special_names[name] = value
+            if config.get("chat_template", MINIMIND2_CHAT_TEMPLATE) != MINIMIND2_CHAT_TEMPLATE:
+                warnings.warn(f"{config_file} has its own chat_template; apply_chat_template here "
+                              "always renders MiniMind2's format", stacklevel=2)
+        return cls(model["vocab"], merges, added, **special_names)
+
+    def save(self, directory):
+        """Write tokenizer.json and tokenizer_config.json (with the chat template) into directory.
+
+        The files are what Hugging Face writes for MiniMind2, so `tokenizers.Tokenizer.from_file`
+        and `transformers.AutoTokenizer.from_pretrained(directory)` load them. Output is
+        deterministic: the same tokenizer always gives byte-identical files.
+        """
+        os.makedirs(directory, exist_ok=True)
+        # merges as "left right" strings: every tokenizers version reads that form. Byte-level
+        # tokens never contain a space (a space byte is written 'Ġ'), so the split is unambiguous.
+        if any(" " in part for m in self.merges for part in m):
+            merges = [list(m) for m in self.merges]
+        else:
+            merges = [f"{a} {b}" for a, b in self.merges]
+        added_tokens = [{"id": t["id"], "content": t["content"], "single_word": False, "lstrip": False,
+                         "rstrip": False, "normalized": False, "special": t["special"]}
+                        for t in sorted(self.added_tokens, key=lambda t: t["id"])]
+        spec = {
+            "version": "1.0",
+            "truncation": None,
+            "padding": None,
+            "added_tokens": added_tokens,
+            "normalizer": None,
+            "pre_tokenizer": {"type": "ByteLevel", "add_prefix_space": False, "trim_offsets": True,
+                              "use_regex": True},
+            "post_processor": None,
+            "decoder": {"type": "ByteLevel", "add_prefix_space": True, "trim_offsets": True,
+                        "use_regex": True},
+            "model": {"type": "BPE", "dropout": None, "unk_token": None, "continuing_subword_prefix": None,
+                      "end_of_word_suffix": None, "fuse_unk": False, "byte_fallback": False,
+                      "ignore_merges": False,
+                      "vocab": dict(sorted(self.vocab.items(), key=lambda kv: kv[1])),
+                      "merges": merges},
+        }
+        config = {
+            "add_bos_token": False,
+            "add_eos_token": False,
+            "add_prefix_space": False,
+            "added_tokens_decoder": {str(t["id"]): {k: v for k, v in t.items() if k != "id"}
+                                     for t in added_tokens},
+            "additional_special_tokens": [],
+            "bos_token": self.bos_token,
+            "clean_up_tokenization_spaces": False,
+            "eos_token": self.eos_token,
+            "legacy": True,
+            "model_max_length": 32768,
+            "pad_token": self.pad_token,
+            "sp_model_kwargs": {},
+            "spaces_between_special_tokens": False,
+            "tokenizer_class": "PreTrainedTokenizerFast",
+            "unk_token": "<unk>" if "<unk>" in self._added_ids else None,
+            "chat_template": MINIMIND2_CHAT_TEMPLATE,
+        }
+        _write_json_atomic(os.path.join(directory, "tokenizer.json"), spec)
+        _write_json_atomic(os.path.join(directory, "tokenizer_config.json"), config)
+
+
+def _encode_many(tokenizer, texts, allow_special):
+    """Worker-process body of Tokenizer.encode_batch (module level so it can be pickled)."""
+    return [tokenizer.encode(t, allow_special) for t in texts]
+
+
+def _check_supported(spec, file):
+    """Refuse tokenizer.json features this implementation does not do, instead of mis-encoding."""
+    model = spec.get("model") or {}
+    problems = []
+    if model.get("type") != "BPE":
+        problems.append(f"model type {model.get('type')!r} (only BPE)")
+    if spec.get("normalizer") is not None:
+        problems.append("a normalizer")
+    pre = spec.get("pre_tokenizer") or {}
+    if pre.get("type") != "ByteLevel" or pre.get("add_prefix_space") or not pre.get("use_regex", True):
+        problems.append(f"pre_tokenizer {pre} (only ByteLevel, add_prefix_space=false, use_regex=true)")
+    for key in ("dropout", "continuing_subword_prefix", "end_of_word_suffix"):
+        if model.get(key):
+            problems.append(f"model.{key}={model[key]!r}")
+    for key in ("byte_fallback", "ignore_merges"):
+        if model.get(key):
+            problems.append(f"model.{key}=true")
+    for t in spec.get("added_tokens") or []:
+        flags = [k for k in ("lstrip", "rstrip", "single_word") if t.get(k)]
+        if flags:
+            problems.append(f"added token {t.get('content')!r} with {', '.join(flags)}")
+    if problems:
+        raise ValueError(f"{file}: unsupported tokenizer ({'; '.join(problems)}); this project reads "
+                         "byte-level BPE tokenizers like MiniMind2's")
+
+
+def _write_json_atomic(path, obj):
+    """Write JSON to a temp file in the same directory, then rename: readers never see half a file."""
+    directory = os.path.dirname(os.path.abspath(path))
+    fd, tmp = tempfile.mkstemp(dir=directory, prefix=".tmp_", suffix=".json")
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            json.dump(obj, f, ensure_ascii=False, indent=2)
+            f.write("\n")
+        os.chmod(tmp, 0o644)  # mkstemp makes files private (0600); these are meant to be shared
+        os.replace(tmp, path)
+    except BaseException:
+        os.unlink(tmp)
+        raise

@@ -1,0 +1,186 @@
+"""Tests for dataset/make_demo_data.py and the demo files it committed to dataset/."""
+import json
+import re
+from pathlib import Path
+
+import pytest
+
+from dataset import make_demo_data as demo
+
+DATASET_DIR = Path(__file__).resolve().parent.parent / "dataset"
+ALL_FILES = demo.TRAIN_FILES + demo.EVAL_FILES
+
+
+@pytest.fixture(scope="module")
+def files():
+    """The generator's output with the default seed, as {name: records}."""
+    return demo.generate()
+
+
+@pytest.fixture(scope="module")
+def committed():
+    """The committed files, parsed line by line."""
+    return {name: [json.loads(line) for line in (DATASET_DIR / name).read_text(encoding="utf-8").splitlines()]
+            for name in ALL_FILES}
+
+
+def normalise(text):
+    return " ".join(text.casefold().split())
+
+
+def training_texts(records):
+    """Every string a model trains on: pretraining texts and every chat turn."""
+    return [t for r in records for t in ([r["text"]] if "text" in r else [m["content"] for m in r["conversations"]])]
+
+
+def test_generation_is_deterministic(tmp_path):
+    """Guards against unseeded randomness (set iteration, a global `random` call, hash()):
+    the same seed must give byte-identical files, a different seed different ones."""
+    for run in ("a", "b"):
+        assert demo.main(["--out_dir", str(tmp_path / run), "--seed", "7"]) == 0
+    for name in ALL_FILES:
+        assert (tmp_path / "a" / name).read_bytes() == (tmp_path / "b" / name).read_bytes(), name
+    other_seed = demo.to_jsonl(demo.generate(8)["sft_demo.jsonl"])
+    assert (tmp_path / "a" / "sft_demo.jsonl").read_bytes() != other_seed
+
+
+def test_committed_files_equal_generator_output(files):
+    """Guards against hand-edited or stale demo files: dataset/*.jsonl must be exactly what
+    `python dataset/make_demo_data.py` writes with the default seed."""
+    for name in ALL_FILES:
+        assert (DATASET_DIR / name).read_bytes() == demo.to_jsonl(files[name]), \
+            f"{name} is stale: run python dataset/make_demo_data.py"
+
+
+def test_check_flag_catches_a_hand_edit(tmp_path, capsys, files):
+    """Guards against a --check that always passes: after editing one file it must fail with a
+    one-line message naming that file, and pass on untouched files."""
+    for name, records in files.items():
+        (tmp_path / name).write_bytes(demo.to_jsonl(records))
+    assert demo.main(["--out_dir", str(tmp_path), "--check"]) == 0
+    path = tmp_path / "eval_general.jsonl"
+    path.write_bytes(path.read_bytes().replace(b"Pinebrook", b"Pinebrok", 1))
+    capsys.readouterr()
+    assert demo.main(["--out_dir", str(tmp_path), "--check"]) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "eval_general.jsonl" in err[0]
+
+
+def test_records_are_well_formed(committed):
+    """Guards against records the MiniMind loaders reject or mis-train on: wrong keys, empty text,
+    roles out of order, a conversation not ending with the assistant, malformed eval items."""
+    for r in committed["pretrain_demo.jsonl"]:
+        assert list(r) == ["text"] and isinstance(r["text"], str) and r["text"].strip()
+    for name in ("sft_demo.jsonl", "lora_medical.jsonl", "lora_identity.jsonl"):
+        for r in committed[name]:
+            turns = r["conversations"]
+            assert list(r) == ["conversations"] and turns and len(turns) % 2 == 0, name
+            for n, t in enumerate(turns):
+                assert list(t) == ["role", "content"], name
+                assert t["role"] == ("user" if n % 2 == 0 else "assistant"), name
+                assert isinstance(t["content"], str) and t["content"].strip(), name
+    for name in demo.EVAL_FILES:
+        assert 40 <= len(committed[name]) <= 60, name
+        for item in committed[name]:
+            assert list(item) == ["question", "answer", "must_contain"], name
+            assert item["question"].strip() and item["answer"].strip(), name
+            assert item["must_contain"] and all(isinstance(w, str) and w.strip() for w in item["must_contain"])
+
+
+def test_every_file_is_bilingual(committed):
+    """Guards against a writer that silently drops a language: each file has both English and
+    Chinese records, neither fewer than a third."""
+    for name in ALL_FILES:
+        texts = [r.get("question") or training_texts([r])[0] for r in committed[name]]
+        chinese = sum(bool(re.search(r"[\u4e00-\u9fff]", t)) for t in texts)
+        assert len(texts) / 3 < chinese < 2 * len(texts) / 3, name
+
+
+def test_must_contain_is_in_the_reference_answer(committed):
+    """Guards against eval items nobody can pass: the scoring rule (every must_contain string is a
+    case-insensitive substring) must accept the item's own reference answer."""
+    for name in demo.EVAL_FILES:
+        for item in committed[name]:
+            for word in item["must_contain"]:
+                assert word.casefold() in item["answer"].casefold(), (name, item)
+
+
+def test_no_eval_question_appears_in_training_data(committed):
+    """Guards against leaked eval items, which would make a pass mean memorisation: no eval
+    question (case and whitespace ignored) occurs inside any training text."""
+    corpus = {name: "\n".join(normalise(t) for t in training_texts(committed[name])) for name in demo.TRAIN_FILES}
+    for name in demo.EVAL_FILES:
+        for item in committed[name]:
+            question = normalise(item["question"])
+            for train_name, text in corpus.items():
+                assert question not in text, f"{name}: {item['question']!r} is in {train_name}"
+
+
+def test_leak_check_reports_an_injected_leak(files):
+    """Guards against a checker that cannot fail: copying one eval question into SFT must be
+    reported, and the clean files must give no problems."""
+    assert demo.find_problems(files, demo.MEDICINE, demo.IDENTITIES["lora"]) == []
+    question = files["eval_medical.jsonl"][0]["question"]
+    leaked = dict(files, **{"sft_demo.jsonl": files["sft_demo.jsonl"] + [demo.chat((question, "ok"))]})
+    problems = demo.find_problems(leaked, demo.MEDICINE, demo.IDENTITIES["lora"])
+    assert len(problems) == 1 and "occurs in sft_demo.jsonl" in problems[0]
+
+
+def test_adapter_domains_are_new_to_pretraining_and_sft(committed):
+    """Guards against the base model already knowing what the adapters teach, which would make
+    SFT alone pass eval_medical / eval_identity: no department name, nor the new assistant's name
+    or maker, occurs in pretraining or SFT data, while each does occur in its LoRA file."""
+    departments = [w for pair in demo.DEPARTMENTS.values() for w in pair]
+    new = demo.IDENTITIES["lora"]
+    assert len(departments) == 20 and "Dermatology" in departments and "眼科" in departments
+    for name in ("pretrain_demo.jsonl", "sft_demo.jsonl"):
+        text = "\n".join(training_texts(committed[name])).casefold()
+        for word in departments + [new["name"], new["maker_en"], new["maker_zh"]]:
+            assert word.casefold() not in text, f"{word!r} in {name}"
+    medical = "\n".join(training_texts(committed["lora_medical.jsonl"]))
+    identity = "\n".join(training_texts(committed["lora_identity.jsonl"]))
+    assert all(word in medical for word in departments)
+    assert all(word in identity for word in (new["name"], new["maker_en"], new["maker_zh"]))
+
+
+def test_old_identity_fails_eval_identity(committed):
+    """Guards against an identity eval that the SFT model passes by chance: the SFT identity
+    answers must fail every eval_identity item."""
+    sft_answers = {t["content"] for r in committed["sft_demo.jsonl"] for t in r["conversations"]
+                   if t["role"] == "assistant" and "MiniMind" in t["content"]}
+    assert sft_answers
+    for item in committed["eval_identity.jsonl"]:
+        assert not any(all(w.casefold() in a.casefold() for w in item["must_contain"]) for a in sft_answers)
+
+
+def test_held_out_symptom_pairs_never_meet_in_training(files):
+    """Guards against eval_medical asking a symptom combination the adapter trained on: the
+    held-out pair of each condition never shares a training question, yet each of its symptoms
+    is trained on (in some other company)."""
+    held_out = demo.held_out_pairs(demo.CONDITIONS, demo.random.Random("42:held_out"))
+    questions = [r["conversations"][0]["content"] for r in files["lora_medical.jsonl"]]
+    for c, (a, b) in zip(demo.CONDITIONS, held_out):
+        for i in range(2):  # English, Chinese
+            sa, sb = c["symptoms"][a][i], c["symptoms"][b][i]
+            assert not any(sa in q and sb in q for q in questions), (c["en"], sa, sb)
+            assert any(sa in q for q in questions) and any(sb in q for q in questions)
+            assert any(sa in item["question"] and sb in item["question"] for item in files["eval_medical.jsonl"])
+
+
+def test_pretraining_covers_the_adapters_vocabulary(files):
+    """Guards against adapter data that needs words the base model never read: LoRA cannot train
+    token embeddings, so every word (English) and character (Chinese) in the LoRA and eval files,
+    other than the deliberately new names, must occur in pretraining or SFT."""
+    assert demo.uncovered_vocabulary(files, demo.MEDICINE, demo.IDENTITIES["lora"]) == []
+
+
+def test_small_world_example():
+    """Guards against facts built from the global world rather than the one passed in, and
+    against a broken fill/sentence-case: a hand-made one-food world gives exactly one fact, asked
+    and answered as the templates say."""
+    pie = dict(key="pie", en="apple pie", zh="苹果派", ing_en="apples", ing_zh="苹果")
+    world = dict(rivers=(), mountains=(), products=(), foods=(pie,), animals=(), jobs=(), towns=(), people=())
+    facts = demo.build_facts(world)
+    assert [f["relation"] for f in facts] == ["food_ingredient"]
+    q, a = demo.ask(facts[0], demo.TEMPLATES, "en", demo.random.Random(0), split="held_out")
+    assert q == "What do you need to cook apple pie?" and a == "Apple pie is made from apples."

@@ -1,0 +1,549 @@
+"""Tests for model/model_lora.py: LoRA's maths, its adapter files, and MiniMind2 compatibility.
+
+Most tests use the tiny fixture model (dim 64, 2 layers, vocab 320) made by MiniMind2's own code.
+"""
+import copy
+import json
+import re
+from pathlib import Path
+
+import pytest
+import torch
+import torch.nn as nn
+
+from model.checkpoint import CheckpointError, load_model, save_model
+from model.LMConfig import LMConfig
+from model.model import MiniMindLM
+from model.model_lora import (
+    LoRA,
+    LoRALinear,
+    apply_lora,
+    count_parameters,
+    load_lora,
+    lora_state_dict,
+    mark_only_lora_as_trainable,
+    merge_lora,
+    remove_lora,
+    save_lora,
+    trainable_parameters_report,
+    unmerge_lora,
+)
+
+FIXTURES = Path(__file__).parent / "fixtures" / "minimind2"
+ALL_LINEARS = ["wq", "wk", "wv", "wo", "w1", "w2", "w3"]
+
+
+def tiny_config(**overrides) -> LMConfig:
+    fields = json.loads((FIXTURES / "model_config.json").read_text())
+    fields.update(overrides)
+    return LMConfig.from_dict(fields)
+
+
+def base_model() -> MiniMindLM:
+    """The fixture model with MiniMind2's weights, in eval mode."""
+    model = MiniMindLM(tiny_config())
+    model.load_state_dict(torch.load(FIXTURES / "model.pth", weights_only=True))
+    return model.eval()
+
+
+@pytest.fixture(scope="module")
+def golden():
+    return torch.load(FIXTURES / "golden.pth", weights_only=True)
+
+
+@pytest.fixture(scope="module")
+def ids(golden):
+    return golden["input_ids"]  # (2, 16)
+
+
+def logits_of(model, ids) -> torch.Tensor:
+    with torch.no_grad():
+        return model(ids).logits
+
+
+def lora_layers(model):
+    return {name: m for name, m in model.named_modules() if isinstance(m, LoRALinear)}
+
+
+@torch.no_grad()
+def fill_B(model, seed: int, std: float = 0.5) -> None:
+    """Give every adapter a random B, as training would, so the adapter changes the output."""
+    gen = torch.Generator().manual_seed(seed)
+    for layer in lora_layers(model).values():
+        layer.lora.B.weight.normal_(0.0, std, generator=gen)
+
+
+def toy_loss(model, ids) -> torch.Tensor:
+    return model(ids).logits.float().pow(2).mean()
+
+
+# --- MiniMind2 compatibility -------------------------------------------------------------------
+
+def test_fixture_adapter_gives_golden_logits(golden, ids):
+    """Guards against a LoRA whose forward, keys or file reading differ from MiniMind2's: the
+    adapter MiniMind2 saved must reproduce MiniMind2's logits_with_lora, whether load_lora adds the
+    adapters itself (rank inferred from the file) or they were applied first."""
+    inferred = base_model()
+    load_lora(inferred, FIXTURES / "lora.pth")
+    torch.testing.assert_close(logits_of(inferred, ids), golden["logits_with_lora"], atol=1e-5, rtol=0)
+
+    explicit = base_model()
+    apply_lora(explicit, rank=4)
+    load_lora(explicit, FIXTURES / "lora.pth")
+    torch.testing.assert_close(logits_of(explicit, ids), golden["logits_with_lora"], atol=1e-5, rtol=0)
+    assert set(lora_layers(inferred)) == {f"layers.{i}.attention.{n}" for i in range(2) for n in ("wq", "wo")}
+
+
+def test_float16_adapter_file_loads(tmp_path, golden, ids):
+    """Guards against failing on (or mis-reading) newer MiniMind adapter files saved as float16."""
+    half = {k: v.half() for k, v in torch.load(FIXTURES / "lora.pth", weights_only=True).items()}
+    torch.save(half, tmp_path / "lora_fp16.pth")
+    model = base_model()
+    load_lora(model, tmp_path / "lora_fp16.pth")
+    assert model.layers[0].attention.wq.lora.A.weight.dtype == torch.float32
+    torch.testing.assert_close(logits_of(model, ids), golden["logits_with_lora"], atol=1e-3, rtol=0)
+
+
+def test_minimind_documentation_snippet_works_as_written(tmp_path):
+    """Guards against breaking the three lines MiniMind's documentation tells people to run."""
+    torch.manual_seed(0)
+    trained = MiniMindLM(LMConfig(dim=512, n_layers=8))
+    apply_lora(trained, rank=16)
+    fill_B(trained, seed=1, std=0.02)
+    path = tmp_path / "lora_medical_512.pth"
+    # As MiniMind2 saves it: adapter tensors only, no lora_config.
+    torch.save(lora_state_dict(trained), path)
+
+    from model.model import MiniMindLM as DocMiniMindLM
+    from model.LMConfig import LMConfig as DocLMConfig
+    from model.model_lora import apply_lora as doc_apply_lora, load_lora as doc_load_lora
+    torch.manual_seed(0)  # the same base weights as `trained`
+    model = DocMiniMindLM(DocLMConfig(dim=512, n_layers=8)); doc_apply_lora(model, rank=16); doc_load_lora(model, path)
+
+    for key, tensor in lora_state_dict(trained).items():
+        assert torch.equal(lora_state_dict(model)[key], tensor), key
+    ids = torch.tensor([[1, 20, 300, 4000, 5, 6]])
+    torch.testing.assert_close(logits_of(model, ids), logits_of(trained, ids), atol=1e-5, rtol=0)
+
+
+# --- the maths of an adapter -------------------------------------------------------------------
+
+def test_init_B_zero_A_small_random_and_output_unchanged(ids):
+    """Guards against the loralib mix-up (zeroing A instead of B) and any init that makes a freshly
+    adapted model differ from its base: B = 0, A ~ N(0, 0.02), logits bit-identical."""
+    model = base_model()
+    before = logits_of(model, ids)
+    apply_lora(model, rank=8, target_modules=ALL_LINEARS)
+    for layer in lora_layers(model).values():
+        assert torch.count_nonzero(layer.lora.B.weight) == 0
+        assert torch.count_nonzero(layer.lora.A.weight) == layer.lora.A.weight.numel()
+    all_A = torch.cat([layer.lora.A.weight.flatten() for layer in lora_layers(model).values()])
+    assert abs(all_A.std().item() - 0.02) < 0.002 and abs(all_A.mean().item()) < 0.002
+    assert torch.equal(logits_of(model, ids), before)
+
+
+def test_A_and_B_both_zero_never_train_but_standard_init_does(ids):
+    """Guards the reason one factor must start non-zero: with A = B = 0 both gradients are exactly
+    zero (nothing could ever train); with the real init (A random, B = 0) B gets a gradient at once."""
+    model = base_model()
+    apply_lora(model, rank=4)
+    mark_only_lora_as_trainable(model)
+    with torch.no_grad():
+        for layer in lora_layers(model).values():
+            layer.lora.A.weight.zero_()
+    toy_loss(model, ids).backward()
+    for layer in lora_layers(model).values():
+        assert torch.count_nonzero(layer.lora.A.weight.grad) == 0
+        assert torch.count_nonzero(layer.lora.B.weight.grad) == 0
+
+    model = base_model()
+    apply_lora(model, rank=4)
+    mark_only_lora_as_trainable(model)
+    toy_loss(model, ids).backward()
+    for layer in lora_layers(model).values():
+        assert torch.count_nonzero(layer.lora.A.weight.grad) == 0  # dL/dA = Bᵀ g xᵀ = 0 while B = 0
+        assert layer.lora.B.weight.grad.abs().max() > 0
+
+
+@pytest.mark.parametrize("alpha", [None, 32])
+def test_layer_forward_is_base_plus_scaled_BA(alpha):
+    """Guards against a forward that drops or misplaces the alpha/rank scale or the adapter path:
+    y must be W x + (alpha/rank) B A x, with alpha = rank (scale 1, MiniMind2) by default."""
+    torch.manual_seed(0)
+    base = nn.Linear(12, 20, bias=False)
+    layer = LoRALinear(base, rank=4, alpha=alpha)
+    with torch.no_grad():
+        layer.lora.B.weight.normal_()
+    x = torch.randn(3, 5, 12)
+    scale = 1.0 if alpha is None else alpha / 4
+    assert layer.scale == scale
+    expected = x @ base.weight.T + scale * (x @ layer.lora.A.weight.T @ layer.lora.B.weight.T)
+    torch.testing.assert_close(layer(x), expected)
+    assert layer.weight is base.weight  # W is the base layer's own tensor, not a copy
+
+
+def test_dropout_touches_only_the_adapter_path():
+    """Guards against dropout applied to the base path (which would perturb the frozen model) or
+    left on in eval mode."""
+    torch.manual_seed(0)
+    base = nn.Linear(16, 16, bias=False)
+    layer = LoRALinear(base, rank=4, dropout=0.5).train()
+    x = torch.randn(8, 16)
+    assert torch.equal(layer(x), base(x))  # B = 0: dropout on the adapter input cannot show
+    with torch.no_grad():
+        layer.lora.B.weight.normal_()
+    assert not torch.equal(layer(x), layer(x))  # training: random masks on the adapter input
+    layer.eval()
+    expected = base(x) + layer.lora(x)
+    torch.testing.assert_close(layer(x), expected)
+
+
+def test_training_step_changes_only_the_adapter(ids):
+    """Guards against base weights leaking into the optimizer or receiving gradients: after real
+    optimizer steps every A and B has moved and every base tensor is bit-identical."""
+    model = base_model()
+    apply_lora(model, rank=4, target_modules=ALL_LINEARS)
+    base_before = {k: v.clone() for k, v in model.state_dict().items() if ".lora." not in k}
+    lora_before = {k: v.clone() for k, v in lora_state_dict(model).items()}
+    mark_only_lora_as_trainable(model)
+    trainable = [p for p in model.parameters() if p.requires_grad]
+    assert sum(p.numel() for p in trainable) == sum(v.numel() for v in lora_before.values())
+    optimizer = torch.optim.AdamW(trainable, lr=1e-2)
+    model.train()
+    for _ in range(2):  # A's first gradient is zero (B = 0), so A moves from the second step on
+        optimizer.zero_grad()
+        toy_loss(model, ids).backward()
+        optimizer.step()
+    for key, value in model.state_dict().items():
+        if ".lora." in key:
+            assert not torch.equal(value, lora_before[key]), f"{key} did not train"
+        else:
+            assert torch.equal(value, base_before[key]), f"base tensor {key} changed"
+    assert all(p.grad is None for name, p in model.named_parameters() if ".lora." not in name)
+
+
+@pytest.mark.parametrize("name", ["wq", "w1", "w2"])
+def test_update_has_rank_at_most_r(name):
+    """Guards against an update that is not low-rank (e.g. a full delta matrix): rank(B·A) <= r,
+    and = r for random factors."""
+    model = base_model()
+    apply_lora(model, rank=3, target_modules=[name])
+    fill_B(model, seed=0)
+    for layer in lora_layers(model).values():
+        delta = layer.delta_weight()
+        assert delta.shape == layer.weight.shape
+        assert torch.linalg.matrix_rank(delta).item() == 3
+
+
+def test_non_square_targets_have_the_right_orientation(ids):
+    """Guards against A/B built with in/out swapped, which only square layers would hide:
+    w1 is (192, 64) and w2 is (64, 192); A must be (r, in) and B (out, r) of each."""
+    model = base_model()
+    apply_lora(model, rank=4, target_modules=["w1", "w2", "wk"])
+    ffn = model.layers[0].feed_forward
+    assert ffn.w1.lora.A.weight.shape == (4, 64) and ffn.w1.lora.B.weight.shape == (192, 4)
+    assert ffn.w2.lora.A.weight.shape == (4, 192) and ffn.w2.lora.B.weight.shape == (64, 4)
+    assert model.layers[1].attention.wk.lora.B.weight.shape == (32, 4)
+    assert not isinstance(model.layers[0].attention.wq, LoRALinear)
+    fill_B(model, seed=0)
+    unmerged = logits_of(model, ids)
+    merge_lora(model)
+    torch.testing.assert_close(logits_of(model, ids), unmerged, atol=1e-5, rtol=0)
+
+
+def test_default_targets_are_the_square_linears_like_minimind2():
+    """Guards against drifting from MiniMind2's default (square Linears: wq and wo under GQA), which
+    would make our adapter files unreadable by MiniMind2 and theirs by us."""
+    model = base_model()
+    apply_lora(model)
+    assert set(lora_layers(model)) == {f"layers.{i}.attention.{n}" for i in range(2) for n in ("wq", "wo")}
+    assert all(layer.rank == 16 and layer.scale == 1.0 for layer in lora_layers(model).values())
+
+
+def test_apply_lora_rejects_bad_arguments():
+    """Guards against silently adapting nothing (a typo in target_modules), stacking adapters twice,
+    or putting an adapter on the tied output/embedding weight."""
+    model = base_model()
+    with pytest.raises(ValueError, match=r"q_proj.*wq"):
+        apply_lora(model, target_modules=["q_proj"])
+    with pytest.raises(ValueError, match="rank"):
+        apply_lora(model, rank=0)
+    with pytest.raises(ValueError, match="tying"):
+        apply_lora(model, target_modules=["output"])
+    assert not lora_layers(model)  # nothing half-applied
+    apply_lora(model, rank=4)
+    with pytest.raises(ValueError, match="remove_lora"):
+        apply_lora(model, rank=4)
+
+
+# --- merge, unmerge, remove --------------------------------------------------------------------
+
+@pytest.mark.parametrize("alpha", [None, 8])
+def test_merged_logits_equal_unmerged(ids, alpha):
+    """Guards against merging with a different scale than the forward uses, or a merged layer that
+    still adds the adapter (counting it twice)."""
+    model = base_model()
+    apply_lora(model, rank=4, alpha=alpha, target_modules=ALL_LINEARS)
+    fill_B(model, seed=0)
+    unmerged = logits_of(model, ids)
+    merge_lora(model)
+    assert all(layer.merged for layer in lora_layers(model).values())
+    torch.testing.assert_close(logits_of(model, ids), unmerged, atol=1e-5, rtol=0)
+    merge_lora(model)  # merging twice must not add ΔW twice
+    torch.testing.assert_close(logits_of(model, ids), unmerged, atol=1e-5, rtol=0)
+
+
+def test_unmerge_restores_weights(ids):
+    """Guards against unmerge subtracting the wrong thing: W returns to the base (to float rounding)
+    and the adapter path is active again."""
+    model = base_model()
+    base = {k: v.clone() for k, v in model.state_dict().items()}
+    apply_lora(model, rank=4, alpha=8)
+    fill_B(model, seed=0)
+    unmerged = logits_of(model, ids)
+    merge_lora(model)
+    assert not torch.allclose(model.layers[0].attention.wq.weight, base["layers.0.attention.wq.weight"])
+    unmerge_lora(model)
+    for key, value in base.items():
+        torch.testing.assert_close(model.state_dict()[key], value, atol=1e-6, rtol=0)
+    torch.testing.assert_close(logits_of(model, ids), unmerged, atol=1e-5, rtol=0)
+
+
+def test_remove_restores_the_base_model_exactly(ids):
+    """Guards against remove_lora leaving wrapper classes, extra keys, changed weights or a broken
+    weight tie behind: afterwards the model is a plain MiniMindLM, bit for bit."""
+    model = base_model()
+    reference = base_model()
+    apply_lora(model, rank=4, target_modules=ALL_LINEARS)
+    fill_B(model, seed=0)
+    remove_lora(model)
+    assert [type(m) for m in model.modules()] == [type(m) for m in reference.modules()]
+    assert list(model.state_dict()) == list(reference.state_dict())
+    for key, value in reference.state_dict().items():
+        assert torch.equal(model.state_dict()[key], value), key
+    assert model.output.weight is model.tok_embeddings.weight
+    assert torch.equal(logits_of(model, ids), logits_of(reference, ids))
+
+
+def test_merged_checkpoint_loads_as_a_plain_model(tmp_path, ids):
+    """Guards against shipping a merged model that needs LoRA code to load (adapter keys left in it)
+    or that lost the adapter's effect."""
+    model = base_model()
+    apply_lora(model, rank=4)
+    fill_B(model, seed=0)
+    adapted = logits_of(model, ids)
+    merge_lora(model)
+    remove_lora(model)
+    save_model(model, tmp_path / "merged_64.pth")
+    loaded, _ = load_model(tmp_path / "merged_64.pth")
+    assert type(loaded) is MiniMindLM and not lora_layers(loaded)
+    assert not any(".lora." in key for key in torch.load(tmp_path / "merged_64.pth", weights_only=True))
+    torch.testing.assert_close(logits_of(loaded.eval(), ids), adapted, atol=1e-5, rtol=0)
+
+
+# --- adapter files -----------------------------------------------------------------------------
+
+def test_save_load_round_trip(tmp_path, ids):
+    """Guards against files that lose the rank, alpha or targets (loading them would rebuild the
+    wrong adapters) or hold anything but the adapter (a base-sized file)."""
+    model = base_model()
+    apply_lora(model, rank=4, alpha=12, target_modules=["wq", "w2"])
+    fill_B(model, seed=0)
+    expected = logits_of(model, ids)
+    path = tmp_path / "lora" / "lora_test_64.pth"
+    save_lora(model, path)
+
+    saved = torch.load(path, weights_only=True)
+    assert saved.pop("lora_config") == {"rank": 4, "alpha": 12, "targets": ["w2", "wq"], "dim": 64}
+    assert saved.keys() == lora_state_dict(model).keys()
+    assert all(re.fullmatch(r"layers\.\d\.(attention\.wq|feed_forward\.w2)\.lora\.[AB]\.weight", k) for k in saved)
+
+    fresh = base_model()
+    load_lora(fresh, path)
+    assert lora_layers(fresh).keys() == lora_layers(model).keys()
+    assert all(layer.scale == 3.0 for layer in lora_layers(fresh).values())
+    assert torch.equal(logits_of(fresh, ids), expected)
+    assert [p.name for p in tmp_path.joinpath("lora").iterdir()] == ["lora_test_64.pth"]  # no temp file left
+
+
+def test_file_alpha_replaces_the_models_alpha(tmp_path, ids):
+    """Guards against loading A and B under a scale they were not trained with (same shapes, silently
+    different outputs)."""
+    model = base_model()
+    apply_lora(model, rank=4, alpha=4)
+    fill_B(model, seed=0)
+    expected = logits_of(model, ids)
+    save_lora(model, tmp_path / "a.pth")
+    other = base_model()
+    apply_lora(other, rank=4, alpha=16)
+    load_lora(other, tmp_path / "a.pth")
+    assert torch.equal(logits_of(other, ids), expected)
+
+
+@pytest.mark.filterwarnings("ignore:`torch.jit.script_method` is deprecated:DeprecationWarning")  # torch-internal, on first compile
+def test_wrapper_prefixes_never_reach_files(tmp_path, golden, ids):
+    """Guards against `_orig_mod.` (torch.compile) or `module.` (DDP) leaking into adapter keys, and
+    against refusing a MiniMind2 file saved from a DDP model (its keys start with `module.`)."""
+    model = base_model()
+    apply_lora(model, rank=4)
+    compiled = torch.compile(model)  # wrapping only; nothing is compiled until it is called
+    assert any(k.startswith("_orig_mod.") for k in compiled.state_dict())
+    save_lora(compiled, tmp_path / "from_compiled.pth")
+    keys = [k for k in torch.load(tmp_path / "from_compiled.pth", weights_only=True) if k != "lora_config"]
+    assert keys and all(k.startswith("layers.") for k in keys)
+    assert lora_state_dict(compiled).keys() == lora_state_dict(model).keys()
+
+    prefixed = {f"module.{k}": v for k, v in torch.load(FIXTURES / "lora.pth", weights_only=True).items()}
+    torch.save(prefixed, tmp_path / "ddp_minimind2.pth")
+    fresh = base_model()
+    load_lora(fresh, tmp_path / "ddp_minimind2.pth")
+    torch.testing.assert_close(logits_of(fresh, ids), golden["logits_with_lora"], atol=1e-5, rtol=0)
+
+
+def test_adapter_for_another_dim_is_refused(tmp_path):
+    """Guards against loading an adapter onto a model of another size: refused before any change,
+    naming both dims (with metadata) or the mismatched tensors (MiniMind2 file, no metadata)."""
+    big = MiniMindLM(tiny_config(dim=128, n_heads=4, n_kv_heads=2, hidden_dim=None))
+    apply_lora(big, rank=4)
+    save_lora(big, tmp_path / "lora_128.pth")
+    model = base_model()
+    with pytest.raises(CheckpointError, match=r"dim=128.*dim=64"):
+        load_lora(model, tmp_path / "lora_128.pth")
+    assert not lora_layers(model)
+
+    torch.save(lora_state_dict(big), tmp_path / "minimind2_style_128.pth")
+    with pytest.raises(CheckpointError, match=r"wrong shape: layers\.0\.attention\.wo\.lora\.A\.weight is \(4, 128\) in the file but \(4, 64\)"):
+        load_lora(model, tmp_path / "minimind2_style_128.pth")
+    assert not lora_layers(model)
+
+
+def test_adapter_with_wrong_keys_is_refused(tmp_path):
+    """Guards against a partial or foreign adapter loading with some layers silently unadapted,
+    and against a full model checkpoint being taken for an adapter; each message names the keys."""
+    state = torch.load(FIXTURES / "lora.pth", weights_only=True)
+    model = base_model()
+
+    torch.save({k: v for k, v in state.items() if not k.startswith("layers.1.attention.wo")}, tmp_path / "partial.pth")
+    with pytest.raises(CheckpointError, match=r"missing layers\.1\.attention\.wo\.lora\.A\.weight"):
+        load_lora(model, tmp_path / "partial.pth")
+
+    torch.save({**state, "layers.2.attention.wq.lora.A.weight": torch.zeros(4, 64)}, tmp_path / "extra.pth")
+    with pytest.raises(CheckpointError, match=r"unexpected layers\.2\.attention\.wq\.lora\.A\.weight"):
+        load_lora(model, tmp_path / "extra.pth")
+
+    with pytest.raises(CheckpointError, match=r"not a LoRA adapter.*load_model"):
+        load_lora(model, FIXTURES / "model.pth")
+    assert not lora_layers(model)
+
+    apply_lora(model, rank=8)  # adapters of another rank already there
+    with pytest.raises(CheckpointError, match=r"rank 8 and the file's rank 4.*remove_lora"):
+        load_lora(model, FIXTURES / "lora.pth")
+    with pytest.raises(FileNotFoundError, match="nowhere.pth"):
+        load_lora(model, tmp_path / "nowhere.pth")
+
+
+# --- using adapters ----------------------------------------------------------------------------
+
+def test_switching_adapters_keeps_the_base(tmp_path, ids):
+    """Guards against adapters leaking into each other or into the base when one base model serves
+    several: medical -> identity -> none must equal each adapter alone and then the exact base."""
+    base_logits = logits_of(base_model(), ids)
+    expected = {}
+    for name, seed, rank in [("medical", 1, 4), ("identity", 2, 8)]:
+        model = base_model()
+        apply_lora(model, rank=rank)
+        fill_B(model, seed=seed)
+        expected[name] = logits_of(model, ids)
+        save_lora(model, tmp_path / f"lora_{name}_64.pth")
+    assert not torch.allclose(expected["medical"], expected["identity"], atol=1e-3)
+
+    model = base_model()
+    wq = model.layers[0].attention.wq.weight  # the base tensor, never reloaded or copied
+    load_lora(model, tmp_path / "lora_medical_64.pth")
+    assert torch.equal(logits_of(model, ids), expected["medical"])
+    remove_lora(model)
+    load_lora(model, tmp_path / "lora_identity_64.pth")
+    assert torch.equal(logits_of(model, ids), expected["identity"])
+    remove_lora(model)
+    assert torch.equal(logits_of(model, ids), base_logits)
+    assert model.layers[0].attention.wq.weight is wq
+
+    # Adapters of the same layout can also be swapped in place, from memory.
+    medical = torch.load(tmp_path / "lora_medical_64.pth", weights_only=True)
+    apply_lora(model, rank=4)
+    load_lora(model, medical)
+    assert torch.equal(logits_of(model, ids), expected["medical"])
+
+
+def test_deepcopy_gives_an_independent_adapted_model(ids):
+    """Guards against adapters that deepcopy cannot copy, or copies that share A/B or W with the
+    original (training the copy would change the original)."""
+    model = base_model()
+    apply_lora(model, rank=4)
+    fill_B(model, seed=0)
+    clone = copy.deepcopy(model)
+    assert torch.equal(logits_of(clone, ids), logits_of(model, ids))
+    assert clone.output.weight is clone.tok_embeddings.weight
+    with torch.no_grad():
+        clone.layers[0].attention.wq.lora.B.weight.zero_()
+        clone.layers[0].attention.wq.weight.zero_()
+    assert model.layers[0].attention.wq.lora.B.weight.abs().max() > 0
+    assert model.layers[0].attention.wq.weight.abs().max() > 0
+
+
+@pytest.mark.filterwarnings("ignore:`torch.jit.script_method` is deprecated:DeprecationWarning")  # torch-internal, on first compile
+def test_torch_compile_traces_the_adapted_model(ids):
+    """Guards against a LoRALinear that torch.compile cannot trace (graph breaks into errors or
+    wrong results). Uses the aot_eager backend: tracing without the slow C++ code generation."""
+    model = base_model()
+    apply_lora(model, rank=4)
+    fill_B(model, seed=0)
+    compiled = torch.compile(model, backend="aot_eager", fullgraph=True)
+    torch.testing.assert_close(logits_of(compiled, ids), logits_of(model, ids), atol=1e-5, rtol=0)
+
+
+def test_ddp_trains_only_the_adapter_and_saves_plain_keys(tmp_path, ids):
+    """Guards against adapters that DDP cannot wrap (frozen parameters, replaced modules) or whose
+    saved keys carry DDP's `module.` prefix. One process, gloo backend, CPU."""
+    import torch.distributed as dist
+    dist.init_process_group("gloo", init_method=f"file://{tmp_path / 'store'}", rank=0, world_size=1)
+    try:
+        model = base_model()
+        apply_lora(model, rank=4)
+        mark_only_lora_as_trainable(model)
+        wq_before = model.layers[0].attention.wq.weight.clone()
+        ddp = nn.parallel.DistributedDataParallel(model)
+        optimizer = torch.optim.SGD([p for p in ddp.parameters() if p.requires_grad], lr=1.0)
+        toy_loss(ddp, ids).backward()
+        optimizer.step()
+        save_lora(ddp, tmp_path / "ddp.pth")
+    finally:
+        dist.destroy_process_group()
+    saved = torch.load(tmp_path / "ddp.pth", weights_only=True)
+    assert not any(k.startswith("module.") for k in saved)
+    assert saved["layers.0.attention.wq.lora.B.weight"].abs().max() > 0  # the step reached B
+    assert torch.equal(model.layers[0].attention.wq.weight, wq_before)
+
+
+def test_trainable_parameter_count_and_report():
+    """Guards against miscounting (tied embeddings counted twice, frozen base counted as trainable):
+    for the fixture model with rank-4 adapters on wq/wo the numbers are worked out by hand."""
+    model = base_model()
+    base_total = 320 * 64 + 2 * (64 * 64 * 2 + 32 * 64 * 2 + 192 * 64 * 3 + 64 * 2) + 64  # tied emb once
+    assert count_parameters(model) == (base_total, base_total)
+    apply_lora(model, rank=4)
+    mark_only_lora_as_trainable(model)
+    adapter = 2 * 2 * (4 * 64 + 64 * 4)  # 2 layers x {wq, wo} x (A + B)
+    assert count_parameters(model) == (base_total + adapter, adapter)
+    assert trainable_parameters_report(model) == (
+        f"trainable params: {adapter:,} || all params: {base_total + adapter:,} || "
+        f"trainable%: {100 * adapter / (base_total + adapter):.4f}")
+    assert trainable_parameters_report(model) == "trainable params: 2,048 || all params: 121,152 || trainable%: 1.6904"
+    with pytest.raises(ValueError, match="apply_lora"):
+        mark_only_lora_as_trainable(base_model())
+
+
+def test_lora_module_keys_match_minimind2():
+    """Guards against renaming A/B or adding biases, which would change the adapter file's keys."""
+    lora = LoRA(in_features=6, out_features=10, rank=2)
+    assert {k: tuple(v.shape) for k, v in lora.state_dict().items()} == {"A.weight": (2, 6), "B.weight": (10, 2)}

@@ -1,0 +1,93 @@
+"""Stage 2, supervised fine-tuning (full): the pretrained model learns to answer in the chat format.
+
+    python train_full_sft.py                   # the demo: starts from out/pretrain_256.pth
+    python train_full_sft.py --base full_sft_512.pth --dim 512 --n_layers 8 --tokenizer model/minimind_tokenizer \\
+        --data_path dataset/sft_mini_512.jsonl --max_seq_len 512      # a MiniMind2 file plus its shape
+
+Every weight is trained; the loss counts only the assistant's replies (the mask comes from
+SFTDataset). Writes out/full_sft_{dim}.pth + sidecar, which train_lora.py starts from.
+`diff train_full_sft.py train_lora.py` shows exactly what LoRA changes.
+"""
+import argparse
+import sys
+
+import torch
+
+import training
+from dataset.lm_dataset import SFTDataset
+from model.checkpoint import save_model
+from model.model_lora import trainable_parameters_report
+
+
+def build_parser():
+    parser = argparse.ArgumentParser(description="MiniMind full SFT: every weight learns the chat format.")
+    training.add_common_args(parser, data_path="dataset/sft_demo.jsonl", epochs=2, batch_size=16,
+                             learning_rate=5e-4, warmup_iters=20, save_interval=100)
+    training.add_model_args(parser, from_checkpoint=True)
+    parser.add_argument("--base", default=None, help="checkpoint to start from (default: OUT_DIR/pretrain_{dim}.pth)")
+    return parser
+
+
+def main(argv=None):
+    args = build_parser().parse_args(argv)
+    training.check_args(args)
+    base = args.base or f"{args.out_dir}/pretrain_{args.dim}.pth"
+
+    with training.runtime(args.device, args.dtype, args.seed) as rt:
+        # ---- the model: the pretrained checkpoint, config and tokenizer from its sidecar
+        raw_model, tokenizer, tokenizer_path = training.load_base(
+            base, f"python train_pretrain.py --out_dir {args.out_dir} --dim {args.dim}", args, rt.device)
+        name = f"full_sft_{raw_model.config.dim}"
+        paths = training.OutputPaths.for_run(args.out_dir, name)
+        rt.print(f"base {base}; " + trainable_parameters_report(raw_model))
+
+        # ---- the data, and the optimizer over every parameter
+        train_ds = rt.rank0_first(lambda: SFTDataset(args.data_path, tokenizer, max_length=args.max_seq_len,
+                                                     skip_bad=args.skip_bad_lines, cache_dir=args.cache_dir))
+        data = training.StepBatches(train_ds, args.batch_size, args.accumulation_steps, args.epochs, args.seed, rt,
+                                    args.num_workers)
+        params = list(raw_model.parameters())
+        optimizer = training.make_optimizer([{"params": params, "lr_scale": 1.0}], args.learning_rate, rt.device)
+        scaler = rt.grad_scaler()
+        start_step = training.load_resume(paths.resume, raw_model, optimizer, scaler, data.plan, rt) if args.resume else 0
+        model = training.wrap_model(raw_model, rt, args.compile)
+        rt.print(f"{len(train_ds):,} samples, {data.total_steps:,} optimizer steps; {rt}"
+                 + (f", resuming after step {start_step}" if start_step else ""))
+
+        # ---- the loop: set lr -> forward -> masked loss -> backward -> clip -> step -> log -> save
+        progress = training.Progress(paths.metrics, data.total_steps, start_step, rt, args.resume, scaler.is_enabled())
+        model.train()
+        for step, epoch, micro_batches in data.steps(start_step):
+            lr = training.get_lr(step, data.total_steps, args.learning_rate, args.warmup_iters)
+            training.set_lr(optimizer, lr)
+            for i, (X, Y, loss_mask) in enumerate(micro_batches):
+                X, Y, loss_mask = (t.to(rt.device, non_blocking=True) for t in (X, Y, loss_mask))
+                with training.sync_gradients(model, last=i == len(micro_batches) - 1):
+                    with rt.autocast():
+                        logits = model(X).logits  # (B, T, vocab_size)
+                        loss = training.masked_cross_entropy(logits, Y, loss_mask)
+                    # divided, so the summed gradients are those of one batch len(micro_batches) times larger
+                    scaler.scale(loss / len(micro_batches)).backward()
+                progress.add(loss.detach(), X.numel())
+            scaler.unscale_(optimizer)  # clip the true gradients, not float16-scaled ones
+            grad_norm = torch.nn.utils.clip_grad_norm_(params, args.grad_clip)
+            scaler.step(optimizer)
+            scaler.update()
+            optimizer.zero_grad(set_to_none=True)
+            progress.step(grad_norm)
+
+            done = step + 1
+            if done % args.log_interval == 0 or done == data.total_steps:
+                progress.log(done, epoch, lr)
+            if done % args.save_interval == 0 or done == data.total_steps:
+                progress.check_finite(done)  # never replace the last good checkpoint with NaN weights
+                if rt.is_main:
+                    save_model(raw_model, paths.weights, meta={"tokenizer": tokenizer_path, "stage": "full_sft", "base": base})
+                training.save_resume(paths.resume, raw_model, optimizer, scaler, done, data.plan, rt)
+        progress.close(paths.svg, f"{name}: loss")
+        rt.print(f"saved {paths.weights} (final loss {progress.last_loss}); loss curve {paths.svg}")
+    return training.RunResult(raw_model, progress.last_loss, paths.weights)
+
+
+if __name__ == "__main__":
+    sys.exit(training.run_main(main))

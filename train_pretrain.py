@@ -1,0 +1,92 @@
+"""Stage 1, pretraining: a randomly initialised MiniMind learns to predict the next token of raw text.
+
+    python train_pretrain.py                   # the demo: dim 256, 4 layers, dataset/pretrain_demo.jsonl
+    torchrun --nproc_per_node 4 train_pretrain.py --dim 512 --n_layers 8 --max_seq_len 512 \\
+        --data_path dataset/pretrain_hq.jsonl --tokenizer model/minimind_tokenizer --batch_size 32
+
+Writes out/pretrain_{dim}.pth (MiniMind2-style weights) and its .json sidecar (config, tokenizer),
+which train_full_sft.py starts from. Device, DDP, the schedule, checkpoints and logging live in
+training.py; the loop at the end of main() is all that training *does*.
+"""
+import argparse
+import sys
+
+import torch
+
+import training
+from dataset.lm_dataset import PretrainDataset
+from model.checkpoint import save_model
+from model.model import MiniMindLM
+from model.model_lora import trainable_parameters_report
+from model.tokenizer import Tokenizer
+
+
+def build_parser():
+    parser = argparse.ArgumentParser(description="MiniMind pretraining: next-token prediction on raw text.")
+    training.add_common_args(parser, data_path="dataset/pretrain_demo.jsonl", epochs=1, batch_size=16,
+                             learning_rate=5e-4, warmup_iters=20, save_interval=100)
+    training.add_model_args(parser, from_checkpoint=False)
+    return parser
+
+
+def main(argv=None):
+    args = build_parser().parse_args(argv)
+    training.check_args(args)
+    paths = training.OutputPaths.for_run(args.out_dir, f"pretrain_{args.dim}")
+
+    with training.runtime(args.device, args.dtype, args.seed) as rt:
+        # ---- the model: built from the flags, vocabulary size from the tokenizer
+        tokenizer = Tokenizer.load(args.tokenizer)
+        raw_model = MiniMindLM(training.model_config(args, vocab_size=tokenizer.vocab_size)).to(rt.device)
+        rt.print(trainable_parameters_report(raw_model))
+
+        # ---- the data, and the optimizer over every parameter
+        train_ds = rt.rank0_first(lambda: PretrainDataset(args.data_path, tokenizer, max_length=args.max_seq_len,
+                                                          skip_bad=args.skip_bad_lines, cache_dir=args.cache_dir))
+        data = training.StepBatches(train_ds, args.batch_size, args.accumulation_steps, args.epochs, args.seed, rt,
+                                    args.num_workers)
+        params = list(raw_model.parameters())
+        optimizer = training.make_optimizer([{"params": params, "lr_scale": 1.0}], args.learning_rate, rt.device)
+        scaler = rt.grad_scaler()
+        start_step = training.load_resume(paths.resume, raw_model, optimizer, scaler, data.plan, rt) if args.resume else 0
+        model = training.wrap_model(raw_model, rt, args.compile)
+        rt.print(f"{len(train_ds):,} samples, {data.total_steps:,} optimizer steps; {rt}"
+                 + (f", resuming after step {start_step}" if start_step else ""))
+
+        # ---- the loop: set lr -> forward -> masked loss -> backward -> clip -> step -> log -> save
+        progress = training.Progress(paths.metrics, data.total_steps, start_step, rt, args.resume, scaler.is_enabled())
+        model.train()
+        for step, epoch, micro_batches in data.steps(start_step):
+            lr = training.get_lr(step, data.total_steps, args.learning_rate, args.warmup_iters)
+            training.set_lr(optimizer, lr)
+            for i, (X, Y, loss_mask) in enumerate(micro_batches):
+                X, Y, loss_mask = (t.to(rt.device, non_blocking=True) for t in (X, Y, loss_mask))
+                with training.sync_gradients(model, last=i == len(micro_batches) - 1):
+                    with rt.autocast():
+                        logits = model(X).logits  # (B, T, vocab_size)
+                        loss = training.masked_cross_entropy(logits, Y, loss_mask)
+                    # divided, so the summed gradients are those of one batch len(micro_batches) times larger
+                    scaler.scale(loss / len(micro_batches)).backward()
+                progress.add(loss.detach(), X.numel())
+            scaler.unscale_(optimizer)  # clip the true gradients, not float16-scaled ones
+            grad_norm = torch.nn.utils.clip_grad_norm_(params, args.grad_clip)
+            scaler.step(optimizer)
+            scaler.update()
+            optimizer.zero_grad(set_to_none=True)
+            progress.step(grad_norm)
+
+            done = step + 1
+            if done % args.log_interval == 0 or done == data.total_steps:
+                progress.log(done, epoch, lr)
+            if done % args.save_interval == 0 or done == data.total_steps:
+                progress.check_finite(done)  # never replace the last good checkpoint with NaN weights
+                if rt.is_main:
+                    save_model(raw_model, paths.weights, meta={"tokenizer": args.tokenizer, "stage": "pretrain"})
+                training.save_resume(paths.resume, raw_model, optimizer, scaler, done, data.plan, rt)
+        progress.close(paths.svg, f"pretrain_{args.dim}: loss")
+        rt.print(f"saved {paths.weights} (final loss {progress.last_loss}); loss curve {paths.svg}")
+    return training.RunResult(raw_model, progress.last_loss, paths.weights)
+
+
+if __name__ == "__main__":
+    sys.exit(training.run_main(main))

@@ -1,0 +1,212 @@
+"""
+Learn a byte-level BPE tokenizer from jsonl text: the training half of model/tokenizer.py.
+
+    python train_tokenizer.py --data_path dataset/pretrain_demo.jsonl --vocab_size 2048 --out_dir out/tok
+
+BPE training, in four steps (what Hugging Face's BpeTrainer does, which MiniMind uses):
+  1. cut the text into chunks with the same split pattern the tokenizer uses, count each distinct
+     chunk once (a word seen 10,000 times is processed once, weighted by 10,000);
+  2. start from one token per byte: ids 0, 1, 2 are the special tokens <unk> <s> </s>, then the 256
+     byte tokens in the order of their printable characters (the order HF gives them);
+  3. repeatedly take the most frequent adjacent pair, merge it into a new token everywhere;
+  4. stop at vocab_size tokens and write tokenizer.json + tokenizer_config.json.
+
+Ties (pairs with the same count) go to the pair with the smaller ids, as in HF, so a run is fully
+deterministic: the same data and vocab_size always give a byte-identical tokenizer.json.
+Each input line is {"text": "..."} (pretraining) or {"conversations": [{"role", "content"}, ...]}
+(SFT: every turn's content is used as text; the chat template's fixed words are not counted).
+"""
+import argparse
+import collections
+import heapq
+import json
+import operator
+import sys
+
+from tqdm import tqdm
+
+from model.tokenizer import Tokenizer, bytes_to_unicode, split_chunks
+
+SPECIAL_TOKENS = ("<unk>", "<s>", "</s>")  # ids 0, 1, 2: padding/unknown, begin, end (MiniMind2's)
+
+
+def read_texts(paths):
+    """Yield the training text of every line of the given jsonl files.
+
+    Bad input raises ValueError naming FILE:LINE, what is wrong and what a line must look like.
+    Blank lines are skipped.
+    """
+    for path in paths:
+        try:
+            f = open(path, encoding="utf-8")
+        except OSError as e:
+            raise ValueError(f"{path}: cannot open ({e.strerror}); check --data_path") from None
+        with f:
+            for line_no, line in enumerate(f, 1):
+                where = f"{path}:{line_no}"
+                if not line.strip():
+                    continue
+                try:
+                    record = json.loads(line)
+                except json.JSONDecodeError as e:
+                    raise ValueError(f"{where}: not valid JSON ({e.msg}); "
+                                     "each line must be one JSON object") from None
+                if isinstance(record, dict) and isinstance(record.get("text"), str):
+                    yield record["text"]
+                elif isinstance(record, dict) and isinstance(record.get("conversations"), list):
+                    for k, turn in enumerate(record["conversations"]):
+                        if not (isinstance(turn, dict) and isinstance(turn.get("content"), str)):
+                            raise ValueError(f"{where}: conversations[{k}] has no string 'content'; "
+                                             'expected {"role": ..., "content": "..."}')
+                        yield turn["content"]
+                else:
+                    found = sorted(record) if isinstance(record, dict) else type(record).__name__
+                    raise ValueError(f'{where}: expected {{"text": "..."}} or {{"conversations": [...]}}, '
+                                     f"found {found}")
+
+
+def count_chunks(texts, special_tokens=SPECIAL_TOKENS):
+    """Count the distinct chunks of all texts: {chunk: how many times it occurs}.
+
+    Special tokens written in the text are cut out first, so "<s>" never teaches merges of "<", "s".
+    count_chunks(["hi hi", "hi"]) -> {"hi": 2, " hi": 1}
+    """
+    special_pattern = Tokenizer.special_pattern(special_tokens)
+    counts = collections.Counter()
+    for text in texts:
+        for piece in special_pattern.split(text)[::2]:  # even items are the text between specials
+            counts.update(split_chunks(piece))  # Counter.update on a list runs in C
+    return counts
+
+
+def train_bpe(chunk_counts, vocab_size, special_tokens=SPECIAL_TOKENS, progress=True):
+    """Learn merges from chunk counts until the vocabulary has vocab_size tokens; return a Tokenizer.
+
+    Known answer (ids: 3 specials, then 256 bytes, then new tokens from 259):
+        chunks {"aaabdaaabac": 1}, vocab_size 262
+        pairs: aa:4, ab:2, ... -> merge (a,a) -> "aa" (259): "aa a b d aa a b a c"
+        pairs: (aa,a):2, (a,b):2 are tied; (a,b) wins, its ids are smaller -> "ab" (260)
+        then (aa,ab):2 -> "aaab" (261): "aaab d aaab a c"
+
+    Every token is kept as one character chr(id), so a chunk is a str and a merge is str.replace.
+    The pair counts are updated incrementally: merging (a, b) -> X only changes the pairs
+    touching each new X (its left and right neighbours), so only those counts move.
+    """
+    byte_char = bytes_to_unicode()
+    if vocab_size < len(special_tokens) + 256:
+        raise ValueError(f"--vocab_size {vocab_size} is too small: it must hold the "
+                         f"{len(special_tokens)} special tokens and 256 byte tokens (at least "
+                         f"{len(special_tokens) + 256})")
+
+    # step 2: the starting vocabulary, as HF orders it (specials, then bytes by character)
+    vocab = {token: i for i, token in enumerate(special_tokens)}
+    for c in sorted(byte_char.values()):
+        vocab[c] = len(vocab)
+    token_strings = list(vocab)  # id -> token string
+    # a chunk as a string of id-characters: utf-8 bytes, one character each, mapped to chr(id)
+    to_ids = [chr(vocab[byte_char[b]]) for b in range(256)]
+    words = [chunk.encode("utf-8").decode("latin-1").translate(to_ids) for chunk in chunk_counts]
+    freqs = list(chunk_counts.values())
+
+    # step 3a: count every adjacent pair once, remembering which words hold it
+    pair_counts = collections.defaultdict(int)
+    where = collections.defaultdict(set)
+    for idx, (word, freq) in enumerate(zip(words, freqs)):
+        for pair in map(operator.add, word, word[1:]):
+            pair_counts[pair] += freq
+            where[pair].add(idx)
+    # max-heap by count via negation; a pair string compares like its (left id, right id) tuple,
+    # so among equal counts the pair with smaller ids pops first. Entries go stale when a count
+    # changes; a popped entry whose count no longer matches is simply dropped.
+    heap = [(-count, pair) for pair, count in pair_counts.items()]
+    heapq.heapify(heap)
+
+    merges = []
+    n_merges = vocab_size - len(vocab)
+    # disable=None: a bar on a terminal, none in a log file
+    bar = tqdm(total=n_merges, desc="merges", unit="merge", disable=None if progress else True)
+    while len(merges) < n_merges and heap:
+        neg_count, pair = heapq.heappop(heap)
+        if pair_counts.get(pair) != -neg_count:
+            continue  # stale entry
+        # step 3b: the new token X = left + right
+        new = chr(len(token_strings))
+        left, right = pair
+        token_strings.append(token_strings[ord(left)] + token_strings[ord(right)])
+        merges.append((token_strings[ord(left)], token_strings[ord(right)]))
+        del pair_counts[pair]
+
+        # step 3c: rewrite the words that hold the pair, and collect how the other pair counts move
+        delta = collections.defaultdict(int)
+        for idx in where.pop(pair):
+            old = words[idx]
+            if pair not in old:
+                continue  # this word lost the pair to an earlier merge; `where` keeps stale entries
+            word = words[idx] = old.replace(pair, new)
+            freq = freqs[idx]
+            j = word.find(new)
+            while j != -1:
+                # left neighbour: (L, left) becomes (L, X). If L is itself an X from this merge,
+                # the old pair between them was (right, left) and the new one is (X, X).
+                if j > 0:
+                    neighbour = word[j - 1]
+                    delta[(right if neighbour == new else neighbour) + left] -= freq
+                    delta[neighbour + new] += freq
+                    where[neighbour + new].add(idx)
+                # right neighbour: (right, R) becomes (X, R); an X there is handled as its left side
+                if j + 1 < len(word) and word[j + 1] != new:
+                    neighbour = word[j + 1]
+                    delta[right + neighbour] -= freq
+                    delta[new + neighbour] += freq
+                    where[new + neighbour].add(idx)
+                j = word.find(new, j + 1)
+        for changed, d in delta.items():
+            if d == 0 or changed == pair:  # (a, a) merges: the overlapping pair is already gone
+                continue
+            count = pair_counts[changed] = pair_counts[changed] + d
+            if count > 0:
+                heapq.heappush(heap, (-count, changed))
+            else:
+                del pair_counts[changed]
+        bar.update(1)
+    bar.close()
+    if len(merges) < n_merges:
+        print(f"note: the text has no more pairs to merge; the vocabulary stops at "
+              f"{len(token_strings)} tokens instead of {vocab_size}", file=sys.stderr)
+
+    vocab = {token: i for i, token in enumerate(token_strings)}
+    added = [{"id": i, "content": t, "special": True} for i, t in enumerate(special_tokens)]
+    return Tokenizer(vocab, merges, added, bos_token=special_tokens[1], eos_token=special_tokens[2],
+                     pad_token=special_tokens[0])
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0].strip())
+    parser.add_argument("--data_path", nargs="+", required=True,
+                        help="one or more jsonl files with {'text'} or {'conversations'} lines")
+    parser.add_argument("--vocab_size", type=int, default=6400,
+                        help="tokens in the finished vocabulary, specials and 256 bytes included "
+                             "(MiniMind2: 6400)")
+    parser.add_argument("--out_dir", required=True,
+                        help="directory to write tokenizer.json and tokenizer_config.json into")
+    args = parser.parse_args(argv)
+    try:
+        counts = count_chunks(tqdm(read_texts(args.data_path), desc="reading", unit=" texts", disable=None))
+        if not counts:
+            raise ValueError(f"{', '.join(args.data_path)}: no text found; nothing to train on")
+        tokenizer = train_bpe(counts, args.vocab_size)
+        tokenizer.save(args.out_dir)
+    except (ValueError, OSError) as e:
+        print(f"train_tokenizer.py: error: {e}", file=sys.stderr)
+        return 1
+    # how much the merges compress the training text: bytes per token (1.0 before any merge)
+    n_bytes = sum(len(chunk.encode("utf-8")) * n for chunk, n in counts.items())
+    n_tokens = sum(len(tokenizer.encode(chunk, allow_special=False)) * n for chunk, n in counts.items())
+    print(f"vocab {tokenizer.vocab_size} tokens, {len(tokenizer.merges)} merges -> {args.out_dir}; "
+          f"training text: {n_bytes:,} bytes -> {n_tokens:,} tokens "
+          f"({n_bytes / max(n_tokens, 1):.2f} bytes/token)")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
