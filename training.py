@@ -32,7 +32,7 @@ import torch
 import torch.distributed as dist
 import torch.nn.functional as F
 from torch.nn.parallel import DistributedDataParallel
-from torch.utils.data import DataLoader, DistributedSampler
+from torch.utils.data import DataLoader, DistributedSampler, default_collate
 from tqdm import tqdm
 
 from model.checkpoint import CheckpointError, atomic_save, load_model, sidecar_path
@@ -81,7 +81,7 @@ def run_main(main, argv=None) -> int:
 def add_common_args(parser, *, data_path, epochs, batch_size, learning_rate, warmup_iters, save_interval):
     """The flags every stage shares. Defaults that differ per stage are passed in by the script."""
     p = parser
-    p.add_argument("--out_dir", default="out", help="directory for checkpoints, metrics and loss curves")
+    p.add_argument("--out_dir", default="out", help="directory for checkpoints, metrics and loss curves (default: %(default)s)")
     p.add_argument("--data_path", default=data_path, help="training data, jsonl (default: %(default)s)")
     p.add_argument("--epochs", type=int, default=epochs, help="passes over the data (default: %(default)s)")
     p.add_argument("--batch_size", type=int, default=batch_size, help="sequences per micro-batch, per process (default: %(default)s)")
@@ -106,7 +106,7 @@ def add_common_args(parser, *, data_path, epochs, batch_size, learning_rate, war
     p.add_argument("--num_workers", type=int, default=0,
                    help="DataLoader worker processes; 0 loads in the training process, enough for pre-tokenized data (default: %(default)s)")
     p.add_argument("--skip_bad_lines", action="store_true", help="skip (and count) malformed jsonl records instead of stopping at the first")
-    p.add_argument("--cache_dir", default=None, help="where the tokenized-data cache goes (default: the dataset module's choice)")
+    p.add_argument("--cache_dir", default=None, help="where the tokenized-data cache goes (default: a .cache folder beside the data file)")
 
 
 def add_model_args(parser, *, from_checkpoint):
@@ -126,7 +126,7 @@ def add_model_args(parser, *, from_checkpoint):
         return
     side = "only for a plain MiniMind2 .pth without a .json sidecar, whose shape the sidecar would give"
     p.add_argument("--dim", type=int, default=256,
-                   help="model width: names the default base file and outputs; for a plain MiniMind2 .pth also its shape (default: %(default)s)")
+                   help="model width: picks the default --base file; for a plain MiniMind2 .pth also its shape (default: %(default)s)")
     p.add_argument("--n_layers", type=int, default=None, help=f"transformer blocks; {side} (MiniMind2-Small 8, MiniMind2 16)")
     p.add_argument("--n_heads", type=int, default=None, help=f"attention query heads; {side} (MiniMind2: 8)")
     p.add_argument("--n_kv_heads", type=int, default=None, help=f"key/value heads; {side} (MiniMind2: 2)")
@@ -329,12 +329,6 @@ def runtime(device="auto", dtype="bfloat16", seed=1337):
     """
     rank, local_rank, world_size = (int(os.environ.get(k, d)) for k, d in (("RANK", 0), ("LOCAL_RANK", 0), ("WORLD_SIZE", 1)))
     device = pick_device(device)
-    if world_size > 1:
-        if device.type == "cuda":
-            device = torch.device("cuda", local_rank)
-            torch.cuda.set_device(device)
-        dist.init_process_group(backend="nccl" if device.type == "cuda" else "gloo")
-
     autocast_dtype = None
     if device.type == "cuda" and dtype != "float32":
         autocast_dtype = torch.bfloat16 if dtype == "bfloat16" else torch.float16
@@ -343,6 +337,11 @@ def runtime(device="auto", dtype="bfloat16", seed=1337):
         # TF32 matmuls for whatever stays float32: ~8x the float32 rate on Ampere and later.
         torch.backends.cuda.matmul.allow_tf32 = True
         torch.backends.cudnn.allow_tf32 = True
+    if world_size > 1:
+        if device.type == "cuda":
+            device = torch.device("cuda", local_rank)
+            torch.cuda.set_device(device)
+        dist.init_process_group(backend="nccl" if device.type == "cuda" else "gloo")
     # Each rank gets its own dropout noise; DDP broadcasts rank 0's initial weights to all ranks.
     torch.manual_seed(seed + rank)
     try:
@@ -375,6 +374,22 @@ def sync_gradients(model, last):
 
 # ------------------------------------------------------------------------------------------------
 # The data: micro-batches in a shuffled order fixed by (seed, epoch), grouped into optimizer steps.
+
+
+def collate_trimmed(samples, multiple=64):
+    """Stack samples into a batch (X, Y, loss_mask), then drop the columns after its last trained position.
+
+    Every sample is padded to max_seq_len, yet the columns after the batch's last loss_mask = 1 change
+    neither the loss (their mask is 0) nor any earlier position (attention is causal): they only cost
+    time. SFT samples are short (the demo's median is 49 tokens of 255), so this skips most of the work.
+    The cut is rounded up to a multiple of 64, so torch.compile meets only a few distinct shapes.
+    Example: max_seq_len 256, last trained position 70 -> X is (B, 128) instead of (B, 255).
+    """
+    X, Y, loss_mask = default_collate(samples)  # (B, T) each
+    trained = loss_mask.any(dim=0).nonzero()  # (n, 1): columns where some row is trained
+    keep = int(trained.max()) + 1 if len(trained) else 1
+    keep = min(X.size(1), math.ceil(keep / multiple) * multiple)
+    return X[:, :keep], Y[:, :keep], loss_mask[:, :keep]
 
 
 class StepBatches:
@@ -415,8 +430,8 @@ class StepBatches:
         for epoch in range(first_epoch, self.epochs):
             indices = list(self._sampler(epoch))[skip * self.batch_size:]  # skip what was already trained on
             skip = 0
-            loader = DataLoader(self.dataset, batch_size=self.batch_size, sampler=indices, num_workers=self.num_workers,
-                                pin_memory=self.rt.device.type == "cuda",
+            loader = DataLoader(self.dataset, batch_size=self.batch_size, sampler=indices, collate_fn=collate_trimmed,
+                                num_workers=self.num_workers, pin_memory=self.rt.device.type == "cuda",
                                 # its own generator, so building a loader does not draw from the global
                                 # RNG (which would shift dropout noise between a run and its resume)
                                 generator=torch.Generator().manual_seed(self.seed))

@@ -325,3 +325,32 @@ def test_load_model_errors(tmp_path):
         load_model(FIXTURES / "model.pth")  # MiniMind2 file: no sidecar
     model, meta = load_model(FIXTURES / "model.pth", config=fixture_model().config)
     assert meta == {}
+
+
+def test_atomic_save_keeps_the_old_file_when_a_save_fails(tmp_path):
+    """Guards against a crash mid-save destroying the last good checkpoint (or leaving temp files)."""
+    from model.checkpoint import atomic_save
+
+    path = tmp_path / "ckpt.pth"
+    atomic_save({"w": torch.ones(3)}, path)
+
+    class Unpicklable:
+        def __reduce__(self):
+            raise RuntimeError("simulated crash while writing")
+
+    with pytest.raises(RuntimeError, match="simulated crash"):
+        atomic_save({"w": torch.zeros(3), "bad": Unpicklable()}, path)
+    assert torch.equal(torch.load(path, weights_only=True)["w"], torch.ones(3))
+    assert [p.name for p in tmp_path.iterdir()] == ["ckpt.pth"]
+
+
+def test_atomic_save_gives_ordinary_file_permissions(tmp_path):
+    """Guards against checkpoints created owner-only (mkstemp's 0600) when they are meant to be shared."""
+    from model.checkpoint import atomic_save
+
+    old = os.umask(0o022)
+    try:
+        atomic_save({"w": torch.ones(1)}, tmp_path / "ckpt.pth")
+    finally:
+        os.umask(old)
+    assert (tmp_path / "ckpt.pth").stat().st_mode & 0o777 == 0o644

@@ -1,0 +1,386 @@
+"""Tests for training.py and the three training scripts.
+
+Tiny models (dim 32 or 64, 2 layers) on the first few hundred lines of the demo data, on the CPU:
+the stages chain and learn, LoRA touches nothing but its adapters, an interrupted run resumes to
+exactly the weights of an uninterrupted one, two processes train under torchrun, and user mistakes
+end in one clear line. Every script's main(argv) runs in-process and writes only under tmp_path.
+"""
+import hashlib
+import math
+import os
+import subprocess
+import sys
+import xml.etree.ElementTree as ET
+from pathlib import Path
+
+import pytest
+import torch
+
+import train_full_sft
+import train_lora
+import train_pretrain
+import training
+from dataset.lm_dataset import SFTDataset
+from model.checkpoint import load_model
+from model.LMConfig import LMConfig
+from model.model import MiniMindLM
+from model.model_lora import apply_lora, load_lora
+from model.tokenizer import Tokenizer
+
+ROOT = Path(__file__).resolve().parent.parent
+TOKENIZER = ROOT / "model" / "demo_tokenizer"
+SHAPE = ["--dim", "32", "--n_layers", "2", "--n_heads", "4", "--n_kv_heads", "2"]  # fast, for the mechanics
+LEARN = ["--dim", "64", "--n_layers", "2", "--n_heads", "4", "--n_kv_heads", "2"]  # learns visibly in seconds
+FAST = ["--device", "cpu", "--max_seq_len", "64", "--batch_size", "8", "--log_interval", "5"]
+
+
+def head(name, n, folder):
+    """The first n lines of dataset/{name} copied into folder: few samples, and the dataset's cache
+    is written beside the copy (in tmp_path), never in the repository."""
+    lines = (ROOT / "dataset" / name).read_text(encoding="utf-8").splitlines(keepends=True)[:n]
+    path = Path(folder) / name
+    path.write_text("".join(lines), encoding="utf-8")
+    return str(path)
+
+
+def sha256(path):
+    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
+
+
+def first_and_last_loss(metrics_path):
+    records = training.read_metrics(metrics_path)
+    return records[0]["loss"], records[-1]["loss"]
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    """Tiny matmuls gain nothing from a second thread, and on a shared 2-core machine two threads
+    waiting for each other make every step several times slower."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("data")
+    return {
+        "pretrain": head("pretrain_demo.jsonl", 240, folder),
+        "sft": head("sft_demo.jsonl", 320, folder),
+        "lora": head("lora_identity.jsonl", 200, folder),
+    }
+
+
+@pytest.fixture(scope="module")
+def pipeline(tmp_path_factory, data):
+    """pretrain -> full SFT -> LoRA, once, in one out_dir; each stage finds the previous one's file."""
+    out = str(tmp_path_factory.mktemp("out"))
+    pre = train_pretrain.main([*LEARN, *FAST, "--out_dir", out, "--tokenizer", str(TOKENIZER),
+                               "--data_path", data["pretrain"], "--epochs", "3", "--learning_rate", "3e-3",
+                               "--warmup_iters", "5"])
+    sft = train_full_sft.main([*FAST, "--max_seq_len", "96", "--out_dir", out, "--dim", "64", "--data_path", data["sft"],
+                               "--epochs", "2", "--learning_rate", "3e-3", "--warmup_iters", "5"])
+    sft_hash = sha256(sft.weights)
+    lora = train_lora.main([*FAST, "--max_seq_len", "128", "--out_dir", out, "--dim", "64", "--lora_name", "lora_identity",
+                            "--data_path", data["lora"], "--epochs", "2", "--learning_rate", "5e-3", "--warmup_iters", "3",
+                            "--lora_rank", "8", "--lora_plus_ratio", "16"])
+    return {"out": out, "pretrain": pre, "sft": sft, "lora": lora, "sft_hash": sft_hash}
+
+
+# ------------------------------------------------------------------------------------------------
+# The pieces
+
+
+def test_lr_schedule_warms_up_linearly_then_decays_by_cosine_to_the_minimum():
+    """Guards against MiniMind2's schedule, which ignores --warmup_iters and starts at 1.1 x the
+    learning rate, and against off-by-one warmups that start at 0 (a wasted step) or overshoot."""
+    lr = [training.get_lr(s, 100, 1.0, 10) for s in range(101)]
+    assert lr[0] == pytest.approx(0.1) and lr[4] == pytest.approx(0.5)  # linear from ~0 ...
+    assert lr[9] == pytest.approx(1.0) and lr[10] == pytest.approx(1.0)  # ... to the peak, never above it
+    assert max(lr) == pytest.approx(1.0)
+    assert lr[55] == pytest.approx(0.55)  # half way through the cosine: (max + min) / 2
+    assert lr[100] == pytest.approx(0.1)  # down to min_lr_ratio x learning_rate
+    assert all(a >= b for a, b in zip(lr[10:], lr[11:]))  # monotone decay after warmup
+    assert training.get_lr(0, 100, 1.0, 0) == pytest.approx(1.0)  # no warmup: start at the peak
+
+
+def test_masked_cross_entropy_counts_only_unmasked_positions():
+    """Guards against SFT training on the prompt (mask ignored) or a loss diluted by the masked
+    positions (dividing by all positions instead of the trained ones), and 0/0 on an empty mask."""
+    torch.manual_seed(0)
+    logits, targets = torch.randn(2, 5, 11), torch.randint(0, 11, (2, 5))
+    mask = torch.tensor([[0, 1, 1, 0, 1], [1, 0, 0, 0, 0]])
+    per_token = torch.nn.functional.cross_entropy(logits.view(-1, 11), targets.view(-1), reduction="none").view(2, 5)
+    expected = per_token[mask.bool()].mean()
+    assert torch.allclose(training.masked_cross_entropy(logits, targets, mask), expected)
+    changed = logits.clone()
+    changed[~mask.bool()] = 100.0  # whatever the model says at masked positions does not count
+    assert torch.allclose(training.masked_cross_entropy(changed, targets, mask), expected)
+    assert training.masked_cross_entropy(logits, targets, torch.zeros_like(mask)).item() == 0.0
+
+
+def test_trimming_padding_columns_changes_neither_loss_nor_gradients():
+    """Guards against a cut one column too early (dropping a trained target) or a cut that is not
+    exact: the columns after the last trained position may go only because nothing depends on them."""
+    torch.manual_seed(0)
+    model = MiniMindLM(LMConfig(dim=32, n_layers=2, n_heads=4, n_kv_heads=2, vocab_size=50))
+    T, pad = 200, 0
+    samples = []
+    for last in (30, 70):  # the batch's last trained position is 70 -> 128 columns kept (rounded up to 64s)
+        X = torch.randint(1, 50, (T,))
+        X[last + 3:] = pad
+        mask = torch.zeros(T, dtype=torch.long)
+        mask[5:last + 1] = 1
+        samples.append((X, torch.roll(X, -1), mask))
+
+    def loss_and_grads(batch):
+        model.zero_grad()
+        X, Y, mask = batch
+        loss = training.masked_cross_entropy(model(X).logits, Y, mask)
+        loss.backward()
+        return loss.detach(), [p.grad.clone() for p in model.parameters()]
+
+    trimmed = training.collate_trimmed(samples)
+    assert trimmed[0].shape == (2, 128)
+    full_loss, full_grads = loss_and_grads(tuple(torch.stack(t) for t in zip(*samples)))
+    cut_loss, cut_grads = loss_and_grads(trimmed)
+    assert torch.allclose(full_loss, cut_loss, atol=1e-6)
+    assert all(torch.allclose(a, b, atol=1e-6) for a, b in zip(full_grads, cut_grads))
+    samples[1][2][127] = 1  # a target in the last kept column ...
+    assert training.collate_trimmed(samples)[0].shape == (2, 128)
+    samples[1][2][128] = 1  # ... and one just past it: the cut moves to keep it
+    assert training.collate_trimmed(samples)[0].shape == (2, 192)
+
+
+def test_step_batches_see_every_sample_once_per_epoch_and_resume_at_any_step():
+    """Guards against a resumed run that restarts its epoch (or reshuffles it) instead of continuing
+    the same order, and against an epoch that drops or repeats samples."""
+    dataset = [(torch.tensor([i]), torch.tensor([i]), torch.tensor([1])) for i in range(10)]
+    rt = training.Runtime(torch.device("cpu"))
+    data = training.StepBatches(dataset, batch_size=4, accumulation_steps=2, epochs=2, seed=0, rt=rt)
+    assert (data.batches_per_epoch, data.total_steps) == (3, 3)  # 4+4+2 samples per epoch, 6 micro-batches
+
+    def order(start):
+        return [[X.tolist() for X, _, _ in group] for _, _, group in data.steps(start)]
+
+    full = order(0)
+    samples = [i for group in full for X in group for i in sum(X, [])]
+    assert sorted(samples[:10]) == list(range(10)) and sorted(samples[10:]) == list(range(10))
+    assert samples[:10] != samples[10:]  # each epoch its own shuffle
+    assert samples[:10] != list(range(10))
+    assert order(1) == full[1:] and order(2) == full[2:]  # resuming at step s = the same batches
+    assert [epoch for _, epoch, _ in data.steps(0)] == [0, 0, 1]  # step 1 spans the epoch boundary
+
+
+def test_loss_curve_svg_is_well_formed_and_plots_every_point(tmp_path):
+    """Guards against a hand-written SVG that browsers refuse (bad XML) or that drops or flips points."""
+    records = [{"step": s, "loss": 8.0 / s} for s in range(1, 21)]
+    path = tmp_path / "loss.svg"
+    training.write_loss_svg(records, path, "a & b <test>")
+    root = ET.parse(path).getroot()
+    lines = [e for e in root.iter("{http://www.w3.org/2000/svg}polyline") if e.get("stroke") == "#1f77b4"]
+    points = [tuple(map(float, p.split(","))) for p in lines[0].get("points").split()]
+    assert len(points) == 20
+    xs, ys = zip(*points)
+    assert list(xs) == sorted(xs) and list(ys) == sorted(ys)  # loss falls -> y grows (SVG y points down)
+    training.write_loss_svg([], tmp_path / "empty.svg", "no data")  # a run with no log line yet
+    ET.parse(tmp_path / "empty.svg")
+
+
+@pytest.mark.parametrize("script", [train_pretrain, train_full_sft, train_lora])
+def test_every_flag_has_help_and_none_is_type_bool(script):
+    """Guards against MiniMind's type=bool flags (where "False" parses as True) and undocumented flags."""
+    for action in script.build_parser()._actions:
+        assert action.help, f"{action.option_strings} has no help"
+        assert action.type is not bool, f"{action.option_strings} uses type=bool"
+
+
+# ------------------------------------------------------------------------------------------------
+# The stages
+
+
+def test_pretrain_sft_lora_chain_and_each_reaches_its_loss_target(pipeline, data):
+    """Guards against a stage that does not learn (a broken loss, mask or schedule) and against
+    stages that do not find each other's files (names, sidecar config and tokenizer)."""
+    out = pipeline["out"]
+    # Measured, first log line -> last: pretrain 7.5 -> 4.5 (ln 2048 = 7.6 is a uniform guess), SFT 6.7 -> 3.5.
+    first, last = first_and_last_loss(f"{out}/pretrain_64_metrics.jsonl")
+    assert last < 0.7 * first and last < 5.0, (first, last)
+    first, last = first_and_last_loss(f"{out}/full_sft_64_metrics.jsonl")
+    assert last < 0.7 * first and last < 4.0, (first, last)
+    # LoRA, on all of its data: measured 6.15 for the SFT model alone, 5.0 with the adapter. Only
+    # wq/wo of a dim-64 model adapt, and the data mixes the new identity with world questions.
+    base, _ = load_model(pipeline["sft"].weights)
+    tokenizer = Tokenizer.load(TOKENIZER)
+    dataset = SFTDataset(data["lora"], tokenizer, max_length=128)
+    X, Y, mask = (torch.stack(t) for t in zip(*(dataset[i] for i in range(len(dataset)))))
+    with torch.no_grad():
+        before = training.masked_cross_entropy(base.eval()(X).logits, Y, mask).item()
+        after = training.masked_cross_entropy(pipeline["lora"].model.eval()(X).logits, Y, mask).item()
+    assert after < 0.88 * before, (before, after)
+
+    model, meta = load_model(f"{out}/full_sft_64.pth")  # config and tokenizer from the sidecar
+    assert (model.config.dim, model.config.n_layers, meta["stage"]) == (64, 2, "full_sft")
+    assert meta["tokenizer"] == str(TOKENIZER)
+    for name in ("pretrain_64", "full_sft_64", "lora_identity_64"):
+        ET.parse(f"{out}/{name}_loss.svg")
+    assert os.listdir(f"{out}/lora") == ["lora_identity_64.pth"]  # out/lora holds adapters only
+
+
+def test_lora_run_changes_only_adapter_weights(pipeline):
+    """Guards against LoRA training that leaks into the base model (a parameter left unfrozen, an
+    optimizer given every parameter, weight decay on frozen weights) or saves more than the adapter."""
+    trained = pipeline["lora"].model
+    base, _ = load_model(pipeline["sft"].weights)
+    base_state, trained_state = base.state_dict(), trained.state_dict()
+    for key, value in base_state.items():
+        assert torch.equal(trained_state[key], value), f"{key} changed during LoRA training"
+    assert sha256(pipeline["sft"].weights) == pipeline["sft_hash"]  # the file it started from, untouched
+
+    adapter = torch.load(pipeline["lora"].weights, weights_only=True)
+    tensors = {k: v for k, v in adapter.items() if k != "lora_config"}
+    assert tensors and all(".lora." in k for k in tensors)
+    assert all(k in trained_state for k in tensors)
+    assert all(tensors[k].abs().sum() > 0 for k in tensors if k.endswith("B.weight"))  # B moved off its zero init
+    apply_lora(base, rank=8)
+    load_lora(base, pipeline["lora"].weights)  # base + adapter file = the trained model
+    X = torch.randint(0, base.config.vocab_size, (1, 16))
+    trained.eval()
+    assert torch.allclose(base(X).logits, trained(X).logits, atol=1e-6)
+
+
+def resume_case(kind, out, data, sft_weights=None):
+    """argv for a small run that spans two epochs with gradient accumulation (a step crosses the
+    epoch boundary) and, for LoRA, dropout (so the RNG state matters) and LoRA+ (two param groups)."""
+    common = [*FAST, "--out_dir", out, "--epochs", "2", "--accumulation_steps", "2", "--save_interval", "4"]
+    if kind == "pretrain":
+        return train_pretrain, [*common, *SHAPE, "--tokenizer", str(TOKENIZER), "--data_path", data["pretrain"]]
+    return train_lora, [*common, "--base", sft_weights, "--data_path", data["lora"], "--lora_name", "lora_identity",
+                        "--max_seq_len", "128", "--lora_rank", "4",
+                        "--lora_dropout", "0.1", "--lora_plus_ratio", "4"]
+
+
+@pytest.mark.parametrize("kind", ["pretrain", "lora"])
+def test_interrupted_run_resumes_to_the_same_weights(kind, tmp_path, data, pipeline, monkeypatch):
+    """Guards against a resume that loses or repeats data, restarts the schedule or the optimizer's
+    moments, or replays different dropout noise: any of them changes the final weights."""
+    script, argv = resume_case(kind, str(tmp_path / "straight"), data, pipeline["sft"].weights)
+    straight = script.main(argv)
+
+    script, argv = resume_case(kind, str(tmp_path / "resumed"), data, pipeline["sft"].weights)
+    real_get_lr = training.get_lr
+
+    def ctrl_c_at_step_6(step, *args):
+        if step == 6:  # two steps after the checkpoint at step 4: those two are lost and redone
+            raise KeyboardInterrupt
+        return real_get_lr(step, *args)
+
+    monkeypatch.setattr(training, "get_lr", ctrl_c_at_step_6)
+    with pytest.raises(KeyboardInterrupt):
+        script.main(argv)
+    monkeypatch.setattr(training, "get_lr", real_get_lr)
+    assert torch.load(tmp_path / "resumed" / f"{'pretrain_32' if kind == 'pretrain' else 'lora_identity_64'}_resume.pth",
+                      weights_only=True)["step"] == 4
+    resumed = script.main([*argv, "--resume"])
+
+    a, b = straight.model.state_dict(), resumed.model.state_dict()
+    assert a.keys() == b.keys()
+    for key in a:
+        assert torch.equal(a[key], b[key]), key  # bit-identical on the CPU
+    assert straight.final_loss == pytest.approx(resumed.final_loss, abs=1e-6)
+    steps = [r["step"] for r in training.read_metrics(tmp_path / "resumed" / Path(straight.weights).name.replace(".pth", "_metrics.jsonl"))]
+    assert steps == sorted(set(steps))  # the metrics log kept no lines from the lost steps
+
+    with pytest.raises(training.TrainingError, match="batch_size=8 then, 4 now"):
+        script.main([*argv, "--resume", "--batch_size", "4"])
+
+
+def test_nan_loss_stops_the_run_and_keeps_the_last_good_checkpoint(tmp_path, data, monkeypatch):
+    """Guards against a diverged run that keeps going, or that overwrites its last good checkpoint
+    with NaN weights."""
+    out = tmp_path / "out"
+    real_loss, calls = training.masked_cross_entropy, []
+
+    def nan_from_micro_batch_7(logits, targets, mask):
+        calls.append(1)
+        loss = real_loss(logits, targets, mask)
+        return loss * float("nan") if len(calls) >= 7 else loss
+
+    monkeypatch.setattr(training, "masked_cross_entropy", nan_from_micro_batch_7)
+    with pytest.raises(training.TrainingError, match="loss became nan by step 8"):
+        train_pretrain.main([*SHAPE, *FAST, "--out_dir", str(out), "--tokenizer", str(TOKENIZER),
+                             "--data_path", data["pretrain"], "--save_interval", "4", "--log_interval", "100"])
+    assert torch.load(out / "pretrain_32_resume.pth", weights_only=True)["step"] == 4
+    model, _ = load_model(out / "pretrain_32.pth")
+    assert all(torch.isfinite(p).all() for p in model.parameters())
+
+
+# ------------------------------------------------------------------------------------------------
+# User errors: one line on stderr, exit code 1, no traceback
+
+
+def test_missing_base_checkpoint_names_the_command_that_makes_it(tmp_path, capsys):
+    """Guards against a KeyError/traceback (or a silently random model) when a stage's input is missing."""
+    out = str(tmp_path / "out")
+    assert training.run_main(train_full_sft.main, ["--out_dir", out, "--dim", "48"]) == 1
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "Traceback" not in err
+    assert f"{out}/pretrain_48.pth not found" in err
+    assert f"python train_pretrain.py --out_dir {out} --dim 48" in err
+
+    assert training.run_main(train_lora.main, ["--out_dir", out]) == 1
+    err = capsys.readouterr().err
+    assert f"{out}/full_sft_256.pth not found" in err and "python train_full_sft.py" in err
+
+
+@pytest.mark.parametrize("name", ["../escape", "a/b", "/abs", ""])
+def test_lora_name_with_a_path_is_rejected(name, tmp_path, capsys):
+    """Guards against --lora_name writing outside out/lora/ (e.g. ../../something.pth)."""
+    assert training.run_main(train_lora.main, ["--out_dir", str(tmp_path), "--lora_name", name]) == 1
+    err = capsys.readouterr().err
+    assert "must be a plain name" in err and err.count("\n") == 1
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_a_plain_minimind2_checkpoint_trains_given_its_tokenizer_and_shape(pipeline, data, tmp_path, capsys):
+    """Guards against requiring this project's sidecar: MiniMind2's own .pth files (no config
+    inside) must still load from flags, and a wrong flag must say which value the file implies."""
+    plain = tmp_path / "full_sft_512.pth"
+    plain.write_bytes(Path(pipeline["pretrain"].weights).read_bytes())  # weights only, no .json sidecar
+    argv = [*FAST, "--base", str(plain), "--out_dir", str(tmp_path / "out"), "--data_path", data["sft"]]
+
+    assert training.run_main(train_full_sft.main, argv) == 1
+    assert "pass --tokenizer" in capsys.readouterr().err
+    shape = ["--tokenizer", str(TOKENIZER), "--dim", "64", "--n_heads", "4", "--n_kv_heads", "2"]
+    assert training.run_main(train_full_sft.main, [*argv, *shape, "--n_layers", "3"]) == 1
+    assert "--n_layers 2" in capsys.readouterr().err  # read off the file's tensors
+    result = train_full_sft.main([*argv, *shape, "--n_layers", "2", "--epochs", "1"])
+    assert math.isfinite(result.final_loss)
+    assert Path(result.weights) == tmp_path / "out" / "full_sft_64.pth"
+
+
+# ------------------------------------------------------------------------------------------------
+# Many processes
+
+
+def test_two_process_gloo_torchrun_trains_and_saves_loadable_files(tmp_path, data):
+    """Guards against DDP runs that hang, save from every rank, or leave "module." prefixes that
+    make the checkpoint unloadable by MiniMind2's strict load."""
+    out = tmp_path / "out"
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+           "train_pretrain.py", *SHAPE, *FAST, "--out_dir", str(out), "--tokenizer", str(TOKENIZER),
+           "--data_path", data["pretrain"], "--batch_size", "16", "--max_seq_len", "32", "--log_interval", "2"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    result = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr[-2000:]
+
+    state = torch.load(out / "pretrain_32.pth", weights_only=True)
+    assert not any(k.startswith(("module.", "_orig_mod.")) for k in state)
+    model, meta = load_model(out / "pretrain_32.pth")
+    assert meta["stage"] == "pretrain"
+    records = training.read_metrics(out / "pretrain_32_metrics.jsonl")
+    # 240 samples / 2 ranks / 16 per batch = 8 steps, logged every 2: 4 lines, written by rank 0 only
+    assert [r["step"] for r in records] == [2, 4, 6, 8]
+    assert all(math.isfinite(r["loss"]) for r in records)
+    assert torch.load(out / "pretrain_32_resume.pth", weights_only=True)["plan"]["world_size"] == 2
