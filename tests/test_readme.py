@@ -25,3 +25,10 @@ def test_files_named_in_the_readme_tree_exist():
     assert names, "the README's file tree should list files"
     missing = [n for n in names if not list(ROOT.rglob(Path(n).name))]
     assert not missing, f"files named in the README tree but absent: {missing}"
+
+
+def test_requirements_list_exactly_the_run_time_dependencies():
+    """Guards against a missing or drifting requirements.txt, which breaks the README's set-up command."""
+    lines = (ROOT / "requirements.txt").read_text().splitlines()
+    names = {re.split(r"[=<>!~ ]", l.strip())[0].lower() for l in lines if l.strip() and not l.startswith("#")}
+    assert names == {"torch", "numpy", "tqdm", "pytest"}
