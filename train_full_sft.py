@@ -16,7 +16,7 @@ import torch
 import training
 from dataset.lm_dataset import SFTDataset
 from model.checkpoint import save_model
-from model.model_lora import trainable_parameters_report
+from model.model import trainable_parameters_report
 
 
 def build_parser():
@@ -39,17 +39,18 @@ def main(argv=None):
             base, f"python train_pretrain.py --out_dir {args.out_dir} --dim {args.dim}", args, rt.device)
         name = f"full_sft_{raw_model.config.dim}"
         paths = training.OutputPaths.for_run(args.out_dir, name)
+        training.check_no_unfinished_run(paths.resume, args.resume)
         rt.print(f"base {base}; " + trainable_parameters_report(raw_model))
 
         # ---- the data, and the optimizer over every parameter
-        train_ds = rt.rank0_first(lambda: SFTDataset(args.data_path, tokenizer, max_length=args.max_seq_len,
-                                                     skip_bad=args.skip_bad_lines, cache_dir=args.cache_dir))
+        train_ds = training.load_dataset(SFTDataset, args, tokenizer, rt)
         data = training.StepBatches(train_ds, args.batch_size, args.accumulation_steps, args.epochs, args.seed, rt,
                                     args.num_workers)
         params = list(raw_model.parameters())
         optimizer = training.make_optimizer([{"params": params, "lr_scale": 1.0}], args.learning_rate, rt.device)
         scaler = rt.grad_scaler()
-        start_step = training.load_resume(paths.resume, raw_model, optimizer, scaler, data.plan, rt) if args.resume else 0
+        plan = training.run_plan(args, raw_model, data, rt)
+        start_step = training.load_resume(paths.resume, raw_model, optimizer, scaler, plan, rt) if args.resume else 0
         model = training.wrap_model(raw_model, rt, args.compile)
         rt.print(f"{len(train_ds):,} samples, {data.total_steps:,} optimizer steps; {rt}"
                  + (f", resuming after step {start_step}" if start_step else ""))
@@ -82,8 +83,9 @@ def main(argv=None):
             if done % args.save_interval == 0 or done == data.total_steps:
                 progress.check_finite(done)  # never replace the last good checkpoint with NaN weights
                 if rt.is_main:
-                    save_model(raw_model, paths.weights, meta={"tokenizer": tokenizer_path, "stage": "full_sft", "base": base})
-                training.save_resume(paths.resume, raw_model, optimizer, scaler, done, data.plan, rt)
+                    save_model(raw_model, paths.weights, meta=training.sidecar_meta("full_sft", tokenizer_path, base))
+                training.save_resume(paths.resume, raw_model, optimizer, scaler, done, plan, rt)
+        training.remove_resume(paths.resume, rt)  # finished: nothing to resume, a rerun starts afresh
         progress.close(paths.svg, f"{name}: loss")
         rt.print(f"saved {paths.weights} (final loss {progress.last_loss}); loss curve {paths.svg}")
     return training.RunResult(raw_model, progress.last_loss, paths.weights)

@@ -49,6 +49,7 @@ def main(argv=None):
             base, f"python train_full_sft.py --out_dir {args.out_dir} --dim {args.dim}", args, rt.device)
         name = f"{args.lora_name}_{raw_model.config.dim}"
         paths = training.OutputPaths.for_run(args.out_dir, name, weights=f"{args.out_dir}/lora/{name}.pth")
+        training.check_no_unfinished_run(paths.resume, args.resume)
         # LoRA: adapters beside the chosen Linears (B = 0, so the model is still exactly the base), then
         # freeze everything else: frozen weights get no gradients and no optimizer state
         targets = args.lora_targets.split(",") if args.lora_targets else None
@@ -57,8 +58,7 @@ def main(argv=None):
         rt.print(f"base {base}; " + trainable_parameters_report(raw_model))
 
         # ---- the data, and the optimizer over the adapters only
-        train_ds = rt.rank0_first(lambda: SFTDataset(args.data_path, tokenizer, max_length=args.max_seq_len,
-                                                     skip_bad=args.skip_bad_lines, cache_dir=args.cache_dir))
+        train_ds = training.load_dataset(SFTDataset, args, tokenizer, rt)
         data = training.StepBatches(train_ds, args.batch_size, args.accumulation_steps, args.epochs, args.seed, rt,
                                     args.num_workers)
         # LoRA+ (Hayou et al., 2024): B, which starts at zero, learns lora_plus_ratio times faster than A
@@ -68,7 +68,9 @@ def main(argv=None):
         optimizer = training.make_optimizer([{"params": a_params, "lr_scale": 1.0},
                                              {"params": b_params, "lr_scale": args.lora_plus_ratio}], args.learning_rate, rt.device)
         scaler = rt.grad_scaler()
-        start_step = training.load_resume(paths.resume, raw_model, optimizer, scaler, data.plan, rt) if args.resume else 0
+        # the frozen base is not in the resume file, so a --resume must find the very same --base file
+        plan = training.run_plan(args, raw_model, data, rt, base=base)
+        start_step = training.load_resume(paths.resume, raw_model, optimizer, scaler, plan, rt) if args.resume else 0
         model = training.wrap_model(raw_model, rt, args.compile)
         rt.print(f"{len(train_ds):,} samples, {data.total_steps:,} optimizer steps; {rt}"
                  + (f", resuming after step {start_step}" if start_step else ""))
@@ -102,7 +104,8 @@ def main(argv=None):
                 progress.check_finite(done)  # never replace the last good checkpoint with NaN weights
                 if rt.is_main:
                     save_lora(raw_model, paths.weights)  # the adapter alone: the base file is not touched
-                training.save_resume(paths.resume, raw_model, optimizer, scaler, done, data.plan, rt)
+                training.save_resume(paths.resume, raw_model, optimizer, scaler, done, plan, rt)
+        training.remove_resume(paths.resume, rt)  # finished: nothing to resume, a rerun starts afresh
         progress.close(paths.svg, f"{name}: loss")
         rt.print(f"saved {paths.weights} (final loss {progress.last_loss}); loss curve {paths.svg}")
     return training.RunResult(raw_model, progress.last_loss, paths.weights)

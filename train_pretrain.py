@@ -16,8 +16,7 @@ import torch
 import training
 from dataset.lm_dataset import PretrainDataset
 from model.checkpoint import save_model
-from model.model import MiniMindLM
-from model.model_lora import trainable_parameters_report
+from model.model import MiniMindLM, trainable_parameters_report
 from model.tokenizer import Tokenizer
 
 
@@ -32,7 +31,9 @@ def build_parser():
 def main(argv=None):
     args = build_parser().parse_args(argv)
     training.check_args(args)
-    paths = training.OutputPaths.for_run(args.out_dir, f"pretrain_{args.dim}")
+    name = f"pretrain_{args.dim}"
+    paths = training.OutputPaths.for_run(args.out_dir, name)
+    training.check_no_unfinished_run(paths.resume, args.resume)
 
     with training.runtime(args.device, args.dtype, args.seed) as rt:
         # ---- the model: built from the flags, vocabulary size from the tokenizer
@@ -41,14 +42,14 @@ def main(argv=None):
         rt.print(trainable_parameters_report(raw_model))
 
         # ---- the data, and the optimizer over every parameter
-        train_ds = rt.rank0_first(lambda: PretrainDataset(args.data_path, tokenizer, max_length=args.max_seq_len,
-                                                          skip_bad=args.skip_bad_lines, cache_dir=args.cache_dir))
+        train_ds = training.load_dataset(PretrainDataset, args, tokenizer, rt)
         data = training.StepBatches(train_ds, args.batch_size, args.accumulation_steps, args.epochs, args.seed, rt,
                                     args.num_workers)
         params = list(raw_model.parameters())
         optimizer = training.make_optimizer([{"params": params, "lr_scale": 1.0}], args.learning_rate, rt.device)
         scaler = rt.grad_scaler()
-        start_step = training.load_resume(paths.resume, raw_model, optimizer, scaler, data.plan, rt) if args.resume else 0
+        plan = training.run_plan(args, raw_model, data, rt)
+        start_step = training.load_resume(paths.resume, raw_model, optimizer, scaler, plan, rt) if args.resume else 0
         model = training.wrap_model(raw_model, rt, args.compile)
         rt.print(f"{len(train_ds):,} samples, {data.total_steps:,} optimizer steps; {rt}"
                  + (f", resuming after step {start_step}" if start_step else ""))
@@ -81,9 +82,10 @@ def main(argv=None):
             if done % args.save_interval == 0 or done == data.total_steps:
                 progress.check_finite(done)  # never replace the last good checkpoint with NaN weights
                 if rt.is_main:
-                    save_model(raw_model, paths.weights, meta={"tokenizer": args.tokenizer, "stage": "pretrain"})
-                training.save_resume(paths.resume, raw_model, optimizer, scaler, done, data.plan, rt)
-        progress.close(paths.svg, f"pretrain_{args.dim}: loss")
+                    save_model(raw_model, paths.weights, meta=training.sidecar_meta("pretrain", args.tokenizer))
+                training.save_resume(paths.resume, raw_model, optimizer, scaler, done, plan, rt)
+        training.remove_resume(paths.resume, rt)  # finished: nothing to resume, a rerun starts afresh
+        progress.close(paths.svg, f"{name}: loss")
         rt.print(f"saved {paths.weights} (final loss {progress.last_loss}); loss curve {paths.svg}")
     return training.RunResult(raw_model, progress.last_loss, paths.weights)
 

@@ -15,54 +15,37 @@ Ties (pairs with the same count) go to the pair with the smaller ids, as in HF, 
 deterministic: the same data and vocab_size always give a byte-identical tokenizer.json.
 Each input line is {"text": "..."} (pretraining) or {"conversations": [{"role", "content"}, ...]}
 (SFT: every turn's content is used as text; the chat template's fixed words are not counted).
+Lines are read and checked by dataset/lm_dataset.py, as for training, so a bad line is reported the
+same way: FILE:LINE, the problem, and how to fix it.
 """
 import argparse
 import collections
 import heapq
-import json
 import operator
 import sys
 
 from tqdm import tqdm
 
+from dataset.lm_dataset import check_record, jsonl_lines, parse_line
 from model.tokenizer import Tokenizer, bytes_to_unicode, split_chunks
 
 SPECIAL_TOKENS = ("<unk>", "<s>", "</s>")  # ids 0, 1, 2: padding/unknown, begin, end (MiniMind2's)
 
 
 def read_texts(paths):
-    """Yield the training text of every line of the given jsonl files.
+    """Yield the training text of every line of the given jsonl files: a pretraining line's "text",
+    every turn's "content" of an SFT line.
 
-    Bad input raises ValueError naming FILE:LINE, what is wrong and what a line must look like.
+    Bad input raises DataError (a ValueError) naming FILE:LINE, what is wrong and how to fix it.
     Blank lines are skipped.
     """
     for path in paths:
-        try:
-            f = open(path, encoding="utf-8")
-        except OSError as e:
-            raise ValueError(f"{path}: cannot open ({e.strerror}); check --data_path") from None
-        with f:
-            for line_no, line in enumerate(f, 1):
-                where = f"{path}:{line_no}"
-                if not line.strip():
-                    continue
-                try:
-                    record = json.loads(line)
-                except json.JSONDecodeError as e:
-                    raise ValueError(f"{where}: not valid JSON ({e.msg}); "
-                                     "each line must be one JSON object") from None
-                if isinstance(record, dict) and isinstance(record.get("text"), str):
-                    yield record["text"]
-                elif isinstance(record, dict) and isinstance(record.get("conversations"), list):
-                    for k, turn in enumerate(record["conversations"]):
-                        if not (isinstance(turn, dict) and isinstance(turn.get("content"), str)):
-                            raise ValueError(f"{where}: conversations[{k}] has no string 'content'; "
-                                             'expected {"role": ..., "content": "..."}')
-                        yield turn["content"]
-                else:
-                    found = sorted(record) if isinstance(record, dict) else type(record).__name__
-                    raise ValueError(f'{where}: expected {{"text": "..."}} or {{"conversations": [...]}}, '
-                                     f"found {found}")
+        for raw, where in jsonl_lines(path):
+            kind, content = check_record(parse_line(raw, where), where)
+            if kind == "pretrain":
+                yield content
+            else:
+                yield from (message["content"] for message in content)
 
 
 def count_chunks(texts, special_tokens=SPECIAL_TOKENS):
@@ -180,7 +163,7 @@ def train_bpe(chunk_counts, vocab_size, special_tokens=SPECIAL_TOKENS, progress=
                      pad_token=special_tokens[0])
 
 
-def main(argv=None):
+def build_parser():
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0].strip())
     parser.add_argument("--data_path", nargs="+", required=True,
                         help="one or more jsonl files with {'text'} or {'conversations'} lines")
@@ -189,7 +172,11 @@ def main(argv=None):
                              "(MiniMind2: 6400)")
     parser.add_argument("--out_dir", required=True,
                         help="directory to write tokenizer.json and tokenizer_config.json into")
-    args = parser.parse_args(argv)
+    return parser
+
+
+def main(argv=None):
+    args = build_parser().parse_args(argv)
     try:
         counts = count_chunks(tqdm(read_texts(args.data_path), desc="reading", unit=" texts", disable=None))
         if not counts:

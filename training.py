@@ -5,11 +5,12 @@ sight; everything that loop leans on, and that would otherwise be copied three t
 
     errors and exit codes   TrainingError, run_main (user errors -> one line on stderr)
     flags                   add_common_args, add_model_args, check_args, model_config
-    where things go         OutputPaths, load_base
+    where things go         OutputPaths, load_base, sidecar_meta (paths that resolve from any directory)
     the machine             Runtime, runtime(): device, autocast dtype, DDP, rank-0 printing
-    the data                StepBatches: shuffled micro-batches grouped into optimizer steps, resumable
+    the data                load_dataset, StepBatches: shuffled micro-batches grouped into optimizer steps
     optimisation            make_optimizer, get_lr, set_lr, masked_cross_entropy, wrap_model, sync_gradients
-    checkpoints             save_resume, load_resume (model, optimizer, step, data position, RNG)
+    checkpoints             run_plan, save_resume, load_resume, remove_resume (model, optimizer, step,
+                            data position, RNG, and the settings a resume must find unchanged)
     progress                Progress (tqdm bar, metrics JSONL, NaN/inf guard), write_loss_svg
 
 Each script's loop, in execution order:
@@ -18,6 +19,7 @@ Each script's loop, in execution order:
         set lr -> for each micro-batch: forward, masked loss, backward -> clip -> step -> log -> save
 """
 
+import hashlib
 import json
 import math
 import os
@@ -35,8 +37,10 @@ from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader, DistributedSampler, default_collate
 from tqdm import tqdm
 
+from model.atomic import atomic_write_text
 from model.checkpoint import CheckpointError, atomic_save, load_model, sidecar_path
 from model.LMConfig import LMConfig
+from model.model_lora import LoRALinear
 from model.tokenizer import Tokenizer
 
 
@@ -92,6 +96,8 @@ def add_common_args(parser, *, data_path, epochs, batch_size, learning_rate, war
                    help="micro-batches whose gradients are summed into one optimizer step; "
                         "effective batch = batch_size x accumulation_steps x processes (default: %(default)s)")
     p.add_argument("--grad_clip", type=float, default=1.0, help="clip the gradient norm to this; inf disables clipping (default: %(default)s)")
+    # The training window, not LMConfig.max_seq_len (the RoPE table size, 8192 as in MiniMind2, which
+    # only bounds how long a sequence the model can ever read): MiniMind2 gives both the same name.
     p.add_argument("--max_seq_len", type=int, default=256, help="tokens per training sequence (default: %(default)s)")
     p.add_argument("--device", default="auto", help="auto (cuda, else mps, else cpu), cpu, cuda, cuda:1, mps (default: %(default)s)")
     p.add_argument("--dtype", default="bfloat16", choices=["bfloat16", "float16", "float32"],
@@ -137,7 +143,7 @@ def add_model_args(parser, *, from_checkpoint):
 
 def check_args(args):
     """Reject values that would fail later and obscurely (or silently train nothing)."""
-    positive = ["epochs", "batch_size", "accumulation_steps", "log_interval", "save_interval", "max_seq_len"]
+    positive = ["epochs", "batch_size", "accumulation_steps", "log_interval", "save_interval"]
     for name in positive:
         if getattr(args, name) < 1:
             raise TrainingError(f"--{name} must be at least 1, got {getattr(args, name)}")
@@ -198,6 +204,39 @@ class RunResult:
     weights: str  # where the weights (or the adapter) were saved
 
 
+def repo_root():
+    """The folder of this repository (where training.py lives)."""
+    return os.path.dirname(os.path.abspath(__file__))
+
+
+def path_for_sidecar(path):
+    """How a sidecar records a file (the tokenizer, the base checkpoint) so that a later stage finds it
+    from any working directory: relative to the repository root when it is inside the repository (so no
+    path of this machine ends up in files people share), absolute otherwise.
+
+    With the repository at /home/me/minimind, run from /home/me/minimind or from anywhere else:
+      'model/demo_tokenizer' -> 'model/demo_tokenizer';  '/data/tok' -> '/data/tok'
+    """
+    full, root = os.path.abspath(path), repo_root()
+    if full.startswith(root + os.sep):
+        return os.path.relpath(full, root).replace(os.sep, "/")
+    return full
+
+
+def path_from_sidecar(recorded):
+    """The inverse of path_for_sidecar: a relative path is relative to the repository root."""
+    return recorded if os.path.isabs(recorded) else os.path.join(repo_root(), recorded)
+
+
+def sidecar_meta(stage, tokenizer_path, base=None):
+    """What a stage records beside its weights: {"tokenizer": ..., "stage": ..., "base": ...}, paths
+    written with path_for_sidecar, so the next stage needs no --tokenizer flag, whatever directory it runs in."""
+    meta = {"tokenizer": path_for_sidecar(tokenizer_path), "stage": stage}
+    if base is not None:
+        meta["base"] = path_for_sidecar(base)
+    return meta
+
+
 def load_base(path, make_command, args, device):
     """Load the checkpoint a stage starts from -> (model, tokenizer, tokenizer path).
 
@@ -217,9 +256,9 @@ def load_base(path, make_command, args, device):
             given, actual = getattr(args, k), getattr(model.config, k)
             if given is not None and given != actual:
                 raise TrainingError(f"--{k} {given} disagrees with {path} ({k}={actual} in its sidecar); drop the flag")
-        tokenizer_path = args.tokenizer or meta.get("tokenizer")
-        if tokenizer_path is None:
+        if args.tokenizer is None and meta.get("tokenizer") is None:
             raise TrainingError(f"{sidecar_path(path)} records no tokenizer; pass --tokenizer")
+        tokenizer_path = args.tokenizer or path_from_sidecar(meta["tokenizer"])
         tokenizer = Tokenizer.load(tokenizer_path)
     else:
         if args.tokenizer is None:
@@ -376,6 +415,15 @@ def sync_gradients(model, last):
 # The data: micro-batches in a shuffled order fixed by (seed, epoch), grouped into optimizer steps.
 
 
+def load_dataset(dataset_class, args, tokenizer, rt):
+    """The training set (PretrainDataset or SFTDataset) for --data_path, --max_seq_len, --skip_bad_lines
+    and --cache_dir. Rank 0 builds the token cache first and the other ranks then open it
+    (rt.rank0_first); only rank 0 prints the dataset's notes, so N processes do not print them N times."""
+    return rt.rank0_first(lambda: dataset_class(args.data_path, tokenizer, max_length=args.max_seq_len,
+                                                skip_bad=args.skip_bad_lines, cache_dir=args.cache_dir,
+                                                verbose=rt.is_main))
+
+
 def collate_trimmed(samples, multiple=64):
     """Stack samples into a batch (X, Y, loss_mask), then drop the columns after its last trained position.
 
@@ -390,6 +438,18 @@ def collate_trimmed(samples, multiple=64):
     keep = int(trained.max()) + 1 if len(trained) else 1
     keep = min(X.size(1), math.ceil(keep / multiple) * multiple)
     return X[:, :keep], Y[:, :keep], loss_mask[:, :keep]
+
+
+def count_steps(plan):
+    """-> (micro-batches per epoch, optimizer steps) of a run with this plan (see StepBatches.plan).
+
+    DistributedSampler pads the data so every process gets ceil(samples / world_size) samples.
+    Example: 10 samples, 1 process, batch_size 4, accumulation_steps 2, 2 epochs -> 3 micro-batches
+    an epoch (4+4+2 samples), 6 in all -> 3 optimizer steps.
+    """
+    per_rank = math.ceil(plan["samples"] / plan["world_size"])
+    batches_per_epoch = math.ceil(per_rank / plan["batch_size"])
+    return batches_per_epoch, math.ceil(plan["epochs"] * batches_per_epoch / plan["accumulation_steps"])
 
 
 class StepBatches:
@@ -410,12 +470,10 @@ class StepBatches:
         self.epochs, self.seed, self.rt, self.num_workers = epochs, seed, rt, num_workers
         if len(dataset) == 0:
             raise TrainingError("the training data holds no usable samples; check --data_path")
-        per_rank = len(self._sampler(0))  # DistributedSampler pads so every rank gets as many samples
-        self.batches_per_epoch = math.ceil(per_rank / batch_size)
-        self.total_steps = math.ceil(epochs * self.batches_per_epoch / accumulation_steps)
         # What must not change between a run and its --resume, or the data order would differ.
         self.plan = {"samples": len(dataset), "batch_size": batch_size, "accumulation_steps": accumulation_steps,
                      "epochs": epochs, "seed": seed, "world_size": rt.world_size}
+        self.batches_per_epoch, self.total_steps = count_steps(self.plan)
 
     def _sampler(self, epoch):
         # With num_replicas/rank given explicitly it needs no process group, so one process uses it too.
@@ -465,9 +523,10 @@ def get_lr(step, total_steps, learning_rate, warmup_iters, min_lr_ratio=0.1):
 
     Warmup climbs linearly from learning_rate / warmup_iters to learning_rate over the first
     warmup_iters steps (Adam's first updates, from poor second-moment estimates, are the largest);
-    then a half cosine takes it down to min_lr_ratio x learning_rate at the last step.
-    Example, learning_rate 1.0, 100 steps, 10 warmup: step 0 -> 0.1, 4 -> 0.5, 10 -> 1.0,
-    55 -> 0.55 (half way), 100 -> 0.1.
+    then a half cosine takes it down towards min_lr_ratio x learning_rate, which it reaches at step
+    total_steps: one past the last step (total_steps - 1), which is therefore a hair above it.
+    Example, learning_rate 1.0, 100 steps (0..99), 10 warmup: step 0 -> 0.1, 4 -> 0.5, 10 -> 1.0,
+    55 -> 0.55 (half way), 99 -> 0.1003, 100 -> 0.1.
     (MiniMind2's formula starts at 1.1 x learning_rate and ignores --warmup_iters.)
     """
     if step < warmup_iters:
@@ -500,6 +559,63 @@ def masked_cross_entropy(logits, targets, loss_mask):
 # the resume file next to them holds everything else a run needs to continue exactly.
 
 
+def file_sha256(path):
+    """sha256 of a file's bytes, read 16 MiB at a time: 'sha256:3f2a9c0d1b7e4a55' (first 16 hex digits)."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(16 << 20), b""):
+            digest.update(block)
+    return "sha256:" + digest.hexdigest()[:16]
+
+
+def lora_settings(model):
+    """The adapters' rank, alpha, dropout and target Linears, or None for a model without LoRA.
+    e.g. {"rank": 16, "alpha": 16.0, "dropout": 0.0, "targets": ["wo", "wq"]}"""
+    layers = {name.rsplit(".", 1)[-1]: m for name, m in model.named_modules() if isinstance(m, LoRALinear)}
+    if not layers:
+        return None
+    first = next(iter(layers.values()))
+    return {"rank": first.rank, "alpha": float(first.alpha), "dropout": getattr(first.dropout, "p", 0.0),
+            "targets": sorted(layers)}
+
+
+def run_plan(args, model, data, rt, base=None):
+    """Everything a --resume must find unchanged, saved in the resume file and compared on --resume.
+
+    A change to any of these would either crash the resume (another model shape, LoRA rank, or a
+    GradScaler state that float16 has and bfloat16 lacks) or silently continue a different run
+    (other data, another window, another frozen base), so the resume is refused, naming the setting.
+    base: the file LoRA adapts (its frozen weights are not in the resume file, so it must be the same
+    file again); full SFT restores every weight from the resume file and passes none.
+    The learning rate, clipping and intervals may change: that is how a diverged run is continued.
+    """
+    return {
+        **data.plan,  # samples, batch_size, accumulation_steps, epochs, seed, world_size: the data order
+        "model": model.config.to_dict(),
+        "lora": lora_settings(model),
+        "max_seq_len": args.max_seq_len,
+        "dtype": str(rt.autocast_dtype or torch.float32).removeprefix("torch."),
+        "data": data.dataset.cache_key,  # the data file's content, tokenizer and window, e.g. 'x.jsonl.sft.len256.3f2a...'
+        "base": file_sha256(base) if base is not None else None,
+    }
+
+
+def plan_differences(then, now, prefix=""):
+    """The settings that differ between a saved plan and this run's, one 'name=then then, now now' each.
+
+    plan_differences({"batch_size": 8, "model": {"dim": 64}}, {"batch_size": 4, "model": {"dim": 32}})
+      -> ['batch_size=8 then, 4 now', 'model.dim=64 then, 32 now']
+    """
+    changed = []
+    for key in list(now) + [k for k in then if k not in now]:
+        old, new = then.get(key, "unrecorded"), now.get(key, "unrecorded")
+        if isinstance(old, dict) and isinstance(new, dict):
+            changed += plan_differences(old, new, f"{prefix}{key}.")
+        elif old != new:
+            changed.append(f"{prefix}{key}={old} then, {new} now")
+    return changed
+
+
 def _rng_state(device):
     state = {"cpu": torch.get_rng_state()}
     if device.type == "cuda":
@@ -513,7 +629,7 @@ def save_resume(path, model, optimizer, scaler, step, plan, rt):
 
     Only the trainable parameters are stored (for LoRA: the adapters alone; the frozen base comes
     from --base again), with the optimizer's moments, the loss scaler, the step (which fixes the data
-    position, see StepBatches) and the plan the data order depends on.
+    position, see StepBatches) and the run's plan (run_plan), which a --resume must match.
     """
     rng = rt.gather(_rng_state(rt.device))
     if rt.is_main:
@@ -528,19 +644,59 @@ def save_resume(path, model, optimizer, scaler, step, plan, rt):
         atomic_save(state, path)
 
 
+def read_resume(path) -> dict:
+    """A resume file's contents, or TrainingError if it cannot be one (truncated, or another kind of file)."""
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # unpickling, zip and I/O errors alike: the file is unusable either way
+        raise TrainingError(f"{path} is not a readable PyTorch checkpoint ({type(e).__name__}); "
+                            "delete it to start over") from None
+    keys = ("step", "plan", "trainable", "optimizer", "scaler", "rng")
+    plan_keys = ("samples", "batch_size", "accumulation_steps", "epochs", "world_size")  # what count_steps reads
+    if not (isinstance(state, dict) and all(k in state for k in keys) and isinstance(state["plan"], dict)
+            and all(k in state["plan"] for k in plan_keys)):
+        raise TrainingError(f"{path} is not a resume file of these scripts (it lacks {', '.join(keys)} "
+                            "or its plan); delete it to start over")
+    return state
+
+
+def check_no_unfinished_run(path, resuming):
+    """At a fresh start (no --resume), refuse to overwrite the resume file of an unfinished run.
+
+    A finished run removes its resume file (remove_resume), so one that is still there belongs to a
+    run that was interrupted: starting afresh would overwrite its progress at the first save. (A file
+    whose step is already the last, left by a kill just before its removal, is finished: no refusal.)
+    """
+    if resuming or not os.path.exists(path):
+        return
+    state = read_resume(path)
+    if state["step"] < count_steps(state["plan"])[1]:
+        raise TrainingError(f"{path} holds an unfinished run: pass --resume to continue it, "
+                            "or delete that file to start over")
+
+
 def load_resume(path, model, optimizer, scaler, plan, rt) -> int:
-    """Restore what save_resume wrote into model/optimizer/scaler/RNG; return the step to continue from."""
+    """Restore what save_resume wrote into model/optimizer/scaler/RNG; return the step to continue from.
+
+    Everything is checked before anything is loaded: the plan (run_plan) must be this run's, and the
+    saved tensors must be exactly the parameters this run trains, with the same shapes.
+    """
     if not os.path.isfile(path):
         raise TrainingError(f"--resume: no resume state at {path} (the run saves one every --save_interval steps); "
                             "run without --resume to start afresh")
-    state = torch.load(path, map_location="cpu", weights_only=True)
-    changed = [f"{k}={state['plan'].get(k)} then, {v} now" for k, v in plan.items() if state["plan"].get(k) != v]
+    state = read_resume(path)
+    changed = plan_differences(state["plan"], plan)
     if changed:
         raise TrainingError(f"--resume: {path} belongs to a run with different settings ({'; '.join(changed)}); "
                             "resume with the same flags, data and number of processes, or start afresh without --resume")
-    trainable = {name for name, p in model.named_parameters() if p.requires_grad}
-    if set(state["trainable"]) != trainable:
-        raise TrainingError(f"--resume: {path} holds other parameters than this run trains; "
+    total = count_steps(plan)[1]
+    if state["step"] >= total:
+        raise TrainingError(f"--resume: {path} is from a run that finished all its {total} steps; "
+                            "run without --resume to start afresh")
+    trainable = {name: p.shape for name, p in model.named_parameters() if p.requires_grad}
+    saved = {name: t.shape for name, t in state["trainable"].items()}
+    if saved != trainable:
+        raise TrainingError(f"--resume: {path} holds other parameters (or shapes) than this run trains; "
                             "was it made by another script or with other --lora_* flags?")
     model.load_state_dict(state["trainable"], strict=False)
     optimizer.load_state_dict(state["optimizer"])
@@ -550,6 +706,13 @@ def load_resume(path, model, optimizer, scaler, plan, rt) -> int:
     if "cuda" in rng and rt.device.type == "cuda":
         torch.cuda.set_rng_state(rng["cuda"], rt.device)
     return state["step"]
+
+
+def remove_resume(path, rt):
+    """The run finished: its resume file has nothing left to continue, so rank 0 deletes it. A later
+    fresh start in the same --out_dir (rerunning a finished stage) then starts without a question."""
+    if rt.is_main and os.path.exists(path):
+        os.remove(path)
 
 
 # ------------------------------------------------------------------------------------------------
@@ -574,7 +737,7 @@ class Progress:
         kept = [r for r in read_metrics(metrics_path) if r["step"] <= start_step] if resume else []
         self.last_loss = kept[-1]["loss"] if kept else None
         if rt.is_main:
-            _write_text(metrics_path, "".join(json.dumps(r) + "\n" for r in kept))
+            atomic_write_text(metrics_path, "".join(json.dumps(r) + "\n" for r in kept))
         self._reset()
 
     def _reset(self):
@@ -657,15 +820,6 @@ def read_metrics(path) -> list:
     return records
 
 
-def _write_text(path, text):
-    """Write a text file atomically (temporary file in the same directory, then rename)."""
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    tmp = f"{path}.{os.getpid()}.tmp"  # same directory, so os.replace is a rename; pid: ranks never collide
-    with open(tmp, "w", encoding="utf-8") as f:
-        f.write(text)
-    os.replace(tmp, path)
-
-
 def write_loss_svg(records, path, title, width=640, height=360):
     """Draw loss against step as an SVG line chart, by hand: no plotting library, ~30 lines of markup.
 
@@ -706,7 +860,7 @@ def write_loss_svg(records, path, title, width=640, height=360):
     line = " ".join(f"{x(s):.1f},{y(l):.1f}" for s, l in points)
     svg.append(f'<polyline fill="none" stroke="#1f77b4" stroke-width="1.5" points="{line}"/>')
     svg.append("</svg>")
-    _write_text(path, "\n".join(svg) + "\n")
+    atomic_write_text(path, "\n".join(svg) + "\n")
 
 
 def _xml_escape(text):

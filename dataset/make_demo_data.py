@@ -50,6 +50,10 @@ import re
 import sys
 from pathlib import Path
 
+if __package__ in (None, ""):  # run as `python dataset/make_demo_data.py`: make the repository importable
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from model.atomic import atomic_write_bytes  # noqa: E402  (standard library only, like this script)
+
 # ---------------------------------------------------------------------------------------------
 # 1. The world. Every entity has an English and a Chinese name; numbers are plain digits (no
 #    thousands separators), so "18500" is the same string in both languages.
@@ -1095,14 +1099,25 @@ def make_eval_identity(identity, templates, rng):
     return items
 
 
+def file_rng(seed, name):
+    """The random generator of one file (or choice), seeded with "seed:name": file_rng(42, "sft")."""
+    return random.Random(f"{seed}:{name}")  # str seeds hash with SHA-512: stable across runs
+
+
+def held_out_symptoms(seed=42):
+    """For each condition, the symptom pair that lora_medical never trains together and
+    eval_medical asks about (see held_out_pairs); generate(seed) uses exactly these."""
+    return held_out_pairs(CONDITIONS, file_rng(seed, "held_out"))
+
+
 def generate(seed=42):
     """All demo files as {file name: list of records}. Each file draws from its own generator,
     seeded with "seed:name", so changing one writer leaves the other files as they were."""
     def rng(name):
-        return random.Random(f"{seed}:{name}")  # str seeds hash with SHA-512: stable across runs
+        return file_rng(seed, name)
 
     facts = build_facts(WORLD)
-    held_out = held_out_pairs(CONDITIONS, rng("held_out"))
+    held_out = held_out_symptoms(seed)
     old, new = IDENTITIES["sft"], IDENTITIES["lora"]
     return {
         "pretrain_demo.jsonl": make_pretrain(facts, WORLD, MEDICINE, TEMPLATES, rng("pretrain")),
@@ -1195,7 +1210,7 @@ def find_problems(files, medicine, identity):
 # 6. Command line.
 # ---------------------------------------------------------------------------------------------
 
-def main(argv=None):
+def build_parser():
     parser = argparse.ArgumentParser(description="Write the demo world's jsonl files (standard library only).")
     parser.add_argument("--out_dir", type=Path, default=Path(__file__).resolve().parent,
                         help="folder to write the jsonl files into (default: dataset/, beside this script)")
@@ -1204,7 +1219,11 @@ def main(argv=None):
     parser.add_argument("--check", action="store_true",
                         help="write nothing; verify that the files in --out_dir equal freshly generated ones "
                              "and that no eval question leaks into training data")
-    args = parser.parse_args(argv)
+    return parser
+
+
+def main(argv=None):
+    args = build_parser().parse_args(argv)
 
     files = generate(args.seed)
     problems = find_problems(files, MEDICINE, IDENTITIES["lora"])
@@ -1224,7 +1243,8 @@ def main(argv=None):
         try:
             args.out_dir.mkdir(parents=True, exist_ok=True)
             for name, records in files.items():
-                (args.out_dir / name).write_bytes(to_jsonl(records))
+                # atomic: a reader (or a kill mid-write) never sees half a file
+                atomic_write_bytes(args.out_dir / name, to_jsonl(records))
         except OSError as e:
             print(f"make_demo_data: cannot write into {args.out_dir}: {e.strerror} (pick another --out_dir)",
                   file=sys.stderr)

@@ -9,53 +9,82 @@ goes into a JSON sidecar next to it: `out/pretrain_512.pth` + `out/pretrain_512.
     model, meta = load_model("out/pretrain_512.pth")      # config read from the sidecar
     model, meta = load_model("full_sft_512.pth", config=LMConfig(dim=512, n_layers=8))  # MiniMind2 file
 
-Files are written atomically (temporary file, fsync, rename), so a run killed while saving never
-leaves a half-written checkpoint where the last good one was.
+Files are written atomically (model/atomic.py: temporary file, fsync, rename), so a run killed
+while saving never leaves a half-written checkpoint where the last good one was.
+
+The weights and the sidecar are two files, each replaced atomically, one after the other: weights
+first. A kill between the two renames leaves the NEW weights beside the OLD sidecar (or beside none,
+on a first save). load_model then either
+  - loads them: the old sidecar's config still fits, as it does when a run overwrites its own
+    checkpoint (same shapes); only the meta (e.g. the step count) is one save behind (and so
+    would be a config field that changes no shape, such as rope_theta, had it changed); or
+  - refuses with a CheckpointError: no sidecar ("pass the model flags"), or shapes that do not fit.
+It never loads weights into a model of the wrong shape, because load_weights checks every tensor.
+Saving again (or the next periodic save) makes the pair consistent.
+
+Reading is as careful: a file that is missing, unreadable, truncated or not a torch.save'd dict of
+tensors is refused with a one-line error naming it (read_checkpoint), never a torch traceback.
 """
 
 import json
 import os
+import pickle
 import re
-import tempfile
 
 import torch
 
 from model.LMConfig import LMConfig
+from model.atomic import atomic_write, atomic_write_text
 from model.model import MiniMindLM
 
 
 class CheckpointError(Exception):
-    """A checkpoint that does not fit: wrong shapes, missing or unexpected tensors, no config."""
-
-
-def _atomic_write(path, write):
-    """Call write(file) on a temporary file beside `path`, fsync it, then rename it to `path`.
-
-    os.replace is atomic on one filesystem, hence the temporary file in the same directory.
-    """
-    directory = os.path.dirname(os.path.abspath(path))
-    os.makedirs(directory, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=directory, prefix="." + os.path.basename(path) + ".", suffix=".tmp")
-    # mkstemp creates the file readable by its owner only; give it the permissions an ordinary
-    # open() would (0666 less the umask), since checkpoints are meant to be shared.
-    try:
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)
-        with os.fdopen(fd, "wb") as f:
-            write(f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        raise
+    """A checkpoint that cannot be used: unreadable, wrong shapes, missing or unexpected tensors, no config."""
 
 
 def atomic_save(obj, path):
     """torch.save(obj, path), atomically: readers see the old file or the new one, never half of one."""
-    _atomic_write(path, lambda f: torch.save(obj, f))
+    atomic_write(path, lambda f: torch.save(obj, f))
+
+
+def _unreadable_reason(error: Exception) -> str:
+    """Why torch.load failed, in words a user can act on.
+
+    torch's own messages are long, multi-line, and for weights_only failures advise loading with
+    weights_only=False -- i.e. running whatever code the file contains -- which we never suggest.
+    """
+    if isinstance(error, OSError):
+        return f"cannot read it ({error.strerror or error})"
+    if isinstance(error, pickle.UnpicklingError):
+        return ("it is not a plain dict of tensors (a pickle holding other Python objects, or not a "
+                "torch.save file at all); only weights are loaded from files, never code")
+    if isinstance(error, EOFError) or "zip archive" in str(error) or "central directory" in str(error):
+        return "it is truncated or corrupted (e.g. cut short by a copy or a download); save or copy it again"
+    if isinstance(error, (KeyError, ValueError)):  # what unpickling arbitrary bytes tends to raise
+        return "it is not a torch.save file"
+    first_line = (str(error).splitlines() or [""])[0][:200]  # e.g. a CUDA device asked for but absent
+    if "weights_only" in first_line:
+        first_line = ""
+    return f"torch.load failed ({type(error).__name__}{': ' + first_line if first_line else ''})"
+
+
+def read_checkpoint(path, device="cpu") -> dict:
+    """torch.load(path, weights_only=True), which must give a dict; else a one-line CheckpointError.
+
+    Every file a user names goes through here (model checkpoints, LoRA adapters), so a wrong,
+    truncated or unreadable file gives "PATH is not a usable checkpoint: why", never a traceback.
+    """
+    path = str(path)
+    if not os.path.exists(path):
+        raise FileNotFoundError(f"checkpoint not found: {path}")
+    try:
+        obj = torch.load(path, map_location=device, weights_only=True)
+    except Exception as e:  # noqa: BLE001 -- torch raises many types here; all mean "not usable"
+        raise CheckpointError(f"{path} is not a usable checkpoint: {_unreadable_reason(e)}") from e
+    if not isinstance(obj, dict):
+        raise CheckpointError(f"{path} is not a usable checkpoint: it holds a {type(obj).__name__}, "
+                              "not a state dict (a dict of tensors)")
+    return obj
 
 
 def clean_state_dict(state_dict: dict) -> dict:
@@ -116,6 +145,33 @@ def _flag_hint(state_dict: dict, config: LMConfig) -> str:
     return " ".join(f"--{k} {v}" for k, v in implied.items() if getattr(config, k) != v)
 
 
+def _heads_hint(state_dict: dict, config: LMConfig) -> str:
+    """ "--n_kv_heads 2 (with n_heads 8) or --n_heads 32 (with n_kv_heads 8)" when wk's shape says so.
+
+    wk is (n_kv_heads * head_dim, dim) = (dim * n_kv_heads / n_heads, dim): its shape fixes only the
+    RATIO n_kv_heads / n_heads. So keep one of the two from the config and solve for the other;
+    offer each answer that makes a valid config.
+    """
+    wk = state_dict.get("layers.0.attention.wk.weight")
+    if not (isinstance(wk, torch.Tensor) and wk.dim() == 2):
+        return ""
+    kv_rows, dim = wk.shape
+    if kv_rows * config.n_heads == config.n_kv_heads * dim:
+        return ""  # wk fits the config's heads (any mismatch is elsewhere)
+    options = []
+    if (kv_rows * config.n_heads) % dim == 0:
+        n_kv = kv_rows * config.n_heads // dim
+        if n_kv >= 1 and config.n_heads % n_kv == 0:
+            options.append(f"--n_kv_heads {n_kv} (with n_heads {config.n_heads})")
+    if kv_rows and (config.n_kv_heads * dim) % kv_rows == 0:
+        n_heads = config.n_kv_heads * dim // kv_rows
+        if dim % n_heads == 0 and (dim // n_heads) % 2 == 0 and n_heads % config.n_kv_heads == 0:
+            options.append(f"--n_heads {n_heads} (with n_kv_heads {config.n_kv_heads})")
+    if not options:
+        return ""
+    return f"its wk/wv are {tuple(wk.shape)}, i.e. n_kv_heads/n_heads = {kv_rows}/{dim}: pass " + " or ".join(options)
+
+
 def _shape(t) -> str:
     return str(tuple(t.shape)) if isinstance(t, torch.Tensor) else type(t).__name__
 
@@ -155,6 +211,9 @@ def load_weights(model, state_dict: dict) -> None:
     hint = _flag_hint(state_dict, model.config)
     if hint:
         parts.append(f"the file looks like a model built with {hint}; pass those flags")
+    heads = _heads_hint(state_dict, model.config)
+    if heads:
+        parts.append(heads)
     if any(".lora." in k for k in unexpected):
         parts.append("it holds LoRA adapter tensors: load it with load_lora, or merge_lora + remove_lora before saving")
     raise CheckpointError("checkpoint does not fit the model: " + " | ".join(parts))
@@ -171,6 +230,12 @@ def save_model(model, path, meta: dict = None) -> None:
     meta: JSON-serialisable extras, e.g. {"tokenizer": "model/demo_tokenizer", "stage": "pretrain"}.
     """
     model = unwrap(model)
+    lora_keys = [k for k in model.state_dict() if ".lora." in k]
+    if lora_keys:
+        # MiniMind2's strict load would reject the extra keys, and our load_model too.
+        raise ValueError(f"save_model: the model still has LoRA adapters ({lora_keys[0]}, ...); to save the "
+                         "adapted model call merge_lora(model) then remove_lora(model) first, "
+                         "or save only the adapter with save_lora")
     meta = dict(meta or {})
     if "config" in meta:
         raise ValueError("save_model: meta must not contain 'config' (the sidecar's config comes from the model)")
@@ -184,7 +249,20 @@ def save_model(model, path, meta: dict = None) -> None:
         state_dict[key] = on_cpu[t.data_ptr()]
     atomic_save(state_dict, path)
     sidecar = json.dumps({"config": model.config.to_dict(), **meta}, indent=2, ensure_ascii=False) + "\n"
-    _atomic_write(sidecar_path(path), lambda f: f.write(sidecar.encode("utf-8")))
+    atomic_write_text(sidecar_path(path), sidecar)
+
+
+def read_sidecar(path) -> dict:
+    """The sidecar's JSON object, or a one-line CheckpointError if it is not one."""
+    try:
+        with open(path, encoding="utf-8") as f:
+            meta = json.load(f)
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise CheckpointError(f"{path} is not a readable checkpoint sidecar ({e}); restore it, or delete it "
+                              "and pass the model flags (--dim/--n_layers...)") from e
+    if not isinstance(meta, dict):
+        raise CheckpointError(f"{path} is not a checkpoint sidecar: expected a JSON object, found {type(meta).__name__}")
+    return meta
 
 
 def load_model(path, config: LMConfig = None, device="cpu"):
@@ -199,12 +277,14 @@ def load_model(path, config: LMConfig = None, device="cpu"):
     meta = {}
     side = sidecar_path(path)
     if os.path.isfile(side):
-        with open(side, encoding="utf-8") as f:
-            meta = json.load(f)
+        meta = read_sidecar(side)
         saved_config = meta.pop("config", None)
         if config is None and saved_config is not None:
-            config = LMConfig.from_dict(saved_config)
-    state_dict = torch.load(path, map_location=device, weights_only=True)
+            try:
+                config = LMConfig.from_dict(saved_config)
+            except (TypeError, ValueError) as e:
+                raise CheckpointError(f"{side}: its config is not valid ({e})") from e
+    state_dict = read_checkpoint(path, device)
     if config is None:
         flags = " ".join(f"--{k} {v}" for k, v in config_flags(clean_state_dict(state_dict)).items())
         raise CheckpointError(

@@ -1,8 +1,9 @@
 """MiniMindLM: a small decoder-only transformer (Llama-style), readable top to bottom.
 
-The file follows the data: RMSNorm -> RoPE -> attention (grouped-query, with a KV cache) ->
-SwiGLU feed-forward -> Block -> MiniMindLM (embedding, blocks, final norm, tied output) ->
-generate. Every module's parameter names are MiniMind2's, so a MiniMind2 checkpoint loads here
+The file follows the data, and nothing is used before it is defined: RMSNorm -> RoPE -> the
+KV cache -> attention masks -> attention (grouped-query) -> SwiGLU feed-forward -> Block ->
+sampling -> MiniMindLM (embedding, blocks, final norm, tied output; generate) -> counting
+parameters. Every module's parameter names are MiniMind2's, so a MiniMind2 checkpoint loads here
 with `load_state_dict(..., strict=True)` and gives the same logits:
 
     tok_embeddings.weight               (vocab, dim)  -- the same tensor as output.weight
@@ -114,10 +115,12 @@ class KVCache:
         return self.keys[0].shape[2]
 
     def reserve(self, n_new: int) -> "KVCache":
-        """This cache if n_new more positions fit, else a copy into buffers twice as large.
+        """This cache if n_new more positions fit; else a new KVCache whose buffers are copies,
+        at least twice the old capacity (doubling keeps the total copying linear in the length).
 
-        generate() allocates the full length up front, so this only happens when forward is
-        driven by hand with use_cache=True and no cache (it then allocates exactly T slots).
+        generate() allocates the whole prompt + max_new_tokens up front, so it never grows. Growth
+        happens when forward is driven by hand: `model(ids, use_cache=True)` with no cache
+        allocates exactly T slots, so each later call continuing that cache needs more room.
         """
         needed = self.length + n_new
         if needed <= self.capacity:
@@ -140,6 +143,47 @@ class KVCache:
 
     def advanced(self, n_new: int) -> "KVCache":
         return KVCache(self.keys, self.values, self.length + n_new)
+
+
+# ----------------------------------------------------------------------------------------------
+# Attention masks. Two things hide a key from a query: it is in the query's future (causal), or
+# it is left padding of a shorter prompt in a batch. With the KV cache, the keys are every cached
+# position plus the new ones, so the mask is (new queries T) x (all keys S = past + T).
+
+
+def build_attention_mask(attention_mask, past: int, T: int, device):
+    """The bool (B, 1, T, S) "may query t look at key s" mask, or None when none is needed.
+
+    None covers the two common cases: no cache and no padding (plain causal; the attention
+    layer applies it cheaply), and one new token with no padding (it may see everything).
+    Query t sits at cache position past + t, so it sees keys s <= past + t that are real.
+    A padding query would then see nothing (softmax of all -inf = NaN, which would leak into
+    real rows through 0 * NaN), so every query may always see itself.
+
+    >>> build_attention_mask(torch.tensor([[0, 1, 1]]), past=0, T=3, device="cpu")[0, 0].int()
+    tensor([[1, 0, 0],
+            [0, 1, 0],
+            [0, 1, 1]], dtype=torch.int32)
+    """
+    if attention_mask is None and (past == 0 or T == 1):
+        return None
+    S = past + T
+    key_pos = torch.arange(S, device=device)  # (S,)
+    query_pos = torch.arange(past, S, device=device).unsqueeze(1)  # (T, 1)
+    allowed = key_pos <= query_pos  # (T, S) causal
+    if attention_mask is not None:
+        real_key = attention_mask[:, None, :S].bool()  # (B, 1, S)
+        allowed = allowed & (real_key | (key_pos == query_pos))  # (B, T, S)
+    return allowed.unsqueeze(-3) if allowed.dim() == 3 else allowed[None, None]  # (B|1, 1, T, S)
+
+
+def step_mask(attention_mask, length: int):
+    """The first `length` columns of a (B, capacity) padding mask, or None.
+
+    generate() builds the mask for the whole generation once; each step passes forward the
+    columns for the positions that exist so far (cached + new).
+    """
+    return None if attention_mask is None else attention_mask[:, :length]
 
 
 # ----------------------------------------------------------------------------------------------
@@ -171,9 +215,9 @@ class Attention(nn.Module):
         self.wk = nn.Linear(config.dim, config.n_kv_heads * self.head_dim, bias=False)
         self.wv = nn.Linear(config.dim, config.n_kv_heads * self.head_dim, bias=False)
         self.wo = nn.Linear(config.n_heads * self.head_dim, config.dim, bias=False)
-        self.attn_dropout = nn.Dropout(config.dropout)
-        self.resid_dropout = nn.Dropout(config.dropout)
-        self.dropout = config.dropout
+        self.attn_dropout = nn.Dropout(config.dropout)  # on the attention weights (explicit path)
+        self.resid_dropout = nn.Dropout(config.dropout)  # on the output, before the residual add
+        self.attn_dropout_p = config.dropout  # the same rate as a number, for the fused kernel
         self.flash = config.flash_attn
 
     def forward(self, x, rotations, mask=None, cache: Optional[KVCache] = None, layer: int = 0):
@@ -199,7 +243,7 @@ class Attention(nn.Module):
             out = F.scaled_dot_product_attention(
                 q, k, v,
                 attn_mask=mask,
-                dropout_p=self.dropout if self.training else 0.0,
+                dropout_p=self.attn_dropout_p if self.training else 0.0,
                 is_causal=causal,
                 enable_gqa=self.n_rep > 1,
             )  # (B, H, T, D)  # fmt: skip
@@ -253,6 +297,64 @@ class MiniMindBlock(nn.Module):
     def forward(self, x, rotations, mask=None, cache=None):
         h = x + self.attention(self.attention_norm(x), rotations, mask, cache, self.layer_id)
         return h + self.feed_forward(self.ffn_norm(h))
+
+
+# ----------------------------------------------------------------------------------------------
+# Sampling: from the next-token scores (logits) to one token. Greedy takes the best; otherwise
+# temperature sharpens or flattens the distribution, top-k and top-p (nucleus) cut off its
+# unlikely tail, and the repetition penalty pushes down tokens the row already contains.
+
+
+def check_sampling_args(temperature, top_p, top_k, repetition_penalty) -> None:
+    """Raise a one-line ValueError for a setting that would crash sampling or silently mean nothing.
+
+    >>> check_sampling_args(temperature=0.7, top_p=0.0, top_k=0, repetition_penalty=1.0)
+    Traceback (most recent call last):
+    ...
+    ValueError: top_p must be in (0, 1] (1 = off), got 0.0
+    """
+    if not math.isfinite(temperature):
+        raise ValueError(f"temperature must be a finite number (<= 0 = greedy), got {temperature}")
+    if not 0 < top_p <= 1:  # also catches NaN: every comparison with NaN is False
+        raise ValueError(f"top_p must be in (0, 1] (1 = off), got {top_p}")
+    if isinstance(top_k, bool) or not isinstance(top_k, int) or top_k < 0:
+        raise ValueError(f"top_k must be an integer >= 0 (0 = off), got {top_k!r}")
+    if not repetition_penalty > 0:
+        raise ValueError(f"repetition_penalty must be > 0 (1 = off, > 1 discourages repeats), got {repetition_penalty}")
+
+
+def sample_next_token(logits, temperature, top_p, top_k, repetition_penalty, seen, generator):
+    """Pick one token per row from logits (B, V) -> (B,).
+
+    seen: (B, V) bool, tokens the repetition penalty applies to (None = no penalty).
+    Whatever top_k and top_p say, the most likely token always stays a candidate.
+
+    >>> sample_next_token(torch.tensor([[0.1, 2.0, 0.3]]), 0, 0.9, 0, 1.0, None, None)   # greedy
+    tensor([1])
+    >>> sample_next_token(torch.tensor([[0.1, 2.0, 0.3]]), 1.0, 0.0, 0, 1.0, None, None)  # top_p 0: best only
+    tensor([1])
+    """
+    if seen is not None:
+        # CTRL's penalty: push seen tokens' logits towards "less likely" whatever their sign.
+        penalised = torch.where(logits > 0, logits / repetition_penalty, logits * repetition_penalty)
+        logits = torch.where(seen, penalised, logits)
+    if temperature <= 0:
+        return logits.argmax(dim=-1)
+    logits = logits / temperature
+    if 0 < top_k < logits.shape[-1]:
+        kth = torch.topk(logits, top_k, dim=-1).values[:, -1:]  # (B, 1): k-th largest
+        logits = logits.masked_fill(logits < kth, float("-inf"))
+    if top_p < 1.0:
+        # Nucleus: keep the smallest set of most likely tokens whose probability reaches top_p.
+        sorted_logits, order = torch.sort(logits, dim=-1, descending=True)
+        probs = F.softmax(sorted_logits, dim=-1)
+        mass_before = probs.cumsum(-1) - probs  # probability of the tokens ranked above each one
+        drop = mass_before >= top_p  # (B, V) in rank order
+        drop[:, 0] = False  # the best token is always kept: with top_p <= 0 nothing else would be
+        sorted_logits = sorted_logits.masked_fill(drop, float("-inf"))
+        logits = torch.full_like(logits, float("-inf")).scatter(-1, order, sorted_logits)
+    probs = F.softmax(logits, dim=-1)
+    return torch.multinomial(probs, 1, generator=generator).squeeze(1)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -380,13 +482,14 @@ class MiniMindLM(nn.Module):
 
         Returns (B, P + n) with the prompt included. n <= max_new_tokens: it stops early once
         every row has produced eos_token_id (rows that finished earlier are filled with
-        pad_token_id), or when P + n reaches max_seq_len. With stream=True, returns an iterator
+        pad_token_id), or when P + n reaches max_seq_len (a prompt of max_seq_len tokens is
+        returned as it is, without running the model). With stream=True, returns an iterator
         yielding each step's new tokens as a (B, 1) LongTensor instead.
 
         Batches of different-length prompts are LEFT-padded with pad_token_id and described by
         attention_mask (B, P) (1 = real token); each row then gets what it would get alone.
         temperature <= 0 is greedy decoding; otherwise logits / temperature, then top_k (0 =
-        off), then top_p (nucleus; 1.0 = off), then sampling. repetition_penalty > 1 makes
+        off), then top_p (nucleus, in (0, 1]; 1.0 = off), then sampling. repetition_penalty > 1 makes
         tokens already in the row (prompt or generated) less likely. seed (or a
         torch.Generator) makes sampling reproducible. Call model.eval() first if dropout > 0.
         """
@@ -396,6 +499,7 @@ class MiniMindLM(nn.Module):
             raise ValueError(f"attention_mask {tuple(attention_mask.shape)} must have input_ids' shape {tuple(input_ids.shape)}")
         if input_ids.shape[1] > self.config.max_seq_len:
             raise ValueError(f"the prompt has {input_ids.shape[1]} tokens, more than max_seq_len={self.config.max_seq_len}")
+        check_sampling_args(temperature, top_p, top_k, repetition_penalty)
         if seed is not None and generator is None:
             generator = torch.Generator(device=input_ids.device).manual_seed(seed)
         steps = self._generate_steps(
@@ -412,11 +516,12 @@ class MiniMindLM(nn.Module):
         repetition_penalty, pad_token_id, attention_mask, generator,
     ) -> Iterator[torch.Tensor]:  # fmt: skip
         B, P = input_ids.shape
+        # The context cannot outgrow max_seq_len (the RoPE table's length): stop there. Checked
+        # before the prefill, so a prompt already at max_seq_len costs no forward pass at all.
+        max_new_tokens = min(max_new_tokens, self.config.max_seq_len - P)
         if max_new_tokens <= 0:
             return
         device = input_ids.device
-        # The context cannot outgrow max_seq_len (the RoPE table's length): stop there.
-        max_new_tokens = min(max_new_tokens, self.config.max_seq_len - P)
         # One cache for the whole generation: the prompt and every new token fit without reallocating.
         capacity = P + max_new_tokens
         cache = KVCache.allocate(self.config, B, capacity, device, self.output.weight.dtype)
@@ -455,59 +560,29 @@ class MiniMindLM(nn.Module):
                 next_pos = next_pos + 1
 
 
-def step_mask(attention_mask, length):
-    """The first `length` columns of a (B, capacity) mask, or None."""
-    return None if attention_mask is None else attention_mask[:, :length]
+# ----------------------------------------------------------------------------------------------
+# Counting parameters. model.parameters() yields each tensor once, so the tied embedding/output
+# matrix counts once, as it is stored once.
 
 
-def build_attention_mask(attention_mask, past: int, T: int, device):
-    """The bool (B, 1, T, S) "may query t look at key s" mask, or None when none is needed.
+def count_parameters(model: nn.Module) -> tuple:
+    """(total, trainable) number of parameters; trainable = those with requires_grad.
 
-    None covers the two common cases: no cache and no padding (plain causal; the attention
-    layer applies it cheaply), and one new token with no padding (it may see everything).
-    Query t sits at cache position past + t, so it sees keys s <= past + t that are real.
-    A padding query would then see nothing (softmax of all -inf = NaN, which would leak into
-    real rows through 0 * NaN), so every query may always see itself.
-
-    >>> build_attention_mask(torch.tensor([[0, 1, 1]]), past=0, T=3, device="cpu")[0, 0].int()
-    tensor([[1, 0, 0],
-            [0, 1, 0],
-            [0, 1, 1]], dtype=torch.int32)
+    >>> count_parameters(nn.Linear(4, 3, bias=False))
+    (12, 12)
     """
-    if attention_mask is None and (past == 0 or T == 1):
-        return None
-    S = past + T
-    key_pos = torch.arange(S, device=device)  # (S,)
-    query_pos = torch.arange(past, S, device=device).unsqueeze(1)  # (T, 1)
-    allowed = key_pos <= query_pos  # (T, S) causal
-    if attention_mask is not None:
-        real_key = attention_mask[:, None, :S].bool()  # (B, 1, S)
-        allowed = allowed & (real_key | (key_pos == query_pos))  # (B, T, S)
-    return allowed.unsqueeze(-3) if allowed.dim() == 3 else allowed[None, None]  # (B|1, 1, T, S)
+    params = list(model.parameters())
+    return sum(p.numel() for p in params), sum(p.numel() for p in params if p.requires_grad)
 
 
-def sample_next_token(logits, temperature, top_p, top_k, repetition_penalty, seen, generator):
-    """Pick one token per row from logits (B, V) -> (B,).
+def trainable_parameters_report(model: nn.Module) -> str:
+    """One line in the style of PEFT's print_trainable_parameters.
 
-    >>> sample_next_token(torch.tensor([[0.1, 2.0, 0.3]]), 0, 0.9, 0, 1.0, None, None)   # greedy
-    tensor([1])
+    >>> layer = nn.Linear(4, 3, bias=True)
+    >>> _ = layer.bias.requires_grad_(False)     # freeze the bias: 3 of 15 numbers
+    >>> trainable_parameters_report(layer)
+    'trainable params: 12 || all params: 15 || trainable%: 80.0000'
     """
-    if seen is not None:
-        # CTRL's penalty: push seen tokens' logits towards "less likely" whatever their sign.
-        penalised = torch.where(logits > 0, logits / repetition_penalty, logits * repetition_penalty)
-        logits = torch.where(seen, penalised, logits)
-    if temperature <= 0:
-        return logits.argmax(dim=-1)
-    logits = logits / temperature
-    if 0 < top_k < logits.shape[-1]:
-        kth = torch.topk(logits, top_k, dim=-1).values[:, -1:]  # (B, 1): k-th largest
-        logits = logits.masked_fill(logits < kth, float("-inf"))
-    if top_p < 1.0:
-        # Nucleus: keep the smallest set of most likely tokens whose probability reaches top_p.
-        sorted_logits, order = torch.sort(logits, dim=-1, descending=True)
-        probs = F.softmax(sorted_logits, dim=-1)
-        mass_before = probs.cumsum(-1) - probs  # probability of the tokens ranked above each one
-        sorted_logits = sorted_logits.masked_fill(mass_before >= top_p, float("-inf"))  # best always kept
-        logits = torch.full_like(logits, float("-inf")).scatter(-1, order, sorted_logits)
-    probs = F.softmax(logits, dim=-1)
-    return torch.multinomial(probs, 1, generator=generator).squeeze(1)
+    total, trainable = count_parameters(model)
+    percent = 100 * trainable / total if total else 0.0
+    return f"trainable params: {trainable:,} || all params: {total:,} || trainable%: {percent:.4f}"

@@ -13,7 +13,8 @@ Read top to bottom:
     LoRA                 the two thin matrices A and B (MiniMind2's module, same state-dict keys)
     LoRALinear           an nn.Linear with a LoRA beside its frozen weight; forward = W x + scale·B A x
     apply_lora           swap chosen nn.Linear layers of a model for LoRALinear ones
-    training helpers     mark_only_lora_as_trainable, count_parameters, trainable_parameters_report
+    training helper      mark_only_lora_as_trainable (count_parameters and trainable_parameters_report,
+                         which say how few parameters that leaves, live in model/model.py)
     adapter files        lora_state_dict, save_lora, load_lora (MiniMind2's own files load unchanged)
     merge / unmerge      fold ΔW into W, so inference costs exactly what the base model costs; and back
     remove_lora          drop the adapters, back to the plain model
@@ -44,7 +45,9 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from model.checkpoint import CheckpointError, atomic_save, clean_state_dict, unwrap
+from model.checkpoint import CheckpointError, atomic_save, clean_state_dict, read_checkpoint, unwrap
+# Not LoRA concepts, but long imported from here (e.g. by train_lora.py): re-exported.
+from model.model import count_parameters, trainable_parameters_report  # noqa: F401
 
 
 class LoRA(nn.Module):
@@ -122,6 +125,11 @@ class LoRALinear(nn.Linear):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         y = F.linear(x, self.weight, self.bias)  # the frozen base path: W x
         if self.merged:
+            if self.training and torch.is_grad_enabled() and self.lora.A.weight.requires_grad:
+                # A and B are not on the merged path, so they would get no gradient: an optimizer
+                # would run, the loss would move (if W trains) and the adapter would stay as it is.
+                raise RuntimeError("training a merged LoRA layer would never update its adapter: "
+                                   "call unmerge_lora(model) first (or remove_lora(model) to train the merged weights)")
             return y  # scale·B·A is already inside W
         return y + self.scale * self.lora(self.dropout(x))
 
@@ -229,26 +237,14 @@ def mark_only_lora_as_trainable(model: nn.Module) -> None:
     layers = _lora_layers(model)
     if not layers:
         raise ValueError("the model has no LoRA adapters to train; call apply_lora(model) first")
+    if any(layer.merged for _, layer in layers):
+        # A merged layer computes W x only: its A and B would receive no gradient and never train.
+        raise ValueError("the model's adapters are merged into its weights, so training would not update them; "
+                         "call unmerge_lora(model) first")
     for p in model.parameters():
         p.requires_grad_(False)
     for _, layer in layers:
         layer.lora.requires_grad_(True)
-
-
-def count_parameters(model: nn.Module) -> tuple[int, int]:
-    """(total, trainable) number of parameters. A tied weight (MiniMind's output.weight is
-    tok_embeddings.weight) counts once, as model.parameters() yields each tensor once."""
-    params = list(model.parameters())
-    return sum(p.numel() for p in params), sum(p.numel() for p in params if p.requires_grad)
-
-
-def trainable_parameters_report(model: nn.Module) -> str:
-    """One line in the style of PEFT's print_trainable_parameters, e.g. for the dim-64 test model
-    after apply_lora(rank=4) and mark_only_lora_as_trainable:
-    'trainable params: 2,048 || all params: 121,152 || trainable%: 1.6904'."""
-    total, trainable = count_parameters(model)
-    percent = 100 * trainable / total if total else 0.0
-    return f"trainable params: {trainable:,} || all params: {total:,} || trainable%: {percent:.4f}"
 
 
 def lora_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
@@ -306,9 +302,7 @@ def load_lora(model: nn.Module, path: str | os.PathLike | dict) -> None:
     else:
         if not os.path.exists(path):
             raise FileNotFoundError(f"LoRA adapter file not found: {path}")
-        state = torch.load(path, map_location="cpu", weights_only=True)
-        if not isinstance(state, dict):
-            raise CheckpointError(f"{where} is not a LoRA adapter (expected a dict of tensors, found {type(state).__name__})")
+        state = read_checkpoint(path)  # a file that is not a torch.save'd dict: CheckpointError
     meta = state.pop("lora_config", None)
     state = clean_state_dict(state)  # strips module./_orig_mod., e.g. from MiniMind2 saving a DDP model
 

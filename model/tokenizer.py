@@ -30,9 +30,10 @@ import operator
 import os
 import re
 import sys
-import tempfile
 import unicodedata
 import warnings
+
+from model.atomic import atomic_write_text
 
 # ----------------------------------------------------------------------------------------------
 # The byte table
@@ -568,8 +569,8 @@ class Tokenizer:
             "unk_token": "<unk>" if "<unk>" in self._added_ids else None,
             "chat_template": MINIMIND2_CHAT_TEMPLATE,
         }
-        _write_json_atomic(os.path.join(directory, "tokenizer.json"), spec)
-        _write_json_atomic(os.path.join(directory, "tokenizer_config.json"), config)
+        for name, obj in (("tokenizer.json", spec), ("tokenizer_config.json", config)):
+            atomic_write_text(os.path.join(directory, name), json.dumps(obj, ensure_ascii=False, indent=2) + "\n")
 
 
 def _encode_many(tokenizer, texts, allow_special):
@@ -601,18 +602,3 @@ def _check_supported(spec, file):
     if problems:
         raise ValueError(f"{file}: unsupported tokenizer ({'; '.join(problems)}); this project reads "
                          "byte-level BPE tokenizers like MiniMind2's")
-
-
-def _write_json_atomic(path, obj):
-    """Write JSON to a temp file in the same directory, then rename: readers never see half a file."""
-    directory = os.path.dirname(os.path.abspath(path))
-    fd, tmp = tempfile.mkstemp(dir=directory, prefix=".tmp_", suffix=".json")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            json.dump(obj, f, ensure_ascii=False, indent=2)
-            f.write("\n")
-        os.chmod(tmp, 0o644)  # mkstemp makes files private (0600); these are meant to be shared
-        os.replace(tmp, path)
-    except BaseException:
-        os.unlink(tmp)
-        raise

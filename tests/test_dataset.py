@@ -12,7 +12,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from dataset.lm_dataset import DataError, PretrainDataset, SFTDataset, build_cache, main
+import train_tokenizer
+from dataset.lm_dataset import DataError, PretrainDataset, SFTDataset, encode_with_spans, main
+from dataset.token_cache import build_cache
 from model.tokenizer import Tokenizer
 
 FIXTURES = Path(__file__).parent / "fixtures" / "minimind2"
@@ -143,12 +145,16 @@ def test_sft_user_text_quoting_the_template_is_not_trained(tok, tmp_path):
 
 
 def test_sft_cache_equals_direct_read(tok, tmp_path):
-    """Guards against the cache (spans, offsets, parallel build) disagreeing with a direct tokenization of
-    the rendered chat and a token-by-token search for the replies."""
+    """Guards against the cache (spans, offsets, parallel build) disagreeing with a tokenization of the
+    whole rendered chat -- replies that start with whitespace included, whose first chunk joins the
+    template's '\n' -- and with a token-by-token search for the replies. (This tokenizer never merges
+    '\n' with anything, so the search still finds each '<s>assistant\n'.)"""
     records = [chat("你好", "你好！有什么可以帮你？"),
                chat("What is LoRA?", "A low-rank adapter.", "Why?", "It is cheap to train.", system="Be brief."),
                chat("emoji 😀", "🚀🚀🚀 " * 20),
-               chat("long question " * 30, "short answer")] * 4
+               chat("long question " * 30, "short answer"),
+               chat("Indent?", "  two spaces first", "Newlines?", "\n\nthen text"),
+               chat("全角空格？", "\u3000\u3000你好")] * 4
     path = write_jsonl(tmp_path / "s.jsonl", records)
     L = 64
     header, eos = tok.encode("<s>assistant\n"), tok.eos_token_id
@@ -156,7 +162,7 @@ def test_sft_cache_equals_direct_read(tok, tmp_path):
         ds = SFTDataset(path, tok, max_length=L, cache_dir=tmp_path / f"c{workers}", build_workers=workers)
         assert len(ds) == len(records)
         for i, record in enumerate(records):
-            ids = tok.encode(tok.apply_chat_template(record["conversations"]))
+            ids = tok.apply_chat_template(record["conversations"], tokenize=True)
             ref = [0] * len(ids)           # 1 from just after each '<s>assistant\n' through the next </s>
             for p in range(len(ids)):
                 if ids[p:p + len(header)] == header:
@@ -165,6 +171,47 @@ def test_sft_cache_equals_direct_read(tok, tmp_path):
             X, Y, mask = ds[i]
             assert X.tolist() == pad_to(ids, L)[:-1] and Y.tolist() == pad_to(ids, L)[1:]
             assert mask.tolist() == pad_to(ref, L)[1:]
+
+
+@pytest.fixture(scope="module")
+def tok_nn(tmp_path_factory):
+    """The fixture tokenizer plus one merge, '\n' '\n' -> 'ĊĊ' (id 1000), as MiniMind2's real vocab
+    very likely has: then the template's '\n' and a reply's leading '\n' become one token."""
+    spec = json.loads((FIXTURES / "tokenizer.json").read_text(encoding="utf-8"))
+    spec["model"]["merges"].append(["Ċ", "Ċ"])
+    spec["model"]["vocab"]["ĊĊ"] = len(spec["model"]["vocab"])
+    folder = tmp_path_factory.mktemp("tok_nn")
+    (folder / "tokenizer.json").write_text(json.dumps(spec, ensure_ascii=False), encoding="utf-8")
+    return Tokenizer.load(str(folder))
+
+
+def test_sft_reply_starting_with_newlines_tokenizes_as_at_chat_time(tok_nn, tmp_path):
+    """Guards against tokenizing prompt and reply apart: with 'ĊĊ' in the vocab, 'assistant\n' +
+    '\n\nHello' is 'assistant', 'ĊĊ', 'Ċ', 'Hello' when the chat is tokenized whole (as
+    apply_chat_template(tokenize=True) and generation do) but 'Ċ' | 'Ċ', 'Ċ', 'Hello' in pieces.
+    The ids must be the whole-chat ones, and the mask must still cover exactly the reply + '</s>':
+    the 'ĊĊ' token holding the template's '\n' and the reply's first '\n' is the reply's first step."""
+    messages = chat("Hi", "\n\nHello", "And?", "\n end")["conversations"]
+    path = write_jsonl(tmp_path / "s.jsonl", [{"conversations": messages}])
+    X, Y, mask = SFTDataset(path, tok_nn, max_length=128, cache_dir=tmp_path / "c")[0]
+    ids = tok_nn.apply_chat_template(messages, tokenize=True)
+    assert tok_nn.vocab["ĊĊ"] in ids                                   # the merge happened
+    assert X.tolist() == pad_to(ids, 128)[:-1] and Y.tolist() == pad_to(ids, 128)[1:]
+    # each trained run starts with the 'ĊĊ' that carries the template's '\n' ('\n end' splits '\n\n', ' end')
+    assert trained_runs(tok_nn, Y, mask) == ["\n\n\nHello</s>", "\n\n end</s>"]
+    first = int(torch.nonzero(mask)[0])                                # Y[first] is the 'ĊĊ' token ...
+    assert tok_nn.decode([Y[first].item()]) == "\n\n"
+    assert tok_nn.decode(X[:first + 1].tolist()).endswith("<s>assistant")   # ... predicted right after the header
+
+
+def test_encode_with_spans_marks_tokens_by_their_bytes(tok):
+    """Guards against mapping character spans to tokens wrongly where a character is several bytes
+    or a token several characters: a span covering exactly one token's text marks exactly that token."""
+    text = "<s>你好 world</s>"
+    [(ids, spans)] = encode_with_spans([(text, [(5, 11), (len(text) - 4, len(text))])], tok)
+    assert ids == tok.encode(text)
+    (a, b), (c, d) = spans
+    assert tok.decode(ids[a:b]) == " world" and tok.decode(ids[c:d]) == "</s>"
 
 
 # --- bad records ---------------------------------------------------------------------------------
@@ -222,14 +269,17 @@ def test_empty_file_is_an_error(tok, tmp_path, content, problem):
 
 
 def test_skip_bad_counts_and_reports(tok, tmp_path, capsys):
-    """Guards against skip mode dropping lines silently or miscounting them, and against a cache built
-    in skip mode letting a later strict run accept the bad file."""
+    """Guards against skip mode dropping lines silently or miscounting them, against a cache built
+    in skip mode letting a later strict run accept the bad file, and against notes that DDP ranks
+    other than 0 (verbose=False) print once more each."""
     lines = [chat("a", "b"), "{oops", chat("c", "d"), chat("e"), "", json.dumps(chat("f", "")), chat("g", "h")]
     path = write_jsonl(tmp_path / "s.jsonl", lines)
     ds = SFTDataset(path, tok, max_length=64, skip_bad=True, cache_dir=tmp_path / "c")
     assert len(ds) == 3 and ds.skipped == 3
     err = capsys.readouterr().err
     assert "skipped 3 bad lines" in err and "(lines 2, 4, 6)" in err and f"{path}:2: invalid JSON" in err
+    quiet = SFTDataset(path, tok, max_length=64, skip_bad=True, cache_dir=tmp_path / "c2", verbose=False)
+    assert quiet.skipped == 3 and capsys.readouterr().err == ""       # built and opened, silently
     assert [trained_runs(tok, *ds[i][1:]) for i in range(3)] == [["b</s>"], ["d</s>"], ["h</s>"]]
     with pytest.raises(DataError, match=re.escape(f"{path}:2: invalid JSON")):
         SFTDataset(path, tok, max_length=64, cache_dir=tmp_path / "c")       # same cache, strict
@@ -292,7 +342,7 @@ def test_second_builder_of_the_same_cache_is_harmless(tok, tmp_path):
     path = write_jsonl(tmp_path / "s.jsonl", [chat("hi", "hello")])
     ds = SFTDataset(path, tok, max_length=32, cache_dir=tmp_path / "c")
     before = ds[0]
-    build_cache(path, ds.cache_path, SFTDataset.record_pieces, tok, 32, skip_bad=False, workers=1)
+    build_cache(path, ds.cache_path, tok, 32, parse=SFTDataset.parse, encode=encode_with_spans)
     assert os.listdir(tmp_path / "c") == [os.path.basename(ds.cache_path)]
     assert all(torch.equal(a, b) for a, b in zip(before, SFTDataset(path, tok, 32, cache_dir=tmp_path / "c")[0]))
 
@@ -305,6 +355,43 @@ def test_pickled_dataset_reopens_the_cache(tok, tmp_path):
     assert len(blob) < 4000 < ds.meta["tokens"] * 2
     copy = pickle.loads(blob)
     assert all(torch.equal(a, b) for a, b in zip(ds[7], copy[7]))
+
+
+def test_unwritable_cache_location_is_a_data_error(tok, tmp_path):
+    """Guards against a PermissionError/NotADirectoryError traceback when the cache folder cannot be
+    made (a read-only data folder; here a path under a regular file, which even root cannot create)."""
+    path = write_jsonl(tmp_path / "p.jsonl", [{"text": "hi"}])
+    (tmp_path / "a_file").write_text("")
+    with pytest.raises(DataError, match=r"cannot write its token cache into .*a_file.* \(pass --cache_dir DIR"):
+        PretrainDataset(path, tok, max_length=16, cache_dir=tmp_path / "a_file" / "cache")
+
+
+def test_cache_key_names_the_data_not_the_cache_folder(tok, tmp_path):
+    """Guards against a --resume identity for the data that changes with --cache_dir (a moved cache)
+    or that stays the same when the data file's content changes."""
+    path = write_jsonl(tmp_path / "p.jsonl", [{"text": "hello world"}])
+    a = PretrainDataset(path, tok, max_length=16, cache_dir=tmp_path / "c1")
+    b = PretrainDataset(path, tok, max_length=16, cache_dir=tmp_path / "c2")
+    assert a.cache_key == b.cache_key and a.cache_key.startswith("p.jsonl.pretrain.len16.")
+    write_jsonl(path, [{"text": "hello there"}])
+    assert PretrainDataset(path, tok, max_length=16, cache_dir=tmp_path / "c1").cache_key != a.cache_key
+
+
+# --- train_tokenizer.py reads data through the same functions ----------------------------------------
+
+@pytest.mark.parametrize("bad, problem", [
+    (b'{"text": "caf\xe9"}', "invalid UTF-8 at byte 14 of the line"),
+    (b'{"text": "ok"', "invalid JSON"),
+    (b'{"conversations": [{"role": "bot", "content": "x"}]}', 'turn 1: unknown role "bot"'),
+])
+def test_train_tokenizer_names_file_and_line_of_bad_data(tmp_path, capsys, bad, problem):
+    """Guards against train_tokenizer.py reporting bad data without its place ('utf-8' codec can't
+    decode byte 0xe9 in position 13: of which of a million lines?) or checking it differently from
+    the datasets: it must give the datasets' FILE:LINE message, on one line, and exit 1."""
+    path = write_jsonl(tmp_path / "d.jsonl", [{"text": "fine"}, "", bad])
+    assert train_tokenizer.main(["--data_path", path, "--vocab_size", "300", "--out_dir", str(tmp_path / "t")]) == 1
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and f"{path}:3: {problem}" in err, err
 
 
 # --- --show ----------------------------------------------------------------------------------------

@@ -1,5 +1,6 @@
 """Tests for dataset/make_demo_data.py and the demo files it committed to dataset/."""
 import json
+import os
 import re
 from pathlib import Path
 
@@ -24,10 +25,6 @@ def committed():
             for name in ALL_FILES}
 
 
-def normalise(text):
-    return " ".join(text.casefold().split())
-
-
 def training_texts(records):
     """Every string a model trains on: pretraining texts and every chat turn."""
     return [t for r in records for t in ([r["text"]] if "text" in r else [m["content"] for m in r["conversations"]])]
@@ -50,6 +47,23 @@ def test_committed_files_equal_generator_output(files):
     for name in ALL_FILES:
         assert (DATASET_DIR / name).read_bytes() == demo.to_jsonl(files[name]), \
             f"{name} is stale: run python dataset/make_demo_data.py"
+
+
+def test_a_failed_write_keeps_the_previous_files(tmp_path, monkeypatch, capsys):
+    """Guards against writing the files in place: a write that fails part way (a full disk; here the
+    fsync that makes the bytes durable fails) must leave the previous files whole, with no temporary
+    files beside them, and end with one line on stderr."""
+    for name in ALL_FILES:
+        (tmp_path / name).write_bytes(b"previous\n")
+
+    def disk_full(fd):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(os, "fsync", disk_full)
+    assert demo.main(["--out_dir", str(tmp_path)]) == 1
+    assert "No space left on device" in capsys.readouterr().err
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(ALL_FILES)
+    assert all((tmp_path / name).read_bytes() == b"previous\n" for name in ALL_FILES)
 
 
 def test_check_flag_catches_a_hand_edit(tmp_path, capsys, files):
@@ -108,10 +122,10 @@ def test_must_contain_is_in_the_reference_answer(committed):
 def test_no_eval_question_appears_in_training_data(committed):
     """Guards against leaked eval items, which would make a pass mean memorisation: no eval
     question (case and whitespace ignored) occurs inside any training text."""
-    corpus = {name: "\n".join(normalise(t) for t in training_texts(committed[name])) for name in demo.TRAIN_FILES}
+    corpus = {name: "\n".join(demo.normalise(t) for t in training_texts(committed[name])) for name in demo.TRAIN_FILES}
     for name in demo.EVAL_FILES:
         for item in committed[name]:
-            question = normalise(item["question"])
+            question = demo.normalise(item["question"])
             for train_name, text in corpus.items():
                 assert question not in text, f"{name}: {item['question']!r} is in {train_name}"
 
@@ -157,7 +171,7 @@ def test_held_out_symptom_pairs_never_meet_in_training(files):
     """Guards against eval_medical asking a symptom combination the adapter trained on: the
     held-out pair of each condition never shares a training question, yet each of its symptoms
     is trained on (in some other company)."""
-    held_out = demo.held_out_pairs(demo.CONDITIONS, demo.random.Random("42:held_out"))
+    held_out = demo.held_out_symptoms()  # the pairs generate() used, with the same default seed
     questions = [r["conversations"][0]["content"] for r in files["lora_medical.jsonl"]]
     for c, (a, b) in zip(demo.CONDITIONS, held_out):
         for i in range(2):  # English, Chinese

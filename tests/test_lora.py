@@ -341,6 +341,64 @@ def test_merged_checkpoint_loads_as_a_plain_model(tmp_path, ids):
     torch.testing.assert_close(logits_of(loaded.eval(), ids), adapted, atol=1e-5, rtol=0)
 
 
+def test_merged_adapters_refuse_to_train(ids):
+    """Guards against training a merged model silently training nothing: a merged layer computes W x
+    alone, so A and B get no gradient while the loop runs on as if all were well."""
+    model = base_model()
+    apply_lora(model, rank=4)
+    fill_B(model, seed=0)
+    merge_lora(model)
+    with pytest.raises(ValueError, match="merged.*unmerge_lora"):
+        mark_only_lora_as_trainable(model)
+    model.train()
+    with pytest.raises(RuntimeError, match="merged LoRA layer.*unmerge_lora"):
+        toy_loss(model, ids)
+    with torch.no_grad():  # inference on a merged model in train mode is fine: nothing to train
+        model(ids)
+    model.eval()
+    model(ids)
+    unmerge_lora(model)
+    mark_only_lora_as_trainable(model)
+    model.train()
+    toy_loss(model, ids).backward()
+    assert model.layers[0].attention.wq.lora.A.weight.grad is not None
+
+
+def test_save_model_refuses_a_model_with_adapters(tmp_path):
+    """Guards against save_model writing adapter keys into a "plain" checkpoint that MiniMind2's strict
+    load (and ours) then rejects -- or that silently drops the adapter's effect when loaded elsewhere."""
+    model = base_model()
+    apply_lora(model, rank=4)
+    with pytest.raises(ValueError, match="merge_lora.*remove_lora.*save_lora"):
+        save_model(model, tmp_path / "full_sft_64.pth")
+    assert list(tmp_path.iterdir()) == []
+    merge_lora(model)  # merged but not removed: the adapter keys are still there
+    with pytest.raises(ValueError, match="remove_lora"):
+        save_model(model, tmp_path / "full_sft_64.pth")
+
+
+@pytest.mark.parametrize("kind", ["truncated", "empty", "text", "python_object", "list"])
+def test_unusable_adapter_file_is_a_one_line_error(tmp_path, kind):
+    """Guards against a torch traceback (with its "weights_only=False" advice) for a truncated,
+    empty or foreign adapter file; the model must be left without adapters."""
+    good = tmp_path / "good.pth"
+    torch.save({"layers.0.attention.wq.lora.A.weight": torch.zeros(4, 64)}, good)
+    data = {"truncated": good.read_bytes()[:100], "empty": b"", "text": b"not an adapter\n"}
+    path = tmp_path / f"{kind}.pth"
+    if kind in data:
+        path.write_bytes(data[kind])
+    elif kind == "python_object":
+        torch.save({"obj": nn.ReLU()}, path)  # a module object: weights_only refuses to unpickle it
+    else:
+        torch.save([torch.zeros(1)], path)
+    model = base_model()
+    with pytest.raises(CheckpointError) as err:
+        load_lora(model, path)
+    msg = str(err.value)
+    assert msg.startswith(f"{path} is not a usable checkpoint: ") and "\n" not in msg and "weights_only" not in msg
+    assert not lora_layers(model)
+
+
 # --- adapter files -----------------------------------------------------------------------------
 
 def test_save_load_round_trip(tmp_path, ids):

@@ -5,8 +5,13 @@ else compares two ways of computing the same thing (cached vs full, batched vs a
 explicit). Tiny models on CPU: the whole file runs in seconds.
 """
 
+import ast
+import doctest
+import importlib
 import json
+import math
 import os
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -14,7 +19,7 @@ import torch
 
 from model.checkpoint import CheckpointError, clean_state_dict, load_model, load_weights, save_model
 from model.LMConfig import LMConfig
-from model.model import MiniMindLM, apply_rope, rope_table, sample_next_token
+from model.model import KVCache, MiniMindLM, apply_rope, count_parameters, rope_table, sample_next_token
 
 FIXTURES = Path(__file__).parent / "fixtures" / "minimind2"
 
@@ -180,6 +185,16 @@ def test_left_padded_batch_rows_equal_each_alone(flash_attn):
         assert batch_out[row, width:].tolist() == alone_out[0, len(prompt) :].tolist()
 
 
+def test_every_dropout_attribute_is_a_module():
+    """Guards against a module attribute named `dropout` that is a float in one class (Attention) and
+    an nn.Dropout in the others: a reader (or code calling self.dropout(x)) would be misled."""
+    model = tiny_model(dropout=0.1)
+    for name, module in model.named_modules():
+        if hasattr(module, "dropout"):
+            assert isinstance(module.dropout, torch.nn.Module), name
+    assert model.layers[0].attention.attn_dropout_p == 0.1
+
+
 # ---- generate ---------------------------------------------------------------------------------
 
 
@@ -250,6 +265,62 @@ def test_sampling_filters():
     assert sample_next_token(neg, 0, 1.0, 0, 1.5, torch.tensor([[True, False]]), None).item() == 1
 
 
+@pytest.mark.parametrize("bad, match", [
+    (dict(top_p=0.0), "top_p"), (dict(top_p=-0.5), "top_p"), (dict(top_p=1.5), "top_p"),
+    (dict(top_p=math.nan), "top_p"), (dict(top_k=-1), "top_k"), (dict(top_k=2.5), "top_k"),
+    (dict(repetition_penalty=0.0), "repetition_penalty"), (dict(repetition_penalty=-1.2), "repetition_penalty"),
+    (dict(temperature=math.inf), "temperature"), (dict(temperature=math.nan), "temperature"),
+])  # fmt: skip
+def test_generate_rejects_bad_sampling_settings(bad, match):
+    """Guards against top_p=0 crashing inside torch.multinomial, and nonsense settings (a negative
+    penalty flips the logits' order, inf temperature = uniform noise) running silently."""
+    model = tiny_model()
+    with pytest.raises(ValueError, match=match) as err:
+        model.generate(torch.randint(3, 97, (1, 4)), max_new_tokens=3, **bad)
+    assert "\n" not in str(err.value)
+
+
+def test_top_p_at_or_below_zero_keeps_the_best_token():
+    """Guards against top_p <= 0 masking every token (softmax of all -inf = NaN -> multinomial crash)."""
+    logits = torch.tensor([[0.5, 2.0, -1.0], [3.0, 0.0, 0.1]])
+    for top_p in (0.0, -1.0, 1e-9):
+        got = sample_next_token(logits, 1.0, top_p, 0, 1.0, None, torch.Generator().manual_seed(0))
+        assert got.tolist() == [1, 0]
+
+
+def test_prompt_at_max_seq_len_returns_without_running_the_model():
+    """Guards against a prefill of the whole prompt whose logits are thrown away (no room for a new token)."""
+    model = tiny_model(max_seq_len=16)
+    calls = []
+    model.register_forward_pre_hook(lambda module, args: calls.append(1))
+    prompt = torch.randint(3, 97, (2, 16))
+    assert torch.equal(model.generate(prompt, max_new_tokens=5), prompt)
+    assert list(model.generate(prompt, max_new_tokens=5, stream=True)) == []
+    assert calls == []
+    assert model.generate(prompt[:, :14], max_new_tokens=5, temperature=0).shape == (2, 16)  # fills up to 16
+
+
+def test_kv_cache_growth_is_as_documented(monkeypatch):
+    """Guards against KVCache.reserve's docstring drifting from the code: generate never grows its
+    cache; a hand-driven cache starts at exactly T slots and grows to at least twice that."""
+    model = tiny_model()
+    ids = torch.randint(3, 97, (1, 10))
+    out = model(ids[:, :6], use_cache=True)
+    assert out.past_key_values.capacity == 6
+    out = model(ids[:, 6:7], past_key_values=out.past_key_values, use_cache=True)
+    assert out.past_key_values.capacity == 12 and out.past_key_values.length == 7
+
+    grown = []
+    original = KVCache.reserve
+    def spy(self, n_new):
+        result = original(self, n_new)
+        grown.append(result is not self)
+        return result
+    monkeypatch.setattr(KVCache, "reserve", spy)
+    model.generate(ids, max_new_tokens=6, temperature=0, eos_token_id=-1)
+    assert len(grown) == 6 and not any(grown)  # prefill + 5 steps, all in the preallocated buffers
+
+
 # ---- config -----------------------------------------------------------------------------------
 
 
@@ -259,14 +330,36 @@ def test_config_round_trip_and_errors():
     d = config.to_dict()
     assert json.loads(json.dumps(d)) == d and LMConfig.from_dict(d) == config
     assert LMConfig().hidden_dim == 1408 and LMConfig(dim=64).hidden_dim == 192  # MiniMind2's rule
-    with pytest.raises(TypeError, match="n_layer.*valid fields are.*n_layers"):
+    with pytest.raises(TypeError, match="n_layer"):
         LMConfig(n_layer=16)
-    with pytest.raises(TypeError, match="bogus"):
-        LMConfig.from_dict({**d, "bogus": 1})
+    with pytest.raises(TypeError, match="n_layer.*valid fields are.*n_layers"):
+        LMConfig.from_dict({**d, "n_layer": 16})
     with pytest.raises(NotImplementedError, match="use_moe"):
         LMConfig(use_moe=True)
     with pytest.raises(ValueError, match="n_kv_heads"):
         LMConfig(n_heads=8, n_kv_heads=3)
+
+
+MINIMIND2_FIELDS = [
+    "dim", "n_layers", "n_heads", "n_kv_heads", "vocab_size", "hidden_dim", "multiple_of", "norm_eps",
+    "max_seq_len", "rope_theta", "dropout", "flash_attn", "use_moe", "num_experts_per_tok",
+    "n_routed_experts", "n_shared_experts", "scoring_func", "aux_loss_alpha", "seq_aux", "norm_topk_prob",
+]  # fmt: skip
+
+
+def test_config_fields_are_minimind2s():
+    """Guards against a field list that drifts from MiniMind2's names/order (sidecars, to_dict, errors)."""
+    assert LMConfig.field_names() == MINIMIND2_FIELDS
+    assert list(LMConfig().to_dict()) == MINIMIND2_FIELDS
+    assert LMConfig(n_kv_heads=None).n_kv_heads == 8  # None = plain multi-head attention
+
+
+@pytest.mark.parametrize("field", ["dim", "n_layers", "n_heads", "n_kv_heads", "vocab_size", "max_seq_len"])
+@pytest.mark.parametrize("value", [0, -4])
+def test_config_rejects_sizes_below_one(field, value):
+    """Guards against n_heads=0 dying in a ZeroDivisionError, or n_layers=0 / dim=0 building a useless model."""
+    with pytest.raises(ValueError, match=f"^LMConfig: {field} must be a positive integer, got {value}$"):
+        LMConfig(**{field: value})
 
 
 # ---- checkpoints ------------------------------------------------------------------------------
@@ -327,8 +420,115 @@ def test_load_model_errors(tmp_path):
     assert meta == {}
 
 
-def test_atomic_save_keeps_the_old_file_when_a_save_fails(tmp_path):
-    """Guards against a crash mid-save destroying the last good checkpoint (or leaving temp files)."""
+class NotATensor:
+    """A class torch.load(weights_only=True) refuses to unpickle."""
+
+
+def bad_checkpoints(tmp_path):
+    """{kind: path} of files that are not usable checkpoints."""
+    good = tmp_path / "good.pth"
+    torch.save(tiny_model().state_dict(), good)
+    files = {
+        "truncated": good.read_bytes()[: good.stat().st_size // 2],
+        "empty": b"",
+        "text": b"hello, this is not a checkpoint\n",
+        "json": b'{"dim": 64}',
+    }
+    paths = {}
+    for kind, data in files.items():
+        paths[kind] = tmp_path / f"{kind}.pth"
+        paths[kind].write_bytes(data)
+    paths["python_object"] = tmp_path / "python_object.pth"
+    torch.save({"w": torch.ones(1), "obj": NotATensor()}, paths["python_object"])
+    paths["list"] = tmp_path / "list.pth"
+    torch.save([torch.ones(1)], paths["list"])
+    return paths
+
+
+@pytest.mark.parametrize("kind", ["truncated", "empty", "text", "json", "python_object", "list"])
+def test_unusable_checkpoint_is_a_one_line_error(tmp_path, kind):
+    """Guards against a torch traceback (or its "set weights_only=False" advice, i.e. run the file's
+    code) when a user names a truncated, empty or foreign file as a checkpoint."""
+    path = bad_checkpoints(tmp_path)[kind]
+    with pytest.raises(CheckpointError) as err:
+        load_model(path, config=tiny_model().config)
+    msg = str(err.value)
+    assert msg.startswith(f"{path} is not a usable checkpoint: ") and "\n" not in msg
+    assert "weights_only" not in msg
+
+
+def test_unreadable_sidecar_is_a_one_line_error(tmp_path):
+    """Guards against a JSONDecodeError traceback from a damaged sidecar, or a bad config in it."""
+    path = tmp_path / "pretrain_64.pth"
+    save_model(tiny_model(), path)
+    (tmp_path / "pretrain_64.json").write_text('{"config": {"dim": 64,')  # cut short
+    with pytest.raises(CheckpointError, match="pretrain_64.json is not a readable checkpoint sidecar"):
+        load_model(path)
+    (tmp_path / "pretrain_64.json").write_text('{"config": {"dim": 64, "n_layer": 2}}')
+    with pytest.raises(CheckpointError, match="pretrain_64.json: its config is not valid.*n_layer"):
+        load_model(path)
+
+
+@pytest.mark.parametrize("overrides, want", [
+    ({"n_kv_heads": 4}, ["--n_kv_heads 2 (with n_heads 4)", "--n_heads 8 (with n_kv_heads 4)"]),
+    ({"n_heads": 8}, ["--n_kv_heads 4 (with n_heads 8)", "--n_heads 4 (with n_kv_heads 2)"]),
+])  # fmt: skip
+def test_mismatched_heads_suggest_head_flags(overrides, want):
+    """Guards against a wk/wv shape mismatch that only says "--dim ..." (dim is right: the kv heads are not)."""
+    state_dict = tiny_model().state_dict()  # dim 64, n_heads 4, n_kv_heads 2: wk is (32, 64)
+    with pytest.raises(CheckpointError) as err:
+        load_weights(tiny_model(**overrides), state_dict)
+    msg = str(err.value)
+    assert "its wk/wv are (32, 64)" in msg and all(w in msg for w in want) and "--dim" not in msg
+
+
+def test_kill_between_weights_and_sidecar(tmp_path, monkeypatch):
+    """Guards against the module docstring's promise breaking: a save killed after the weights' rename
+    but before the sidecar's leaves new weights + old sidecar, which load (same shapes) or are refused
+    (other shapes) -- never loaded into the wrong model."""
+    import model.checkpoint as checkpoint
+
+    path = tmp_path / "pretrain_64.pth"
+    save_model(tiny_model(seed=0), path, {"step": 1})
+
+    def killed(*args):
+        raise KeyboardInterrupt  # the run dies just before the sidecar is written
+    monkeypatch.setattr(checkpoint, "atomic_write_text", killed)
+    newer = tiny_model(seed=1)
+    with pytest.raises(KeyboardInterrupt):
+        save_model(newer, path, {"step": 2})
+    loaded, meta = load_model(path)
+    assert meta == {"step": 1}  # the old sidecar
+    assert torch.equal(loaded.norm.weight, newer.norm.weight) and torch.equal(loaded.output.weight, newer.output.weight)
+
+    with pytest.raises(KeyboardInterrupt):
+        save_model(tiny_model(n_layers=3), path, {"step": 3})  # a different shape under the same name
+    with pytest.raises(CheckpointError, match="--n_layers 3"):
+        load_model(path)
+
+
+# ---- atomic writes (model/atomic.py) ------------------------------------------------------------
+
+
+def test_atomic_write_keeps_the_old_file_when_a_write_fails(tmp_path):
+    """Guards against a crash mid-write destroying the last good file (or leaving temp files)."""
+    from model.atomic import atomic_write, atomic_write_bytes
+
+    path = tmp_path / "f.bin"
+    atomic_write_bytes(path, b"old")
+
+    def crash(f):
+        f.write(b"half of the new")
+        raise KeyboardInterrupt  # a Ctrl-C is not an Exception, and must still clean up
+
+    with pytest.raises(KeyboardInterrupt):
+        atomic_write(path, crash)
+    assert path.read_bytes() == b"old"
+    assert [p.name for p in tmp_path.iterdir()] == ["f.bin"]
+
+
+def test_atomic_save_keeps_the_old_checkpoint_when_a_save_fails(tmp_path):
+    """Guards against atomic_save (torch.save on top of atomic_write) losing the last good checkpoint."""
     from model.checkpoint import atomic_save
 
     path = tmp_path / "ckpt.pth"
@@ -344,13 +544,56 @@ def test_atomic_save_keeps_the_old_file_when_a_save_fails(tmp_path):
     assert [p.name for p in tmp_path.iterdir()] == ["ckpt.pth"]
 
 
-def test_atomic_save_gives_ordinary_file_permissions(tmp_path):
-    """Guards against checkpoints created owner-only (mkstemp's 0600) when they are meant to be shared."""
-    from model.checkpoint import atomic_save
+@pytest.mark.parametrize("umask", [0o022, 0o077, 0o002])
+def test_atomic_write_gives_ordinary_file_permissions(tmp_path, umask):
+    """Guards against files created owner-only (mkstemp's 0600) or ignoring the umask, unlike open()."""
+    from model.atomic import atomic_write_text
 
-    old = os.umask(0o022)
+    old = os.umask(umask)
     try:
-        atomic_save({"w": torch.ones(1)}, tmp_path / "ckpt.pth")
+        atomic_write_text(tmp_path / "sub" / "a.txt", "héllo\n")  # also: creates the directory
+        with open(tmp_path / "plain.txt", "w") as f:
+            f.write("x")
     finally:
         os.umask(old)
-    assert (tmp_path / "ckpt.pth").stat().st_mode & 0o777 == 0o644
+    assert (tmp_path / "sub" / "a.txt").read_bytes() == "héllo\n".encode("utf-8")
+    assert (tmp_path / "sub" / "a.txt").stat().st_mode & 0o777 == 0o666 & ~umask
+    assert (tmp_path / "sub" / "a.txt").stat().st_mode & 0o777 == (tmp_path / "plain.txt").stat().st_mode & 0o777
+
+
+# ---- the code as course material --------------------------------------------------------------
+
+MODEL_MODULES = ["model.LMConfig", "model.model", "model.checkpoint", "model.model_lora", "model.tokenizer", "model.atomic"]
+
+
+@pytest.mark.parametrize("name", MODEL_MODULES)
+def test_docstring_examples_run(name, tmp_path, monkeypatch):
+    """Guards against docstring examples (the course's worked examples) going stale as the code changes."""
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))  # examples that write files write here
+    result = doctest.testmod(importlib.import_module(name), optionflags=doctest.ELLIPSIS)
+    assert result.failed == 0
+
+
+def test_model_py_reads_top_to_bottom():
+    """Guards against forward jumps in model/model.py: a top-level function or class that uses one
+    defined further down the file, so a reader meets a name before its definition."""
+    tree = ast.parse(Path(__file__).parent.parent.joinpath("model", "model.py").read_text(encoding="utf-8"))
+    defined_at = {node.name: i for i, node in enumerate(tree.body)
+                  if isinstance(node, (ast.FunctionDef, ast.ClassDef))}  # fmt: skip
+    jumps = []
+    for i, node in enumerate(tree.body):
+        for sub in ast.walk(node):
+            if isinstance(sub, ast.Name) and defined_at.get(sub.id, -1) > i:
+                jumps.append(f"{getattr(node, 'name', '?')} uses {sub.id}")
+    assert jumps == []
+
+
+def test_count_parameters_lives_in_model_and_counts_tied_weights_once():
+    """Guards against count_parameters living only in model_lora.py (not a LoRA concept, yet the
+    pretraining script needed it from there) and against a tied matrix being counted twice."""
+    import model.model_lora as model_lora
+
+    model = tiny_model()
+    total, trainable = count_parameters(model)
+    assert total == trainable == sum(t.numel() for k, t in model.state_dict().items() if k != "tok_embeddings.weight")
+    assert model_lora.count_parameters is count_parameters  # still importable from the old place

@@ -187,6 +187,19 @@ def test_save_load_round_trip(tok, tmp_path):
     assert (tmp_path / "tokenizer.json").read_bytes() == first  # deterministic output
 
 
+def test_save_is_atomic_with_ordinary_permissions(tok, tmp_path):
+    """Guards against save() leaving temp files, or writing files with a fixed mode (0644) that
+    ignores the umask, instead of sharing model/atomic.py's writer."""
+    old = os.umask(0o002)
+    try:
+        tok.save(tmp_path)
+    finally:
+        os.umask(old)
+    assert sorted(os.listdir(tmp_path)) == ["tokenizer.json", "tokenizer_config.json"]
+    for name in os.listdir(tmp_path):
+        assert (tmp_path / name).stat().st_mode & 0o777 == 0o664
+
+
 def test_load_both_merge_forms(tmp_path):
     """Guards against reading only one of HF's two merge spellings ("a b" vs ["a", "b"])."""
     with open(os.path.join(FIXTURES, "tokenizer.json"), encoding="utf-8") as f:

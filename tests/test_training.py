@@ -2,12 +2,16 @@
 
 Tiny models (dim 32 or 64, 2 layers) on the first few hundred lines of the demo data, on the CPU:
 the stages chain and learn, LoRA touches nothing but its adapters, an interrupted run resumes to
-exactly the weights of an uninterrupted one, two processes train under torchrun, and user mistakes
-end in one clear line. Every script's main(argv) runs in-process and writes only under tmp_path.
+exactly the weights of an uninterrupted one (and refuses to resume under changed settings), two
+processes train under torchrun, and user mistakes end in one clear line. Every script's main(argv)
+runs in-process and writes only under tmp_path.
 """
+import contextlib
 import hashlib
+import importlib
 import math
 import os
+import re
 import subprocess
 import sys
 import xml.etree.ElementTree as ET
@@ -21,7 +25,7 @@ import train_lora
 import train_pretrain
 import training
 from dataset.lm_dataset import SFTDataset
-from model.checkpoint import load_model
+from model.checkpoint import load_model, save_model
 from model.LMConfig import LMConfig
 from model.model import MiniMindLM
 from model.model_lora import apply_lora, load_lora
@@ -52,6 +56,29 @@ def first_and_last_loss(metrics_path):
     return records[0]["loss"], records[-1]["loss"]
 
 
+@contextlib.contextmanager
+def working_directory(path):
+    """Run the body with `path` as the current directory (as a user running a script from there)."""
+    before = os.getcwd()
+    os.chdir(path)
+    try:
+        yield
+    finally:
+        os.chdir(before)
+
+
+def one_line_error(main, argv, capsys):
+    """Run a script's main through run_main, which must fail: exit code 1, no traceback, and one
+    error line, the last on stderr (notes such as "tokenizing ..." may come before it) -> that line."""
+    capsys.readouterr()  # drop what earlier runs printed
+    assert training.run_main(main, argv) == 1
+    err = capsys.readouterr().err
+    lines = err.strip().splitlines()
+    assert "Traceback" not in err and lines[-1].startswith("error: "), err
+    assert [line for line in lines if "error" in line.lower()] == lines[-1:], err
+    return lines[-1]
+
+
 @pytest.fixture(scope="module", autouse=True)
 def one_thread():
     """Tiny matmuls gain nothing from a second thread, and on a shared 2-core machine two threads
@@ -74,17 +101,24 @@ def data(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def pipeline(tmp_path_factory, data):
-    """pretrain -> full SFT -> LoRA, once, in one out_dir; each stage finds the previous one's file."""
+    """pretrain -> full SFT -> LoRA, once, in one out_dir; each stage finds the previous one's file.
+
+    Pretraining runs in the repository with a relative --tokenizer, as a user types it; the later
+    stages run from another directory and must still find that tokenizer through the sidecar."""
     out = str(tmp_path_factory.mktemp("out"))
-    pre = train_pretrain.main([*LEARN, *FAST, "--out_dir", out, "--tokenizer", str(TOKENIZER),
-                               "--data_path", data["pretrain"], "--epochs", "3", "--learning_rate", "3e-3",
-                               "--warmup_iters", "5"])
-    sft = train_full_sft.main([*FAST, "--max_seq_len", "96", "--out_dir", out, "--dim", "64", "--data_path", data["sft"],
-                               "--epochs", "2", "--learning_rate", "3e-3", "--warmup_iters", "5"])
-    sft_hash = sha256(sft.weights)
-    lora = train_lora.main([*FAST, "--max_seq_len", "128", "--out_dir", out, "--dim", "64", "--lora_name", "lora_identity",
-                            "--data_path", data["lora"], "--epochs", "2", "--learning_rate", "5e-3", "--warmup_iters", "3",
-                            "--lora_rank", "8", "--lora_plus_ratio", "16"])
+    with working_directory(ROOT):
+        pre = train_pretrain.main([*LEARN, *FAST, "--out_dir", out, "--tokenizer", "model/demo_tokenizer",
+                                   "--data_path", data["pretrain"], "--epochs", "3", "--learning_rate", "3e-3",
+                                   "--warmup_iters", "5"])
+    with working_directory(out):
+        sft = train_full_sft.main([*FAST, "--max_seq_len", "96", "--out_dir", out, "--dim", "64",
+                                   "--data_path", data["sft"], "--epochs", "2", "--learning_rate", "3e-3",
+                                   "--warmup_iters", "5"])
+        sft_hash = sha256(sft.weights)
+        lora = train_lora.main([*FAST, "--max_seq_len", "128", "--out_dir", out, "--dim", "64",
+                                "--lora_name", "lora_identity", "--data_path", data["lora"], "--epochs", "2",
+                                "--learning_rate", "5e-3", "--warmup_iters", "3", "--lora_rank", "8",
+                                "--lora_plus_ratio", "16"])
     return {"out": out, "pretrain": pre, "sft": sft, "lora": lora, "sft_hash": sft_hash}
 
 
@@ -100,7 +134,8 @@ def test_lr_schedule_warms_up_linearly_then_decays_by_cosine_to_the_minimum():
     assert lr[9] == pytest.approx(1.0) and lr[10] == pytest.approx(1.0)  # ... to the peak, never above it
     assert max(lr) == pytest.approx(1.0)
     assert lr[55] == pytest.approx(0.55)  # half way through the cosine: (max + min) / 2
-    assert lr[100] == pytest.approx(0.1)  # down to min_lr_ratio x learning_rate
+    assert lr[100] == pytest.approx(0.1)  # down to min_lr_ratio x learning_rate at step total_steps ...
+    assert lr[99] == pytest.approx(0.1003, abs=1e-4)  # ... so the last step (99) is a hair above it
     assert all(a >= b for a, b in zip(lr[10:], lr[11:]))  # monotone decay after warmup
     assert training.get_lr(0, 100, 1.0, 0) == pytest.approx(1.0)  # no warmup: start at the peak
 
@@ -188,12 +223,68 @@ def test_loss_curve_svg_is_well_formed_and_plots_every_point(tmp_path):
     ET.parse(tmp_path / "empty.svg")
 
 
-@pytest.mark.parametrize("script", [train_pretrain, train_full_sft, train_lora])
-def test_every_flag_has_help_and_none_is_type_bool(script):
+def test_a_failed_metrics_or_svg_write_keeps_the_previous_file(tmp_path, monkeypatch):
+    """Guards against writing the loss curve and the metrics log in place: a write that fails part
+    way (a full disk; here the fsync that makes the bytes durable fails) must leave the previous file
+    whole and no temporary file beside it."""
+    svg, metrics = tmp_path / "x_loss.svg", tmp_path / "x_metrics.jsonl"
+    svg.write_text("previous")
+    metrics.write_text('{"step": 1, "loss": 2.0}\n')
+
+    def disk_full(fd):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(os, "fsync", disk_full)
+    with pytest.raises(OSError, match="No space left"):
+        training.write_loss_svg([{"step": 1, "loss": 1.0}], svg, "title")
+    with pytest.raises(OSError, match="No space left"):  # a fresh run starts a fresh metrics log
+        training.Progress(str(metrics), 10, 0, training.Runtime(torch.device("cpu")))
+    assert svg.read_text() == "previous" and metrics.read_text() == '{"step": 1, "loss": 2.0}\n'
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["x_loss.svg", "x_metrics.jsonl"]
+
+
+@pytest.mark.parametrize("module", ["train_pretrain", "train_full_sft", "train_lora", "train_tokenizer",
+                                    "dataset.lm_dataset", "dataset.make_demo_data"])
+def test_every_flag_has_help_and_none_is_type_bool(module):
     """Guards against MiniMind's type=bool flags (where "False" parses as True) and undocumented flags."""
-    for action in script.build_parser()._actions:
+    for action in importlib.import_module(module).build_parser()._actions:
         assert action.help, f"{action.option_strings} has no help"
         assert action.type is not bool, f"{action.option_strings} uses type=bool"
+
+
+def loop_block(script):
+    """The lines of a script from '# ---- the loop' to the end of main(), without the weight-saving
+    line(s) (save_model / save_lora), the one place where the stages' loops differ."""
+    lines = (ROOT / script).read_text(encoding="utf-8").splitlines()
+    start = next(i for i, line in enumerate(lines) if "# ---- the loop" in line)
+    end = next(i for i, line in enumerate(lines) if "return training.RunResult" in line)
+    return [line for line in lines[start:end + 1] if not re.search(r"\bsave_(model|lora)\(", line)]
+
+
+def test_the_three_training_loops_are_identical_apart_from_the_save():
+    """Guards against the three copies of the loop drifting apart (MiniMind's did: one logs the loss
+    multiplied back by the accumulation steps, the others do not). The loop is copied on purpose, so
+    each script shows its whole training step; this keeps the copies honest."""
+    pretrain = loop_block("train_pretrain.py")
+    assert len(pretrain) > 30 and any("clip_grad_norm_" in line for line in pretrain)
+    assert loop_block("train_full_sft.py") == pretrain
+    assert loop_block("train_lora.py") == pretrain
+
+
+def test_sidecar_paths_resolve_from_any_directory(tmp_path):
+    """Guards against a sidecar recording the tokenizer relative to the directory the run started in
+    (a later stage started elsewhere cannot find it) or recording this machine's absolute path for a
+    file inside the repository (which then ends up in files people share)."""
+    inside = ROOT / "model" / "demo_tokenizer"
+    with working_directory(ROOT / "model"):
+        assert training.path_for_sidecar("demo_tokenizer") == "model/demo_tokenizer"
+    with working_directory(tmp_path):
+        assert training.path_for_sidecar(inside) == "model/demo_tokenizer"
+        assert Path(training.path_from_sidecar("model/demo_tokenizer")) == inside
+        assert training.path_for_sidecar("tok") == str(tmp_path / "tok")  # outside the repository: absolute
+        assert training.path_from_sidecar(str(tmp_path / "tok")) == str(tmp_path / "tok")
+    assert training.sidecar_meta("full_sft", inside, base=str(tmp_path / "b.pth")) == {
+        "tokenizer": "model/demo_tokenizer", "stage": "full_sft", "base": str(tmp_path / "b.pth")}
 
 
 # ------------------------------------------------------------------------------------------------
@@ -222,7 +313,8 @@ def test_pretrain_sft_lora_chain_and_each_reaches_its_loss_target(pipeline, data
 
     model, meta = load_model(f"{out}/full_sft_64.pth")  # config and tokenizer from the sidecar
     assert (model.config.dim, model.config.n_layers, meta["stage"]) == (64, 2, "full_sft")
-    assert meta["tokenizer"] == str(TOKENIZER)
+    assert meta["tokenizer"] == "model/demo_tokenizer"  # relative to the repository: no machine path
+    assert not any(Path(out).glob("*_resume.pth"))  # finished runs leave nothing to resume
     for name in ("pretrain_64", "full_sft_64", "lora_identity_64"):
         ET.parse(f"{out}/{name}_loss.svg")
     assert os.listdir(f"{out}/lora") == ["lora_identity_64.pth"]  # out/lora holds adapters only
@@ -261,14 +353,8 @@ def resume_case(kind, out, data, sft_weights=None):
                         "--lora_dropout", "0.1", "--lora_plus_ratio", "4"]
 
 
-@pytest.mark.parametrize("kind", ["pretrain", "lora"])
-def test_interrupted_run_resumes_to_the_same_weights(kind, tmp_path, data, pipeline, monkeypatch):
-    """Guards against a resume that loses or repeats data, restarts the schedule or the optimizer's
-    moments, or replays different dropout noise: any of them changes the final weights."""
-    script, argv = resume_case(kind, str(tmp_path / "straight"), data, pipeline["sft"].weights)
-    straight = script.main(argv)
-
-    script, argv = resume_case(kind, str(tmp_path / "resumed"), data, pipeline["sft"].weights)
+def interrupt_at_step_6(script, argv, monkeypatch):
+    """Run script.main(argv) and press Ctrl-C (KeyboardInterrupt) as step 6 begins."""
     real_get_lr = training.get_lr
 
     def ctrl_c_at_step_6(step, *args):
@@ -280,10 +366,47 @@ def test_interrupted_run_resumes_to_the_same_weights(kind, tmp_path, data, pipel
     with pytest.raises(KeyboardInterrupt):
         script.main(argv)
     monkeypatch.setattr(training, "get_lr", real_get_lr)
-    assert torch.load(tmp_path / "resumed" / f"{'pretrain_32' if kind == 'pretrain' else 'lora_identity_64'}_resume.pth",
-                      weights_only=True)["step"] == 4
-    resumed = script.main([*argv, "--resume"])
 
+
+def changed_base(sft_weights, folder):
+    """A copy of the SFT checkpoint (same shape, same sidecar) with one weight nudged."""
+    model, meta = load_model(sft_weights)
+    with torch.no_grad():
+        model.norm.weight[0] += 0.5
+    path = str(Path(folder) / "other_base.pth")
+    save_model(model, path, meta={k: v for k, v in meta.items() if k != "config"})
+    return path
+
+
+@pytest.mark.parametrize("kind", ["pretrain", "lora"])
+def test_interrupted_run_resumes_to_the_same_weights(kind, tmp_path, data, pipeline, monkeypatch, capsys):
+    """Guards against a resume that loses or repeats data, restarts the schedule or the optimizer's
+    moments, or replays different dropout noise: any of them changes the final weights. Also against
+    a resume under changed settings (a raw size-mismatch traceback, or a silently different run), a
+    fresh start that overwrites the unfinished run, and a finished run that leaves its resume file."""
+    script, argv = resume_case(kind, str(tmp_path / "straight"), data, pipeline["sft"].weights)
+    straight = script.main(argv)
+
+    script, argv = resume_case(kind, str(tmp_path / "resumed"), data, pipeline["sft"].weights)
+    interrupt_at_step_6(script, argv, monkeypatch)
+    resume_file = tmp_path / "resumed" / f"{'pretrain_32' if kind == 'pretrain' else 'lora_identity_64'}_resume.pth"
+    assert torch.load(resume_file, weights_only=True)["step"] == 4
+
+    # Starting afresh would overwrite the unfinished run's progress.
+    assert one_line_error(script.main, argv, capsys) == (f"error: {resume_file} holds an unfinished run: "
+                                                         "pass --resume to continue it, or delete that file to start over")
+    # Resuming with settings that differ is refused before anything is loaded, naming each of them.
+    if kind == "pretrain":
+        changes = ["--n_kv_heads", "4", "--batch_size", "4", "--max_seq_len", "32"]
+        expected = ["model.n_kv_heads=2 then, 4 now", "batch_size=8 then, 4 now", "max_seq_len=64 then, 32 now",
+                    "data=pretrain_demo.jsonl.pretrain.len64."]
+    else:
+        changes = ["--lora_rank", "8", "--base", changed_base(pipeline["sft"].weights, tmp_path)]
+        expected = ["lora.rank=4 then, 8 now", "base=sha256:"]
+    err = one_line_error(script.main, [*argv, "--resume", *changes], capsys)
+    assert "belongs to a run with different settings" in err and all(e in err for e in expected), err
+
+    resumed = script.main([*argv, "--resume"])
     a, b = straight.model.state_dict(), resumed.model.state_dict()
     assert a.keys() == b.keys()
     for key in a:
@@ -292,8 +415,59 @@ def test_interrupted_run_resumes_to_the_same_weights(kind, tmp_path, data, pipel
     steps = [r["step"] for r in training.read_metrics(tmp_path / "resumed" / Path(straight.weights).name.replace(".pth", "_metrics.jsonl"))]
     assert steps == sorted(set(steps))  # the metrics log kept no lines from the lost steps
 
-    with pytest.raises(training.TrainingError, match="batch_size=8 then, 4 now"):
-        script.main([*argv, "--resume", "--batch_size", "4"])
+    # Finished: the resume file is gone, and rerunning the stage (as run_demo.py does) just works.
+    assert not resume_file.exists()
+    assert "no resume state" in one_line_error(script.main, [*argv, "--resume"], capsys)
+    if kind == "pretrain":
+        assert script.main(argv).final_loss == pytest.approx(straight.final_loss, abs=1e-6)
+
+
+def fake_resume_state(step, plan):
+    return {"step": step, "plan": plan, "trainable": {}, "optimizer": {}, "scaler": {}, "rng": []}
+
+
+def test_a_fresh_start_refuses_only_an_unfinished_run(tmp_path):
+    """Guards against a fresh start that destroys an interrupted run's progress, and against one that
+    refuses to rerun a finished stage because its resume file outlived it (a kill between the last
+    save and the file's removal, or a file from before resume files were removed at the end)."""
+    plan = {"samples": 10, "batch_size": 4, "accumulation_steps": 2, "epochs": 2, "seed": 0, "world_size": 1}
+    assert training.count_steps(plan) == (3, 3)  # 4+4+2 samples an epoch, 6 micro-batches, 3 steps
+    path = tmp_path / "x_resume.pth"
+    training.check_no_unfinished_run(path, resuming=False)  # no file: nothing to protect
+    torch.save(fake_resume_state(2, plan), path)
+    with pytest.raises(training.TrainingError, match=re.escape(f"{path} holds an unfinished run: pass --resume")):
+        training.check_no_unfinished_run(path, resuming=False)
+    training.check_no_unfinished_run(path, resuming=True)  # --resume continues it instead
+    torch.save(fake_resume_state(3, plan), path)
+    training.check_no_unfinished_run(path, resuming=False)  # step 3 of 3: finished
+    torch.save({"tok_embeddings.weight": torch.zeros(2, 2)}, path)  # a model's weights saved under that name
+    with pytest.raises(training.TrainingError, match="is not a resume file of these scripts"):
+        training.check_no_unfinished_run(path, resuming=False)
+
+
+@pytest.mark.parametrize("content", [b"", b"not a checkpoint", b"PK\x03\x04 truncated zip"])
+def test_an_unreadable_resume_file_is_a_one_line_error(content, tmp_path, data, capsys):
+    """Guards against torch.load's traceback (with its advice to load unsafely with weights_only=False)
+    when the resume file is truncated by a full disk or is not a checkpoint at all."""
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "pretrain_32_resume.pth").write_bytes(content)
+    argv = [*SHAPE, *FAST, "--out_dir", str(out), "--tokenizer", str(TOKENIZER), "--data_path", data["pretrain"]]
+    for extra in ([], ["--resume"]):
+        err = one_line_error(train_pretrain.main, [*argv, *extra], capsys)
+        assert f"{out / 'pretrain_32_resume.pth'} is not a readable PyTorch checkpoint" in err
+        assert "weights_only" not in err
+
+
+def test_plan_differences_name_every_changed_setting():
+    """Guards against a resume check that misses a nested setting (the model's shape, the LoRA rank)
+    or one that only one of the two plans records."""
+    then = {"batch_size": 8, "model": {"dim": 64, "n_kv_heads": 2}, "dtype": "float16", "lora": None}
+    now = {"batch_size": 8, "model": {"dim": 64, "n_kv_heads": 4}, "dtype": "bfloat16", "lora": None,
+           "base": "sha256:ab"}
+    assert training.plan_differences(then, now) == [
+        "model.n_kv_heads=2 then, 4 now", "dtype=float16 then, bfloat16 now", "base=unrecorded then, sha256:ab now"]
+    assert training.plan_differences(now, now) == []
 
 
 def test_nan_loss_stops_the_run_and_keeps_the_last_good_checkpoint(tmp_path, data, monkeypatch):
@@ -323,15 +497,25 @@ def test_nan_loss_stops_the_run_and_keeps_the_last_good_checkpoint(tmp_path, dat
 def test_missing_base_checkpoint_names_the_command_that_makes_it(tmp_path, capsys):
     """Guards against a KeyError/traceback (or a silently random model) when a stage's input is missing."""
     out = str(tmp_path / "out")
-    assert training.run_main(train_full_sft.main, ["--out_dir", out, "--dim", "48"]) == 1
-    err = capsys.readouterr().err
-    assert err.count("\n") == 1 and "Traceback" not in err
+    err = one_line_error(train_full_sft.main, ["--out_dir", out, "--dim", "48"], capsys)
     assert f"{out}/pretrain_48.pth not found" in err
     assert f"python train_pretrain.py --out_dir {out} --dim 48" in err
 
     assert training.run_main(train_lora.main, ["--out_dir", out]) == 1
     err = capsys.readouterr().err
     assert f"{out}/full_sft_256.pth not found" in err and "python train_full_sft.py" in err
+
+
+def test_an_unwritable_cache_location_says_to_pass_cache_dir(tmp_path, data, capsys):
+    """Guards against a PermissionError traceback when the data sits in a read-only folder (the token
+    cache goes beside the data file by default). A path under a regular file cannot be created even
+    by root, so it stands in for a read-only folder here."""
+    blocker = tmp_path / "a_file"
+    blocker.write_text("")
+    argv = [*SHAPE, *FAST, "--out_dir", str(tmp_path / "out"), "--tokenizer", str(TOKENIZER),
+            "--data_path", data["pretrain"], "--cache_dir", str(blocker / "cache")]
+    err = one_line_error(train_pretrain.main, argv, capsys)
+    assert f"cannot write its token cache into {blocker / 'cache'}" in err and "pass --cache_dir DIR" in err
 
 
 @pytest.mark.parametrize("name", ["../escape", "a/b", "/abs", ""])
@@ -366,14 +550,19 @@ def test_a_plain_minimind2_checkpoint_trains_given_its_tokenizer_and_shape(pipel
 
 def test_two_process_gloo_torchrun_trains_and_saves_loadable_files(tmp_path, data):
     """Guards against DDP runs that hang, save from every rank, or leave "module." prefixes that
-    make the checkpoint unloadable by MiniMind2's strict load."""
+    make the checkpoint unloadable by MiniMind2's strict load; and against every rank printing the
+    dataset's notes (here: a skipped bad line), which with 8 GPUs makes 8 copies of each."""
     out = tmp_path / "out"
+    data_path = tmp_path / "pretrain_demo.jsonl"
+    data_path.write_text(Path(data["pretrain"]).read_text(encoding="utf-8") + "{not json\n", encoding="utf-8")
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
            "train_pretrain.py", *SHAPE, *FAST, "--out_dir", str(out), "--tokenizer", str(TOKENIZER),
-           "--data_path", data["pretrain"], "--batch_size", "16", "--max_seq_len", "32", "--log_interval", "2"]
+           "--data_path", str(data_path), "--skip_bad_lines", "--batch_size", "16", "--max_seq_len", "32",
+           "--log_interval", "2"]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     result = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stderr[-2000:]
+    assert result.stderr.count("skipped 1 bad lines") == 1, result.stderr[-2000:]
 
     state = torch.load(out / "pretrain_32.pth", weights_only=True)
     assert not any(k.startswith(("module.", "_orig_mod.")) for k in state)
@@ -383,4 +572,4 @@ def test_two_process_gloo_torchrun_trains_and_saves_loadable_files(tmp_path, dat
     # 240 samples / 2 ranks / 16 per batch = 8 steps, logged every 2: 4 lines, written by rank 0 only
     assert [r["step"] for r in records] == [2, 4, 6, 8]
     assert all(math.isfinite(r["loss"]) for r in records)
-    assert torch.load(out / "pretrain_32_resume.pth", weights_only=True)["plan"]["world_size"] == 2
+    assert not (out / "pretrain_32_resume.pth").exists()  # removed by rank 0 once the run finished
