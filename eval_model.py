@@ -34,7 +34,7 @@ import torch
 import torch.nn.functional as F
 
 from model.LMConfig import LMConfig
-from model.checkpoint import CheckpointError, load_model
+from model.checkpoint import CheckpointError, clean_state_dict, config_flags, load_model, sidecar_path
 from model.model_lora import load_lora, lora_state_dict, remove_lora
 from model.tokenizer import Tokenizer
 
@@ -167,7 +167,7 @@ def load_base(ckpt, dim=None, n_layers=None, max_seq_len=None, tokenizer=None, d
     ckpt = Path(ckpt)
     if not ckpt.is_file():
         raise UserError(missing_checkpoint_message(ckpt))
-    sidecar = ckpt.with_suffix(".json")
+    sidecar = Path(sidecar_path(ckpt))
     meta = json.loads(sidecar.read_text(encoding="utf-8")) if sidecar.is_file() else {}
     tok_path = resolve_path(tokenizer or meta.get("tokenizer") or DEFAULT_TOKENIZER)
     if not tok_path.exists():
@@ -177,13 +177,18 @@ def load_base(ckpt, dim=None, n_layers=None, max_seq_len=None, tokenizer=None, d
     if "config" in meta:
         if max_seq_len:  # the one size field that only limits inference, so it may be overridden
             config = LMConfig.from_dict({**meta["config"], "max_seq_len": max_seq_len})
-    elif dim is None and n_layers is None:
-        raise UserError(f"{ckpt} has no .json sidecar (a MiniMind2 file?): pass its size, "
-                        f"e.g. --dim 512 --n_layers 8 for MiniMind2-Small, and --tokenizer DIR")
     else:
-        # A plain MiniMind2 file: LMConfig's defaults are MiniMind2's, the vocabulary is the tokenizer's.
+        # A plain MiniMind2 file: its size comes from the flags, as in MiniMind2; the shapes in the
+        # file only serve to say which flags (and which tokenizer) would fit.
+        implied = config_flags(clean_state_dict(torch.load(ckpt, map_location="cpu", weights_only=True)))
+        if dim is None and n_layers is None:
+            raise UserError(f"{ckpt} has no .json sidecar (a MiniMind2 file?): pass its size, here "
+                            f"--dim {implied.get('dim')} --n_layers {implied.get('n_layers')}, and --tokenizer DIR")
+        if implied.get("vocab_size", tok.vocab_size) != tok.vocab_size:
+            raise UserError(f"{ckpt} has a vocabulary of {implied['vocab_size']} tokens but tokenizer {tok_path} has "
+                            f"{tok.vocab_size}; pass the tokenizer it was trained with (--tokenizer DIR)")
         sizes = {k: v for k, v in {"dim": dim, "n_layers": n_layers, "max_seq_len": max_seq_len}.items() if v}
-        config = LMConfig(vocab_size=tok.vocab_size, **sizes)
+        config = LMConfig(vocab_size=tok.vocab_size, **sizes)  # other fields: MiniMind2's defaults
     model, meta = load_model(ckpt, config=config, device=device)
     if model.config.vocab_size != tok.vocab_size:
         raise UserError(f"{ckpt} has a vocabulary of {model.config.vocab_size} but tokenizer {tok_path} has "

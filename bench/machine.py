@@ -11,15 +11,19 @@ here, seconds before the figures themselves:
 
 plus what else moves the numbers: the CPU model, its cores, the Python/torch versions, the number
 of torch threads, and the load average (another busy process on a 2-core machine halves everything;
-a table taken at load > ~1 is not worth quoting).
+a table taken at load > ~1 is not worth quoting). The load average lags by a minute and counts the
+benchmark itself, so the footer also says how much CPU time OTHER processes took while the
+benchmark ran (from /proc/stat): a few percent is noise, tens of percent spoil the table.
 
     python -m bench.machine          # just the header
 
 Used by every bench script:
 
-    from bench.machine import measure_machine, load_average
+    from bench.machine import measure_machine
     machine = measure_machine(threads=2)
     print(machine.header())          # a markdown table, e.g. | matmul peak (fp32) | 183 GFLOP/s ... |
+    ...                              # the benchmark
+    print(machine.footer())          # load average at the end, CPU share other processes took
 """
 import argparse
 import os
@@ -52,6 +56,42 @@ def load_average() -> str:
         return " / ".join(f"{x:.2f}" for x in os.getloadavg())
     except OSError:
         return "n/a"
+
+
+def busy_cpu_seconds() -> tuple[float, float]:
+    """(CPU-seconds all processes have used since boot, CPU-seconds this process and its waited-for
+    children have used), so that a difference of two readings tells how much others ran meanwhile.
+
+    /proc/stat's first line counts, per state, the time all CPUs spent since boot in clock ticks:
+    user nice system idle iowait irq softirq steal ...; busy = everything but idle and iowait.
+    Returns (nan, nan) where there is no /proc/stat."""
+    try:
+        with open("/proc/stat") as f:
+            ticks = [int(x) for x in f.readline().split()[1:]]
+    except OSError:
+        return float("nan"), float("nan")
+    busy = sum(ticks) - ticks[3] - ticks[4]
+    t = os.times()
+    return busy / os.sysconf("SC_CLK_TCK"), t.user + t.system + t.children_user + t.children_system
+
+
+class OthersWatch:
+    """How much of the machine OTHER processes take while a benchmark runs.
+
+    >>> watch = OthersWatch()
+    >>> ...                       # time something
+    >>> watch.share()             # e.g. 0.02: others took 2% of all cores' time meanwhile
+    """
+
+    def __init__(self):
+        self.started = time.perf_counter()
+        self.busy, self.mine = busy_cpu_seconds()
+
+    def share(self) -> float:
+        """Share of all cores' time since __init__ that other processes used (0.0 none, 1.0 all)."""
+        busy, mine = busy_cpu_seconds()
+        others = (busy - self.busy) - (mine - self.mine)
+        return max(0.0, others) / ((time.perf_counter() - self.started) * os.cpu_count())
 
 
 def best_time(fn, repeats: int) -> float:
@@ -109,6 +149,7 @@ class Machine:
     copy_gbs: float  # measured copy bandwidth, read + write counted
     read_gbs: float  # measured read bandwidth: the decode bound's
     load_before: str  # load average when the measurement started
+    watch: OthersWatch  # started with the measurement: what other processes took since
 
     def header(self) -> str:
         """A markdown table of the machine and its measured ceilings."""
@@ -124,6 +165,11 @@ class Machine:
         ]
         return "| machine | |\n|---|---|\n" + "\n".join(f"| {k} | {v} |" for k, v in rows)
 
+    def footer(self) -> str:
+        """One line for under the table: the load average now and what other processes took meanwhile."""
+        return (f"load average 1/5/15 min at the end: {load_average()}; other processes used "
+                f"{self.watch.share():.0%} of the {self.cores} cores' time during the run")
+
 
 def measure_machine(threads: int | None = None, matmul_n: int = 2048) -> Machine:
     """Set torch's thread count (None: leave torch's default), then measure the ceilings.
@@ -132,7 +178,7 @@ def measure_machine(threads: int | None = None, matmul_n: int = 2048) -> Machine
     figures come from the same minute of the same machine."""
     if threads:
         torch.set_num_threads(threads)
-    load_before = load_average()
+    load_before, watch = load_average(), OthersWatch()
     copy_gbs, read_gbs = memory_bandwidth_gbs()
     return Machine(
         cpu=cpu_model(),
@@ -145,6 +191,7 @@ def measure_machine(threads: int | None = None, matmul_n: int = 2048) -> Machine
         copy_gbs=copy_gbs,
         read_gbs=read_gbs,
         load_before=load_before,
+        watch=watch,
     )
 
 
@@ -158,8 +205,9 @@ def main(argv=None):
     parser = argparse.ArgumentParser(description="Print the machine header the bench scripts share.")
     add_threads_arg(parser)
     args = parser.parse_args(argv)
-    print(measure_machine(args.threads).header())
-    print(f"\nload average at the end: {load_average()}")
+    machine = measure_machine(args.threads)
+    print(machine.header())
+    print(f"\n{machine.footer()}")
 
 
 if __name__ == "__main__":

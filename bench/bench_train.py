@@ -1,0 +1,215 @@
+"""How fast does this project train, against what the machine allows? Tokens/s and MFU.
+
+Each step is the training scripts' own step, built from their own pieces: MiniMindLM, and for LoRA
+model.model_lora.apply_lora + mark_only_lora_as_trainable; then training.make_optimizer (fused
+AdamW), training.set_lr, training.masked_cross_entropy, backward, clip_grad_norm_, step, zero_grad.
+The batches are random token ids (the data loader is benchmarked in bench_dataset.py; here it
+would only add noise), with the scripts' loss masks: all ones for pretraining, the first third of
+each row masked out for SFT/LoRA (the prompt, which SFT does not grade).
+
+MFU (model FLOPs utilisation) = FLOPs the model needs per token x tokens/s / fp32 matmul peak,
+with the peak measured by bench/machine.py in the same run. FLOPs per token, PaLM's formula:
+
+    full training (pretraining, full SFT):  6 N  +  12 L d T
+    LoRA (frozen base):                      4 N  +  12 L d T  +  6 N_lora
+
+N = parameters that are multiplied in a matmul: every Linear of every block plus the output
+projection (vocab x dim). MiniMind ties the embedding to the output projection: that one matrix
+counts once, as the output matmul; the embedding lookup is a gather and counts 0 FLOPs. Norm
+gains are not matmuls and are left out. Forward is 2 N (a multiply and an add per weight);
+backward is 4 N: 2 N for the gradient of the input, 2 N for the gradient of the weight. A frozen
+weight needs only the first (its input gradient still flows to the adapters below it), hence 4 N
+for LoRA. 12 L d T is attention's q.k and p.v products (L layers, width d, T tokens of context),
+forward plus backward, counted for the whole T x T square as PaLM does, though the causal mask
+makes half of it zero. Everything else (softmax, norms, RoPE, SiLU, the optimizer) is overhead
+MFU does not credit: MFU says how close the step comes to doing nothing but its matmuls at peak.
+
+    python -m bench.bench_train                               # all sizes, a few minutes
+    python -m bench.bench_train --sizes demo --steps 2        # a quick check
+    python -m bench.bench_train --sizes MiniMind2-Small --modes full_sft --profile   # where the time goes
+
+Warm-up steps are not timed; the figure is the median of the timed steps.
+"""
+import argparse
+import statistics
+import sys
+import time
+
+import torch
+
+import training
+from bench.machine import OthersWatch, add_threads_arg, measure_machine
+from model.LMConfig import LMConfig
+from model.model import MiniMindLM
+from model.model_lora import apply_lora, mark_only_lora_as_trainable
+
+# name -> (LMConfig fields, max_seq_len, batch size). Each sequence trains max_seq_len - 1 tokens
+# (X = ids[:-1], Y = ids[1:], as the datasets make them).
+SIZES = {
+    "tiny": (dict(dim=128, n_layers=4, n_heads=8, n_kv_heads=2, vocab_size=2048), 256, 16),
+    "demo": (dict(dim=256, n_layers=4, n_heads=8, n_kv_heads=2, vocab_size=2048), 256, 16),
+    "MiniMind2-Small": (dict(dim=512, n_layers=8, n_heads=8, n_kv_heads=2, vocab_size=6400), 512, 8),
+}
+MODES = ("pretrain", "full_sft", "lora")
+# The issue's goals: MFU at each size (full training), and LoRA's speed-up over full SFT.
+MFU_GOALS = {"demo": 0.60, "MiniMind2-Small": 0.75}
+LORA_SPEEDUP_GOAL = 1.4
+
+
+def matmul_params(model) -> int:
+    """N of the FLOPs formula: weights of every nn.Linear (the LoRA adapters' own excepted).
+
+    The tied output/embedding matrix is one Parameter and is counted once (model.parameters()
+    yields it once); norm gains are 1-D and are not Linears."""
+    linears = {id(m.weight): m.weight.numel() for name, m in model.named_modules()
+               if isinstance(m, torch.nn.Linear) and ".lora." not in name}
+    return sum(linears.values())
+
+
+def lora_params(model) -> int:
+    """N_lora: the adapters' A and B weights."""
+    return sum(p.numel() for name, p in model.named_parameters() if ".lora." in name)
+
+
+def flops_per_token(config: LMConfig, seq: int, n_matmul: int, n_lora: int, mode: str) -> int:
+    """Training FLOPs per token (see the module docstring).
+
+    >>> flops_per_token(LMConfig(dim=64, n_layers=2, vocab_size=256), 32, 1000, 0, "pretrain")
+    55152
+    """
+    attention = 12 * config.n_layers * config.dim * seq
+    if mode == "lora":
+        return 4 * n_matmul + attention + 6 * n_lora
+    return 6 * n_matmul + attention
+
+
+def make_batch(vocab_size: int, batch: int, seq: int, mode: str, generator):
+    """Random (X, Y, loss_mask), each (batch, seq - 1), like a DataLoader batch from lm_dataset.
+
+    Pretraining grades every position; SFT (and LoRA, which fine-tunes on SFT data) masks out the
+    first third of each row, as the prompt of a conversation is masked."""
+    ids = torch.randint(3, vocab_size, (batch, seq), generator=generator)
+    X, Y = ids[:, :-1], ids[:, 1:]  # (batch, seq - 1) each
+    mask = torch.ones_like(Y)
+    if mode != "pretrain":
+        mask[:, : (seq - 1) // 3] = 0
+    return X.contiguous(), Y.contiguous(), mask
+
+
+def build(size: str, mode: str, lora_rank: int, seed: int = 0):
+    """(model, trainable params, optimizer) as the stage's script builds them."""
+    fields, seq, _ = SIZES[size]
+    torch.manual_seed(seed)
+    model = MiniMindLM(LMConfig(**fields, max_seq_len=seq))
+    if mode == "lora":
+        apply_lora(model, rank=lora_rank)  # MiniMind2's default targets: the square Linears, wq and wo
+        mark_only_lora_as_trainable(model)
+    params = [p for p in model.parameters() if p.requires_grad]
+    optimizer = training.make_optimizer([{"params": params, "lr_scale": 1.0}], 5e-4, torch.device("cpu"))
+    model.train()
+    return model, params, optimizer
+
+
+def train_step(model, optimizer, params, X, Y, loss_mask, lr=5e-4, grad_clip=1.0):
+    """One optimizer step of train_*.py (one micro-batch, float32 on the CPU): set lr -> forward ->
+    masked loss -> backward -> clip -> step -> zero_grad. Returns the loss tensor."""
+    training.set_lr(optimizer, lr)
+    logits = model(X).logits  # (B, T, vocab_size)
+    loss = training.masked_cross_entropy(logits, Y, loss_mask)
+    loss.backward()
+    torch.nn.utils.clip_grad_norm_(params, grad_clip)
+    optimizer.step()
+    optimizer.zero_grad(set_to_none=True)
+    return loss
+
+
+def time_steps(size: str, mode: str, steps: int, warmup: int, lora_rank: int) -> dict:
+    """Build the model for (size, mode), run warmup + steps steps, return timings and FLOPs."""
+    fields, seq, batch = SIZES[size]
+    model, params, optimizer = build(size, mode, lora_rank)
+    g = torch.Generator().manual_seed(0)
+    X, Y, mask = make_batch(fields["vocab_size"], batch, seq, mode, g)
+    seconds = []
+    for i in range(warmup + steps):
+        start = time.perf_counter()
+        train_step(model, optimizer, params, X, Y, mask)
+        if i >= warmup:
+            seconds.append(time.perf_counter() - start)
+    step_s = statistics.median(seconds)
+    tokens = X.numel()
+    return {
+        "size": size, "mode": mode, "batch": batch, "seq": seq - 1, "step_s": step_s,
+        "spread": (min(seconds), max(seconds)), "tokens_per_s": tokens / step_s,
+        "n_matmul": matmul_params(model), "n_lora": lora_params(model),
+        "flops_per_token": flops_per_token(model.config, seq - 1, matmul_params(model), lora_params(model), mode),
+        "trainable": sum(p.numel() for p in params),
+    }
+
+
+def profile_step(size: str, mode: str, lora_rank: int, rows: int = 18) -> str:
+    """torch.profiler over one (warm) step: the ops that take the time, by self CPU time."""
+    from torch.profiler import ProfilerActivity, profile
+
+    fields, seq, batch = SIZES[size]
+    model, params, optimizer = build(size, mode, lora_rank)
+    X, Y, mask = make_batch(fields["vocab_size"], batch, seq, mode, torch.Generator().manual_seed(0))
+    train_step(model, optimizer, params, X, Y, mask)  # warm-up: first-call allocations, kernel choice
+    with profile(activities=[ProfilerActivity.CPU]) as prof:
+        train_step(model, optimizer, params, X, Y, mask)
+    return prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=rows)
+
+
+def goal_cells(r: dict, full_sft: dict | None, mfu: float) -> tuple[str, str]:
+    """('goal', 'met?') cells of a row."""
+    if r["mode"] == "lora":
+        if full_sft is None:
+            return "-", "-"
+        ratio = r["tokens_per_s"] / full_sft["tokens_per_s"]
+        return f"tokens/s >= {LORA_SPEEDUP_GOAL}x full SFT", f"{ratio:.2f}x: {'yes' if ratio >= LORA_SPEEDUP_GOAL else 'no'}"
+    goal = MFU_GOALS.get(r["size"])
+    if goal is None:
+        return "-", "-"
+    return f"MFU >= {goal:.0%}", "yes" if mfu >= goal else "no"
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description="Training tokens/s and MFU of the project's own training step.")
+    add_threads_arg(parser)
+    parser.add_argument("--sizes", nargs="+", default=list(SIZES), choices=list(SIZES), help="model sizes (default: all)")
+    parser.add_argument("--modes", nargs="+", default=list(MODES), choices=MODES, help="training stages (default: all)")
+    parser.add_argument("--steps", type=int, default=5, help="timed steps per case; the median is reported (default: %(default)s)")
+    parser.add_argument("--warmup", type=int, default=2, help="untimed steps first (default: %(default)s)")
+    parser.add_argument("--lora_rank", type=int, default=16, help="LoRA rank, on wq and wo as MiniMind2 (default: %(default)s)")
+    parser.add_argument("--profile", action="store_true", help="also print a torch.profiler table of one step per case")
+    args = parser.parse_args(argv)
+    if args.steps < 1 or args.warmup < 0:
+        parser.error("--steps must be at least 1 and --warmup at least 0")
+
+    machine = measure_machine(args.threads)
+    print(machine.header())
+    print()
+    print("| size | stage | batch x tokens | matmul params N | FLOPs/token | step s (median; min-max) | tokens/s | MFU "
+          "| goal | met? | others' CPU |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|")
+    profiles = []
+    for size in args.sizes:
+        full_sft = None
+        for mode in args.modes:
+            watch = OthersWatch()
+            r = time_steps(size, mode, args.steps, args.warmup, args.lora_rank)
+            full_sft = r if mode == "full_sft" else full_sft
+            mfu = r["flops_per_token"] * r["tokens_per_s"] / (machine.matmul_gflops * 1e9)
+            goal, met = goal_cells(r, full_sft, mfu)
+            lo, hi = r["spread"]
+            print(f"| {size} | {mode} | {r['batch']} x {r['seq']} | {r['n_matmul'] / 1e6:.2f}M | "
+                  f"{r['flops_per_token'] / 1e6:.1f}M | {r['step_s']:.3f} ({lo:.3f}-{hi:.3f}) | "
+                  f"{r['tokens_per_s']:,.0f} | {mfu:.0%} | {goal} | {met} | {watch.share():.0%} |", flush=True)  # fmt: skip
+            if args.profile:
+                profiles.append((size, mode, profile_step(size, mode, args.lora_rank)))
+    print(f"\n{machine.footer()}; {args.warmup} warm-up + {args.steps} timed steps per row")
+    for size, mode, table in profiles:
+        print(f"\n### profile: {size}, {mode} (one step, ops by self CPU time)\n\n```\n{table}```")
+
+
+if __name__ == "__main__":
+    sys.exit(main())

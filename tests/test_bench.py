@@ -1,0 +1,68 @@
+"""The arithmetic behind the benchmark tables (FLOPs per token, parameter counts, optimizer state).
+
+Timings belong in bench/, not in tests; but an MFU is only as right as the FLOP count it divides,
+so the counting is pinned down here on a tiny model, in well under a second.
+"""
+import torch
+
+from bench.bench_lora import optimizer_state_bytes
+from bench.bench_train import flops_per_token, lora_params, make_batch, matmul_params
+from model.LMConfig import LMConfig
+from model.model import MiniMindLM
+from model.model_lora import apply_lora, mark_only_lora_as_trainable
+
+CONFIG = dict(dim=64, n_layers=2, n_heads=4, n_kv_heads=2, vocab_size=256, max_seq_len=32)
+
+
+def test_matmul_params_counts_the_tied_matrix_once_and_skips_norms():
+    """Guards against counting the tied embedding twice (as lookup and as output), or counting norm
+    gains, either of which would inflate every MFU figure."""
+    config = LMConfig(**CONFIG)
+    model = MiniMindLM(config)
+    per_layer = 64 * 64 * 2 + 64 * 32 * 2 + 3 * 64 * config.hidden_dim  # wq, wo; wk, wv (2 kv heads x 16); w1, w2, w3
+    assert matmul_params(model) == 2 * per_layer + 256 * 64
+    norms = (2 * 2 + 1) * 64
+    assert matmul_params(model) == sum(p.numel() for p in model.parameters()) - norms
+
+
+def test_lora_adapters_are_not_base_matmul_params():
+    """Guards against the adapters' A and B being counted in N (they have their own 6 N_lora term)."""
+    model = MiniMindLM(LMConfig(**CONFIG))
+    before = matmul_params(model)
+    apply_lora(model, rank=4)
+    assert matmul_params(model) == before
+    assert lora_params(model) == 2 * 2 * (4 * 64 + 64 * 4)  # 2 layers x (wq, wo) x (A + B)
+
+
+def test_flops_formula_full_vs_lora():
+    """Guards against crediting LoRA with the frozen weights' weight gradients (6 N instead of 4 N)."""
+    config = LMConfig(**CONFIG)
+    attention = 12 * 2 * 64 * 31
+    assert flops_per_token(config, 31, 1000, 0, "pretrain") == 6000 + attention
+    assert flops_per_token(config, 31, 1000, 0, "full_sft") == 6000 + attention
+    assert flops_per_token(config, 31, 1000, 10, "lora") == 4000 + attention + 60
+
+
+def test_optimizer_state_bytes_reads_adamw_state():
+    """Guards against reporting a formula instead of the optimizer's real state: AdamW keeps two
+    float32 moments per trainable number (plus a step count per tensor), frozen weights none."""
+    model = MiniMindLM(LMConfig(**CONFIG))
+    apply_lora(model, rank=4)
+    mark_only_lora_as_trainable(model)
+    params = [p for p in model.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(params, lr=1e-3)
+    assert optimizer_state_bytes(optimizer) == 0  # no state before the first step
+    model(torch.randint(0, 256, (1, 8))).logits.sum().backward()
+    optimizer.step()
+    moments = 2 * 4 * lora_params(model)
+    assert moments <= optimizer_state_bytes(optimizer) <= moments + 8 * len(params)
+
+
+def test_sft_batches_mask_the_prompt_and_pretraining_batches_do_not():
+    """Guards against the SFT benchmark grading every position (then it would time pretraining)."""
+    g = torch.Generator().manual_seed(0)
+    X, Y, mask = make_batch(256, 2, 31, "pretrain", g)
+    assert X.shape == Y.shape == mask.shape == (2, 30) and mask.all()
+    assert torch.equal(X[:, 1:], Y[:, :-1])  # Y is X shifted by one, as the datasets make it
+    _, _, mask = make_batch(256, 2, 31, "full_sft", g)
+    assert not mask[:, :10].any() and mask[:, 10:].all()
