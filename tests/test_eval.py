@@ -66,16 +66,6 @@ def test_bad_eval_record_names_file_and_line(tmp_path, line, problem):
 
 # --- a tiny model and adapter in tmp_path -------------------------------------------------------
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """A dim-32 model gains nothing from several threads, and on a busy 2-core machine two OpenMP
-    threads were measured 30x slower than one; restored afterwards for the other test files."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 @pytest.fixture(scope="module")
 def tiny(tmp_path_factory):
     """out/full_sft_32.pth (+ sidecar) and out/lora/lora_sky_32.pth, an adapter trained on ITEMS."""
