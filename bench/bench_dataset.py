@@ -30,7 +30,7 @@ from torch.utils.data import DataLoader
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 
-from bench.machine import load_average, measure_machine  # noqa: E402
+from bench.machine import measure_machine  # noqa: E402
 from dataset.lm_dataset import PretrainDataset  # noqa: E402
 from model.tokenizer import Tokenizer  # noqa: E402
 
@@ -165,7 +165,8 @@ def main():
     parser.add_argument("--seed", type=int, default=0, help="seed for the generated text")
     args = parser.parse_args()
 
-    print(measure_machine(threads=1).header() + "\n")
+    machine = measure_machine(threads=1)
+    print(machine.header() + "\n")
     folder = args.dir or tempfile.mkdtemp(prefix="bench_dataset_")
     os.makedirs(folder, exist_ok=True)
     data_path, cache_dir = os.path.join(folder, "pretrain_bench.jsonl"), os.path.join(folder, ".cache")
@@ -210,7 +211,7 @@ def main():
     print("| measurement | value |\n| --- | --- |")
     for name, value in rows:
         print(f"| {name} | {value} |")
-    print(f"\nload average at the end: {load_average()}")
+    print(f"\n{machine.footer()}")
     if peak >= args.rss_limit_mb:
         sys.exit(1)
 

@@ -10,26 +10,30 @@ and for each: trainable parameters, the bytes of the optimizer's state (read fro
 optimizer.state after a step, not computed from a formula), the bytes of the gradients, the peak
 resident memory of the process, and step time / tokens/s.
 
-Peak memory is honest only if nothing else lived in the process before, so every configuration
+Memory. A peak is honest only if nothing else lived in the process before, so each configuration
 runs in a fresh process (multiprocessing "spawn") and reports its kernel-kept high-water mark
 (VmHWM in /proc/self/status): everything it ever held, torch itself, the model, activations,
 gradients, optimizer state, allocator caching included. "After build" is the same process's RSS
 once the model and optimizer exist, before the first step, so "peak - after build" is what
-training itself adds.
+training itself adds. Activations (kept for the backward pass) are the same in both
+configurations; the gradients and optimizer state are where LoRA saves.
+
+Speed. The two configurations are timed in this process, their steps taking turns (full, LoRA,
+full, ...), as bench_train.py does: a shared machine's slow moments then fall on both alike.
 
     python -m bench.bench_lora                         # demo and MiniMind2-Small, ~2 minutes
     python -m bench.bench_lora --sizes demo --steps 2  # a quick check
 """
 import argparse
 import multiprocessing
-import statistics
 import sys
-import time
 
 import torch
 
-from bench.bench_train import SIZES, build, make_batch, train_step
-from bench.machine import OthersWatch, add_threads_arg, measure_machine
+from bench.bench_train import SIZES, build, make_batch, time_size, train_step
+from bench.machine import add_quiet_args, add_threads_arg, measure_machine, measure_quietly, wait_until_quiet
+
+MODES = ("full_sft", "lora")
 
 
 def rss_mb() -> dict:
@@ -39,7 +43,7 @@ def rss_mb() -> dict:
         for line in f:
             key, _, value = line.partition(":")
             if key in ("VmHWM", "VmRSS"):
-                out[key] = int(value.split()[0]) / 1024  # kB -> MB
+                out[key] = int(value.split()[0]) / 1e3  # kB -> MB (10^6 bytes, as everywhere in the table)
     return out
 
 
@@ -52,36 +56,32 @@ def optimizer_state_bytes(optimizer) -> int:
     return sum(tensor_bytes(v for v in state.values() if torch.is_tensor(v)) for state in optimizer.state.values())
 
 
-def run_configuration(size, mode, steps, warmup, lora_rank, threads, results):
-    """In a fresh process: build, train warmup + steps steps, report memory and timings."""
+def memory_of_configuration(size, mode, steps, lora_rank, threads, results):
+    """In a fresh process: build, train `steps` steps, put what it held on the `results` queue."""
     torch.set_num_threads(threads)
     fields, seq, batch = SIZES[size]
     model, params, optimizer = build(size, mode, lora_rank)
     X, Y, mask = make_batch(fields["vocab_size"], batch, seq, mode, torch.Generator().manual_seed(0))
     after_build = rss_mb()["VmRSS"]
-    seconds = []
-    for i in range(warmup + steps):
-        start = time.perf_counter()
+    for _ in range(steps):  # the first step creates the optimizer state; the peak is reached by the second
         train_step(model, optimizer, params, X, Y, mask)
-        if i >= warmup:
-            seconds.append(time.perf_counter() - start)
-    # gradients are freed by zero_grad(set_to_none=True) inside the step; each trainable parameter
-    # had one of its own size and dtype while the step ran
-    grad_bytes = tensor_bytes(params)
     results.put({
-        "size": size, "mode": mode, "total": sum(p.numel() for p in model.parameters()),
-        "trainable": sum(p.numel() for p in params), "optimizer_bytes": optimizer_state_bytes(optimizer),
-        "grad_bytes": grad_bytes, "after_build_mb": after_build, "peak_mb": rss_mb()["VmHWM"],
-        "step_s": statistics.median(seconds), "tokens": X.numel(),
+        "total": sum(p.numel() for p in model.parameters()),
+        "trainable": sum(p.numel() for p in params),
+        "optimizer_bytes": optimizer_state_bytes(optimizer),
+        # zero_grad(set_to_none=True) frees the gradients at the end of each step; while the step ran,
+        # every trainable parameter had one of its own size and dtype
+        "grad_bytes": tensor_bytes(params),
+        "after_build_mb": after_build,
+        "peak_mb": rss_mb()["VmHWM"],
     })
 
 
-def measure(size, mode, args):
+def measure_memory(size, mode, lora_rank, threads) -> dict:
     """Run one configuration in its own process and return what it reported."""
     context = multiprocessing.get_context("spawn")  # nothing inherited: the peak is this configuration's
     results = context.Queue()
-    process = context.Process(target=run_configuration,
-                              args=(size, mode, args.steps, args.warmup, args.lora_rank, args.threads, results))
+    process = context.Process(target=memory_of_configuration, args=(size, mode, 2, lora_rank, threads, results))
     process.start()
     out = results.get()
     process.join()
@@ -93,6 +93,7 @@ def measure(size, mode, args):
 def main(argv=None):
     parser = argparse.ArgumentParser(description="LoRA vs full SFT: parameters, optimizer state, peak memory, speed.")
     add_threads_arg(parser)
+    add_quiet_args(parser)
     parser.add_argument("--sizes", nargs="+", default=["demo", "MiniMind2-Small"], choices=list(SIZES),
                         help="model sizes (default: %(default)s)")
     parser.add_argument("--steps", type=int, default=5, help="timed steps per configuration; the median is reported (default: %(default)s)")
@@ -102,34 +103,38 @@ def main(argv=None):
     if args.steps < 1 or args.warmup < 0:
         parser.error("--steps must be at least 1 and --warmup at least 0")
 
+    if args.wait > 0:
+        wait_until_quiet(args.wait)
     machine = measure_machine(args.threads)
-    print(machine.header())
-    print()
-    print("| size | stage | trainable params | optimizer state | gradients | peak RSS | RSS after build | "
-          "training adds | step s | tokens/s | LoRA / full SFT | others' CPU |")
-    print("|---|---|---|---|---|---|---|---|---|---|---|---|")
-    mb = 1e6
+    measured = []  # (size, {mode: memory}, {mode: timing}, others' CPU share while timing)
     for size in args.sizes:
-        watch = OthersWatch()
-        full = measure(size, "full_sft", args)
-        lora = measure(size, "lora", args)
-        others = watch.share()
-        for r in (full, lora):
-            added = r["peak_mb"] - r["after_build_mb"]
-            if r is lora:
-                ratio = (f"{r['trainable'] / full['trainable']:.2%} of the params, "
-                         f"{r['optimizer_bytes'] / full['optimizer_bytes']:.2%} of the optimizer state, "
-                         f"{r['peak_mb'] / full['peak_mb']:.2f}x peak RSS, "
-                         f"{full['step_s'] / r['step_s']:.2f}x tokens/s")  # fmt: skip
-            else:
-                ratio = ""
-            name = "full SFT" if r is full else f"LoRA r={args.lora_rank} (wq, wo)"
-            print(f"| {size} | {name} | {r['trainable']:,} ({r['trainable'] / r['total']:.2%}) | "
-                  f"{r['optimizer_bytes'] / mb:,.2f} MB | {r['grad_bytes'] / mb:,.2f} MB | {r['peak_mb']:,.0f} MB | "
-                  f"{r['after_build_mb']:,.0f} MB | {added:,.0f} MB | {r['step_s']:.3f} | "
-                  f"{r['tokens'] / r['step_s']:,.0f} | {ratio} | {others:.0%} |", flush=True)  # fmt: skip
-    print(f"\n{machine.footer()}; {args.warmup} warm-up + {args.steps} timed steps, "
-          "each configuration in a fresh process; MB = 10^6 bytes")
+        print(f"measuring {size} ...", file=sys.stderr, flush=True)
+        memory = {mode: measure_memory(size, mode, args.lora_rank, args.threads) for mode in MODES}
+        timing, others = measure_quietly(lambda: time_size(size, MODES, args.steps, args.warmup, args.lora_rank), args)
+        measured.append((size, memory, timing, others))
+
+    print(machine.header())
+    print(f"\npeak memory: each configuration in a fresh process, 2 steps; speed: {args.warmup} warm-up + "
+          f"{args.steps} timed steps, full SFT and LoRA taking turns; MB = 10^6 bytes\n")
+    print("| size | stage | trainable params | optimizer state | gradients | peak RSS | RSS after build | "
+          "training adds | step s (median) | tokens/s | others' CPU |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|")
+    mb = 1e6
+    for size, memory, timing, others in measured:
+        for mode in MODES:
+            m, t = memory[mode], timing[mode]
+            name = "full SFT" if mode == "full_sft" else f"LoRA r={args.lora_rank} (wq, wo)"
+            print(f"| {size} | {name} | {m['trainable']:,} ({m['trainable'] / m['total']:.2%}) | "
+                  f"{m['optimizer_bytes'] / mb:,.2f} MB | {m['grad_bytes'] / mb:,.2f} MB | {m['peak_mb']:,.0f} MB | "
+                  f"{m['after_build_mb']:,.0f} MB | {m['peak_mb'] - m['after_build_mb']:,.0f} MB | "
+                  f"{t['step_s']:.3f} | {t['tokens_per_s']:,.0f} | {others:.0%} |")  # fmt: skip
+        full, lora, fast = memory["full_sft"], memory["lora"], timing["lora"]["tokens_per_s"] / timing["full_sft"]["tokens_per_s"]
+        print(f"| {size} | **LoRA / full SFT** | {lora['trainable'] / full['trainable']:.2%} | "
+              f"{lora['optimizer_bytes'] / full['optimizer_bytes']:.2%} | {lora['grad_bytes'] / full['grad_bytes']:.2%} | "
+              f"{lora['peak_mb'] / full['peak_mb']:.2f}x | | "
+              f"{(lora['peak_mb'] - lora['after_build_mb']) / (full['peak_mb'] - full['after_build_mb']):.2f}x | | "
+              f"{fast:.2f}x | |")  # fmt: skip
+    print(f"\n{machine.footer()}")
 
 
 if __name__ == "__main__":

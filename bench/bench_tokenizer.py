@@ -21,7 +21,7 @@ import time
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 
-from bench.machine import load_average, measure_machine  # noqa: E402
+from bench.machine import measure_machine  # noqa: E402
 from model.tokenizer import Tokenizer  # noqa: E402
 from train_tokenizer import count_chunks, train_bpe  # noqa: E402
 
@@ -98,7 +98,7 @@ def main():
 
     mb = encode_bytes / 1e6
     print(machine.header())
-    print(f"\nload average at the end: {load_average()}. Wall-clock figures suffer when the machine is "
+    print(f"\n{machine.footer()}. Wall-clock figures suffer when the machine is "
           "shared; per-CPU-second figures are what one core delivered to this process.\n")
     print("| measurement | wall clock | per CPU-second |")
     print("| --- | --- | --- |")

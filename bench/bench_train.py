@@ -28,7 +28,9 @@ MFU does not credit: MFU says how close the step comes to doing nothing but its 
     python -m bench.bench_train --sizes demo --steps 2        # a quick check
     python -m bench.bench_train --sizes MiniMind2-Small --modes full_sft --profile   # where the time goes
 
-Warm-up steps are not timed; the figure is the median of the timed steps.
+Warm-up steps are not timed; the figure is the median of the timed steps. The stages of one size
+take turns step by step, and the matmul peak is measured again before each size, the best kept:
+a shared virtual machine has slow moments, and they must not decide a ratio or flatter an MFU.
 """
 import argparse
 import statistics
@@ -38,7 +40,7 @@ import time
 import torch
 
 import training
-from bench.machine import OthersWatch, add_threads_arg, measure_machine
+from bench.machine import add_quiet_args, add_threads_arg, measure_machine, measure_quietly, wait_until_quiet
 from model.LMConfig import LMConfig
 from model.model import MiniMindLM
 from model.model_lora import apply_lora, mark_only_lora_as_trainable
@@ -123,27 +125,31 @@ def train_step(model, optimizer, params, X, Y, loss_mask, lr=5e-4, grad_clip=1.0
     return loss
 
 
-def time_steps(size: str, mode: str, steps: int, warmup: int, lora_rank: int) -> dict:
-    """Build the model for (size, mode), run warmup + steps steps, return timings and FLOPs."""
+def time_size(size: str, modes, steps: int, warmup: int, lora_rank: int) -> dict:
+    """{mode: timings and FLOPs} for one size: every stage's model is built first, then their steps
+    run in turn (pretrain, full SFT, LoRA, pretrain, ...), so a slow moment of a shared machine
+    falls on all stages alike and their ratio (LoRA vs full SFT) stays fair."""
     fields, seq, batch = SIZES[size]
-    model, params, optimizer = build(size, mode, lora_rank)
     g = torch.Generator().manual_seed(0)
-    X, Y, mask = make_batch(fields["vocab_size"], batch, seq, mode, g)
-    seconds = []
+    cases = {mode: (build(size, mode, lora_rank), make_batch(fields["vocab_size"], batch, seq, mode, g)) for mode in modes}
+    seconds = {mode: [] for mode in modes}
     for i in range(warmup + steps):
-        start = time.perf_counter()
-        train_step(model, optimizer, params, X, Y, mask)
-        if i >= warmup:
-            seconds.append(time.perf_counter() - start)
-    step_s = statistics.median(seconds)
-    tokens = X.numel()
-    return {
-        "size": size, "mode": mode, "batch": batch, "seq": seq - 1, "step_s": step_s,
-        "spread": (min(seconds), max(seconds)), "tokens_per_s": tokens / step_s,
-        "n_matmul": matmul_params(model), "n_lora": lora_params(model),
-        "flops_per_token": flops_per_token(model.config, seq - 1, matmul_params(model), lora_params(model), mode),
-        "trainable": sum(p.numel() for p in params),
-    }
+        for mode, ((model, params, optimizer), (X, Y, mask)) in cases.items():
+            start = time.perf_counter()
+            train_step(model, optimizer, params, X, Y, mask)
+            if i >= warmup:
+                seconds[mode].append(time.perf_counter() - start)
+    results = {}
+    for mode, ((model, params, _), (X, _, _)) in cases.items():
+        step_s = statistics.median(seconds[mode])
+        n_matmul, n_lora = matmul_params(model), lora_params(model)
+        results[mode] = {
+            "size": size, "mode": mode, "batch": batch, "seq": seq - 1, "step_s": step_s,
+            "spread": (min(seconds[mode]), max(seconds[mode])), "tokens_per_s": X.numel() / step_s,
+            "n_matmul": n_matmul, "n_lora": n_lora, "trainable": sum(p.numel() for p in params),
+            "flops_per_token": flops_per_token(model.config, seq - 1, n_matmul, n_lora, mode),
+        }
+    return results
 
 
 def profile_step(size: str, mode: str, lora_rank: int, rows: int = 18) -> str:
@@ -175,6 +181,7 @@ def goal_cells(r: dict, full_sft: dict | None, mfu: float) -> tuple[str, str]:
 def main(argv=None):
     parser = argparse.ArgumentParser(description="Training tokens/s and MFU of the project's own training step.")
     add_threads_arg(parser)
+    add_quiet_args(parser)
     parser.add_argument("--sizes", nargs="+", default=list(SIZES), choices=list(SIZES), help="model sizes (default: all)")
     parser.add_argument("--modes", nargs="+", default=list(MODES), choices=MODES, help="training stages (default: all)")
     parser.add_argument("--steps", type=int, default=5, help="timed steps per case; the median is reported (default: %(default)s)")
@@ -185,30 +192,38 @@ def main(argv=None):
     if args.steps < 1 or args.warmup < 0:
         parser.error("--steps must be at least 1 and --warmup at least 0")
 
+    if args.wait > 0:
+        wait_until_quiet(args.wait)
     machine = measure_machine(args.threads)
+    measured = []  # (size, {mode: result}, others' CPU share)
+    for size in args.sizes:
+        print(f"timing {size} ...", file=sys.stderr, flush=True)
+        if measured:
+            machine.remeasure()  # MFU divides by the best peak seen anywhere in the run
+        results, others = measure_quietly(lambda: time_size(size, args.modes, args.steps, args.warmup, args.lora_rank), args)
+        measured.append((size, results, others))
+
+    # The table comes last: only now is the peak final (the best seen in the whole run).
     print(machine.header())
-    print()
+    print(f"\n{args.warmup} warm-up + {args.steps} timed steps per row, the stages of a size taking turns step by "
+          "step; MFU = FLOPs/token x tokens/s / fp32 matmul peak\n")
     print("| size | stage | batch x tokens | matmul params N | FLOPs/token | step s (median; min-max) | tokens/s | MFU "
           "| goal | met? | others' CPU |")
     print("|---|---|---|---|---|---|---|---|---|---|---|")
-    profiles = []
-    for size in args.sizes:
-        full_sft = None
-        for mode in args.modes:
-            watch = OthersWatch()
-            r = time_steps(size, mode, args.steps, args.warmup, args.lora_rank)
-            full_sft = r if mode == "full_sft" else full_sft
+    for size, results, others in measured:
+        for mode, r in results.items():
             mfu = r["flops_per_token"] * r["tokens_per_s"] / (machine.matmul_gflops * 1e9)
-            goal, met = goal_cells(r, full_sft, mfu)
+            goal, met = goal_cells(r, results.get("full_sft"), mfu)
             lo, hi = r["spread"]
             print(f"| {size} | {mode} | {r['batch']} x {r['seq']} | {r['n_matmul'] / 1e6:.2f}M | "
                   f"{r['flops_per_token'] / 1e6:.1f}M | {r['step_s']:.3f} ({lo:.3f}-{hi:.3f}) | "
-                  f"{r['tokens_per_s']:,.0f} | {mfu:.0%} | {goal} | {met} | {watch.share():.0%} |", flush=True)  # fmt: skip
-            if args.profile:
-                profiles.append((size, mode, profile_step(size, mode, args.lora_rank)))
-    print(f"\n{machine.footer()}; {args.warmup} warm-up + {args.steps} timed steps per row")
-    for size, mode, table in profiles:
-        print(f"\n### profile: {size}, {mode} (one step, ops by self CPU time)\n\n```\n{table}```")
+                  f"{r['tokens_per_s']:,.0f} | {mfu:.0%} | {goal} | {met} | {others:.0%} |")  # fmt: skip
+    print(f"\n{machine.footer()}")
+    if args.profile:
+        for size in args.sizes:
+            for mode in args.modes:
+                table = profile_step(size, mode, args.lora_rank)
+                print(f"\n### profile: {size}, {mode} (one step, ops by self CPU time)\n\n```\n{table}```")
 
 
 if __name__ == "__main__":
