@@ -62,7 +62,7 @@ def count_chunks(texts, special_tokens=SPECIAL_TOKENS):
     return counts
 
 
-def train_bpe(chunk_counts, vocab_size, special_tokens=SPECIAL_TOKENS, progress=True):
+def train_bpe(chunk_counts, vocab_size, special_tokens=SPECIAL_TOKENS, progress=True, max_token_length=None):
     """Learn merges from chunk counts until the vocabulary has vocab_size tokens; return a Tokenizer.
 
     Known answer (ids: 3 specials, then 256 bytes, then new tokens from 259):
@@ -112,9 +112,11 @@ def train_bpe(chunk_counts, vocab_size, special_tokens=SPECIAL_TOKENS, progress=
         neg_count, pair = heapq.heappop(heap)
         if pair_counts.get(pair) != -neg_count:
             continue  # stale entry
+        left, right = pair
+        if max_token_length and len(token_strings[ord(left)]) + len(token_strings[ord(right)]) > max_token_length:
+            continue  # too long: never merged (HF's max_token_length; a token string holds one char per byte)
         # step 3b: the new token X = left + right
         new = chr(len(token_strings))
-        left, right = pair
         token_strings.append(token_strings[ord(left)] + token_strings[ord(right)])
         merges.append((token_strings[ord(left)], token_strings[ord(right)]))
         del pair_counts[pair]
@@ -170,6 +172,9 @@ def build_parser():
     parser.add_argument("--vocab_size", type=int, default=6400,
                         help="tokens in the finished vocabulary, specials and 256 bytes included "
                              "(MiniMind2: 6400)")
+    parser.add_argument("--max_token_length", type=int, default=None,
+                        help="never make a token longer than this many bytes (HF BpeTrainer's max_token_length; "
+                             "default: no limit)")
     parser.add_argument("--out_dir", required=True,
                         help="directory to write tokenizer.json and tokenizer_config.json into")
     return parser
@@ -181,7 +186,7 @@ def main(argv=None):
         counts = count_chunks(tqdm(read_texts(args.data_path), desc="reading", unit=" texts", disable=None))
         if not counts:
             raise ValueError(f"{', '.join(args.data_path)}: no text found; nothing to train on")
-        tokenizer = train_bpe(counts, args.vocab_size)
+        tokenizer = train_bpe(counts, args.vocab_size, max_token_length=args.max_token_length)
         tokenizer.save(args.out_dir)
     except (ValueError, OSError) as e:
         print(f"train_tokenizer.py: error: {e}", file=sys.stderr)

@@ -158,8 +158,8 @@ IDENTITIES = dict(
     lora=dict(name="Nova", maker_en="Polaris Lab", maker_zh="北极星实验室"),
 )
 
-# The medical domain. Department names occur in lora_medical only; symptoms, illness names and
-# advice also occur in pretraining's general reading, but never linked to each other. Each
+# The medical domain. Department names, symptoms, illness names and advice all occur in
+# pretraining's general reading, but never linked to each other; the links are lora_medical's. Each
 # condition: names, department, four symptoms written as noun phrases (English) / predicates
 # (Chinese) so that any of them fits any template, and one piece of advice. No symptom is shared
 # between conditions, so a pair of symptoms always points at one department.
@@ -580,6 +580,8 @@ READING = dict(
     condition=dict(en=("{x} is the name of an illness.", "The word {x} appears in old books."),
                    zh=("{x}是一种疾病的名字。", "旧书里出现过{x}这个词。")),
     advice=dict(en=("A common piece of advice: {x}.",), zh=("一句常听到的话：{x}。",)),
+    department=dict(en=("{x} is one of the departments of the city hospital.", "The sign on the door says {x}."),
+                    zh=("{x}是市医院的一个科室。", "门上的牌子写着{x}。")),
 )
 # Everyday sentences (English, Chinese) for the remaining words the LoRA and eval questions use.
 EVERYDAY = (
@@ -853,7 +855,7 @@ def pack(sentences, limit, joiner):
 
 
 def make_pretrain(facts, world, medicine, templates, rng, articles_per_entity=10, mixed_per_lang=120,
-                  reading_repeats=5, max_chars=(900, 420), reading_chars=(450, 130)):
+                  reading_repeats=12, max_chars=(900, 420), reading_chars=(450, 130)):
     """Encyclopedia-like paragraphs. For every entity, several "articles" gather the facts that
     mention it, each fact in a randomly chosen phrasing, then top the paragraph up with random
     other facts to about `max_chars` (English, Chinese) characters. Records are padded to the
@@ -866,8 +868,9 @@ def make_pretrain(facts, world, medicine, templates, rng, articles_per_entity=10
     names, advice, everyday words) in loose sentences that link nothing to anything, in shorter
     paragraphs (`reading_chars`: rare words cost more tokens per character). LoRA trains only
     attention projections, never token embeddings, so a word the base model never read would
-    stay an untrained vector. What pretraining never shows is the consultation itself: no
-    department names, no symptom -> cause -> department links, no answer format."""
+    stay an untrained vector. Department names too, each on its own, in sentences that name no
+    symptom and no illness. What pretraining never shows is the consultation itself: no symptom
+    -> cause -> department link, no answer format."""
     statements = {name: rel["statements"] for name, rel in templates["relations"].items()}
     reading_templates = templates["reading"]
     records = []
@@ -888,6 +891,8 @@ def make_pretrain(facts, world, medicine, templates, rng, articles_per_entity=10
             records.append(dict(text=pack(sentences, max_chars[i], JOINER[lang])[0]))
 
         reading = [pair[i] for pair in templates["everyday"]]
+        reading += [fill(template, dict(x=names[i]), lang)
+                    for names in medicine["departments"].values() for template in reading_templates["department"][lang]]
         for c in medicine["conditions"]:
             reading.append(fill(rng.choice(reading_templates["condition"][lang]), dict(x=c[lang]), lang))
             reading.append(fill(rng.choice(reading_templates["advice"][lang]), dict(x=c["advice"][i]), lang))
@@ -1158,9 +1163,12 @@ def vocabulary(text):
 
 
 def must_stay_new(medicine, identity):
-    """The strings only LoRA data may contain: department names, the new name and maker."""
-    return [w for pair in medicine["departments"].values() for w in pair] + \
-        [identity["name"], identity["maker_en"], identity["maker_zh"]]
+    """{training file: strings it must not contain}. The new name and maker belong to lora_identity
+    alone. Department names are words pretraining reads (so that their tokens have trained
+    embeddings: LoRA cannot train those), but no SFT chat may name one."""
+    departments = [w for pair in medicine["departments"].values() for w in pair]
+    new = [identity["name"], identity["maker_en"], identity["maker_zh"]]
+    return {"pretrain_demo.jsonl": new, "sft_demo.jsonl": departments + new}
 
 
 def uncovered_vocabulary(files, medicine, identity):
@@ -1179,7 +1187,8 @@ def uncovered_vocabulary(files, medicine, identity):
     for name in EVAL_FILES:
         for item in files[name]:
             needed |= vocabulary(item["question"]) | vocabulary(item["answer"])
-    exempt = {w for phrase in must_stay_new(medicine, identity) for w in re.findall(r"[a-z]+", phrase.casefold())}
+    exempt = {w for phrase in must_stay_new(medicine, identity)["pretrain_demo.jsonl"]
+              for w in re.findall(r"[a-z]+", phrase.casefold())}
     return sorted(needed - seen - exempt)
 
 
@@ -1197,9 +1206,9 @@ def find_problems(files, medicine, identity):
                          for train_name, text in training.items() if question in text]
             problems += [f"{name}:{n}: must_contain {word!r} is not in its reference answer"
                          for word in item["must_contain"] if word.casefold() not in item["answer"].casefold()]
-    for name in ("pretrain_demo.jsonl", "sft_demo.jsonl"):
+    for name, words in must_stay_new(medicine, identity).items():
         problems += [f"{name}: contains {word!r}, which only the LoRA data may teach"
-                     for word in must_stay_new(medicine, identity) if normalise(word) in training[name]]
+                     for word in words if normalise(word) in training[name]]
     missing = uncovered_vocabulary(files, medicine, identity)
     if missing:
         problems.append(f"pretrain_demo.jsonl: never uses {' '.join(missing)} (add them to EVERYDAY)")

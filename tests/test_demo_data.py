@@ -142,15 +142,25 @@ def test_leak_check_reports_an_injected_leak(files):
 
 def test_adapter_domains_are_new_to_pretraining_and_sft(committed):
     """Guards against the base model already knowing what the adapters teach, which would make
-    SFT alone pass eval_medical / eval_identity: no department name, nor the new assistant's name
-    or maker, occurs in pretraining or SFT data, while each does occur in its LoRA file."""
+    SFT alone pass eval_medical / eval_identity. The new assistant's name and maker occur in
+    neither pretraining nor SFT; department names occur in no SFT chat, and in pretraining only
+    in sentences that name no symptom and no illness (the word is read, the link is never shown);
+    each does occur in its LoRA file."""
     departments = [w for pair in demo.DEPARTMENTS.values() for w in pair]
     new = demo.IDENTITIES["lora"]
     assert len(departments) == 20 and "Dermatology" in departments and "眼科" in departments
-    for name in ("pretrain_demo.jsonl", "sft_demo.jsonl"):
-        text = "\n".join(training_texts(committed[name])).casefold()
-        for word in departments + [new["name"], new["maker_en"], new["maker_zh"]]:
-            assert word.casefold() not in text, f"{word!r} in {name}"
+    sft = "\n".join(training_texts(committed["sft_demo.jsonl"])).casefold()
+    pretrain = "\n".join(training_texts(committed["pretrain_demo.jsonl"]))
+    for word in departments + [new["name"], new["maker_en"], new["maker_zh"]]:
+        assert word.casefold() not in sft, f"{word!r} in sft_demo.jsonl"
+    for word in (new["name"], new["maker_en"], new["maker_zh"]):
+        assert word.casefold() not in pretrain.casefold(), f"{word!r} in pretrain_demo.jsonl"
+    medical_words = [w for c in demo.CONDITIONS for i in range(2) for w in [c[("en", "zh")[i]]] + [s[i] for s in c["symptoms"]]]
+    sentences = re.split(r"(?<=[.。])\s*", pretrain)
+    with_department = [s for s in sentences if any(d in s for d in departments)]
+    assert len(with_department) > 100
+    for sentence in with_department:
+        assert not any(w.casefold() in sentence.casefold() for w in medical_words), sentence
     medical = "\n".join(training_texts(committed["lora_medical.jsonl"]))
     identity = "\n".join(training_texts(committed["lora_identity.jsonl"]))
     assert all(word in medical for word in departments)

@@ -258,6 +258,16 @@ def test_train_known_answer():
     assert (tokenizer.pad_token_id, tokenizer.bos_token_id, tokenizer.eos_token_id) == (0, 1, 2)
 
 
+def test_train_max_token_length():
+    """Guards against --max_token_length letting a longer token through, or stopping merges that fit.
+
+    As in the known answer above, but "aaab" (4 bytes) may not be made with max_token_length 2:
+    after aa and ab, the only 2-byte pair left is (a, c), counted once -> 261 = "ac".
+    """
+    tokenizer = train_bpe({"aaabdaaabac": 1}, vocab_size=262, progress=False, max_token_length=2)
+    assert tokenizer.merges == [("a", "a"), ("a", "b"), ("a", "c")]
+
+
 def test_train_starting_vocabulary_is_hf_order(tok):
     """Guards against a base vocabulary (specials, then the 256 bytes) ordered unlike HF's trainer,
     which would make our ids disagree with a tokenizer HF trains on the same text."""
@@ -366,19 +376,21 @@ def test_train_tokenizer_bad_line_is_one_line_error(tmp_path):
 
 # ---- the committed demo tokenizer
 
-def test_demo_tokenizer_is_reproducible(tmp_path):
-    """Guards against a committed model/demo_tokenizer that the documented command no longer makes
-    (demo data changed without retraining, or training stopped being deterministic)."""
+def test_demo_tokenizer_is_reproducible(tmp_path, monkeypatch):
+    """Guards against a committed model/demo_tokenizer that the demo's own tokenizer command no
+    longer makes (demo data changed without retraining, the demo's settings changed, or training
+    stopped being deterministic): the default tokenizer and the demo's are one and the same."""
+    import run_demo
     import train_tokenizer
     committed = os.path.join(REPO, "model", "demo_tokenizer")
-    data = [os.path.join(REPO, "dataset", name) for name in ("pretrain_demo.jsonl", "sft_demo.jsonl")]
-    args = ["--data_path", *data, "--vocab_size", "2048", "--out_dir", str(tmp_path)]
+    [command] = [command for stage, command in run_demo.demo_stages("out") if stage == "tokenizer"]
+    args = command[1:]  # without "train_tokenizer.py"
+    args[args.index("--out_dir") + 1] = str(tmp_path)
+    monkeypatch.chdir(REPO)  # the command's data paths are relative to the repository
     assert train_tokenizer.main(args) == 0
     for name in ("tokenizer.json", "tokenizer_config.json"):
         with open(os.path.join(committed, name), "rb") as f:
             assert (tmp_path / name).read_bytes() == f.read(), (
-                f"model/demo_tokenizer/{name} is stale: rerun python train_tokenizer.py --data_path "
-                "dataset/pretrain_demo.jsonl dataset/sft_demo.jsonl --vocab_size 2048 "
-                "--out_dir model/demo_tokenizer")
+                f"model/demo_tokenizer/{name} is stale: rerun python {' '.join(command[:-1])} model/demo_tokenizer")
     demo = Tokenizer.load(committed)
     assert (demo.vocab_size, demo.pad_token_id, demo.bos_token_id, demo.eos_token_id) == (2048, 0, 1, 2)
