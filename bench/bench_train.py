@@ -51,6 +51,8 @@ SIZES = {
     "tiny": (dict(dim=128, n_layers=4, n_heads=8, n_kv_heads=2, vocab_size=2048), 256, 16),
     "demo": (dict(dim=256, n_layers=4, n_heads=8, n_kv_heads=2, vocab_size=2048), 256, 16),
     "MiniMind2-Small": (dict(dim=512, n_layers=8, n_heads=8, n_kv_heads=2, vocab_size=6400), 512, 8),
+    # the model run_demo.py trains (4 heads of 32, 4 key/value heads); not in the default run
+    "run_demo": (dict(dim=128, n_layers=4, n_heads=4, n_kv_heads=4, vocab_size=2048), 256, 16),
 }
 MODES = ("pretrain", "full_sft", "lora")
 # The goals: MFU at each size (full training), and LoRA's speed-up over full SFT.
@@ -182,7 +184,8 @@ def main(argv=None):
     parser = argparse.ArgumentParser(description="Training tokens/s and MFU of the project's own training step.")
     add_threads_arg(parser)
     add_quiet_args(parser)
-    parser.add_argument("--sizes", nargs="+", default=list(SIZES), choices=list(SIZES), help="model sizes (default: all)")
+    parser.add_argument("--sizes", nargs="+", default=["tiny", "demo", "MiniMind2-Small"], choices=list(SIZES),
+                        help="model sizes (default: tiny demo MiniMind2-Small)")
     parser.add_argument("--modes", nargs="+", default=list(MODES), choices=MODES, help="training stages (default: all)")
     parser.add_argument("--steps", type=int, default=5, help="timed steps per case; the median is reported (default: %(default)s)")
     parser.add_argument("--warmup", type=int, default=2, help="untimed steps first (default: %(default)s)")
