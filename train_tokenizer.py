@@ -71,6 +71,9 @@ def train_bpe(chunk_counts, vocab_size, special_tokens=SPECIAL_TOKENS, progress=
         pairs: (aa,a):2, (a,b):2 are tied; (a,b) wins, its ids are smaller -> "ab" (260)
         then (aa,ab):2 -> "aaab" (261): "aaab d aaab a c"
 
+    max_token_length (HF BpeTrainer's option): a pair whose merged token would be longer than this
+    many bytes is never merged, so the merges go to reusable pieces rather than whole phrases.
+
     Every token is kept as one character chr(id), so a chunk is a str and a merge is str.replace.
     The pair counts are updated incrementally: merging (a, b) -> X only changes the pairs
     touching each new X (its left and right neighbours), so only those counts move.
@@ -80,6 +83,8 @@ def train_bpe(chunk_counts, vocab_size, special_tokens=SPECIAL_TOKENS, progress=
         raise ValueError(f"--vocab_size {vocab_size} is too small: it must hold the "
                          f"{len(special_tokens)} special tokens and 256 byte tokens (at least "
                          f"{len(special_tokens) + 256})")
+    if max_token_length is not None and max_token_length < 2:
+        raise ValueError(f"--max_token_length {max_token_length} is too small: a merged token has at least 2 bytes")
 
     # step 2: the starting vocabulary, as HF orders it (specials, then bytes by character)
     vocab = {token: i for i, token in enumerate(special_tokens)}
