@@ -24,8 +24,9 @@ forward plus backward, counted for the whole T x T square as PaLM does, though t
 makes half of it zero. Everything else (softmax, norms, RoPE, SiLU, the optimizer) is overhead
 MFU does not credit: MFU says how close the step comes to doing nothing but its matmuls at peak.
 
-    python -m bench.bench_train                               # all sizes, a few minutes
+    python -m bench.bench_train                               # tiny, demo, MiniMind2-Small: a few minutes
     python -m bench.bench_train --sizes demo --steps 2        # a quick check
+    python -m bench.bench_train --sizes tiny run_demo         # run_demo.py's own model
     python -m bench.bench_train --sizes MiniMind2-Small --modes full_sft --profile   # where the time goes
 
 Warm-up steps are not timed; the figure is the median of the timed steps. The stages of one size
