@@ -158,11 +158,17 @@ IDENTITIES = dict(
     lora=dict(name="Nova", maker_en="Polaris Lab", maker_zh="北极星实验室"),
 )
 
-# The medical domain. Department names, symptoms, illness names and advice all occur in
-# pretraining's general reading, but never linked to each other; the links are lora_medical's. Each
-# condition: names, department, four symptoms written as noun phrases (English) / predicates
-# (Chinese) so that any of them fits any template, and one piece of advice. No symptom is shared
-# between conditions, so a pair of symptoms always points at one department.
+# The medical domain: triage, as a nurse at the front desk does it. Every symptom names the part
+# of the body it is about, and that word points at one department (TRIAGE_WORDS): skin ->
+# Dermatology, heart -> Cardiology, stomach -> Gastroenterology... Pretraining reads what each
+# department is about ("Doctors in Dermatology often hear the word skin."), as any encyclopedia
+# says it; symptoms, illness names and advice are read too, but never linked to anything. The
+# consultation itself (symptoms -> key word -> department, cause, advice) is lora_medical's.
+# A first version had no such words and asked the adapter to memorise 208 symptom ->
+# department links; at this size even full fine-tuning reached only a third of them (README,
+# "Targets not met, and why"). Each condition: names, department, four symptoms written as noun
+# phrases (English) / predicates (Chinese) so that any of them fits any template, and one piece
+# of advice. No symptom is shared between conditions.
 DEPARTMENTS = dict(
     derm=("Dermatology", "皮肤科"),
     cardio=("Cardiology", "心内科"),
@@ -176,82 +182,98 @@ DEPARTMENTS = dict(
     endo=("Endocrinology", "内分泌科"),
 )
 
+# The words that route a symptom, (English, Chinese) per department. Every symptom contains one
+# of its own department's words and none of another's (a test checks it). An English word
+# matches at the start of a word ("head" in "headaches"), a Chinese one anywhere.
+TRIAGE_WORDS = dict(
+    derm=(("skin",), ("皮肤",)),
+    cardio=(("heart",), ("心脏", "心跳", "心口", "心慌")),
+    gastro=(("stomach",), ("胃", "肚子")),
+    neuro=(("head", "sleep"), ("头", "睡")),
+    eye=(("eye",), ("眼",)),
+    ent=(("nose", "throat", "ear"), ("鼻", "喉", "嗓子", "耳")),
+    ortho=(("back", "ankle", "neck"), ("腰", "脚踝", "脖子")),
+    pulm=(("cough", "breath"), ("咳", "喘", "气")),
+    dental=(("teeth", "tooth", "gums"), ("牙",)),
+    endo=(("blood sugar", "thyroid"), ("血糖", "甲状腺")),
+)
+
 CONDITIONS = (
     dict(en="eczema", zh="湿疹", dept="derm",
-         symptoms=(("itchy red patches on my arms", "手臂上有发痒的红斑"),
+         symptoms=(("itchy red patches of skin on my arms", "手臂上的皮肤发痒发红"),
                    ("dry, cracked skin on my hands", "手上的皮肤干燥开裂"),
                    ("skin that itches badly at night", "皮肤一到晚上就痒得厉害"),
-                   ("small blisters that ooze when scratched", "长了抓破后会渗水的小水泡")),
+                   ("small blisters on my skin that ooze when scratched", "皮肤上长了抓破后会渗水的小水泡")),
          advice=("keep the skin moisturised, avoid scratching and use a mild soap",
                  "保持皮肤湿润，避免抓挠，使用温和的清洁用品")),
     dict(en="acne", zh="痤疮", dept="derm",
-         symptoms=(("lots of pimples on my face", "脸上长了很多痘痘"),
-                   ("blackheads on my nose", "鼻子上有黑头"),
-                   ("painful red lumps on my chin", "下巴上有疼痛的红色硬块"),
+         symptoms=(("lots of pimples on the skin of my face", "脸上的皮肤长了很多痘痘"),
+                   ("blackheads all over my skin", "皮肤上长满了粉刺"),
+                   ("painful red lumps under my skin", "皮肤下面有疼痛的红色硬块"),
                    ("very oily skin", "皮肤特别油")),
          advice=("wash your face gently twice a day and do not squeeze the spots",
                  "每天温和洗脸两次，不要用手挤痘痘")),
     dict(en="hives", zh="荨麻疹", dept="derm",
-         symptoms=(("raised itchy welts that come and go", "身上起了时隐时现的风团"),
-                   ("red swollen bumps after eating seafood", "吃海鲜后皮肤起了红肿的疙瘩"),
-                   ("sudden itching all over my body", "全身突然发痒"),
-                   ("welts that move around my body", "风团在身上到处游走")),
+         symptoms=(("raised itchy welts on my skin that come and go", "皮肤上起了时隐时现的风团"),
+                   ("red swollen bumps on my skin after eating seafood", "吃海鲜后皮肤起了红肿的疙瘩"),
+                   ("sudden itching of the skin all over my body", "全身皮肤突然发痒"),
+                   ("welts that move around on my skin", "皮肤上的风团到处游走")),
          advice=("avoid the trigger, take an antihistamine if advised, and get help at once if breathing is hard",
                  "避开过敏原，遵医嘱服用抗过敏药，出现呼吸困难要立即就医")),
     dict(en="high blood pressure", zh="高血压", dept="cardio",
-         symptoms=(("a heavy head every morning", "每天早上起来头发沉"),
-                   ("blood pressure readings of 150 over 95", "量血压有150/95"),
-                   ("a flushed face and a tight feeling in my head", "脸发红，头发紧"),
-                   ("dizziness and a light-headed feeling", "头晕，头重脚轻")),
+         symptoms=(("a pounding heart every morning", "每天早上心脏怦怦直跳"),
+                   ("a thumping heart and blood pressure of 150 over 95", "心脏咚咚跳，量血压有150/95"),
+                   ("a flushed face and a pounding heart", "脸发红，心慌"),
+                   ("a heart that races when I stand up quickly", "猛地站起来时心跳得厉害")),
          advice=("eat less salt, exercise regularly and measure your blood pressure every day",
                  "少吃盐，规律运动，每天测量血压")),
     dict(en="arrhythmia", zh="心律失常", dept="cardio",
-         symptoms=(("a racing heartbeat", "心跳突然变得很快"),
-                   ("skipped heartbeats", "感觉心跳漏了几拍"),
-                   ("a fluttering in my chest", "胸口像有东西在扑腾"),
-                   ("an irregular pulse", "脉搏忽快忽慢")),
+         symptoms=(("a racing heart for no reason", "心跳突然变得很快"),
+                   ("a heart that skips beats", "感觉心脏漏跳了几拍"),
+                   ("a fluttering in my heart", "心口像有东西在扑腾"),
+                   ("an irregular heart rhythm", "心跳忽快忽慢")),
          advice=("avoid coffee and strong tea, rest well and get an ECG",
                  "避免喝咖啡和浓茶，注意休息，做一次心电图检查")),
     dict(en="angina", zh="心绞痛", dept="cardio",
-         symptoms=(("chest pressure when climbing stairs", "爬楼梯时胸口发闷"),
-                   ("pain spreading to my left arm", "疼痛放射到左臂"),
-                   ("chest pain that eases with rest", "胸痛休息后能缓解"),
-                   ("a squeezing pain in my chest after a heavy meal", "饱餐后胸口有压榨样疼痛")),
+         symptoms=(("heart pain when climbing stairs", "爬楼梯时心口疼"),
+                   ("heart pain spreading to my left arm", "心口的疼痛放射到左臂"),
+                   ("heart pain that eases with rest", "心口痛休息后能缓解"),
+                   ("a squeezing pain around my heart after a heavy meal", "饱餐后心脏周围有压榨样疼痛")),
          advice=("stop and rest when the pain starts, and call an ambulance if it lasts more than 15 minutes",
                  "疼痛发作时立即停下休息，持续超过15分钟要拨打急救电话")),
     dict(en="gastritis", zh="胃炎", dept="gastro",
-         symptoms=(("a burning pain in my upper stomach", "上腹部有烧灼样疼痛"),
-                   ("feeling full after only a few bites", "吃几口就觉得饱了"),
-                   ("nausea after meals", "饭后恶心"),
+         symptoms=(("a burning pain in my upper stomach", "胃里有烧灼样疼痛"),
+                   ("a stomach that feels full after only a few bites", "吃几口胃就胀满了"),
+                   ("nausea and stomach pain after meals", "饭后胃疼恶心"),
                    ("stomach pain that is worse when I am hungry", "饿的时候胃更疼")),
          advice=("eat small regular meals and avoid spicy food and alcohol",
                  "少量多餐，按时吃饭，避免辛辣食物和饮酒")),
     dict(en="acid reflux", zh="胃食管反流", dept="gastro",
-         symptoms=(("heartburn after eating", "吃完饭后烧心"),
-                   ("sour liquid coming up into my throat", "酸水反到喉咙里"),
-                   ("a bitter taste in my mouth every morning", "早上起来嘴里发苦"),
-                   ("burning behind the breastbone when lying down", "躺下时胸骨后面发烫")),
+         symptoms=(("stomach acid coming up after eating", "吃完饭后胃里反酸"),
+                   ("sour liquid rising from my stomach", "酸水从胃里往上反"),
+                   ("a burning stomach every morning", "早上起来胃里火烧火燎"),
+                   ("stomach acid rising when I lie down", "躺下时胃酸往上涌")),
          advice=("do not lie down within three hours of eating and raise the head of your bed",
                  "饭后三小时内不要躺下，把床头垫高")),
     dict(en="gastroenteritis", zh="急性肠胃炎", dept="gastro",
-         symptoms=(("vomiting and diarrhoea since yesterday", "从昨天开始上吐下泻"),
-                   ("cramps in my belly after eating street food", "吃了路边摊后肚子绞痛"),
-                   ("watery stools many times a day", "一天拉好几次水样便"),
-                   ("a mild fever with an upset stomach", "低烧并且肠胃不舒服")),
+         symptoms=(("vomiting and an upset stomach since yesterday", "从昨天开始上吐下泻，肚子很难受"),
+                   ("stomach cramps after eating street food", "吃了路边摊后肚子绞痛"),
+                   ("watery stools and a rumbling stomach", "肚子咕咕叫，一天拉好几次水样便"),
+                   ("a mild fever with an upset stomach", "低烧并且肚子不舒服")),
          advice=("drink plenty of oral rehydration solution and eat light food",
                  "多喝口服补液盐，饮食清淡")),
     dict(en="migraine", zh="偏头痛", dept="neuro",
          symptoms=(("a throbbing pain on one side of my head", "一侧头部一跳一跳地疼"),
-                   ("headaches that start with flashing lights", "头痛前眼前会出现闪光"),
+                   ("headaches that start with flashing lights", "头痛前会先看到闪光"),
                    ("headaches that get worse with light and noise", "头痛时怕光又怕吵"),
                    ("headaches with nausea that last for hours", "头痛伴着恶心，持续好几个小时")),
          advice=("rest in a dark, quiet room, keep a headache diary and avoid your triggers",
                  "在安静黑暗的房间休息，记录头痛日记，避开诱因")),
     dict(en="insomnia", zh="失眠", dept="neuro",
-         symptoms=(("trouble falling asleep at night", "晚上很难入睡"),
-                   ("waking at 3 am and not getting back to sleep", "凌晨三点醒来就再也睡不着"),
+         symptoms=(("trouble getting to sleep at night", "晚上很难入睡"),
+                   ("waking at 3 am with no more sleep", "凌晨三点醒来就再也睡不着"),
                    ("tiredness all day from poor sleep", "睡不好导致白天没精神"),
-                   ("lying awake in bed for hours", "躺在床上几个小时都睡不着")),
+                   ("lying in bed for hours without sleep", "躺在床上几个小时都睡不着")),
          advice=("keep a fixed bedtime, avoid screens before bed and cut down on caffeine",
                  "固定作息时间，睡前不看手机，少喝含咖啡因的饮料")),
     dict(en="conjunctivitis", zh="结膜炎", dept="eye",
@@ -264,28 +286,28 @@ CONDITIONS = (
     dict(en="dry eye", zh="干眼症", dept="eye",
          symptoms=(("dry eyes after using a screen", "看屏幕后眼睛发干"),
                    ("burning eyes in the evening", "一到傍晚眼睛就发烫"),
-                   ("blurred vision that clears when I blink", "看东西模糊，眨眨眼又清楚了"),
+                   ("eyes that blur and clear when I blink", "眼睛看东西模糊，眨眨眼又清楚了"),
                    ("tired eyes after reading", "看书后眼睛很疲劳")),
          advice=("rest your eyes every twenty minutes and use artificial tears",
                  "每二十分钟让眼睛休息一下，使用人工泪液")),
     dict(en="short-sightedness", zh="近视", dept="eye",
-         symptoms=(("blurry road signs in the distance", "看远处的路牌很模糊"),
-                   ("trouble reading the board without squinting", "要眯着眼才能看清黑板"),
-                   ("unclear far objects while near ones look fine", "看远处不清楚，看近处没问题"),
-                   ("trouble recognising faces across the street", "看不清马路对面的人脸")),
+         symptoms=(("eyes that cannot read road signs in the distance", "眼睛看不清远处的路牌"),
+                   ("squinting my eyes to read the board", "要眯着眼才能看清黑板"),
+                   ("eyes that see far things poorly and near ones fine", "眼睛看远处不清楚，看近处没问题"),
+                   ("eyes that cannot make out faces across the street", "眼睛看不清马路对面的人脸")),
          advice=("have an eye test and wear glasses of the right strength",
                  "做一次验光，配戴度数合适的眼镜")),
     dict(en="sinusitis", zh="鼻窦炎", dept="ent",
          symptoms=(("a blocked nose for weeks", "鼻子堵了好几周"),
-                   ("thick yellow mucus from my nose", "流黄色的浓鼻涕"),
-                   ("pain around my cheeks and forehead", "脸颊和额头周围胀痛"),
-                   ("a poor sense of smell", "闻不出气味")),
+                   ("thick yellow mucus from my nose", "鼻子流黄色的浓鼻涕"),
+                   ("an aching nose and cheeks", "鼻子和脸颊周围胀痛"),
+                   ("a nose that cannot smell anything", "鼻子闻不出味道")),
          advice=("rinse your nose with salt water and breathe in steam",
                  "用生理盐水洗鼻，多吸热蒸汽")),
     dict(en="tonsillitis", zh="扁桃体炎", dept="ent",
          symptoms=(("a very sore throat", "嗓子特别疼"),
-                   ("pain when swallowing", "吞咽时疼痛"),
-                   ("swollen tonsils with white spots", "扁桃体肿大有白点"),
+                   ("throat pain when swallowing", "吞咽时喉咙疼"),
+                   ("a swollen throat with white spots", "喉咙肿了，有白点"),
                    ("a high fever with throat pain", "高烧并且喉咙痛")),
          advice=("drink warm fluids, rest and gargle with salt water",
                  "多喝温水，注意休息，用淡盐水漱口")),
@@ -298,8 +320,8 @@ CONDITIONS = (
                  "避免耳朵进水，不要用棉签掏耳朵")),
     dict(en="a slipped disc", zh="腰椎间盘突出", dept="ortho",
          symptoms=(("pain in my lower back", "腰部疼痛"),
-                   ("pain shooting down my leg", "疼痛沿着腿往下窜"),
-                   ("numbness in my foot", "脚发麻"),
+                   ("back pain shooting down my leg", "腰疼，并且疼痛沿着腿往下窜"),
+                   ("numbness from my back down to my foot", "从腰一直麻到脚"),
                    ("back pain that gets worse when I bend", "弯腰时腰疼加重")),
          advice=("avoid lifting heavy things, sleep on a firm mattress and do gentle back exercises",
                  "避免提重物，睡硬一点的床，做温和的腰背锻炼")),
@@ -307,13 +329,13 @@ CONDITIONS = (
          symptoms=(("a swollen ankle after a fall", "摔了一跤后脚踝肿了"),
                    ("pain when I put weight on my ankle", "脚踝一着地就疼"),
                    ("a bruise around my ankle", "脚踝周围有淤青"),
-                   ("a twisted foot from running", "跑步时崴了脚")),
+                   ("a twisted ankle from running", "跑步时崴了脚踝")),
          advice=("rest, put ice on it, wrap it and keep the foot raised",
                  "休息、冰敷、加压包扎并抬高患脚")),
     dict(en="cervical spondylosis", zh="颈椎病", dept="ortho",
          symptoms=(("a stiff neck", "脖子僵硬"),
                    ("neck pain after long hours at a desk", "长时间伏案后脖子疼"),
-                   ("numb fingers", "手指发麻"),
+                   ("numb fingers and a sore neck", "脖子酸痛，手指发麻"),
                    ("pain spreading from my neck to my shoulders", "疼痛从脖子蔓延到肩膀")),
          advice=("take breaks from the desk, keep your screen at eye level and do neck stretches",
                  "避免长时间低头，把屏幕调到与眼睛平齐，多做颈部拉伸")),
@@ -321,13 +343,13 @@ CONDITIONS = (
          symptoms=(("a cough that brings up phlegm", "咳嗽有痰"),
                    ("a cough that has lasted two weeks after a cold", "感冒后咳嗽了两周还没好"),
                    ("a sore chest from coughing", "咳得胸口疼"),
-                   ("white sticky phlegm every morning", "每天早上咳出白色黏痰")),
+                   ("a morning cough with white sticky phlegm", "每天早上咳出白色黏痰")),
          advice=("drink warm water, rest and stay away from smoke",
                  "多喝温水，注意休息，远离烟雾")),
     dict(en="asthma", zh="哮喘", dept="pulm",
          symptoms=(("wheezing when I breathe out", "呼气时有哨音"),
                    ("shortness of breath at night", "夜里喘不上气"),
-                   ("breathlessness around cats or dust", "接触猫毛或灰尘后喘不过气"),
+                   ("loss of breath around cats or dust", "接触猫毛或灰尘后喘不过气"),
                    ("coughing fits in cold air", "遇到冷空气就咳个不停")),
          advice=("carry your inhaler and stay away from dust and smoke",
                  "随身携带吸入药，远离灰尘和烟雾")),
@@ -335,28 +357,28 @@ CONDITIONS = (
          symptoms=(("toothache when I eat sweets", "吃甜食时牙疼"),
                    ("a black hole in one of my teeth", "牙齿上有个黑洞"),
                    ("a sharp twinge in a tooth when drinking cold water", "喝冷水时牙齿酸疼"),
-                   ("food getting stuck in a back tooth", "后牙老是塞东西")),
+                   ("food getting stuck between my teeth", "牙缝里老是塞东西")),
          advice=("brush twice a day, cut down on sugar and get the cavity filled",
                  "早晚刷牙，少吃甜食，尽快补牙")),
     dict(en="gum disease", zh="牙龈炎", dept="dental",
          symptoms=(("bleeding gums when I brush", "刷牙时牙龈出血"),
                    ("red, swollen gums", "牙龈红肿"),
-                   ("bad breath that does not go away", "口臭一直不好"),
+                   ("loose teeth and sore gums", "牙齿松动，牙龈酸痛"),
                    ("gums that hurt when I chew", "咀嚼时牙龈疼")),
          advice=("brush gently, use dental floss and have your teeth cleaned",
                  "轻柔刷牙，使用牙线，定期洗牙")),
     dict(en="diabetes", zh="糖尿病", dept="endo",
-         symptoms=(("constant thirst", "总是口渴"),
-                   ("very frequent urination", "小便次数特别多"),
-                   ("cuts that heal very slowly", "伤口愈合得很慢"),
+         symptoms=(("constant thirst and high blood sugar", "总是口渴，血糖也高"),
+                   ("very frequent urination and high blood sugar", "小便次数特别多，血糖偏高"),
+                   ("slow-healing cuts and high blood sugar", "伤口愈合得很慢，血糖偏高"),
                    ("high blood sugar at a check-up", "体检时血糖偏高")),
          advice=("check your blood sugar, eat less sugar and exercise every day",
                  "监测血糖，控制糖分摄入，每天运动")),
     dict(en="an overactive thyroid", zh="甲亢", dept="endo",
-         symptoms=(("heavy sweating and always feeling hot", "怕热，出汗特别多"),
-                   ("shaking hands", "手一直抖"),
-                   ("nervousness and irritability for no reason", "莫名紧张烦躁"),
-                   ("weight loss despite a big appetite", "吃得多却越来越瘦")),
+         symptoms=(("an enlarged thyroid and heavy sweating", "甲状腺肿大，出汗特别多"),
+                   ("shaking hands and a swollen thyroid", "手一直抖，甲状腺也肿了"),
+                   ("nervousness and high thyroid levels", "莫名紧张烦躁，甲状腺指标偏高"),
+                   ("weight loss and high thyroid levels", "吃得多却越来越瘦，甲状腺指标偏高")),
          advice=("have your thyroid hormones tested and avoid iodine-rich food until then",
                  "检查甲状腺激素，在此之前少吃含碘高的食物")),
 )
@@ -582,6 +604,11 @@ READING = dict(
     advice=dict(en=("A common piece of advice: {x}.",), zh=("一句常听到的话：{x}。",)),
     department=dict(en=("{x} is one of the departments of the city hospital.", "The sign on the door says {x}."),
                     zh=("{x}是市医院的一个科室。", "门上的牌子写着{x}。")),
+    # What a department is about, as any encyclopedia would say it: one of its triage words and its
+    # name. Without these, every department name is read in the same two sentences and gets
+    # nearly the same embedding, and the adapter cannot tell them apart (README, "Targets not met, and why").
+    department_word=dict(en=("Doctors in {dept} often hear the word {word}.", "The word {word} brings many patients to {dept}."),
+                         zh=("{dept}的医生常常听到“{word}”这个词。", "“{word}”这个词把很多病人带到{dept}。")),
 )
 # Everyday sentences (English, Chinese) for the remaining words the LoRA and eval questions use.
 EVERYDAY = (
@@ -620,6 +647,7 @@ EVERYDAY = (
     ("If you do not know what to do, you should first ask someone.", "不知道怎么办的时候，应该先去问问别人。"),
     ("Nobody knew what was really going on.", "谁也不知道到底发生了什么。"),
     ("She showed her thanks with a smile.", "她用微笑表达了谢意。"),
+    ("In a long letter, one key word can tell you what it is about.", "一封长信里，一个关键词就能告诉你信的内容。"),
 )
 
 # Training questions sometimes carry a greeting in front; held-out questions never do.
@@ -715,14 +743,17 @@ MEDICAL_QUESTIONS = dict(
         en=("Recently I noticed {s}. Where should I go and what can I do?", "My problem is {s}. Any advice?"),
         zh=("这几天我{s}，我该去哪个科室看看？", "想咨询一下：{s}，需要注意什么？")),
 )
-# The department comes first: it is what the evaluation scores, and a tiny model's first words
-# are its most reliable ones.
-MEDICAL_ANSWER = dict(en="Department: {dept}. Possible cause: {cond}. What to do: {advice}.",
-                      zh="就诊科室：{dept}。可能原因：{cond}。建议：{advice}。")
+# The answer first names the triage word it found in the question ("Key word: skin."), then the
+# department. Copying a word from the question is what SFT already taught the model (answers
+# repeat the names asked about), and the department then follows from the word just written
+# instead of from symptoms twenty tokens back: fully fine-tuned, the demo model gets 54% of
+# eval_medical this way and 33% without the key word (README, "Targets not met, and why").
+MEDICAL_ANSWER = dict(en="Key word: {word}. Department: {dept}. Possible cause: {cond}. What to do: {advice}.",
+                      zh="关键词：{word}。就诊科室：{dept}。可能原因：{cond}。建议：{advice}。")
 
 # Everything above, grouped the way the writers take it (they never read these globals directly,
 # so a test can hand them a smaller world).
-MEDICINE = dict(departments=DEPARTMENTS, conditions=CONDITIONS)
+MEDICINE = dict(departments=DEPARTMENTS, triage_words=TRIAGE_WORDS, conditions=CONDITIONS)
 TEMPLATES = dict(relations=RELATIONS, glossary=GLOSSARY, reading=READING, everyday=EVERYDAY,
                  prefixes=QUESTION_PREFIXES, describe=DESCRIBE, follow_up=FOLLOW_UP, small_talk=SMALL_TALK,
                  identity_train=IDENTITY_TRAIN, identity_held_out=IDENTITY_HELD_OUT,
@@ -868,9 +899,9 @@ def make_pretrain(facts, world, medicine, templates, rng, articles_per_entity=10
     names, advice, everyday words) in loose sentences that link nothing to anything, in shorter
     paragraphs (`reading_chars`: rare words cost more tokens per character). LoRA trains only
     attention projections, never token embeddings, so a word the base model never read would
-    stay an untrained vector. Department names too, each on its own, in sentences that name no
-    symptom and no illness. What pretraining never shows is the consultation itself: no symptom
-    -> cause -> department link, no answer format."""
+    stay an untrained vector. Department names too, on their own and with each of their triage
+    words, in sentences that name no symptom and no illness. What pretraining never shows is the
+    consultation itself: no symptom -> cause -> department link, no answer format."""
     statements = {name: rel["statements"] for name, rel in templates["relations"].items()}
     reading_templates = templates["reading"]
     records = []
@@ -893,6 +924,9 @@ def make_pretrain(facts, world, medicine, templates, rng, articles_per_entity=10
         reading = [pair[i] for pair in templates["everyday"]]
         reading += [fill(template, dict(x=names[i]), lang)
                     for names in medicine["departments"].values() for template in reading_templates["department"][lang]]
+        reading += [fill(template, dict(dept=medicine["departments"][dept][i], word=word), lang)
+                    for dept, words in medicine["triage_words"].items() for word in words[i]
+                    for template in reading_templates["department_word"][lang]]
         for c in medicine["conditions"]:
             reading.append(fill(rng.choice(reading_templates["condition"][lang]), dict(x=c[lang]), lang))
             reading.append(fill(rng.choice(reading_templates["advice"][lang]), dict(x=c["advice"][i]), lang))
@@ -1001,11 +1035,22 @@ def medical_question(condition, combo, templates, lang, rng, split):
     return rng.choice(templates["medical_questions"][split][lang]).format(s=symptoms)
 
 
-def medical_answer(condition, medicine, templates, lang):
-    """The one answer for a condition: department, possible cause, what to do."""
+def key_word(condition, combo, medicine, lang):
+    """The triage word that the answer names: the first of its department's words (TRIAGE_WORDS)
+    in the first symptom asked about, "head" for "headaches that ...". """
+    i = LANGS.index(lang)
+    text = condition["symptoms"][combo[0]][i]
+    found = triage_words_in(text, medicine["triage_words"][condition["dept"]][i], lang)
+    return min(found, key=lambda w: re.search((r"\b" if lang == "en" else "") + re.escape(w), text.casefold()).start())
+
+
+def medical_answer(condition, combo, medicine, templates, lang):
+    """The answer to a question about the symptoms `combo` of `condition`: the key word, the
+    department, the possible cause and what to do."""
     i = LANGS.index(lang)
     return templates["medical_answer"][lang].format(
-        dept=medicine["departments"][condition["dept"]][i], cond=condition[lang], advice=condition["advice"][i])
+        word=key_word(condition, combo, medicine, lang), dept=medicine["departments"][condition["dept"]][i],
+        cond=condition[lang], advice=condition["advice"][i])
 
 
 def held_out_pairs(conditions, rng):
@@ -1028,7 +1073,7 @@ def make_lora_medical(facts, medicine, held_out, templates, rng, rehearsal_share
         for lang in LANGS:
             for combo in combos:
                 q = medical_question(c, combo, templates, lang, rng, "train")
-                records.append(chat((q, medical_answer(c, medicine, templates, lang))))
+                records.append(chat((q, medical_answer(c, combo, medicine, templates, lang))))
     records += rehearsal(facts, templates, rng, round(len(records) * rehearsal_share / (1 - rehearsal_share)))
     rng.shuffle(records)
     return records
@@ -1086,7 +1131,8 @@ def make_eval_medical(medicine, held_out, templates, rng):
         for i, lang in enumerate(LANGS):
             combo = held if rng.random() < 0.5 else held[::-1]
             q = medical_question(c, combo, templates, lang, rng, "held_out")
-            items.append(eval_item(q, medical_answer(c, medicine, templates, lang), [medicine["departments"][c["dept"]][i]]))
+            items.append(eval_item(q, medical_answer(c, combo, medicine, templates, lang),
+                                  [medicine["departments"][c["dept"]][i]]))
     return items
 
 
@@ -1192,12 +1238,37 @@ def uncovered_vocabulary(files, medicine, identity):
     return sorted(needed - seen - exempt)
 
 
+def triage_words_in(text, words, lang):
+    """The `words` that `text` contains: an English word at the start of a word (so "head" finds
+    "headaches" but "ear" not "heart"), a Chinese one anywhere."""
+    if lang == "en":
+        return [w for w in words if re.search(r"\b" + re.escape(w), text.casefold())]
+    return [w for w in words if w in text]
+
+
+def triage_problems(medicine):
+    """Symptoms that break the triage rule (see TRIAGE_WORDS): one that names none of its own
+    department's words, or names another department's."""
+    problems = []
+    for c in medicine["conditions"]:
+        for s in c["symptoms"]:
+            for i, lang in enumerate(LANGS):
+                own = triage_words_in(s[i], medicine["triage_words"][c["dept"]][i], lang)
+                other = [w for dept, words in medicine["triage_words"].items() if dept != c["dept"]
+                         for w in triage_words_in(s[i], words[i], lang)]
+                if not own:
+                    problems.append(f"symptom {s[i]!r} of {c['en']} names no {c['dept']} triage word")
+                if other:
+                    problems.append(f"symptom {s[i]!r} of {c['en']} names another department's word {other[0]!r}")
+    return problems
+
+
 def find_problems(files, medicine, identity):
     """Everything wrong with a set of generated files, as one-line messages (empty list = fine):
     an eval question occurring anywhere in a training text, a must_contain string missing from
-    its own reference answer, a must-stay-new string in pretraining or SFT, and an adapter word
-    that pretraining and SFT never use."""
-    problems = []
+    its own reference answer, a must-stay-new string in pretraining or SFT, an adapter word
+    that pretraining and SFT never use, and a symptom that breaks the triage rule."""
+    problems = triage_problems(medicine)
     training = {name: "\n".join(normalise(t) for r in files[name] for t in record_texts(r)) for name in TRAIN_FILES}
     for name in EVAL_FILES:
         for n, item in enumerate(files[name], 1):

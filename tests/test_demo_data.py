@@ -144,8 +144,8 @@ def test_adapter_domains_are_new_to_pretraining_and_sft(committed):
     """Guards against the base model already knowing what the adapters teach, which would make
     SFT alone pass eval_medical / eval_identity. The new assistant's name and maker occur in
     neither pretraining nor SFT; department names occur in no SFT chat, and in pretraining only
-    in sentences that name no symptom and no illness (the word is read, the link is never shown);
-    each does occur in its LoRA file."""
+    in sentences that name no symptom and no illness (what a department is about is read, the
+    consultation is never shown); each does occur in its LoRA file."""
     departments = [w for pair in demo.DEPARTMENTS.values() for w in pair]
     new = demo.IDENTITIES["lora"]
     assert len(departments) == 20 and "Dermatology" in departments and "眼科" in departments
@@ -208,3 +208,20 @@ def test_small_world_example():
     assert [f["relation"] for f in facts] == ["food_ingredient"]
     q, a = demo.ask(facts[0], demo.TEMPLATES, "en", demo.random.Random(0), split="held_out")
     assert q == "What do you need to cook apple pie?" and a == "Apple pie is made from apples."
+
+
+def test_every_symptom_names_its_departments_triage_word():
+    """Guards against a medical task that can only be memorised: each symptom names a body part
+    (triage word) of its own department and of no other, so the adapter has a rule to learn and
+    eval_medical's unseen symptom pairs follow it. The checker itself catches both ways to break it."""
+    assert demo.triage_problems(demo.MEDICINE) == []
+    assert demo.triage_words_in("headaches with nausea", ("head", "ear"), "en") == ["head"]
+    assert demo.triage_words_in("饭后胃疼恶心", ("心脏", "胃"), "zh") == ["胃"]
+    broken = dict(demo.MEDICINE, conditions=[dict(demo.CONDITIONS[0], symptoms=(
+        ("an itchy ear", "耳朵痒"), ("itchy skin", "皮肤痒"), ("a red patch", "一块红斑"), ("skin and eye", "皮肤和眼睛")))])
+    problems = demo.triage_problems(broken)
+    # per language: the ear names none of its own and another's (2), the red patch none (1),
+    # skin-and-eye another's (1); itchy skin is fine
+    assert sum("names no derm" in p for p in problems) == 4
+    assert sum("another department's" in p for p in problems) == 4
+    assert not any("itchy skin" in p or "皮肤痒'" in p for p in problems)
