@@ -225,3 +225,17 @@ def test_every_symptom_names_its_departments_triage_word():
     assert sum("names no derm" in p for p in problems) == 4
     assert sum("another department's" in p for p in problems) == 4
     assert not any("itchy skin" in p or "皮肤痒'" in p for p in problems)
+
+
+def test_medical_answers_name_a_key_word_from_their_question(files):
+    """Guards against a key word the model cannot copy: every medical answer's key word ("Key
+    word: skin." / "关键词：皮肤。") occurs in its own question, and belongs to the department it names."""
+    records = [(r["conversations"][0]["content"], r["conversations"][1]["content"]) for r in files["lora_medical.jsonl"]]
+    records += [(item["question"], item["answer"]) for item in files["eval_medical.jsonl"]]
+    medical = [(q, a) for q, a in records if a.startswith(("Key word: ", "关键词："))]
+    assert len(medical) > 800
+    for question, answer in medical:
+        word, dept = re.match(r"(?:Key word: |关键词：)(.+?)[.。] ?(?:Department: |就诊科室：)(.+?)[.。]", answer).groups()
+        assert word in question.casefold() or word in question, (question, answer)
+        key = next(k for k, names in demo.DEPARTMENTS.items() if dept in names)
+        assert word in demo.TRIAGE_WORDS[key][0] + demo.TRIAGE_WORDS[key][1], (word, dept)
