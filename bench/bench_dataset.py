@@ -16,7 +16,6 @@ and prints a markdown table. Peak RSS while iterating must stay under --rss_limi
 import argparse
 import itertools
 import json
-import multiprocessing
 import os
 import random
 import resource
@@ -30,7 +29,7 @@ from torch.utils.data import DataLoader
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 
-from bench.machine import measure_machine  # noqa: E402
+from bench.machine import measure_machine, run_in_fresh_process  # noqa: E402
 from dataset.lm_dataset import PretrainDataset  # noqa: E402
 from model.tokenizer import Tokenizer  # noqa: E402
 
@@ -136,15 +135,7 @@ def phase_minimind(args, data_path, cache_dir, results):
 
 def run_phase(target, args, data_path, cache_dir):
     """Run one phase in a fresh process (spawn: nothing inherited), so its peak memory is its own."""
-    context = multiprocessing.get_context("spawn")
-    results = context.Queue()
-    process = context.Process(target=target, args=(args, data_path, cache_dir, results))
-    process.start()
-    out = results.get()
-    process.join()
-    if process.exitcode != 0:
-        sys.exit(f"error: the {target.__name__} process failed (see above)")
-    return out
+    return run_in_fresh_process(target, (args, data_path, cache_dir))
 
 
 def main():

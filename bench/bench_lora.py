@@ -25,13 +25,13 @@ full, ...), as bench_train.py does: a shared machine's slow moments then fall on
     python -m bench.bench_lora --sizes demo --steps 2  # a quick check
 """
 import argparse
-import multiprocessing
 import sys
 
 import torch
 
 from bench.bench_train import SIZES, build, make_batch, time_size, train_step
-from bench.machine import add_quiet_args, add_threads_arg, measure_machine, measure_quietly, wait_until_quiet
+from bench.machine import (add_quiet_args, add_step_args, add_threads_arg, measure_machine, measure_quietly,
+                           run_in_fresh_process, wait_until_quiet)
 
 MODES = ("full_sft", "lora")
 
@@ -79,15 +79,7 @@ def memory_of_configuration(size, mode, steps, lora_rank, threads, results):
 
 def measure_memory(size, mode, lora_rank, threads) -> dict:
     """Run one configuration in its own process and return what it reported."""
-    context = multiprocessing.get_context("spawn")  # nothing inherited: the peak is this configuration's
-    results = context.Queue()
-    process = context.Process(target=memory_of_configuration, args=(size, mode, 2, lora_rank, threads, results))
-    process.start()
-    out = results.get()
-    process.join()
-    if process.exitcode != 0:
-        sys.exit(f"error: the {size} {mode} process failed (see above)")
-    return out
+    return run_in_fresh_process(memory_of_configuration, (size, mode, 2, lora_rank, threads))
 
 
 def main(argv=None):
@@ -96,9 +88,7 @@ def main(argv=None):
     add_quiet_args(parser)
     parser.add_argument("--sizes", nargs="+", default=["demo", "MiniMind2-Small"], choices=list(SIZES),
                         help="model sizes (default: %(default)s)")
-    parser.add_argument("--steps", type=int, default=5, help="timed steps per configuration; the median is reported (default: %(default)s)")
-    parser.add_argument("--warmup", type=int, default=2, help="untimed steps first (default: %(default)s)")
-    parser.add_argument("--lora_rank", type=int, default=16, help="LoRA rank, on wq and wo as MiniMind2 (default: %(default)s)")
+    add_step_args(parser)
     args = parser.parse_args(argv)
     if args.steps < 1 or args.warmup < 0:
         parser.error("--steps must be at least 1 and --warmup at least 0")

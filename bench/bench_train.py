@@ -41,7 +41,7 @@ import time
 import torch
 
 import training
-from bench.machine import add_quiet_args, add_threads_arg, measure_machine, measure_quietly, wait_until_quiet
+from bench.machine import add_quiet_args, add_step_args, add_threads_arg, measure_machine, measure_quietly, wait_until_quiet
 from model.LMConfig import LMConfig
 from model.model import MiniMindLM
 from model.model_lora import apply_lora, mark_only_lora_as_trainable
@@ -188,9 +188,7 @@ def main(argv=None):
     parser.add_argument("--sizes", nargs="+", default=["tiny", "demo", "MiniMind2-Small"], choices=list(SIZES),
                         help="model sizes (default: tiny demo MiniMind2-Small)")
     parser.add_argument("--modes", nargs="+", default=list(MODES), choices=MODES, help="training stages (default: all)")
-    parser.add_argument("--steps", type=int, default=5, help="timed steps per case; the median is reported (default: %(default)s)")
-    parser.add_argument("--warmup", type=int, default=2, help="untimed steps first (default: %(default)s)")
-    parser.add_argument("--lora_rank", type=int, default=16, help="LoRA rank, on wq and wo as MiniMind2 (default: %(default)s)")
+    add_step_args(parser)
     parser.add_argument("--profile", action="store_true", help="also print a torch.profiler table of one step per case")
     args = parser.parse_args(argv)
     if args.steps < 1 or args.warmup < 0:

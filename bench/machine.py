@@ -26,6 +26,7 @@ Used by every bench script:
     print(machine.footer())          # load average at the end, CPU share other processes took
 """
 import argparse
+import multiprocessing
 import os
 import platform
 import sys
@@ -245,6 +246,27 @@ def add_quiet_args(parser) -> None:
                              "--max_others of the CPU time during it (default: %(default)s)")
     parser.add_argument("--max_others", type=float, default=0.05,
                         help="share of the CPU time others may take during a row before it is measured again (default: %(default)s)")
+
+
+def add_step_args(parser) -> None:
+    """--steps / --warmup / --lora_rank, shared by the benchmarks that time training steps."""
+    parser.add_argument("--steps", type=int, default=5, help="timed steps per case; the median is reported (default: %(default)s)")
+    parser.add_argument("--warmup", type=int, default=2, help="untimed steps first (default: %(default)s)")
+    parser.add_argument("--lora_rank", type=int, default=16, help="LoRA rank, on wq and wo as MiniMind2 (default: %(default)s)")
+
+
+def run_in_fresh_process(target, args: tuple):
+    """What target(*args, results) put on its `results` queue, run in a process of its own
+    ("spawn": nothing inherited from this one), so a peak-memory figure is that run's alone."""
+    context = multiprocessing.get_context("spawn")
+    results = context.Queue()
+    process = context.Process(target=target, args=(*args, results))
+    process.start()
+    out = results.get()
+    process.join()
+    if process.exitcode != 0:
+        sys.exit(f"error: the {target.__name__} process failed (see above)")
+    return out
 
 
 def measure_quietly(fn, args):

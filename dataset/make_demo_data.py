@@ -1040,8 +1040,7 @@ def key_word(condition, combo, medicine, lang):
     in the first symptom asked about, "head" for "headaches that ...". """
     i = LANGS.index(lang)
     text = condition["symptoms"][combo[0]][i]
-    found = triage_words_in(text, medicine["triage_words"][condition["dept"]][i], lang)
-    return min(found, key=lambda w: re.search((r"\b" if lang == "en" else "") + re.escape(w), text.casefold()).start())
+    return triage_words_in(text, medicine["triage_words"][condition["dept"]][i], lang)[0]
 
 
 def medical_answer(condition, combo, medicine, templates, lang):
@@ -1239,11 +1238,11 @@ def uncovered_vocabulary(files, medicine, identity):
 
 
 def triage_words_in(text, words, lang):
-    """The `words` that `text` contains: an English word at the start of a word (so "head" finds
-    "headaches" but "ear" not "heart"), a Chinese one anywhere."""
-    if lang == "en":
-        return [w for w in words if re.search(r"\b" + re.escape(w), text.casefold())]
-    return [w for w in words if w in text]
+    """The `words` that `text` contains, in the order they occur in it: an English word at the
+    start of a word (so "head" finds "headaches" but "ear" not "heart"), a Chinese one anywhere."""
+    start = r"\b" if lang == "en" else ""
+    found = {w: m.start() for w in words if (m := re.search(start + re.escape(w), text.casefold()))}
+    return sorted(found, key=found.get)
 
 
 def triage_problems(medicine):
