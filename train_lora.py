@@ -31,7 +31,8 @@ def build_parser():
                         help="the update is scaled by alpha / rank (default: alpha = rank, scale 1, as MiniMind2)")
     parser.add_argument("--lora_dropout", type=float, default=0.0, help="dropout on the adapter's input (default: %(default)s)")
     parser.add_argument("--lora_targets", default=None,
-                        help="comma-separated Linear names to adapt, e.g. wq,wk,wv,wo,w1,w2,w3 (default: the square ones, wq and wo, as MiniMind2)")
+                        help="comma-separated Linear names to adapt, e.g. wq,wk,wv,wo,w1,w2,w3,output; output also adapts "
+                             "tok_embeddings, its tied weight (default: the square ones, wq and wo, as MiniMind2)")
     parser.add_argument("--lora_plus_ratio", type=float, default=1.0,
                         help="LoRA+: B's learning rate is this times A's; LoRA+ suggests 16 (default: %(default)s, plain LoRA)")
     return parser

@@ -27,10 +27,11 @@ An evaluation answer counts as correct when it contains every `must_contain` str
 (case-insensitive substring); each one also occurs in the item's reference `answer`.
 
 Two choices keep the adapters' targets reachable for a tiny model:
-- LoRA adapts attention projections only and never trains token embeddings, so pretraining uses
-  (in sentences that link nothing to anything) every word the adapter files use, except the
-  deliberately new ones: department names, "Nova", "Polaris Lab". Pretraining and SFT never
-  contain those, nor any symptom -> cause -> department link, nor the consultation format.
+- LoRA trains token embeddings at most through a low-rank update (lora_medical's, on the tied
+  embedding), so pretraining uses (in sentences that link nothing to anything) every word the
+  adapter files use, except the deliberately new ones: "Nova", "Polaris Lab". Pretraining and SFT
+  never contain those, nor any symptom -> cause -> department link, nor the consultation format;
+  SFT never names a department.
 - Both LoRA files mix in a share of ordinary world questions ("rehearsal"): an adapter trained
   on medical chat alone learns "always answer like a doctor" and forgets how to answer anything
   else, which is exactly what eval_general with the adapter on is there to catch.
@@ -1057,7 +1058,7 @@ def held_out_pairs(conditions, rng):
     return [tuple(sorted(rng.sample(range(len(c["symptoms"])), 2))) for c in conditions]
 
 
-def make_lora_medical(facts, medicine, held_out, templates, rng, rehearsal_share=0.2):
+def make_lora_medical(facts, medicine, held_out, templates, rng, rehearsal_share=0.5):
     """Consultations in one fixed style: symptoms -> department, possible cause, what to do. Per
     condition and language: each single symptom, every ordered pair of symptoms except the
     held-out pair, and the triples that avoid it, each once with a random training template.
@@ -1210,7 +1211,7 @@ def vocabulary(text):
 def must_stay_new(medicine, identity):
     """{training file: strings it must not contain}. The new name and maker belong to lora_identity
     alone. Department names are words pretraining reads (so that their tokens have trained
-    embeddings: LoRA cannot train those), but no SFT chat may name one."""
+    embeddings: LoRA moves those only a little), but no SFT chat may name one."""
     departments = [w for pair in medicine["departments"].values() for w in pair]
     new = [identity["name"], identity["maker_en"], identity["maker_zh"]]
     return {"pretrain_demo.jsonl": new, "sft_demo.jsonl": departments + new}

@@ -12,6 +12,7 @@ alone. An adapter file holds only A and B, so one base model can wear many small
 Read top to bottom:
     LoRA                 the two thin matrices A and B (MiniMind2's module, same state-dict keys)
     LoRALinear           an nn.Linear with a LoRA beside its frozen weight; forward = W x + scale·B A x
+    LoRAEmbedding        the embedding tied to an adapted output layer reads E + ΔE through that same adapter
     apply_lora           swap chosen nn.Linear layers of a model for LoRALinear ones
     training helper      mark_only_lora_as_trainable (count_parameters and trainable_parameters_report,
                          which say how few parameters that leaves, live in model/model.py)
@@ -163,6 +164,52 @@ class LoRALinear(nn.Linear):
         return f"{super().extra_repr()}, rank={self.rank}, alpha={self.alpha}, merged={self.merged}"
 
 
+class LoRAEmbedding(nn.Embedding):
+    """The other half of a tied weight: an nn.Embedding whose table E is also the weight of an adapted
+    output layer (in MiniMind, tok_embeddings.weight IS output.weight, shape (vocab, dim)).
+
+    One matrix gets one update. The output layer's LoRALinear holds it, ΔE = scale · B · A with
+    B: (vocab, rank) and A: (rank, dim), and this layer looks its rows up in E + ΔE:
+
+        embedding(ids) = E[ids]  +  scale · B[ids] · A        B[ids]: (.., rank)  ->  (.., dim)
+
+    so the (vocab, dim) ΔE is never built. Because both uses read the same ΔE, merging stays exact:
+    merge() adds ΔE into the shared E once, and the lookup and the output both see it.
+
+    Why adapt the embedding at all: a frozen E fixes what every token *means* to the model. When the
+    pretraining text used some words in identical contexts (the demo's department names), their rows
+    are nearly alike, and adapters inside the blocks barely tell them apart at the output; a rank-16
+    ΔE does (the README's "How lora_medical reaches its target" has the measurements).
+    """
+
+    def __init__(self, base: nn.Embedding, tied_output: LoRALinear):
+        super().__init__(base.num_embeddings, base.embedding_dim, base.padding_idx, base.max_norm,
+                         base.norm_type, base.scale_grad_by_freq, base.sparse, device="meta")
+        self.weight = base.weight  # the very same Parameter as tied_output.weight
+        # A plain reference, not a submodule: A and B belong to the output layer, so they appear once in
+        # the state dict and in model.parameters() (as output.lora.A/B.weight).
+        object.__setattr__(self, "tied_output", tied_output)
+
+    def forward(self, ids: torch.Tensor) -> torch.Tensor:
+        x = F.embedding(ids, self.weight, self.padding_idx, self.max_norm, self.norm_type,
+                        self.scale_grad_by_freq, self.sparse)
+        adapter = self.tied_output
+        if adapter.merged:
+            return x  # ΔE is already inside E
+        rows_of_B = F.embedding(ids, adapter.lora.B.weight)  # (.., rank): B's rows for these tokens
+        return x + adapter.scale * (rows_of_B @ adapter.lora.A.weight)  # (.., rank) @ (rank, dim)
+
+    def to_embedding(self) -> nn.Embedding:
+        """A plain nn.Embedding holding this layer's own weight Parameter (so the tie survives)."""
+        embedding = nn.Embedding(self.num_embeddings, self.embedding_dim, self.padding_idx, self.max_norm,
+                                 self.norm_type, self.scale_grad_by_freq, self.sparse, device="meta")
+        embedding.weight = self.weight
+        return embedding
+
+    def extra_repr(self) -> str:
+        return f"{super().extra_repr()}, adapter shared with its tied output layer"
+
+
 def _lora_layers(model: nn.Module) -> list[tuple[str, LoRALinear]]:
     """[(dotted name, layer)] of every LoRALinear, e.g. [("layers.0.attention.wq", LoRALinear), ...]."""
     return [(name, m) for name, m in unwrap(model).named_modules() if isinstance(m, LoRALinear)]
@@ -184,6 +231,32 @@ def _select_linears(model: nn.Module, target_modules: list[str] | None) -> dict[
     return {name: m for name, m in linears.items() if name.rsplit(".", 1)[-1] in target_modules}
 
 
+def _replace(model: nn.Module, name: str, new: nn.Module) -> None:
+    """Put `new` where the submodule called `name` (e.g. "layers.0.attention.wq") is."""
+    parent_name, _, child_name = name.rpartition(".")
+    setattr(model.get_submodule(parent_name), child_name, new)
+
+
+def _tied_embeddings(model: nn.Module, chosen: dict[str, nn.Linear]) -> dict[str, str]:
+    """{embedding name: Linear name} for each chosen Linear whose weight an nn.Embedding shares (weight
+    tying, e.g. MiniMind's tok_embeddings.weight IS output.weight). A weight shared in any other way
+    cannot take an adapter: merging edits the one tensor, so it would change its other user too."""
+    times_used: dict[int, int] = {}
+    for _, p in model.named_parameters(remove_duplicate=False):
+        times_used[id(p)] = times_used.get(id(p), 0) + 1
+    embeddings = {id(m.weight): name for name, m in model.named_modules() if isinstance(m, nn.Embedding)}
+    tied = {}
+    for name, linear in chosen.items():
+        if times_used[id(linear.weight)] == 1:
+            continue
+        if times_used[id(linear.weight)] == 2 and id(linear.weight) in embeddings:
+            tied[embeddings[id(linear.weight)]] = name
+        else:
+            raise ValueError(f"{name}.weight is shared with another layer that is not an nn.Embedding; "
+                             f"LoRA on it is not supported, leave {name.rsplit('.', 1)[-1]!r} out of target_modules")
+    return tied
+
+
 def apply_lora(model: nn.Module, rank: int = 16, alpha: float | None = None, dropout: float = 0.0,
                target_modules: list[str] | None = None) -> None:
     """Put a LoRA adapter beside chosen nn.Linear layers of `model`, in place.
@@ -194,6 +267,10 @@ def apply_lora(model: nn.Module, rank: int = 16, alpha: float | None = None, dro
     target_modules=["wq", "wk", "wv", "wo", "w1", "w2", "w3"]: the Linears with these names in every
     layer, non-square ones included; A is (rank, in_features) and B (out_features, rank) of each layer,
     so the orientation follows the layer's own weight.
+    target_modules=[..., "output"]: also the output layer, whose weight MiniMind ties to the token
+    embedding. One matrix gets one ΔE, used by both: tok_embeddings becomes a LoRAEmbedding that reads
+    the output layer's adapter. It adds rank·(vocab + dim) parameters (34,816 for the demo's vocab
+    2048, dim 128 at rank 16) and is what lets an adapter move what words mean (see LoRAEmbedding).
     alpha: None means alpha = rank, i.e. scale 1, identical to MiniMind2.
     dropout: on the adapter's input only (see LoRALinear).
 
@@ -214,18 +291,13 @@ def apply_lora(model: nn.Module, rank: int = 16, alpha: float | None = None, dro
         raise ValueError("the model already has LoRA adapters; call remove_lora(model) first to replace them")
 
     chosen = _select_linears(model, target_modules)
-    # A weight used by two layers (MiniMind's output.weight is tok_embeddings.weight) cannot take an
-    # adapter: merging it would also change the other layer.
-    times_used: dict[int, int] = {}
-    for _, p in model.named_parameters(remove_duplicate=False):
-        times_used[id(p)] = times_used.get(id(p), 0) + 1
+    tied = _tied_embeddings(model, chosen)
     for name, linear in chosen.items():
-        if times_used[id(linear.weight)] > 1:
-            raise ValueError(f"{name}.weight is shared with another layer (weight tying); LoRA on it is not supported, leave {name.rsplit('.', 1)[-1]!r} out of target_modules")
-
-    for name, linear in chosen.items():
-        parent_name, _, child_name = name.rpartition(".")
-        setattr(model.get_submodule(parent_name), child_name, LoRALinear(linear, rank, alpha, dropout))
+        # .train(...): a new module starts in training mode; keep the replaced layer's (eval stays eval)
+        _replace(model, name, LoRALinear(linear, rank, alpha, dropout).train(linear.training))
+    for emb_name, linear_name in tied.items():
+        embedding = model.get_submodule(emb_name)
+        _replace(model, emb_name, LoRAEmbedding(embedding, model.get_submodule(linear_name)).train(embedding.training))
 
 
 def mark_only_lora_as_trainable(model: nn.Module) -> None:
@@ -403,6 +475,8 @@ def remove_lora(model: nn.Module) -> None:
     A model without adapters is left as it is.
     """
     bare = unwrap(model)
-    for name, layer in _lora_layers(bare):
-        parent_name, _, child_name = name.rpartition(".")
-        setattr(bare.get_submodule(parent_name), child_name, layer.to_linear())
+    for name, layer in list(bare.named_modules()):
+        if isinstance(layer, LoRALinear):
+            _replace(bare, name, layer.to_linear().train(layer.training))
+        elif isinstance(layer, LoRAEmbedding):
+            _replace(bare, name, layer.to_embedding().train(layer.training))

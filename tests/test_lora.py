@@ -16,6 +16,7 @@ from model.LMConfig import LMConfig
 from model.model import MiniMindLM
 from model.model_lora import (
     LoRA,
+    LoRAEmbedding,
     LoRALinear,
     apply_lora,
     count_parameters,
@@ -261,15 +262,12 @@ def test_default_targets_are_the_square_linears_like_minimind2():
 
 
 def test_apply_lora_rejects_bad_arguments():
-    """Guards against silently adapting nothing (a typo in target_modules), stacking adapters twice,
-    or putting an adapter on the tied output/embedding weight."""
+    """Guards against silently adapting nothing (a typo in target_modules) or stacking adapters twice."""
     model = base_model()
     with pytest.raises(ValueError, match=r"q_proj.*wq"):
         apply_lora(model, target_modules=["q_proj"])
     with pytest.raises(ValueError, match="rank"):
         apply_lora(model, rank=0)
-    with pytest.raises(ValueError, match="tying"):
-        apply_lora(model, target_modules=["output"])
     assert not lora_layers(model)  # nothing half-applied
     apply_lora(model, rank=4)
     with pytest.raises(ValueError, match="remove_lora"):
@@ -396,6 +394,97 @@ def test_unusable_adapter_file_is_a_one_line_error(tmp_path, kind):
         load_lora(model, path)
     msg = str(err.value)
     assert msg.startswith(f"{path} is not a usable checkpoint: ") and "\n" not in msg and "weights_only" not in msg
+    assert not lora_layers(model)
+
+
+# --- LoRA on the tied embedding ----------------------------------------------------------------
+# MiniMind's tok_embeddings.weight IS output.weight: one matrix E (vocab, dim) used twice. An adapter
+# on "output" is an adapter on E, so the embedding lookup must read E + ΔE too.
+
+def tied_delta(model) -> torch.Tensor:
+    return model.output.delta_weight()  # (vocab, dim) = scale · B · A
+
+
+def test_adapting_the_tied_output_adapts_the_embedding_with_the_same_delta(ids):
+    """Guards against an adapter that changes only one use of the tied matrix (the lookup and the
+    output would then disagree, and merging, which edits the one tensor, would change the model).
+    The adapted model must equal a plain model whose tied matrix is E + ΔE."""
+    model = base_model()
+    apply_lora(model, rank=4, alpha=8, target_modules=["wq", "output"])
+    assert isinstance(model.tok_embeddings, LoRAEmbedding) and isinstance(model.output, LoRALinear)
+    assert model.tok_embeddings.weight is model.output.weight  # still one matrix
+    assert torch.equal(logits_of(model, ids), logits_of(base_model(), ids))  # B = 0: nothing changed yet
+    fill_B(model, seed=0, std=0.05)
+
+    reference = base_model()
+    reference.load_state_dict({k: v for k, v in model.state_dict().items() if ".lora." not in k})
+    with torch.no_grad():
+        reference.output.weight.add_(tied_delta(model))  # tied: the lookup sees it too
+        for i in range(2):
+            reference.layers[i].attention.wq.weight.add_(model.layers[i].attention.wq.delta_weight())
+    assert not torch.allclose(logits_of(model, ids), logits_of(base_model(), ids), atol=1e-3)
+    torch.testing.assert_close(logits_of(model, ids), logits_of(reference, ids), atol=1e-5, rtol=0)
+
+
+def test_tied_adapter_gradients_come_from_both_uses(ids):
+    """Guards against A and B learning from the output layer only (or the lookup only): their
+    gradients must be those of ΔE = scale·B·A put into both the lookup and the output."""
+    model = base_model()
+    apply_lora(model, rank=4, alpha=8, target_modules=["output"])
+    mark_only_lora_as_trainable(model)
+    fill_B(model, seed=0, std=0.05)
+    toy_loss(model, ids).backward()
+
+    A = model.output.lora.A.weight.detach().clone().requires_grad_()
+    B = model.output.lora.B.weight.detach().clone().requires_grad_()
+    E = model.output.weight.detach() + model.output.scale * (B @ A)
+    plain = base_model()
+    loss = torch.func.functional_call(plain, {"output.weight": E, "tok_embeddings.weight": E}, (ids,),
+                                      tie_weights=False).logits.float().pow(2).mean()
+    loss.backward()
+    torch.testing.assert_close(model.output.lora.A.weight.grad, A.grad, atol=1e-6, rtol=1e-4)
+    torch.testing.assert_close(model.output.lora.B.weight.grad, B.grad, atol=1e-6, rtol=1e-4)
+    assert model.output.weight.grad is None  # E itself stays frozen
+
+
+def test_tied_adapter_merges_removes_and_round_trips(tmp_path, ids):
+    """Guards against a tied adapter that merges twice into the shared E (once per use), whose A/B
+    are saved twice or under the embedding's name, or that leaves the tie broken after remove_lora."""
+    model = base_model()
+    apply_lora(model, rank=4, target_modules=["wq", "output"])
+    fill_B(model, seed=0, std=0.05)
+    adapted = logits_of(model, ids)
+    assert count_parameters(model)[0] == count_parameters(base_model())[0] + 2 * 2 * 4 * 64 + (4 * 64 + 320 * 4)
+    assert sorted(k for k in model.state_dict() if k.startswith(("output.", "tok_embeddings."))) == [
+        "output.lora.A.weight", "output.lora.B.weight", "output.weight", "tok_embeddings.weight"]
+
+    merge_lora(model)
+    torch.testing.assert_close(logits_of(model, ids), adapted, atol=1e-5, rtol=0)
+    unmerge_lora(model)
+    torch.testing.assert_close(model.output.weight, base_model().output.weight, atol=1e-6, rtol=0)
+
+    save_lora(model, tmp_path / "tied.pth")
+    assert torch.load(tmp_path / "tied.pth", weights_only=True)["lora_config"]["targets"] == ["output", "wq"]
+    fresh = base_model()
+    load_lora(fresh, tmp_path / "tied.pth")
+    assert isinstance(fresh.tok_embeddings, LoRAEmbedding)
+    torch.testing.assert_close(logits_of(fresh, ids), adapted, atol=1e-5, rtol=0)
+
+    remove_lora(fresh)
+    assert type(fresh.tok_embeddings) is nn.Embedding and fresh.output.weight is fresh.tok_embeddings.weight
+    assert torch.equal(logits_of(fresh, ids), logits_of(base_model(), ids))
+    clone = copy.deepcopy(model)  # the embedding's reference to its output layer follows the copy
+    assert clone.tok_embeddings.tied_output is clone.output
+    torch.testing.assert_close(logits_of(clone, ids), adapted, atol=1e-5, rtol=0)
+
+
+def test_a_weight_shared_by_two_linears_is_refused():
+    """Guards against adapting a weight that another Linear also uses: merging would silently change
+    that other layer. Only the Linear/Embedding tie has a meaning (one matrix, one ΔE)."""
+    model = base_model()
+    model.layers[1].attention.wq.weight = model.layers[0].attention.wq.weight
+    with pytest.raises(ValueError, match=r"layers\.0\.attention\.wq\.weight is shared"):
+        apply_lora(model, target_modules=["wq"])
     assert not lora_layers(model)
 
 
@@ -550,11 +639,12 @@ def test_deepcopy_gives_an_independent_adapted_model(ids):
 
 
 @pytest.mark.filterwarnings("ignore:`torch.jit.script_method` is deprecated:DeprecationWarning")  # torch-internal, on first compile
-def test_torch_compile_traces_the_adapted_model(ids):
-    """Guards against a LoRALinear that torch.compile cannot trace (graph breaks into errors or
-    wrong results). Uses the aot_eager backend: tracing without the slow C++ code generation."""
+@pytest.mark.parametrize("targets", [None, ["wq", "output"]])
+def test_torch_compile_traces_the_adapted_model(ids, targets):
+    """Guards against a LoRALinear or LoRAEmbedding that torch.compile cannot trace (graph breaks into
+    errors or wrong results). Uses the aot_eager backend: tracing without the slow C++ code generation."""
     model = base_model()
-    apply_lora(model, rank=4)
+    apply_lora(model, rank=4, target_modules=targets)
     fill_B(model, seed=0)
     compiled = torch.compile(model, backend="aot_eager", fullgraph=True)
     torch.testing.assert_close(logits_of(compiled, ids), logits_of(model, ids), atol=1e-5, rtol=0)
