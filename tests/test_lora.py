@@ -650,14 +650,16 @@ def test_torch_compile_traces_the_adapted_model(ids, targets):
     torch.testing.assert_close(logits_of(compiled, ids), logits_of(model, ids), atol=1e-5, rtol=0)
 
 
-def test_ddp_trains_only_the_adapter_and_saves_plain_keys(tmp_path, ids):
-    """Guards against adapters that DDP cannot wrap (frozen parameters, replaced modules) or whose
-    saved keys carry DDP's `module.` prefix. One process, gloo backend, CPU."""
+@pytest.mark.parametrize("targets", [None, ["wq", "wo", "output"]])
+def test_ddp_trains_only_the_adapter_and_saves_plain_keys(tmp_path, ids, targets):
+    """Guards against adapters that DDP cannot wrap (frozen parameters, replaced modules, the tied
+    adapter's B used by two layers) or whose saved keys carry DDP's `module.` prefix. One process,
+    gloo backend, CPU."""
     import torch.distributed as dist
     dist.init_process_group("gloo", init_method=f"file://{tmp_path / 'store'}", rank=0, world_size=1)
     try:
         model = base_model()
-        apply_lora(model, rank=4)
+        apply_lora(model, rank=4, target_modules=targets)
         mark_only_lora_as_trainable(model)
         wq_before = model.layers[0].attention.wq.weight.clone()
         ddp = nn.parallel.DistributedDataParallel(model)
@@ -670,6 +672,8 @@ def test_ddp_trains_only_the_adapter_and_saves_plain_keys(tmp_path, ids):
     saved = torch.load(tmp_path / "ddp.pth", weights_only=True)
     assert not any(k.startswith("module.") for k in saved)
     assert saved["layers.0.attention.wq.lora.B.weight"].abs().max() > 0  # the step reached B
+    if targets:
+        assert saved["output.lora.B.weight"].abs().max() > 0
     assert torch.equal(model.layers[0].attention.wq.weight, wq_before)
 
 
