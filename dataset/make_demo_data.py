@@ -166,8 +166,8 @@ IDENTITIES = dict(
 # says it; symptoms, illness names and advice are read too, but never linked to anything. The
 # consultation itself (symptoms -> key word -> department, cause, advice) is lora_medical's.
 # A first version had no such words and asked the adapter to memorise 208 symptom ->
-# department links; at this size even full fine-tuning reached only a third of them (README,
-# "Targets not met, and why"). Each condition: names, department, four symptoms written as noun
+# department links, unrelated to each other; at this size even full fine-tuning learnt few of
+# them. Each condition: names, department, four symptoms written as noun
 # phrases (English) / predicates (Chinese) so that any of them fits any template, and one piece
 # of advice. No symptom is shared between conditions.
 DEPARTMENTS = dict(
@@ -607,7 +607,8 @@ READING = dict(
                     zh=("{x}是市医院的一个科室。", "门上的牌子写着{x}。")),
     # What a department is about, as any encyclopedia would say it: one of its triage words and its
     # name. Without these, every department name is read in the same two sentences and gets
-    # nearly the same embedding, and the adapter cannot tell them apart (README, "Targets not met, and why").
+    # nearly the same embedding, and the adapter barely tells them apart (README, "How `lora_medical`
+    # reaches its target").
     department_word=dict(en=("Doctors in {dept} often hear the word {word}.", "The word {word} brings many patients to {dept}."),
                          zh=("{dept}的医生常常听到“{word}”这个词。", "“{word}”这个词把很多病人带到{dept}。")),
 )
@@ -747,8 +748,8 @@ MEDICAL_QUESTIONS = dict(
 # The answer first names the triage word it found in the question ("Key word: skin."), then the
 # department. Copying a word from the question is what SFT already taught the model (answers
 # repeat the names asked about), and the department then follows from the word just written
-# instead of from symptoms twenty tokens back: fully fine-tuned, the demo model gets 54% of
-# eval_medical this way and 33% without the key word (README, "Targets not met, and why").
+# instead of from symptoms twenty tokens back (in development runs, fully fine-tuned models
+# learnt the task far better with the key word than without it).
 MEDICAL_ANSWER = dict(en="Key word: {word}. Department: {dept}. Possible cause: {cond}. What to do: {advice}.",
                       zh="关键词：{word}。就诊科室：{dept}。可能原因：{cond}。建议：{advice}。")
 

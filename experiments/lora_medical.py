@@ -14,8 +14,8 @@ The README's tables under "How lora_medical reaches its target" are made of thes
 
 --rehearsal rewrites the adapter's data with another share of ordinary world questions: the same
 generator, seed and medical records as dataset/lora_medical.jsonl (which is --rehearsal 0.5), so
-only the share changes. The adapter and its data go to OUT_DIR/experiments/, never over the demo's
-own out/lora/lora_medical_128.pth.
+only the share changes. Each configuration's adapter and data go to their own folder in
+OUT_DIR/experiments/, never over the demo's own out/lora/lora_medical_128.pth.
 """
 import argparse
 import math
@@ -25,7 +25,9 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-import train_lora  # noqa: E402  (after the path, so the script runs from anywhere)
+import eval_model  # noqa: E402  (after the path, so the script runs from anywhere)
+import train_lora  # noqa: E402
+import training  # noqa: E402
 from dataset import make_demo_data as demo  # noqa: E402
 from eval_model import attach_adapter, evaluate_set, load_base, load_eval_set  # noqa: E402
 from run_demo import demo_stages  # noqa: E402
@@ -43,13 +45,24 @@ def build_parser():
                    help="share of world questions in the adapter's data (default: %(default)s, the committed file)")
     p.add_argument("--epochs", type=int, default=4, help="--epochs (default: %(default)s, the demo's)")
     p.add_argument("--seed", type=int, default=1337, help="--seed: adapter init and data order (default: %(default)s, the demo's)")
+    p.add_argument("--resume", action="store_true", help="continue this configuration's interrupted run")
     return p
 
 
 def demo_lora_command(out_dir):
     """run_demo's lora_medical command line (without `train_lora.py`), the experiment's starting point."""
-    stages = dict(demo_stages(out_dir))
-    return stages["LoRA lora_medical"][1:]
+    return dict(demo_stages(out_dir))["LoRA lora_medical"][1:]
+
+
+def demo_eval_settings(out_dir):
+    """run_demo's evaluation command read by eval_model's own parser: max_new_tokens, batch_size, device."""
+    return eval_model.build_parser().parse_args(dict(demo_stages(out_dir))["evaluation"][1:])
+
+
+def run_name(args):
+    """A folder name for one configuration, e.g. 'wq-wk-wv-wo-w1-w2-w3-output_r16_rehearsal0.5_epochs4_seed1337':
+    each configuration keeps its own adapter and resume file, so rows can run side by side."""
+    return f"{args.targets.replace(',', '-')}_r{args.rank}_rehearsal{args.rehearsal:g}_epochs{args.epochs}_seed{args.seed}"
 
 
 def with_flag(argv, flag, value):
@@ -79,23 +92,29 @@ def main(argv=None):
     base = Path(args.out_dir) / "full_sft_128.pth"
     if not base.is_file():
         sys.exit(f"{base} not found; make it with: python run_demo.py --out_dir {args.out_dir}")
-    folder = Path(args.out_dir) / "experiments"
+    folder = Path(args.out_dir) / "experiments" / run_name(args)
     data, records = write_data(args.rehearsal, folder)
 
     command = demo_lora_command(args.out_dir)
     for flag, value in [("--out_dir", folder), ("--base", base), ("--data_path", data), ("--lora_targets", args.targets),
                         ("--lora_rank", args.rank), ("--epochs", args.epochs), ("--seed", args.seed)]:
         command = with_flag(command, flag, value)
+    command += ["--resume"] if args.resume else []
     print(f"$ python train_lora.py {' '.join(map(str, command))}", file=sys.stderr, flush=True)
-    result = train_lora.main(command)
+    try:
+        result = train_lora.main(command)
+    except training.USER_ERRORS as e:  # e.g. an interrupted run's resume file: one line, as the scripts say it
+        sys.exit(f"error: {e} (here: add --resume to this command)")
 
-    model, tok, _ = load_base(base)
+    # scored as run_demo scores: its evaluation command's settings, greedy
+    settings = demo_eval_settings(args.out_dir)
+    model, tok, _ = load_base(base, device=settings.device)
     attach_adapter(model, result.weights)
     scores = {}
     for name in ("eval_medical", "eval_general"):
         items = load_eval_set(ROOT / "dataset" / f"{name}.jsonl")
-        scores[name] = evaluate_set(model, tok, items, max_new_tokens=48, batch_size=16,
-                                      max_seq_len=model.config.max_seq_len)["accuracy"]
+        scores[name] = evaluate_set(model, tok, items, settings.max_new_tokens, settings.batch_size,
+                                    model.config.max_seq_len)["accuracy"]
     batch_size = int(command[command.index("--batch_size") + 1])
     steps = math.ceil(records / batch_size) * args.epochs  # optimizer steps: one process, no accumulation
     print(f"| {args.targets} | {args.rank} | {args.rehearsal:.0%} | {args.epochs} | {args.seed} | {steps} "

@@ -174,7 +174,8 @@ class LoRAEmbedding(nn.Embedding):
         embedding(ids) = E[ids]  +  scale · B[ids] · A        B[ids]: (.., rank)  ->  (.., dim)
 
     so the (vocab, dim) ΔE is never built. Because both uses read the same ΔE, merging stays exact:
-    merge() adds ΔE into the shared E once, and the lookup and the output both see it.
+    merge() adds ΔE into the shared E once, and the lookup and the output both see it. The output
+    layer's `dropout` (on its input h) has no counterpart here: a token id has nothing to drop.
 
     Why adapt the embedding at all: a frozen E fixes what every token *means* to the model. When the
     pretraining text used some words in identical contexts (the demo's department names), their rows
@@ -465,7 +466,8 @@ def unmerge_lora(model: nn.Module) -> None:
 
 
 def remove_lora(model: nn.Module) -> None:
-    """Replace every LoRALinear by a plain nn.Linear holding the same weight Parameter; drop the adapters.
+    """Replace every LoRALinear by a plain nn.Linear, and a LoRAEmbedding by a plain nn.Embedding, holding
+    the same weight Parameter (so a tie survives); drop the adapters.
 
     The weights are not touched:
     - unmerged (the usual case): you get back exactly the base model, same classes, same keys,

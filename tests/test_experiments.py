@@ -29,3 +29,18 @@ def test_command_starts_from_the_demo_and_overrides_only_the_flags_given():
     expected = list(demo)
     expected[expected.index("--epochs") + 1] = "3"  # replaced where it is
     assert changed == expected + ["--base", "x.pth"]  # appended where it is not
+
+
+def test_scoring_uses_the_demo_evaluation_settings():
+    """Guards against the experiment scoring with other settings than run_demo's evaluation stage
+    (another answer length would give other accuracies than the demo's table)."""
+    settings = lora_medical.demo_eval_settings("out")
+    assert settings.max_new_tokens == 48 and settings.batch_size == 16
+
+
+def test_each_configuration_has_its_own_folder():
+    """Guards against two configurations overwriting each other's adapter or resume file."""
+    args = lora_medical.build_parser().parse_args
+    names = {lora_medical.run_name(args(flags)) for flags in ([], ["--seed", "1"], ["--rank", "64"], ["--epochs", "3"],
+                                                              ["--rehearsal", "0.2"], ["--targets", "output"])}
+    assert len(names) == 6 and all("," not in n and "/" not in n for n in names)

@@ -478,6 +478,20 @@ def test_tied_adapter_merges_removes_and_round_trips(tmp_path, ids):
     torch.testing.assert_close(logits_of(clone, ids), adapted, atol=1e-5, rtol=0)
 
 
+def test_tied_adapter_cached_generation_equals_full_forwards(ids):
+    """Guards against a LoRAEmbedding that the KV-cached decode bypasses or applies differently
+    (each new token is looked up alone): greedy generation must equal argmax over full forwards."""
+    model = base_model()
+    apply_lora(model, rank=4, target_modules=["wq", "output"])
+    fill_B(model, seed=0, std=0.05)
+    prompt = ids[:, :6]
+    out = model.generate(prompt, max_new_tokens=6, temperature=0, eos_token_id=-1)
+    seq = prompt
+    for _ in range(6):
+        seq = torch.cat([seq, logits_of(model, seq)[:, -1].argmax(-1, keepdim=True)], dim=1)
+    assert torch.equal(out, seq)
+
+
 def test_a_weight_shared_by_two_linears_is_refused():
     """Guards against adapting a weight that another Linear also uses: merging would silently change
     that other layer. Only the Linear/Embedding tie has a meaning (one matrix, one ΔE)."""
@@ -674,6 +688,7 @@ def test_ddp_trains_only_the_adapter_and_saves_plain_keys(tmp_path, ids, targets
     assert saved["layers.0.attention.wq.lora.B.weight"].abs().max() > 0  # the step reached B
     if targets:
         assert saved["output.lora.B.weight"].abs().max() > 0
+        assert torch.equal(model.output.weight, base_model().output.weight)  # the shared E stayed frozen
     assert torch.equal(model.layers[0].attention.wq.weight, wq_before)
 
 

@@ -334,12 +334,13 @@ def test_lora_run_changes_only_adapter_weights(pipeline):
 
 def resume_case(kind, out, data, sft_weights=None):
     """argv for a small run that spans two epochs with gradient accumulation (a step crosses the
-    epoch boundary) and, for LoRA, dropout (so the RNG state matters) and LoRA+ (two param groups)."""
+    epoch boundary) and, for LoRA, dropout (so the RNG state matters), LoRA+ (two param groups) and the
+    tied embedding's adapter (`output`, read by the embedding too)."""
     common = [*FAST, "--out_dir", out, "--epochs", "2", "--accumulation_steps", "2", "--save_interval", "4"]
     if kind == "pretrain":
         return train_pretrain, [*common, *SHAPE, "--tokenizer", str(TOKENIZER), "--data_path", data["pretrain"]]
     return train_lora, [*common, "--base", sft_weights, "--data_path", data["lora"], "--lora_name", "lora_identity",
-                        "--max_seq_len", "128", "--lora_rank", "4",
+                        "--max_seq_len", "128", "--lora_rank", "4", "--lora_targets", "wq,wo,output",
                         "--lora_dropout", "0.1", "--lora_plus_ratio", "4"]
 
 
