@@ -103,8 +103,8 @@ def main(argv=None):
     print(f"$ python train_lora.py {' '.join(map(str, command))}", file=sys.stderr, flush=True)
     try:
         result = train_lora.main(command)
-    except training.USER_ERRORS as e:  # e.g. an interrupted run's resume file: one line, as the scripts say it
-        sys.exit(f"error: {e} (here: add --resume to this command)")
+    except training.USER_ERRORS as e:  # e.g. a bad --targets, or an unfinished run (this script takes --resume too)
+        sys.exit(f"error: {e}")
 
     # scored as run_demo scores: its evaluation command's settings, greedy
     settings = demo_eval_settings(args.out_dir)
