@@ -29,7 +29,6 @@ import eval_model  # noqa: E402  (after the path, so the script runs from anywhe
 import train_lora  # noqa: E402
 import training  # noqa: E402
 from dataset import make_demo_data as demo  # noqa: E402
-from eval_model import attach_adapter, evaluate_set, load_base, load_eval_set  # noqa: E402
 from run_demo import demo_stages  # noqa: E402
 
 DEMO_SEED = 42  # dataset/make_demo_data.py's default: the committed files
@@ -108,13 +107,13 @@ def main(argv=None):
 
     # scored as run_demo scores: its evaluation command's settings, greedy
     settings = demo_eval_settings(args.out_dir)
-    model, tok, _ = load_base(base, device=settings.device)
-    attach_adapter(model, result.weights)
+    model, tok, _ = eval_model.load_base(base, device=settings.device)
+    eval_model.attach_adapter(model, result.weights)
     scores = {}
     for name in ("eval_medical", "eval_general"):
-        items = load_eval_set(ROOT / "dataset" / f"{name}.jsonl")
-        scores[name] = evaluate_set(model, tok, items, settings.max_new_tokens, settings.batch_size,
-                                    model.config.max_seq_len)["accuracy"]
+        items = eval_model.load_eval_set(ROOT / "dataset" / f"{name}.jsonl")
+        scores[name] = eval_model.evaluate_set(model, tok, items, settings.max_new_tokens, settings.batch_size,
+                                               model.config.max_seq_len)["accuracy"]
     batch_size = int(command[command.index("--batch_size") + 1])
     steps = math.ceil(records / batch_size) * args.epochs  # optimizer steps: one process, no accumulation
     print(f"| {args.targets} | {args.rank} | {args.rehearsal:.0%} | {args.epochs} | {args.seed} | {steps} "

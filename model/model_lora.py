@@ -13,7 +13,8 @@ Read top to bottom:
     LoRA                 the two thin matrices A and B (MiniMind2's module, same state-dict keys)
     LoRALinear           an nn.Linear with a LoRA beside its frozen weight; forward = W x + scale·B A x
     LoRAEmbedding        the embedding tied to an adapted output layer reads E + ΔE through that same adapter
-    apply_lora           swap chosen nn.Linear layers of a model for LoRALinear ones
+    apply_lora           swap chosen nn.Linear layers of a model for LoRALinear ones (and a tied embedding
+                         for a LoRAEmbedding)
     training helper      mark_only_lora_as_trainable (count_parameters and trainable_parameters_report,
                          which say how few parameters that leaves, live in model/model.py)
     adapter files        lora_state_dict, save_lora, load_lora (MiniMind2's own files load unchanged)

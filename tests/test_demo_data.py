@@ -194,8 +194,7 @@ def test_held_out_symptom_pairs_never_meet_in_training(files):
 def test_pretraining_covers_the_adapters_vocabulary(files):
     """Guards against adapter data that needs words the base model never read: LoRA trains token
     embeddings at most through a low-rank update, so every word (English) and character (Chinese) in
-    the LoRA and eval files,
-    other than the deliberately new names, must occur in pretraining or SFT."""
+    the LoRA and eval files, other than the deliberately new names, must occur in pretraining or SFT."""
     assert demo.uncovered_vocabulary(files, demo.MEDICINE, demo.IDENTITIES["lora"]) == []
 
 

@@ -401,10 +401,6 @@ def test_unusable_adapter_file_is_a_one_line_error(tmp_path, kind):
 # MiniMind's tok_embeddings.weight IS output.weight: one matrix E (vocab, dim) used twice. An adapter
 # on "output" is an adapter on E, so the embedding lookup must read E + ΔE too.
 
-def tied_delta(model) -> torch.Tensor:
-    return model.output.delta_weight()  # (vocab, dim) = scale · B · A
-
-
 def test_adapting_the_tied_output_adapts_the_embedding_with_the_same_delta(ids):
     """Guards against an adapter that changes only one use of the tied matrix (the lookup and the
     output would then disagree, and merging, which edits the one tensor, would change the model).
@@ -419,7 +415,7 @@ def test_adapting_the_tied_output_adapts_the_embedding_with_the_same_delta(ids):
     reference = base_model()
     reference.load_state_dict({k: v for k, v in model.state_dict().items() if ".lora." not in k})
     with torch.no_grad():
-        reference.output.weight.add_(tied_delta(model))  # tied: the lookup sees it too
+        reference.output.weight.add_(model.output.delta_weight())  # ΔE (vocab, dim); tied: the lookup sees it too
         for i in range(2):
             reference.layers[i].attention.wq.weight.add_(model.layers[i].attention.wq.delta_weight())
     assert not torch.allclose(logits_of(model, ids), logits_of(base_model(), ids), atol=1e-3)
