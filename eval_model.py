@@ -1,6 +1,6 @@
 """Talk to a trained MiniMind model, or measure it.
 
-Three ways to use it, one model loader behind all of them:
+Three ways to use it, one model loader (model/loader.py) behind all of them:
 
     python eval_model.py                                  # built-in prompts, then exit (--mode auto)
     python eval_model.py --mode chat                      # interactive chat: /help, /reset, /lora NAME
@@ -19,30 +19,28 @@ Scoring (--eval_data) measures two things on a jsonl of
 beside the frozen weights and never touches them.
 
 Model files: this project's checkpoints carry a .json sidecar (config + tokenizer), so no size
-flags are needed; a MiniMind2 plain .pth needs --dim/--n_layers (and --tokenizer), as in MiniMind2.
-Adapters live in {out_dir}/lora/{lora_name}_{dim}.pth.
+flags are needed; a MiniMind2 plain .pth needs --dim/--n_layers and --tokenizer, as in MiniMind2.
+Adapters live in OUT_DIR/lora/{lora_name}_{dim}.pth.
 """
 import argparse
 import json
 import math
-import re
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 
-from model.LMConfig import LMConfig
-from model.checkpoint import CheckpointError, clean_state_dict, config_flags, load_model, sidecar_path
+from model.device import DEVICE_HELP, pick_device
+from model.errors import UserError, run_main
+from model.loader import (DEFAULT_DIM, adapter_path, check_adapter_name, checkpoint_path, list_adapters, load_checkpoint,
+                          missing_adapter_message)
 from model.model_lora import load_lora, lora_state_dict, remove_lora
-from model.tokenizer import Tokenizer
 
-ROOT = Path(__file__).resolve().parent
-DEFAULT_TOKENIZER = "model/demo_tokenizer"
-
-# --model_mode name -> (checkpoint file prefix, the script that writes it)
-MODEL_MODES = {"pretrain": ("pretrain", "train_pretrain.py"), "sft": ("full_sft", "train_full_sft.py")}
+# --model_mode name -> checkpoint file prefix (MiniMind2's --model_mode chooses the stage the same way)
+MODEL_MODES = {"pretrain": "pretrain", "sft": "full_sft"}
 
 # Built-in prompts for --mode auto: the demo world's general knowledge, the medical domain that
 # lora_medical adds, and the identity question that lora_identity changes; in both languages.
@@ -54,10 +52,6 @@ AUTO_PROMPTS = [
     "I have a racing heartbeat and skipped heartbeats. Which department should I visit?",
     "我最近脸上长了很多痘痘，该怎么办？",
 ]
-
-
-class UserError(Exception):
-    """Something the user can fix (a missing file, a wrong flag); main() prints it on one line."""
 
 
 # ---------------------------------------------------------------------------------------------
@@ -113,107 +107,8 @@ def load_eval_set(path):
 
 
 # ---------------------------------------------------------------------------------------------
-# 2. Finding and loading the model, the tokenizer and adapters
+# 2. Adapters on the loaded base
 # ---------------------------------------------------------------------------------------------
-
-def find_checkpoint(out_dir, model_mode, dim=None, n_layers=None):
-    """The checkpoint file for a --model_mode: {out_dir}/{prefix}_{dim}.pth.
-
-    Without --dim, the one {prefix}_*.pth in out_dir is used, so that `python eval_model.py` just
-    works after the demo (whose model size is not MiniMind2's 512).
-    """
-    prefix, script = MODEL_MODES[model_mode]
-    out_dir = Path(out_dir)
-    make = f"python {script}" + (f" --dim {dim}" if dim else "") + (f" --n_layers {n_layers}" if n_layers else "")
-    make += "" if out_dir == Path("out") else f" --out_dir {out_dir}"
-    if dim is not None:
-        path = out_dir / f"{prefix}_{dim}.pth"
-        if not path.is_file():
-            raise UserError(f"checkpoint {path} not found; make it with: {make}")
-        return path
-    found = sorted(p for p in out_dir.glob(f"{prefix}_*.pth") if re.fullmatch(rf"{prefix}_\d+(_moe)?\.pth", p.name))
-    if not found:
-        raise UserError(f"no {out_dir / (prefix + '_*.pth')} checkpoint found; make one with: {make} "
-                        f"(or run the whole pipeline: python run_demo.py)")
-    if len(found) > 1:
-        names = ", ".join(p.name for p in found)
-        raise UserError(f"several {prefix} checkpoints in {out_dir} ({names}); pick one with --dim N or --ckpt PATH")
-    return found[0]
-
-
-def missing_checkpoint_message(path):
-    """One line for a --ckpt that does not exist, naming the script that writes such a file."""
-    name = Path(path).name
-    for prefix, script in MODEL_MODES.values():
-        if name.startswith(prefix + "_"):
-            return f"checkpoint {path} not found; make it with: python {script}"
-    return f"checkpoint {path} not found; train one with train_pretrain.py / train_full_sft.py, or pass --ckpt PATH"
-
-
-def resolve_path(path):
-    """A relative path as given (from the current directory), else relative to this repository."""
-    path = Path(path)
-    if path.is_absolute() or path.exists():
-        return path
-    return ROOT / path
-
-
-def load_base(ckpt, dim=None, n_layers=None, max_seq_len=None, tokenizer=None, device="cpu"):
-    """Load a checkpoint and its tokenizer -> (model in eval mode, tokenizer, meta).
-
-    This project's .pth files have a .json sidecar with their config and tokenizer; a MiniMind2
-    plain state dict has none, so its size comes from --dim/--n_layers as in MiniMind2.
-    """
-    ckpt = Path(ckpt)
-    if not ckpt.is_file():
-        raise UserError(missing_checkpoint_message(ckpt))
-    sidecar = Path(sidecar_path(ckpt))
-    meta = json.loads(sidecar.read_text(encoding="utf-8")) if sidecar.is_file() else {}
-    tok_path = resolve_path(tokenizer or meta.get("tokenizer") or DEFAULT_TOKENIZER)
-    if not tok_path.exists():
-        raise UserError(f"tokenizer {tok_path} not found; pass --tokenizer DIR (a folder with tokenizer.json)")
-    tok = Tokenizer.load(tok_path)
-    config = None
-    if "config" in meta:
-        if max_seq_len:  # the one size field that only limits inference, so it may be overridden
-            config = LMConfig.from_dict({**meta["config"], "max_seq_len": max_seq_len})
-    else:
-        # A plain MiniMind2 file: its size comes from the flags, as in MiniMind2; the shapes in the
-        # file only serve to say which flags (and which tokenizer) would fit.
-        implied = config_flags(clean_state_dict(torch.load(ckpt, map_location="cpu", weights_only=True)))
-        if dim is None and n_layers is None:
-            raise UserError(f"{ckpt} has no .json sidecar (a MiniMind2 file?): pass its size, here "
-                            f"--dim {implied.get('dim')} --n_layers {implied.get('n_layers')}, and --tokenizer DIR")
-        if implied.get("vocab_size", tok.vocab_size) != tok.vocab_size:
-            raise UserError(f"{ckpt} has a vocabulary of {implied['vocab_size']} tokens but tokenizer {tok_path} has "
-                            f"{tok.vocab_size}; pass the tokenizer it was trained with (--tokenizer DIR)")
-        sizes = {k: v for k, v in {"dim": dim, "n_layers": n_layers, "max_seq_len": max_seq_len}.items() if v}
-        config = LMConfig(vocab_size=tok.vocab_size, **sizes)  # other fields: MiniMind2's defaults
-    model, meta = load_model(ckpt, config=config, device=device)
-    if model.config.vocab_size != tok.vocab_size:
-        raise UserError(f"{ckpt} has a vocabulary of {model.config.vocab_size} but tokenizer {tok_path} has "
-                        f"{tok.vocab_size}; pass the tokenizer it was trained with (--tokenizer DIR)")
-    model.eval()
-    return model, tok, {**meta, "checkpoint": str(ckpt), "tokenizer": str(tok_path)}
-
-
-def list_adapters(out_dir):
-    """Names of the adapter files in {out_dir}/lora/, e.g. ['lora_identity_128', 'lora_medical_128']."""
-    return sorted(p.stem for p in (Path(out_dir) / "lora").glob("*.pth"))
-
-
-def adapter_file(out_dir, lora_name, dim):
-    """{out_dir}/lora/{lora_name}_{dim}.pth, or a one-line error listing the adapters that exist."""
-    path = Path(out_dir) / "lora" / f"{lora_name}_{dim}.pth"
-    if path.is_file():
-        return path
-    existing = list_adapters(out_dir)
-    have = f"adapters in {Path(out_dir) / 'lora'}: {', '.join(existing)}" if existing else \
-        f"{Path(out_dir) / 'lora'} has no adapters yet"
-    out = "" if Path(out_dir) == Path("out") else f" --out_dir {out_dir}"
-    raise UserError(f"adapter {path} not found ({have}); train it with: python train_lora.py --dim {dim}{out} "
-                    f"--lora_name {lora_name} --data_path dataset/{lora_name}.jsonl")
-
 
 def attach_adapter(model, path):
     """Swap in the adapter stored at `path` -> its number of parameters. The base weights are untouched.
@@ -224,6 +119,14 @@ def attach_adapter(model, path):
     remove_lora(model)  # one adapter at a time; a no-op on a plain model
     load_lora(model, path)
     return sum(t.numel() for t in lora_state_dict(model).values())
+
+
+def find_adapter(out_dir, lora_name, dim):
+    """OUT_DIR/lora/{lora_name}_{dim}.pth, or a one-line UserError listing the adapters that exist."""
+    path = adapter_path(out_dir, lora_name, dim)
+    if not Path(path).is_file():
+        raise UserError(missing_adapter_message(out_dir, lora_name, dim))
+    return path
 
 
 def count_base_parameters(model):
@@ -331,15 +234,15 @@ def variants(model, adapters, compare, with_removed):
         yield "adapter removed", 0
 
 
-def run_scoring(model, tok, adapters, args, max_seq_len):
-    """Score every --eval_data file for every variant -> a results dict (printed as table or JSON)."""
-    sets = {Path(f).stem: load_eval_set(f) for f in args.eval_data}
+def run_scoring(model, tok, adapters, eval_files, compare, max_new_tokens, batch_size, context):
+    """Score every eval file for every variant -> a results dict (printed as table or JSON)."""
+    sets = {Path(f).stem: load_eval_set(f) for f in eval_files}
     columns = []
-    for label, adapter_params in variants(model, adapters, args.compare, with_removed=True):
+    for label, adapter_params in variants(model, adapters, compare, with_removed=True):
         column = {"name": label, "adapter_parameters": adapter_params, "sets": {}}
         for set_name, items in sets.items():
             t0 = time.perf_counter()
-            res = evaluate_set(model, tok, items, args.max_new_tokens, args.batch_size, max_seq_len)
+            res = evaluate_set(model, tok, items, max_new_tokens, batch_size, context)
             column["sets"][set_name] = res
             print(f"[{label}] {set_name}: {res['correct']}/{res['n']} correct, loss {res['loss']:.3f}"
                   f" ({time.perf_counter() - t0:.1f} s)", file=sys.stderr, flush=True)
@@ -365,13 +268,23 @@ def format_table(results):
 # 5. Talking: the built-in prompts (--mode auto) and the interactive chat (--mode chat)
 # ---------------------------------------------------------------------------------------------
 
-def reply(model, tok, messages, args, max_seq_len, stream):
+@dataclass
+class Sampling:
+    """How replies are generated in auto and chat modes (scoring is always greedy)."""
+
+    max_new_tokens: int  # longest reply, in tokens
+    temperature: float  # 0 = greedy
+    top_p: float  # nucleus sampling threshold
+    seed: int  # the same seed gives the same replies
+
+
+def reply(model, tok, messages, sampling, context, stream):
     """Generate one assistant reply to `messages`; printed piece by piece when `stream`."""
     device = next(model.parameters()).device
-    max_new_tokens = min(args.max_new_tokens, max_seq_len - 1)
-    ids = torch.tensor([prompt_ids(tok, messages, max_seq_len, max_new_tokens)], device=device)  # (1, T)
-    kwargs = dict(eos_token_id=tok.eos_token_id, max_new_tokens=max_new_tokens, temperature=args.temperature,
-                  top_p=args.top_p, pad_token_id=tok.pad_token_id, seed=args.seed)
+    max_new_tokens = min(sampling.max_new_tokens, context - 1)
+    ids = torch.tensor([prompt_ids(tok, messages, context, max_new_tokens)], device=device)  # (1, T)
+    kwargs = dict(eos_token_id=tok.eos_token_id, max_new_tokens=max_new_tokens, temperature=sampling.temperature,
+                  top_p=sampling.top_p, pad_token_id=tok.pad_token_id, seed=sampling.seed)
     if not stream:
         new = model.generate(ids, **kwargs)[0, ids.shape[1]:].tolist()
         if tok.eos_token_id in new:
@@ -392,18 +305,17 @@ def reply(model, tok, messages, args, max_seq_len, stream):
     return "".join(pieces) + tail
 
 
-def run_auto(model, tok, adapters, args, max_seq_len):
-    """Answer the built-in prompts with each variant and return [{variant, prompt, answer}]."""
-    stream = args.stream and not args.json
+def run_auto(model, tok, adapters, compare, sampling, context, stream, quiet):
+    """Answer the built-in prompts with each variant (printed unless `quiet`) -> [{variant, prompt, answer}]."""
     records = []
-    for label, _ in variants(model, adapters, args.compare, with_removed=False):
-        if not args.json:
+    for label, _ in variants(model, adapters, compare, with_removed=False):
+        if not quiet:
             print(f"\n=== {label} ===")
         for prompt in AUTO_PROMPTS:
-            if not args.json:
+            if not quiet:
                 print(f"👶: {prompt}\n🤖: ", end="", flush=True)
-            answer = reply(model, tok, [{"role": "user", "content": prompt}], args, max_seq_len, stream)
-            if not args.json and not stream:
+            answer = reply(model, tok, [{"role": "user", "content": prompt}], sampling, context, stream and not quiet)
+            if not quiet and not stream:
                 print(answer)
             records.append({"variant": label, "prompt": prompt, "answer": answer})
     return records
@@ -413,9 +325,10 @@ CHAT_HELP = """commands: /reset (forget the history)  /lora NAME (switch adapter
           /lora (list adapters)  /help  /exit"""
 
 
-def run_chat(model, tok, adapters, args, max_seq_len, dim):
-    """Interactive chat. History keeps the last --history_cnt exchanges; /lora switches adapters
+def run_chat(model, tok, adapters, out_dir, sampling, context, history_cnt, stream):
+    """Interactive chat. History keeps the last `history_cnt` exchanges; /lora switches adapters
     on the loaded base without reloading it (each adapter is a few small matrices)."""
+    dim = model.config.dim
     current = None
     if adapters:
         current = adapters[0][0]
@@ -438,7 +351,7 @@ def run_chat(model, tok, adapters, args, max_seq_len, dim):
             history = []
             print("(history cleared)")
         elif line == "/lora":
-            print(f"adapter: {current or 'none'}; available: {', '.join(list_adapters(args.out_dir)) or 'none'}")
+            print(f"adapter: {current or 'none'}; available: {', '.join(list_adapters(out_dir, dim)) or 'none'}")
         elif line.startswith("/lora "):
             name = line.split(maxsplit=1)[1]
             try:
@@ -446,23 +359,23 @@ def run_chat(model, tok, adapters, args, max_seq_len, dim):
                     remove_lora(model)
                     current = None
                 else:
-                    path = adapter_file(args.out_dir, name, dim)  # a wrong name changes nothing
+                    path = find_adapter(out_dir, name, dim)  # a wrong name changes nothing
                     current = None  # attach_adapter removes the old adapter first
                     n_params = attach_adapter(model, path)
                     current = name
                     print(f"(adapter {name}: {n_params:,} parameters)")
                 history = []  # a reply written by another adapter would steer this one
                 print(f"(now: {'+' + current if current else 'base model'}; history cleared)")
-            except (UserError, CheckpointError) as e:
+            except UserError as e:
                 print(f"(error: {e})")
         elif line.startswith("/"):
             print(f"(unknown command {line.split()[0]}) {CHAT_HELP}")
         else:
-            messages = history[-2 * args.history_cnt:] if args.history_cnt else []
+            messages = history[-2 * history_cnt:] if history_cnt else []
             messages = messages + [{"role": "user", "content": line}]
             print("🤖: ", end="", flush=True)
-            answer = reply(model, tok, messages, args, max_seq_len, args.stream)
-            if not args.stream:
+            answer = reply(model, tok, messages, sampling, context, stream)
+            if not stream:
                 print(answer)
             history = messages + [{"role": "assistant", "content": answer}]
 
@@ -477,52 +390,46 @@ def build_parser():
     p.add_argument("--mode", choices=["auto", "chat"], default=None,
                    help="auto (default): answer the built-in prompts and exit; chat: interactive chat")
     p.add_argument("--model_mode", choices=sorted(MODEL_MODES), default="sft",
-                   help="which stage's checkpoint: pretrain -> {out_dir}/pretrain_{dim}.pth, "
-                        "sft -> {out_dir}/full_sft_{dim}.pth")
+                   help="which stage's checkpoint: pretrain -> OUT_DIR/pretrain_DIM.pth, sft -> OUT_DIR/full_sft_DIM.pth "
+                        "(default: %(default)s)")
     p.add_argument("--ckpt", default=None, help="checkpoint file to load instead of the --model_mode one")
-    p.add_argument("--out_dir", default="out", help="where the checkpoints and lora/ adapters are")
+    p.add_argument("--out_dir", default="out", help="where the checkpoints and lora/ adapters are (default: %(default)s)")
     p.add_argument("--lora_name", nargs="+", default=None,
-                   help="adapter(s) {out_dir}/lora/{NAME}_{dim}.pth; several only with --compare; 'None' = no adapter")
+                   help="adapter(s) OUT_DIR/lora/NAME_DIM.pth; several only with --compare; 'None' = no adapter")
     p.add_argument("--tokenizer", default=None,
-                   help=f"tokenizer folder; default: the one in the checkpoint's sidecar, else {DEFAULT_TOKENIZER}")
+                   help="tokenizer folder (default: the one recorded in the checkpoint's sidecar; required for a "
+                        "MiniMind2 .pth without one)")
     p.add_argument("--dim", type=int, default=None,
-                   help="model width: picks {prefix}_{dim}.pth, and sizes a MiniMind2 file that has no sidecar")
+                   help=f"model width: picks OUT_DIR/..._DIM.pth (DIM {DEFAULT_DIM} if not given), and sizes a MiniMind2 "
+                        "file that has no sidecar")
     p.add_argument("--n_layers", type=int, default=None, help="layers of a MiniMind2 file that has no sidecar")
+    p.add_argument("--n_heads", type=int, default=None, help="query heads of a MiniMind2 file that has no sidecar (MiniMind2: 8)")
+    p.add_argument("--n_kv_heads", type=int, default=None,
+                   help="key/value heads of a MiniMind2 file that has no sidecar (MiniMind2: 2)")
     p.add_argument("--max_seq_len", type=int, default=None,
                    help="context length: prompt + answer are cut to it (default: the model's max_seq_len)")
-    p.add_argument("--max_new_tokens", type=int, default=256, help="longest answer, in tokens")
+    p.add_argument("--max_new_tokens", type=int, default=256, help="longest answer, in tokens (default: %(default)s)")
     p.add_argument("--temperature", type=float, default=0.3,
                    help="sampling temperature for auto/chat (0 = greedy; scoring is always greedy). MiniMind2 "
-                        "uses 0.85, at which the 1M-parameter demo model garbles new words such as its new name")
-    p.add_argument("--top_p", type=float, default=0.85, help="nucleus sampling threshold for auto/chat")
-    p.add_argument("--seed", type=int, default=42, help="random seed: the same seed gives the same answers")
-    p.add_argument("--history_cnt", type=int, default=0, help="chat: previous exchanges kept as context (0 = none)")
+                        "uses 0.85, at which the 1M-parameter demo model garbles new words such as its new name "
+                        "(default: %(default)s)")
+    p.add_argument("--top_p", type=float, default=0.85, help="nucleus sampling threshold for auto/chat (default: %(default)s)")
+    p.add_argument("--seed", type=int, default=42, help="random seed: the same seed gives the same answers (default: %(default)s)")
+    p.add_argument("--history_cnt", type=int, default=0, help="chat: previous exchanges kept as context (default: %(default)s)")
     p.add_argument("--stream", action=argparse.BooleanOptionalAction, default=True,
                    help="print answers token by token as they are generated")
-    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu",
-                   help="cpu, cuda, cuda:1, mps")
+    p.add_argument("--device", default="auto", help=DEVICE_HELP)
     p.add_argument("--eval_data", nargs="+", default=None,
                    help="score these jsonl files ({question, answer, must_contain}) instead of chatting")
     p.add_argument("--compare", action="store_true",
                    help="evaluate the base model, each adapter, and the base after removing the adapter, side by side")
-    p.add_argument("--batch_size", type=int, default=16, help="questions generated together when scoring")
+    p.add_argument("--batch_size", type=int, default=16, help="questions generated together when scoring (default: %(default)s)")
     p.add_argument("--json", action="store_true", help="print the results as JSON instead of a table")
     return p
 
 
-def main(argv=None):
-    """Parse the flags and run; a user error becomes one line on stderr and exit code 2."""
-    args = build_parser().parse_args(argv)
-    try:
-        run(args)
-    except (UserError, CheckpointError, FileNotFoundError, ValueError) as e:  # ValueError: e.g. a bad LMConfig
-        print(f"eval_model.py: error: {e}", file=sys.stderr)
-        return 2
-    return 0
-
-
-def run(args):
-    """Check the flag combination, load the model and its adapters, then score, chat or answer the prompts."""
+def check_args(args):
+    """Refuse a flag combination or value that cannot work, before anything is loaded -> the adapter names."""
     names = [n for n in (args.lora_name or []) if n.lower() != "none"]
     if args.eval_data and args.mode == "chat":
         raise UserError("--eval_data scores a file; it cannot be combined with --mode chat")
@@ -533,29 +440,54 @@ def run(args):
     if args.compare and not names:
         raise UserError("--compare puts the base model beside an adapter: name it with --lora_name NAME")
     for name in names:
-        if not re.fullmatch(r"[\w.-]+", name):
-            raise UserError(f"--lora_name {name!r} must be a plain name (the adapter is {{out_dir}}/lora/NAME_{{dim}}.pth)")
+        check_adapter_name(name)
+    for flag in ("max_new_tokens", "batch_size"):
+        if getattr(args, flag) < 1:
+            raise UserError(f"--{flag} must be at least 1, got {getattr(args, flag)}")
+    if args.max_seq_len is not None and args.max_seq_len < 2:
+        raise UserError(f"--max_seq_len must be at least 2 (a prompt token and an answer token), got {args.max_seq_len}")
+    if not (0 < args.top_p <= 1):
+        raise UserError(f"--top_p must be in (0, 1], got {args.top_p}")
+    if not (math.isfinite(args.temperature) and args.temperature >= 0):
+        raise UserError(f"--temperature must be 0 (greedy) or more, got {args.temperature}")
+    if args.history_cnt < 0:
+        raise UserError(f"--history_cnt must be 0 or more, got {args.history_cnt}")
+    return names
+
+
+def main(argv=None):
+    """Check the flags, load the model and its adapters, then score, chat or answer the prompts."""
+    args = build_parser().parse_args(argv)
+    names = check_args(args)
+    device = pick_device(args.device)
     torch.manual_seed(args.seed)
 
-    ckpt = Path(args.ckpt) if args.ckpt else find_checkpoint(args.out_dir, args.model_mode, args.dim, args.n_layers)
-    model, tok, meta = load_base(ckpt, args.dim, args.n_layers, args.max_seq_len, args.tokenizer, args.device)
-    dim, max_seq_len = model.config.dim, model.config.max_seq_len
-    adapters = [(n, adapter_file(args.out_dir, n, dim)) for n in names]
-    print(f"model {ckpt}: {count_base_parameters(model) / 1e6:.2f}M parameters, tokenizer {meta['tokenizer']}",
+    ckpt = args.ckpt or checkpoint_path(args.out_dir, MODEL_MODES[args.model_mode], args.dim or DEFAULT_DIM)
+    shape = {"dim": args.dim, "n_layers": args.n_layers, "n_heads": args.n_heads, "n_kv_heads": args.n_kv_heads}
+    loaded = load_checkpoint(ckpt, tokenizer=args.tokenizer, shape=shape, device=device)
+    model, tok = loaded.model, loaded.tokenizer
+    context = model.config.max_seq_len
+    if args.max_seq_len is not None:
+        if args.max_seq_len > context:
+            raise UserError(f"--max_seq_len {args.max_seq_len} is more than the model's {context} positions")
+        context = args.max_seq_len
+    adapters = [(n, find_adapter(args.out_dir, n, model.config.dim)) for n in names]
+    print(f"model {ckpt}: {count_base_parameters(model) / 1e6:.2f}M parameters, tokenizer {loaded.tokenizer_path}",
           file=sys.stderr, flush=True)
 
+    sampling = Sampling(args.max_new_tokens, args.temperature, args.top_p, args.seed)
     if args.eval_data:
-        results = run_scoring(model, tok, adapters, args, max_seq_len)
+        results = run_scoring(model, tok, adapters, args.eval_data, args.compare, args.max_new_tokens, args.batch_size, context)
         results = {"checkpoint": str(ckpt), "parameters": count_base_parameters(model),
                    "vocab_size": tok.vocab_size, **results}
         print(json.dumps(results, ensure_ascii=False, indent=1) if args.json else format_table(results))
     elif args.mode == "chat":
-        run_chat(model, tok, adapters, args, max_seq_len, dim)
+        run_chat(model, tok, adapters, args.out_dir, sampling, context, args.history_cnt, args.stream)
     else:
-        records = run_auto(model, tok, adapters, args, max_seq_len)
+        records = run_auto(model, tok, adapters, args.compare, sampling, context, args.stream, quiet=args.json)
         if args.json:
             print(json.dumps(records, ensure_ascii=False, indent=1))
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(run_main(main))

@@ -1,12 +1,12 @@
 """Stage 1, pretraining: a randomly initialised MiniMind learns to predict the next token of raw text.
 
-    python train_pretrain.py                   # the demo: dim 256, 4 layers, dataset/pretrain_demo.jsonl
-    torchrun --nproc_per_node 4 train_pretrain.py --dim 512 --n_layers 8 --max_seq_len 512 \\
-        --data_path dataset/pretrain_hq.jsonl --tokenizer model/minimind_tokenizer --batch_size 32
+    python train_pretrain.py                   # the demo: a 1.1M-parameter model on dataset/pretrain_demo.jsonl
+    torchrun --nproc_per_node 4 train_pretrain.py --dim 512 --n_layers 8 --n_heads 8 --n_kv_heads 2 \\
+        --max_seq_len 512 --data_path pretrain_hq.jsonl --tokenizer minimind_tokenizer --batch_size 32
 
 Writes out/pretrain_{dim}.pth (MiniMind2-style weights) and its .json sidecar (config, tokenizer),
-which train_full_sft.py starts from. Device, DDP, the schedule, checkpoints and logging live in
-training.py; the loop at the end of main() is all that training *does*.
+which train_full_sft.py starts from. Device, DDP, the schedule, validation, checkpoints and logging
+live in training.py; the loop at the end of main() is all that training *does*.
 """
 import argparse
 import sys
@@ -16,14 +16,14 @@ import torch
 import training
 from dataset.lm_dataset import PretrainDataset
 from model.checkpoint import save_model
+from model.loader import checkpoint_meta, checkpoint_path, load_tokenizer, repo_path, run_files
 from model.model import MiniMindLM, trainable_parameters_report
-from model.tokenizer import Tokenizer
 
 
 def build_parser():
     parser = argparse.ArgumentParser(description="MiniMind pretraining: next-token prediction on raw text.")
-    training.add_common_args(parser, data_path="dataset/pretrain_demo.jsonl", epochs=1, batch_size=16,
-                             learning_rate=5e-4, warmup_iters=20, save_interval=100)
+    training.add_common_args(parser, data_path=repo_path("dataset/pretrain_demo.jsonl"), epochs=4, batch_size=16,
+                             learning_rate=3e-3, warmup_iters=20, max_seq_len=224, save_interval=100)
     training.add_model_args(parser, from_checkpoint=False)
     return parser
 
@@ -31,31 +31,35 @@ def build_parser():
 def main(argv=None):
     args = build_parser().parse_args(argv)
     training.check_args(args)
-    name = f"pretrain_{args.dim}"
-    paths = training.OutputPaths.for_run(args.out_dir, name)
-    training.check_no_unfinished_run(paths.resume, args.resume)
+    files = run_files(args.out_dir, checkpoint_path(args.out_dir, "pretrain", args.dim))
+    training.check_no_unfinished_run(files.resume, args.resume)
 
     with training.runtime(args.device, args.dtype, args.seed) as rt:
         # ---- the model: built from the flags, vocabulary size from the tokenizer
-        tokenizer = Tokenizer.load(args.tokenizer)
-        raw_model = MiniMindLM(training.model_config(args, vocab_size=tokenizer.vocab_size)).to(rt.device)
+        tokenizer = load_tokenizer(args.tokenizer)
+        raw_model = MiniMindLM(training.model_config(training.shape_flags(args), tokenizer.vocab_size)).to(rt.device)
         rt.print(trainable_parameters_report(raw_model))
 
         # ---- the data, and the optimizer over every parameter
-        train_ds = training.load_dataset(PretrainDataset, args, tokenizer, rt)
+        train_ds, val_ds, data_identity = training.load_data(
+            PretrainDataset, tokenizer, rt, data_path=args.data_path, max_seq_len=args.max_seq_len,
+            skip_bad_lines=args.skip_bad_lines, cache_dir=args.cache_dir, val_data=args.val_data, val_samples=args.val_samples)
         data = training.StepBatches(train_ds, args.batch_size, args.accumulation_steps, args.epochs, args.seed, rt,
                                     args.num_workers)
+        validation = training.Validation(val_ds, args.batch_size, args.eval_interval, data.total_steps, rt)
         params = list(raw_model.parameters())
         optimizer = training.make_optimizer([{"params": params, "lr_scale": 1.0}], args.learning_rate, rt.device)
         scaler = rt.grad_scaler()
-        plan = training.run_plan(args, raw_model, data, rt)
-        start_step = training.load_resume(paths.resume, raw_model, optimizer, scaler, plan, rt) if args.resume else 0
+        plan = training.run_plan(raw_model, data, rt, data_identity, args.max_seq_len)
+        start_step = training.load_resume(files.resume, raw_model, optimizer, scaler, plan, rt) if args.resume else 0
         model = training.wrap_model(raw_model, rt, args.compile)
-        rt.print(f"{len(train_ds):,} samples, {data.total_steps:,} optimizer steps; {rt}"
-                 + (f", resuming after step {start_step}" if start_step else ""))
+        rt.print(f"{len(train_ds):,} training samples, {len(val_ds or []):,} for validation, {data.total_steps:,} "
+                 f"optimizer steps; {rt}" + (f", resuming after step {start_step}" if start_step else ""))
 
-        # ---- the loop: set lr -> forward -> masked loss -> backward -> clip -> step -> log -> save
-        progress = training.Progress(paths.metrics, data.total_steps, start_step, rt, args.resume, scaler.is_enabled())
+        # ---- the loop: set lr -> forward -> masked loss -> backward -> clip -> step -> log -> validate -> save
+        progress = training.Progress(files.metrics, data.total_steps, start_step, rt, args.resume, scaler.is_enabled())
+        if start_step == 0 and validation.due(0):
+            progress.log_validation(0, validation.loss(raw_model))  # where training starts from
         model.train()
         for step, epoch, micro_batches in data.steps(start_step):
             lr = training.get_lr(step, data.total_steps, args.learning_rate, args.warmup_iters)
@@ -79,15 +83,17 @@ def main(argv=None):
             done = step + 1
             if done % args.log_interval == 0 or done == data.total_steps:
                 progress.log(done, epoch, lr)
+            if validation.due(done):
+                progress.log_validation(done, validation.loss(raw_model))
             if done % args.save_interval == 0 or done == data.total_steps:
                 progress.check_finite(done)  # never replace the last good checkpoint with NaN weights
                 if rt.is_main:
-                    save_model(raw_model, paths.weights, meta=training.sidecar_meta("pretrain", args.tokenizer))
-                training.save_resume(paths.resume, raw_model, optimizer, scaler, done, plan, rt)
-        training.remove_resume(paths.resume, rt)  # finished: nothing to resume, a rerun starts afresh
-        progress.close(paths.svg, f"{name}: loss")
-        rt.print(f"saved {paths.weights} (final loss {progress.last_loss}); loss curve {paths.svg}")
-    return training.RunResult(raw_model, progress.last_loss, paths.weights)
+                    save_model(raw_model, files.weights, meta=checkpoint_meta("pretrain", args.tokenizer, tokenizer))
+                training.save_resume(files.resume, raw_model, optimizer, scaler, done, plan, rt)
+        training.remove_resume(files.resume, rt)  # finished: nothing to resume, a rerun starts afresh
+        progress.close(files.svg, f"{files.weights}: loss")
+        rt.print(f"saved {files.weights} ({progress.summary()}); loss curves {files.svg}")
+    return training.RunResult(raw_model, progress.last_loss, progress.last_val_loss, files.weights)
 
 
 if __name__ == "__main__":

@@ -1,7 +1,8 @@
 """
 Learn a byte-level BPE tokenizer from jsonl text: the training half of model/tokenizer.py.
 
-    python train_tokenizer.py --data_path dataset/pretrain_demo.jsonl --vocab_size 2048 --out_dir out/tok
+    python train_tokenizer.py        # the demo's: dataset/pretrain_demo.jsonl -> model/demo_tokenizer (2048 tokens)
+    python train_tokenizer.py --data_path sample.jsonl --vocab_size 6400 --max_token_length 0 --out_dir out/tok  # MiniMind2's size
 
 BPE training, in four steps (what Hugging Face's BpeTrainer does, which MiniMind uses):
   1. cut the text into chunks with the same split pattern the tokenizer uses, count each distinct
@@ -27,6 +28,8 @@ import sys
 from tqdm import tqdm
 
 from dataset.lm_dataset import check_record, jsonl_lines, parse_line
+from model.errors import UserError, run_main
+from model.loader import path_for_sidecar, repo_path
 from model.tokenizer import Tokenizer, bytes_to_unicode, split_chunks
 
 SPECIAL_TOKENS = ("<unk>", "<s>", "</s>")  # ids 0, 1, 2: padding/unknown, begin, end (MiniMind2's)
@@ -172,38 +175,42 @@ def train_bpe(chunk_counts, vocab_size, special_tokens=SPECIAL_TOKENS, progress=
 
 def build_parser():
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0].strip())
-    parser.add_argument("--data_path", nargs="+", required=True,
-                        help="one or more jsonl files with {'text'} or {'conversations'} lines")
-    parser.add_argument("--vocab_size", type=int, default=6400,
-                        help="tokens in the finished vocabulary, specials and 256 bytes included "
-                             "(MiniMind2: 6400)")
-    parser.add_argument("--max_token_length", type=int, default=None,
-                        help="never make a token longer than this many bytes (HF BpeTrainer's max_token_length; "
-                             "default: no limit)")
-    parser.add_argument("--out_dir", required=True,
-                        help="directory to write tokenizer.json and tokenizer_config.json into")
+    parser.add_argument("--data_path", nargs="+", default=[repo_path("dataset/pretrain_demo.jsonl")],
+                        help="one or more jsonl files with {'text'} or {'conversations'} lines "
+                             "(default: the repository's dataset/pretrain_demo.jsonl)")
+    parser.add_argument("--vocab_size", type=int, default=2048,
+                        help="tokens in the finished vocabulary, specials and 256 bytes included (default: %(default)s, "
+                             "the demo's: 6400, MiniMind2's, leaves too little text per embedding in the small demo world)")
+    parser.add_argument("--max_token_length", type=int, default=9,
+                        help="never make a token longer than this many bytes, i.e. 3 Chinese characters "
+                             "(HF BpeTrainer's max_token_length; default: %(default)s: on a small repetitive corpus, "
+                             "merges would otherwise go to whole recurring phrases; MiniMind2 sets no limit, 0)")
+    parser.add_argument("--out_dir", default=repo_path("model/demo_tokenizer"),
+                        help="directory to write tokenizer.json and tokenizer_config.json into "
+                             "(default: the repository's model/demo_tokenizer, the scripts' default tokenizer)")
     return parser
 
 
 def main(argv=None):
     args = build_parser().parse_args(argv)
-    try:
-        counts = count_chunks(tqdm(read_texts(args.data_path), desc="reading", unit=" texts", disable=None))
-        if not counts:
-            raise ValueError(f"{', '.join(args.data_path)}: no text found; nothing to train on")
-        tokenizer = train_bpe(counts, args.vocab_size, max_token_length=args.max_token_length)
-        tokenizer.save(args.out_dir)
-    except (ValueError, OSError) as e:
-        print(f"train_tokenizer.py: error: {e}", file=sys.stderr)
-        return 1
+    if args.vocab_size < len(SPECIAL_TOKENS) + 256:
+        raise UserError(f"--vocab_size {args.vocab_size} is too small: it must hold the {len(SPECIAL_TOKENS)} special "
+                        f"tokens and 256 byte tokens (at least {len(SPECIAL_TOKENS) + 256})")
+    if args.max_token_length == 1 or args.max_token_length < 0:
+        raise UserError(f"--max_token_length {args.max_token_length} is too small: a merged token has at least 2 bytes "
+                        "(0 = no limit)")
+    counts = count_chunks(tqdm(read_texts(args.data_path), desc="reading", unit=" texts", disable=None))
+    if not counts:
+        raise UserError(f"{', '.join(args.data_path)}: no text found; nothing to train on")
+    tokenizer = train_bpe(counts, args.vocab_size, max_token_length=args.max_token_length or None)
+    tokenizer.save(args.out_dir)
     # how much the merges compress the training text: bytes per token (1.0 before any merge)
     n_bytes = sum(len(chunk.encode("utf-8")) * n for chunk, n in counts.items())
     n_tokens = sum(len(tokenizer.encode(chunk, allow_special=False)) * n for chunk, n in counts.items())
-    print(f"vocab {tokenizer.vocab_size} tokens, {len(tokenizer.merges)} merges -> {args.out_dir}; "
+    print(f"vocab {tokenizer.vocab_size} tokens, {len(tokenizer.merges)} merges -> {path_for_sidecar(args.out_dir)}; "
           f"training text: {n_bytes:,} bytes -> {n_tokens:,} tokens "
           f"({n_bytes / max(n_tokens, 1):.2f} bytes/token)")
-    return 0
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(run_main(main))

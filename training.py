@@ -3,28 +3,26 @@
 train_pretrain.py, train_full_sft.py and train_lora.py each keep their own training loop in plain
 sight; everything that loop leans on, and that would otherwise be copied three times, lives here:
 
-    errors and exit codes   TrainingError, run_main (user errors -> one line on stderr)
     flags                   add_common_args, add_model_args, check_args, model_config
-    where things go         OutputPaths, load_base, sidecar_meta (paths that resolve from any directory)
     the machine             Runtime, runtime(): device, autocast dtype, DDP, rank-0 printing
-    the data                load_dataset, StepBatches: shuffled micro-batches grouped into optimizer steps
+    the data                load_data (training set + held-out validation set), StepBatches
     optimisation            make_optimizer, get_lr, set_lr, masked_cross_entropy, wrap_model, sync_gradients
+    validation              Validation: the held-out loss every --eval_interval steps
     checkpoints             run_plan, save_resume, load_resume, remove_resume (model, optimizer, step,
                             data position, RNG, and the settings a resume must find unchanged)
-    progress                Progress (tqdm bar, metrics JSONL, NaN/inf guard), write_loss_svg
+    progress                Progress (tqdm bar, metrics JSONL, NaN/inf guard, the loss curves)
 
-Each script's loop, in execution order:
+Where files go and how a checkpoint is loaded are model/loader.py's; a user's mistake is a
+model.errors.UserError, printed as one line by run_main. Each script's loop, in execution order:
 
     for step, epoch, micro_batches in data.steps(start_step):
-        set lr -> for each micro-batch: forward, masked loss, backward -> clip -> step -> log -> save
+        set lr -> for each micro-batch: forward, masked loss, backward -> clip -> step -> log -> validate -> save
 """
 
 import hashlib
 import json
 import math
 import os
-import re
-import sys
 import time
 from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
@@ -34,59 +32,36 @@ import torch
 import torch.distributed as dist
 import torch.nn.functional as F
 from torch.nn.parallel import DistributedDataParallel
-from torch.utils.data import DataLoader, DistributedSampler, default_collate
+from torch.utils.data import DataLoader, DistributedSampler, Subset, default_collate
 from tqdm import tqdm
 
 from model.atomic import atomic_write_text
-from model.checkpoint import CheckpointError, atomic_save, load_model, sidecar_path
+from model.checkpoint import atomic_save
+from model.device import DEVICE_HELP, pick_device
+from model.errors import UserError, run_main as _run_main
 from model.LMConfig import LMConfig
+from model.loader import DEFAULT_DIM, repo_path
 from model.model_lora import LoRALinear
-from model.tokenizer import Tokenizer
-
-
-# ------------------------------------------------------------------------------------------------
-# Errors: a user's mistake ends the run with one line on stderr, not a traceback.
-
-
-class TrainingError(Exception):
-    """A problem the user can fix (a missing file, a bad flag); the message says how."""
-
-
-# CheckpointError: a file that does not fit the model. ValueError: a bad value caught by LMConfig,
-# apply_lora or the dataset (its DataError "FILE:LINE: problem" is a ValueError). FileNotFoundError:
-# a tokenizer or data file that is not there. All carry messages written for the user.
-USER_ERRORS = (TrainingError, CheckpointError, ValueError, FileNotFoundError)
+from plot import line_chart
 
 
 def run_main(main, argv=None) -> int:
-    """Run a script's main(argv) and turn a user error into `error: ...` on stderr plus exit code 1.
-
-    Ctrl-C exits with 130 and a hint: checkpoints are written atomically, so the last one is intact.
-    Under torchrun only rank 0 reports (every rank hits the same error; N copies would be noise).
-    """
-    is_main = int(os.environ.get("RANK", "0")) == 0
-    try:
-        main(argv)
-        return 0
-    except USER_ERRORS as e:
-        if is_main:
-            print(f"error: {e}", file=sys.stderr)
-        return 1
-    except KeyboardInterrupt:
-        if is_main:
-            print("\ninterrupted: the last checkpoint is intact; add --resume to continue from it", file=sys.stderr)
-        return 130
+    """model.errors.run_main, with a Ctrl-C message that says how to continue: checkpoints are
+    written atomically, so the last one is intact."""
+    return _run_main(main, argv, on_interrupt="interrupted: the last checkpoint is intact; add --resume to continue from it")
 
 
 # ------------------------------------------------------------------------------------------------
-# Flags: MiniMind2's names; each script passes the defaults that suit its stage.
+# Flags: MiniMind2's names. Each script passes the defaults of its stage, and those defaults ARE the
+# demo: `python train_pretrain.py` with no flags trains exactly what `python run_demo.py` trains.
 
 
-def add_common_args(parser, *, data_path, epochs, batch_size, learning_rate, warmup_iters, save_interval):
-    """The flags every stage shares. Defaults that differ per stage are passed in by the script."""
+def add_common_args(parser, *, data_path, epochs, batch_size, learning_rate, warmup_iters, max_seq_len, save_interval):
+    """The flags every stage shares. The defaults that differ per stage are passed in by the script."""
     p = parser
     p.add_argument("--out_dir", default="out", help="directory for checkpoints, metrics and loss curves (default: %(default)s)")
-    p.add_argument("--data_path", default=data_path, help="training data, jsonl (default: %(default)s)")
+    p.add_argument("--data_path", default=data_path,
+                   help="training data, jsonl (default: %(default)s, relative to the repository)")
     p.add_argument("--epochs", type=int, default=epochs, help="passes over the data (default: %(default)s)")
     p.add_argument("--batch_size", type=int, default=batch_size, help="sequences per micro-batch, per process (default: %(default)s)")
     p.add_argument("--learning_rate", type=float, default=learning_rate, help="peak learning rate, reached after warmup (default: %(default)s)")
@@ -98,8 +73,18 @@ def add_common_args(parser, *, data_path, epochs, batch_size, learning_rate, war
     p.add_argument("--grad_clip", type=float, default=1.0, help="clip the gradient norm to this; inf disables clipping (default: %(default)s)")
     # The training window, not LMConfig.max_seq_len (the RoPE table size, 8192 as in MiniMind2, which
     # only bounds how long a sequence the model can ever read): MiniMind2 gives both the same name.
-    p.add_argument("--max_seq_len", type=int, default=256, help="tokens per training sequence (default: %(default)s)")
-    p.add_argument("--device", default="auto", help="auto (cuda, else mps, else cpu), cpu, cuda, cuda:1, mps (default: %(default)s)")
+    p.add_argument("--max_seq_len", type=int, default=max_seq_len,
+                   help="tokens per training sequence; longer samples are cut (default: %(default)s, the demo data's "
+                        "longest sample; MiniMind2 uses 512)")
+    p.add_argument("--val_samples", type=int, default=64,
+                   help="samples of --data_path held out for the validation loss (the same ones in every run on "
+                        "that file); 0 = none (default: %(default)s)")
+    p.add_argument("--val_data", default=None,
+                   help="a held-out jsonl in the training format to take the validation loss on, instead of --val_samples")
+    p.add_argument("--eval_interval", type=int, default=50,
+                   help="optimizer steps between validation losses; one is also taken before the first step and "
+                        "after the last (default: %(default)s)")
+    p.add_argument("--device", default="auto", help=DEVICE_HELP)
     p.add_argument("--dtype", default="bfloat16", choices=["bfloat16", "float16", "float32"],
                    help="autocast dtype on CUDA (float16 adds a GradScaler); CPU and MPS always train in float32 (default: %(default)s)")
     p.add_argument("--compile", action="store_true", help="torch.compile the model (faster steps after a slow first one)")
@@ -118,21 +103,30 @@ def add_common_args(parser, *, data_path, epochs, batch_size, learning_rate, war
 def add_model_args(parser, *, from_checkpoint):
     """--dim/--n_layers/--n_heads/--n_kv_heads and --tokenizer.
 
-    from_checkpoint=False (pretraining): they define the new model, with the demo size as default.
-    from_checkpoint=True (SFT, LoRA): the base checkpoint's .json sidecar defines the model; the flags
-    are needed only for a plain MiniMind2 .pth without one, and --dim names the default base file.
+    from_checkpoint=False (pretraining): they define the new model; the defaults are the demo's model.
+    from_checkpoint=True (SFT, LoRA): the base checkpoint's .json sidecar defines the model and its
+    tokenizer; the flags are needed only for a plain MiniMind2 .pth without one (and must agree with a
+    sidecar when given), and --dim names the default base file.
     """
     p = parser
     if not from_checkpoint:
-        p.add_argument("--dim", type=int, default=256, help="model width (default: %(default)s; MiniMind2-Small 512, MiniMind2 768)")
+        # The demo's model, 1.1M parameters: small enough to pretrain in minutes on 2 CPU cores.
+        p.add_argument("--dim", type=int, default=DEFAULT_DIM,
+                       help="model width (default: %(default)s; MiniMind2-Small 512, MiniMind2 768)")
         p.add_argument("--n_layers", type=int, default=4, help="transformer blocks (default: %(default)s; MiniMind2-Small 8, MiniMind2 16)")
-        p.add_argument("--n_heads", type=int, default=8, help="attention query heads (default: %(default)s)")
-        p.add_argument("--n_kv_heads", type=int, default=2, help="key/value heads, grouped-query attention (default: %(default)s)")
-        p.add_argument("--tokenizer", default="model/demo_tokenizer", help="tokenizer directory or tokenizer.json (default: %(default)s)")
+        p.add_argument("--n_heads", type=int, default=4,
+                       help="attention query heads (default: %(default)s, heads of 32 dimensions at dim 128; MiniMind2: 8, "
+                            "which at dim 128 would leave heads of 16)")
+        p.add_argument("--n_kv_heads", type=int, default=4,
+                       help="key/value heads; fewer than --n_heads is grouped-query attention (default: %(default)s; "
+                            "MiniMind2: 2, a KV cache 4x smaller, which a 1M-parameter model cannot afford)")
+        p.add_argument("--tokenizer", default=repo_path("model/demo_tokenizer"),
+                       help="tokenizer directory or tokenizer.json (default: the repository's model/demo_tokenizer)")
         return
     side = "only for a plain MiniMind2 .pth without a .json sidecar, whose shape the sidecar would give"
-    p.add_argument("--dim", type=int, default=256,
-                   help="model width: picks the default --base file; for a plain MiniMind2 .pth also its shape (default: %(default)s)")
+    p.add_argument("--dim", type=int, default=None,
+                   help=f"model width: picks the default --base file (OUT_DIR/..._DIM.pth, DIM {DEFAULT_DIM} if not given); "
+                        f"{side} (MiniMind2-Small 512, MiniMind2 768)")
     p.add_argument("--n_layers", type=int, default=None, help=f"transformer blocks; {side} (MiniMind2-Small 8, MiniMind2 16)")
     p.add_argument("--n_heads", type=int, default=None, help=f"attention query heads; {side} (MiniMind2: 8)")
     p.add_argument("--n_kv_heads", type=int, default=None, help=f"key/value heads; {side} (MiniMind2: 2)")
@@ -141,58 +135,35 @@ def add_model_args(parser, *, from_checkpoint):
                         "required for a plain MiniMind2 .pth)")
 
 
+def shape_flags(args) -> dict:
+    """The model-shape flags as LMConfig fields: {"dim": 512, "n_layers": None, ...} (None: not given)."""
+    return {k: getattr(args, k) for k in ("dim", "n_layers", "n_heads", "n_kv_heads")}
+
+
 def check_args(args):
-    """Reject values that would fail later and obscurely (or silently train nothing)."""
-    positive = ["epochs", "batch_size", "accumulation_steps", "log_interval", "save_interval"]
+    """Reject values that would fail later and obscurely (or silently train nothing), before anything loads."""
+    positive = ["epochs", "batch_size", "accumulation_steps", "log_interval", "save_interval", "eval_interval"]
     for name in positive:
         if getattr(args, name) < 1:
-            raise TrainingError(f"--{name} must be at least 1, got {getattr(args, name)}")
+            raise UserError(f"--{name} must be at least 1, got {getattr(args, name)}")
     if args.max_seq_len < 2:
-        raise TrainingError("--max_seq_len must be at least 2 (inputs are tokens[:-1], targets tokens[1:])")
-    if not args.learning_rate > 0:
-        raise TrainingError(f"--learning_rate must be positive, got {args.learning_rate}")
+        raise UserError("--max_seq_len must be at least 2 (inputs are tokens[:-1], targets tokens[1:])")
+    if not (math.isfinite(args.learning_rate) and args.learning_rate > 0):
+        raise UserError(f"--learning_rate must be a positive number, got {args.learning_rate}")
     if args.warmup_iters < 0:
-        raise TrainingError(f"--warmup_iters must be 0 or more, got {args.warmup_iters}")
+        raise UserError(f"--warmup_iters must be 0 or more, got {args.warmup_iters}")
     if not args.grad_clip > 0:
-        raise TrainingError(f"--grad_clip must be positive (inf disables clipping), got {args.grad_clip}")
+        raise UserError(f"--grad_clip must be positive (inf disables clipping), got {args.grad_clip}")
+    if args.val_samples < 0:
+        raise UserError(f"--val_samples must be 0 or more, got {args.val_samples}")
 
 
-def check_lora_name(name):
-    """--lora_name becomes a file name under out/lora/, so it must be a plain name like lora_medical."""
-    if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]*", name or ""):
-        raise TrainingError(f"--lora_name {name!r} must be a plain name such as lora_medical "
-                            "(letters, digits, _ . -; no path separators): the adapter is saved as "
-                            "OUT_DIR/lora/{lora_name}_{dim}.pth")
-
-
-def model_config(args, vocab_size) -> LMConfig:
-    """LMConfig from --dim/--n_layers/--n_heads/--n_kv_heads (flags left at None take MiniMind2's defaults)."""
-    shape = {k: getattr(args, k) for k in ("dim", "n_layers", "n_heads", "n_kv_heads") if getattr(args, k) is not None}
+def model_config(shape: dict, vocab_size: int) -> LMConfig:
+    """LMConfig from the shape flags (None values take MiniMind2's defaults) and the tokenizer's size."""
     try:
-        return LMConfig(**shape, vocab_size=vocab_size)
+        return LMConfig(**{k: v for k, v in shape.items() if v is not None}, vocab_size=vocab_size)
     except ValueError as e:
-        raise TrainingError(f"{e} (check --dim/--n_heads/--n_kv_heads)") from None
-
-
-# ------------------------------------------------------------------------------------------------
-# Where a run reads and writes.
-
-
-@dataclass
-class OutputPaths:
-    """The files one run writes. Example, OutputPaths.for_run("out", "pretrain_256"):
-    weights out/pretrain_256.pth (+ .json sidecar), resume out/pretrain_256_resume.pth,
-    metrics out/pretrain_256_metrics.jsonl, svg out/pretrain_256_loss.svg."""
-
-    weights: str  # the deliverable: plain MiniMind2-style weights (or a LoRA adapter)
-    resume: str  # everything --resume needs: trainable weights, optimizer, step, RNG
-    metrics: str  # one JSON object per log line
-    svg: str  # the loss curve, drawn at the end
-
-    @classmethod
-    def for_run(cls, out_dir, name, weights=None):
-        stem = os.path.join(out_dir, name)
-        return cls(weights or stem + ".pth", stem + "_resume.pth", stem + "_metrics.jsonl", stem + "_loss.svg")
+        raise UserError(f"{e} (check --dim/--n_heads/--n_kv_heads)") from None
 
 
 @dataclass
@@ -200,100 +171,13 @@ class RunResult:
     """What a script's main() returns, for callers in the same process (tests, the demo runner)."""
 
     model: torch.nn.Module  # the trained model, unwrapped (for LoRA: with its adapters applied)
-    final_loss: float  # mean loss over the last log interval (None if no step ran)
+    final_loss: float  # mean training loss over the last log interval (None if no step ran)
+    val_loss: float  # the last validation loss (None without validation)
     weights: str  # where the weights (or the adapter) were saved
-
-
-def repo_root():
-    """The folder of this repository (where training.py lives)."""
-    return os.path.dirname(os.path.abspath(__file__))
-
-
-def path_for_sidecar(path):
-    """How a sidecar records a file (the tokenizer, the base checkpoint) so that a later stage finds it
-    from any working directory: relative to the repository root when it is inside the repository (so no
-    path of this machine ends up in files people share), absolute otherwise.
-
-    With the repository at /home/me/minimind, run from /home/me/minimind or from anywhere else:
-      'model/demo_tokenizer' -> 'model/demo_tokenizer';  '/data/tok' -> '/data/tok'
-    """
-    full, root = os.path.abspath(path), repo_root()
-    if full.startswith(root + os.sep):
-        return os.path.relpath(full, root).replace(os.sep, "/")
-    return full
-
-
-def path_from_sidecar(recorded):
-    """The inverse of path_for_sidecar: a relative path is relative to the repository root."""
-    return recorded if os.path.isabs(recorded) else os.path.join(repo_root(), recorded)
-
-
-def sidecar_meta(stage, tokenizer_path, base=None):
-    """What a stage records beside its weights: {"tokenizer": ..., "stage": ..., "base": ...}, paths
-    written with path_for_sidecar, so the next stage needs no --tokenizer flag, whatever directory it runs in."""
-    meta = {"tokenizer": path_for_sidecar(tokenizer_path), "stage": stage}
-    if base is not None:
-        meta["base"] = path_for_sidecar(base)
-    return meta
-
-
-def load_base(path, make_command, args, device):
-    """Load the checkpoint a stage starts from -> (model, tokenizer, tokenizer path).
-
-    With a .json sidecar (this project's files) the config and tokenizer come from it; a plain
-    MiniMind2 .pth needs --tokenizer and the shape flags (--dim/--n_layers...). A missing file is
-    an error naming the command that makes it, e.g.
-    "out/pretrain_256.pth not found: make it with `python train_pretrain.py --out_dir out --dim 256`".
-    """
-    if not os.path.isfile(path):
-        how = f"make it with `{make_command}`" if args.base is None else "check --base"
-        raise TrainingError(f"{path} not found: {how}")
-    if os.path.isfile(sidecar_path(path)):
-        model, meta = load_model(path, device=device)
-        # Flags the user typed must agree with the file, or they would be silently ignored.
-        # (--dim is not checked: it always has a value, as it names the default base file.)
-        for k in ("n_layers", "n_heads", "n_kv_heads"):
-            given, actual = getattr(args, k), getattr(model.config, k)
-            if given is not None and given != actual:
-                raise TrainingError(f"--{k} {given} disagrees with {path} ({k}={actual} in its sidecar); drop the flag")
-        if args.tokenizer is None and meta.get("tokenizer") is None:
-            raise TrainingError(f"{sidecar_path(path)} records no tokenizer; pass --tokenizer")
-        tokenizer_path = args.tokenizer or path_from_sidecar(meta["tokenizer"])
-        tokenizer = Tokenizer.load(tokenizer_path)
-    else:
-        if args.tokenizer is None:
-            raise TrainingError(f"{path} has no .json sidecar: pass --tokenizer (the one the model was trained with) "
-                                "and its shape (--dim/--n_layers...)")
-        tokenizer_path = args.tokenizer
-        tokenizer = Tokenizer.load(tokenizer_path)
-        model, _ = load_model(path, config=model_config(args, vocab_size=tokenizer.vocab_size), device=device)
-    if tokenizer.vocab_size > model.config.vocab_size:
-        raise TrainingError(f"tokenizer {tokenizer_path} has {tokenizer.vocab_size} tokens but {path} only "
-                            f"{model.config.vocab_size} embeddings: pass the --tokenizer the model was trained with")
-    return model, tokenizer, tokenizer_path
 
 
 # ------------------------------------------------------------------------------------------------
 # The machine: device, precision, processes.
-
-
-def pick_device(name) -> torch.device:
-    """'auto' -> cuda if available, else mps, else cpu; anything else is taken as given (and checked)."""
-    if name == "auto":
-        if torch.cuda.is_available():
-            return torch.device("cuda")
-        if torch.backends.mps.is_available():
-            return torch.device("mps")
-        return torch.device("cpu")
-    try:
-        device = torch.device(name)
-    except RuntimeError:
-        raise TrainingError(f"--device {name!r} is not a device; use auto, cpu, cuda, cuda:N or mps") from None
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise TrainingError(f"--device {name}: CUDA is not available here; use --device cpu")
-    if device.type == "mps" and not torch.backends.mps.is_available():
-        raise TrainingError(f"--device {name}: MPS is not available here; use --device cpu")
-    return device
 
 
 @dataclass
@@ -372,7 +256,7 @@ def runtime(device="auto", dtype="bfloat16", seed=1337):
     if device.type == "cuda" and dtype != "float32":
         autocast_dtype = torch.bfloat16 if dtype == "bfloat16" else torch.float16
         if autocast_dtype == torch.bfloat16 and not torch.cuda.is_bf16_supported():
-            raise TrainingError("this GPU has no bfloat16; use --dtype float16")
+            raise UserError("this GPU has no bfloat16; use --dtype float16")
         # TF32 matmuls for whatever stays float32: ~8x the float32 rate on Ampere and later.
         torch.backends.cuda.matmul.allow_tf32 = True
         torch.backends.cudnn.allow_tf32 = True
@@ -415,13 +299,35 @@ def sync_gradients(model, last):
 # The data: micro-batches in a shuffled order fixed by (seed, epoch), grouped into optimizer steps.
 
 
-def load_dataset(dataset_class, args, tokenizer, rt):
-    """The training set (PretrainDataset or SFTDataset) for --data_path, --max_seq_len, --skip_bad_lines
-    and --cache_dir. Rank 0 builds the token cache first and the other ranks then open it
-    (rt.rank0_first); only rank 0 prints the dataset's notes, so N processes do not print them N times."""
-    return rt.rank0_first(lambda: dataset_class(args.data_path, tokenizer, max_length=args.max_seq_len,
-                                                skip_bad=args.skip_bad_lines, cache_dir=args.cache_dir,
-                                                verbose=rt.is_main))
+def load_data(dataset_class, tokenizer, rt, *, data_path, max_seq_len, skip_bad_lines, cache_dir, val_data, val_samples):
+    """-> (training set, validation set or None, what identifies them for --resume).
+
+    dataset_class: PretrainDataset or SFTDataset, read through the token cache (dataset/token_cache.py).
+    The validation set is --val_data when given, else --val_samples samples held out of --data_path:
+    a fixed random choice (the same whatever --seed, so runs on one file are compared on the same
+    held-out samples), which the training set then leaves out. Rank 0 builds each cache first and the
+    other ranks then open it (rt.rank0_first); only rank 0 prints the datasets' notes.
+    """
+    def open_dataset(path):
+        return rt.rank0_first(lambda: dataset_class(path, tokenizer, max_length=max_seq_len, skip_bad=skip_bad_lines,
+                                                    cache_dir=cache_dir, verbose=rt.is_main))
+
+    dataset = open_dataset(data_path)
+    identity = {"data": dataset.cache_key}  # the file's content, tokenizer and window, e.g. 'x.jsonl.sft.len256.3f2a...'
+    if val_data is not None:
+        validation = open_dataset(val_data)
+        identity["validation"] = validation.cache_key
+        return dataset, validation, identity
+    if val_samples == 0:
+        return dataset, None, identity
+    if val_samples >= len(dataset):
+        raise UserError(f"--val_samples {val_samples} would leave no training data: {data_path} has {len(dataset)} "
+                        "samples (lower --val_samples, or pass --val_data)")
+    order = torch.randperm(len(dataset), generator=torch.Generator().manual_seed(0)).tolist()
+    held_out = sorted(order[:val_samples])
+    kept = sorted(order[val_samples:])
+    identity["validation"] = f"{val_samples} held out"
+    return Subset(dataset, kept), Subset(dataset, held_out), identity
 
 
 def collate_trimmed(samples, multiple=64):
@@ -469,7 +375,7 @@ class StepBatches:
         self.dataset, self.batch_size, self.accumulation_steps = dataset, batch_size, accumulation_steps
         self.epochs, self.seed, self.rt, self.num_workers = epochs, seed, rt, num_workers
         if len(dataset) == 0:
-            raise TrainingError("the training data holds no usable samples; check --data_path")
+            raise UserError("the training data holds no usable samples; check --data_path")
         # What must not change between a run and its --resume, or the data order would differ.
         self.plan = {"samples": len(dataset), "batch_size": batch_size, "accumulation_steps": accumulation_steps,
                      "epochs": epochs, "seed": seed, "world_size": rt.world_size}
@@ -555,6 +461,54 @@ def masked_cross_entropy(logits, targets, loss_mask):
 
 
 # ------------------------------------------------------------------------------------------------
+# Validation: the loss on samples the run never trains on. Training loss alone cannot show
+# over-fitting (it keeps falling when the model starts memorising); held-out loss turns up then.
+
+
+class Validation:
+    """The held-out batches, and when to measure them: every `interval` optimizer steps, before the first
+    step and after the last.
+
+    Measuring must not change the run: the model is put in eval mode (no dropout, so no random numbers
+    drawn), the batches come in a fixed order from a loader with its own generator (a DataLoader without
+    one draws a seed from the global RNG), and training mode is restored. A run with validation therefore
+    trains exactly the weights of one without, and resumes bit-exactly (tests/test_training.py).
+    Under DDP each process measures every world_size-th sample and the sums are added up.
+    """
+
+    def __init__(self, dataset, batch_size, interval, total_steps, rt):
+        self.interval, self.total_steps, self.rt = interval, total_steps, rt
+        self.loader = None
+        if dataset is not None:
+            mine = list(range(rt.rank, len(dataset), rt.world_size))  # no padding: each sample counted once
+            self.loader = DataLoader(Subset(dataset, mine), batch_size=batch_size, collate_fn=collate_trimmed,
+                                     generator=torch.Generator().manual_seed(0))
+
+    def due(self, done) -> bool:
+        """Is a validation loss due after `done` optimizer steps?"""
+        return self.loader is not None and (done % self.interval == 0 or done == self.total_steps)
+
+    @torch.no_grad()
+    def loss(self, model) -> float:
+        """Mean cross-entropy over every trained (loss_mask = 1) token of the held-out samples.
+        model: the bare model (not the DDP wrapper, whose forward would take part in its collectives)."""
+        was_training = model.training
+        model.eval()
+        sums = torch.zeros(2, device=self.rt.device)  # (summed loss, tokens)
+        for X, Y, loss_mask in self.loader:
+            X, Y, loss_mask = (t.to(self.rt.device) for t in (X, Y, loss_mask))
+            with self.rt.autocast():
+                logits = model(X).logits  # (B, T, vocab_size)
+            per_token = F.cross_entropy(logits.float().transpose(1, 2), Y, reduction="none")  # (B, T)
+            sums += torch.stack([(per_token * loss_mask).sum(), loss_mask.sum().float()])
+        model.train(was_training)
+        if self.rt.ddp:
+            dist.all_reduce(sums)
+        loss, tokens = sums.tolist()
+        return loss / max(tokens, 1.0)
+
+
+# ------------------------------------------------------------------------------------------------
 # Checkpoints for --resume. The deliverable weights are saved by each script (save_model / save_lora);
 # the resume file next to them holds everything else a run needs to continue exactly.
 
@@ -579,23 +533,25 @@ def lora_settings(model):
             "targets": sorted(layers)}
 
 
-def run_plan(args, model, data, rt, base=None):
+def run_plan(model, data, rt, data_identity, max_seq_len, base=None):
     """Everything a --resume must find unchanged, saved in the resume file and compared on --resume.
 
     A change to any of these would either crash the resume (another model shape, LoRA rank, or a
     GradScaler state that float16 has and bfloat16 lacks) or silently continue a different run
-    (other data, another window, another frozen base), so the resume is refused, naming the setting.
+    (other data or held-out split, another window, another frozen base), so the resume is refused,
+    naming the setting.
+    data_identity: load_data's third value (the data's and the validation set's identity).
     base: the file LoRA adapts (its frozen weights are not in the resume file, so it must be the same
     file again); full SFT restores every weight from the resume file and passes none.
     The learning rate, clipping and intervals may change: that is how a diverged run is continued.
     """
     return {
         **data.plan,  # samples, batch_size, accumulation_steps, epochs, seed, world_size: the data order
+        **data_identity,
         "model": model.config.to_dict(),
         "lora": lora_settings(model),
-        "max_seq_len": args.max_seq_len,
+        "max_seq_len": max_seq_len,
         "dtype": str(rt.autocast_dtype or torch.float32).removeprefix("torch."),
-        "data": data.dataset.cache_key,  # the data file's content, tokenizer and window, e.g. 'x.jsonl.sft.len256.3f2a...'
         "base": file_sha256(base) if base is not None else None,
     }
 
@@ -645,17 +601,17 @@ def save_resume(path, model, optimizer, scaler, step, plan, rt):
 
 
 def read_resume(path) -> dict:
-    """A resume file's contents, or TrainingError if it cannot be one (truncated, or another kind of file)."""
+    """A resume file's contents, or UserError if it cannot be one (truncated, or another kind of file)."""
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # unpickling, zip and I/O errors alike: the file is unusable either way
-        raise TrainingError(f"{path} is not a readable PyTorch checkpoint ({type(e).__name__}); "
+        raise UserError(f"{path} is not a readable PyTorch checkpoint ({type(e).__name__}); "
                             "delete it to start over") from None
     keys = ("step", "plan", "trainable", "optimizer", "scaler", "rng")
     plan_keys = ("samples", "batch_size", "accumulation_steps", "epochs", "world_size")  # what count_steps reads
     if not (isinstance(state, dict) and all(k in state for k in keys) and isinstance(state["plan"], dict)
             and all(k in state["plan"] for k in plan_keys)):
-        raise TrainingError(f"{path} is not a resume file of these scripts (it lacks {', '.join(keys)} "
+        raise UserError(f"{path} is not a resume file of these scripts (it lacks {', '.join(keys)} "
                             "or its plan); delete it to start over")
     return state
 
@@ -671,7 +627,7 @@ def check_no_unfinished_run(path, resuming):
         return
     state = read_resume(path)
     if state["step"] < count_steps(state["plan"])[1]:
-        raise TrainingError(f"{path} holds an unfinished run: pass --resume to continue it, "
+        raise UserError(f"{path} holds an unfinished run: pass --resume to continue it, "
                             "or delete that file to start over")
 
 
@@ -682,21 +638,21 @@ def load_resume(path, model, optimizer, scaler, plan, rt) -> int:
     saved tensors must be exactly the parameters this run trains, with the same shapes.
     """
     if not os.path.isfile(path):
-        raise TrainingError(f"--resume: no resume state at {path} (the run saves one every --save_interval steps); "
+        raise UserError(f"--resume: no resume state at {path} (the run saves one every --save_interval steps); "
                             "run without --resume to start afresh")
     state = read_resume(path)
     changed = plan_differences(state["plan"], plan)
     if changed:
-        raise TrainingError(f"--resume: {path} belongs to a run with different settings ({'; '.join(changed)}); "
+        raise UserError(f"--resume: {path} belongs to a run with different settings ({'; '.join(changed)}); "
                             "resume with the same flags, data and number of processes, or start afresh without --resume")
     total = count_steps(plan)[1]
     if state["step"] >= total:
-        raise TrainingError(f"--resume: {path} is from a run that finished all its {total} steps; "
+        raise UserError(f"--resume: {path} is from a run that finished all its {total} steps; "
                             "run without --resume to start afresh")
     trainable = {name: p.shape for name, p in model.named_parameters() if p.requires_grad}
     saved = {name: t.shape for name, t in state["trainable"].items()}
     if saved != trainable:
-        raise TrainingError(f"--resume: {path} holds other parameters (or shapes) than this run trains; "
+        raise UserError(f"--resume: {path} holds other parameters (or shapes) than this run trains; "
                             "was it made by another script or with other --lora_* flags?")
     model.load_state_dict(state["trainable"], strict=False)
     optimizer.load_state_dict(state["optimizer"])
@@ -726,6 +682,9 @@ class Progress:
     losses are summed as tensors and read once per --log_interval. A NaN or inf loss (or gradient
     norm) is caught at the next read, and always before a checkpoint is written, so the last good
     checkpoint is never overwritten with broken weights.
+
+    The metrics JSONL gets one line per log step, {"step", "epoch", "loss", "lr", "grad_norm",
+    "tokens_per_s", "time"}, and one per validation, {"step", "val_loss", "time"}.
     """
 
     def __init__(self, metrics_path, total_steps, start_step, rt, resume=False, overflow_skips=False):
@@ -735,7 +694,8 @@ class Progress:
         self.bar = tqdm(total=total_steps, initial=start_step, disable=not rt.is_main, unit="step", dynamic_ncols=True)
         # A fresh run starts a fresh log; a resumed one keeps the lines up to its checkpoint.
         kept = [r for r in read_metrics(metrics_path) if r["step"] <= start_step] if resume else []
-        self.last_loss = kept[-1]["loss"] if kept else None
+        self.last_loss = next((r["loss"] for r in reversed(kept) if "loss" in r), None)
+        self.last_val_loss = next((r["val_loss"] for r in reversed(kept) if "val_loss" in r), None)
         if rt.is_main:
             atomic_write_text(metrics_path, "".join(json.dumps(r) + "\n" for r in kept))
         self._reset()
@@ -768,13 +728,18 @@ class Progress:
         return sums.tolist()
 
     def check_finite(self, step, sums=None):
-        """Raise TrainingError if any loss or gradient norm since the last log line was NaN or inf."""
+        """Raise UserError if any loss or gradient norm since the last log line was NaN or inf."""
         loss_sum, grad_norm_sum = sums or self._sums()
         if not (math.isfinite(loss_sum) and math.isfinite(grad_norm_sum)):
             what = "loss" if not math.isfinite(loss_sum) else "gradient norm"
-            raise TrainingError(f"the {what} became {loss_sum if what == 'loss' else grad_norm_sum} by step {step}; "
-                                "stopped without saving, so the last good checkpoint is kept. Lower --learning_rate "
-                                "(or --grad_clip) and continue from it with --resume")
+            raise UserError(f"the {what} became {loss_sum if what == 'loss' else grad_norm_sum} by step {step}; "
+                            "stopped without saving, so the last good checkpoint is kept. Lower --learning_rate "
+                            "(or --grad_clip) and continue from it with --resume")
+
+    def _write(self, record):
+        if self.rt.is_main:
+            with open(self.metrics_path, "a", encoding="utf-8") as f:
+                f.write(json.dumps(record) + "\n")
 
     def log(self, step, epoch, lr):
         """Read the sums (one sync), check them, write a metrics line and refresh the bar."""
@@ -791,15 +756,29 @@ class Progress:
             "time": round(time.time(), 3),
         }
         self.last_loss = record["loss"]
-        if self.rt.is_main:
-            with open(self.metrics_path, "a", encoding="utf-8") as f:
-                f.write(json.dumps(record) + "\n")
-            self.bar.set_postfix(loss=f"{record['loss']:.3f}", lr=f"{lr:.2e}", tok_s=f"{record['tokens_per_s']:,.0f}")
+        self._write(record)
+        self._show()
         self._reset()
         return record
 
+    def log_validation(self, step, val_loss):
+        """Write a validation line and show the value beside the training loss on the bar."""
+        self.last_val_loss = val_loss
+        self._write({"step": step, "val_loss": val_loss, "time": round(time.time(), 3)})
+        self._show()
+
+    def _show(self):
+        if self.rt.is_main:
+            shown = {"loss": self.last_loss, "val": self.last_val_loss}
+            self.bar.set_postfix({k: f"{v:.3f}" for k, v in shown.items() if v is not None})
+
+    def summary(self) -> str:
+        """'final loss 0.0512, validation loss 0.0634': the run's last values, for its closing line."""
+        text = f"final loss {self.last_loss:.4f}"
+        return text + (f", validation loss {self.last_val_loss:.4f}" if self.last_val_loss is not None else "")
+
     def close(self, svg_path, title):
-        """Close the bar and draw the loss curve of the whole run (resumed parts included)."""
+        """Close the bar and draw the loss curves of the whole run (resumed parts included)."""
         self.bar.close()
         if self.rt.is_main:
             write_loss_svg(read_metrics(self.metrics_path), svg_path, title)
@@ -820,48 +799,10 @@ def read_metrics(path) -> list:
     return records
 
 
-def write_loss_svg(records, path, title, width=640, height=360):
-    """Draw loss against step as an SVG line chart, by hand: no plotting library, ~30 lines of markup.
-
-    records: [{"step": 10, "loss": 7.9}, {"step": 20, "loss": 6.1}, ...] (the metrics log).
-    The plot area is mapped linearly: step -> x from left to right, loss -> y from bottom to top.
-    """
-    left, right, top, bottom = 64, 20, 36, 44  # margins, px: room for tick labels and the title
-    points = [(r["step"], r["loss"]) for r in records if math.isfinite(r.get("loss", math.nan))]
-    steps = [s for s, _ in points] or [0, 1]
-    losses = [l for _, l in points] or [0, 1]
-    s0, s1 = min(steps), max(steps)
-    l0, l1 = min(losses), max(losses)
-    if s1 == s0:
-        s0, s1 = s0 - 1, s1 + 1
-    if l1 == l0:
-        l0, l1 = l0 - 0.5, l1 + 0.5
-    plot_w, plot_h = width - left - right, height - top - bottom
-
-    def x(s):
-        return left + (s - s0) / (s1 - s0) * plot_w
-
-    def y(l):
-        return top + (l1 - l) / (l1 - l0) * plot_h  # SVG's y grows downwards
-
-    svg = [f'<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}" '
-           f'viewBox="0 0 {width} {height}" font-family="sans-serif" font-size="11">',
-           f'<rect width="{width}" height="{height}" fill="white"/>',
-           f'<text x="{width / 2}" y="20" text-anchor="middle" font-size="14">{_xml_escape(title)}</text>']
-    for i in range(5):  # 5 ticks per axis, with light grid lines
-        sv, lv = s0 + (s1 - s0) * i / 4, l0 + (l1 - l0) * i / 4
-        svg.append(f'<line x1="{x(sv):.1f}" y1="{top}" x2="{x(sv):.1f}" y2="{top + plot_h}" stroke="#eee"/>')
-        svg.append(f'<line x1="{left}" y1="{y(lv):.1f}" x2="{left + plot_w}" y2="{y(lv):.1f}" stroke="#eee"/>')
-        svg.append(f'<text x="{x(sv):.1f}" y="{top + plot_h + 16}" text-anchor="middle">{sv:.0f}</text>')
-        svg.append(f'<text x="{left - 6}" y="{y(lv) + 4:.1f}" text-anchor="end">{lv:.2f}</text>')
-    svg.append(f'<polyline fill="none" stroke="#888" points="{left},{top} {left},{top + plot_h} {left + plot_w},{top + plot_h}"/>')
-    svg.append(f'<text x="{left + plot_w / 2}" y="{height - 8}" text-anchor="middle">optimizer step</text>')
-    svg.append(f'<text x="14" y="{top + plot_h / 2}" text-anchor="middle" transform="rotate(-90 14 {top + plot_h / 2})">loss</text>')
-    line = " ".join(f"{x(s):.1f},{y(l):.1f}" for s, l in points)
-    svg.append(f'<polyline fill="none" stroke="#1f77b4" stroke-width="1.5" points="{line}"/>')
-    svg.append("</svg>")
-    atomic_write_text(path, "\n".join(svg) + "\n")
-
-
-def _xml_escape(text):
-    return text.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
+def write_loss_svg(records, path, title):
+    """Training and validation loss against the optimizer step, from a run's metrics records, as one SVG."""
+    series = {"training": [(r["step"], r["loss"]) for r in records if "loss" in r]}
+    validation = [(r["step"], r["val_loss"]) for r in records if "val_loss" in r]
+    if validation:
+        series["validation"] = validation
+    line_chart(series, path, title, x_label="optimizer step", y_label="loss")

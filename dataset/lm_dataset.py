@@ -30,6 +30,7 @@ import torch
 from torch.utils.data import Dataset
 
 from dataset.token_cache import DataError, TokenCache, build_cache, cache_folder
+from model.errors import UserError, run_main
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -327,8 +328,10 @@ class TokenizedJsonl(Dataset):
                  verbose=True):
         if max_length < 2:
             raise ValueError(f"max_length must be at least 2 (X and Y are max_length - 1 long), got {max_length}")
+        if os.path.isdir(data_path):
+            raise DataError(f"{data_path} is a directory; pass a jsonl file (--data_path)")
         if not os.path.isfile(data_path):
-            raise FileNotFoundError(f"data file not found: {data_path}")
+            raise DataError(f"data file {data_path} not found (check --data_path)")
         self.data_path = data_path
         self.max_length = max_length
         self.pad_id = tokenizer.pad_token_id
@@ -462,7 +465,7 @@ def build_parser():
     parser.add_argument("--show", required=True, metavar="FILE",
                         help="jsonl file: {\"text\": ...} lines (pretraining) or {\"conversations\": [...]} (SFT)")
     parser.add_argument("--index", type=int, default=0, help="which record to show, counting from 0")
-    parser.add_argument("--tokenizer", default=os.path.join(os.path.dirname(__file__), "..", "model", "demo_tokenizer"),
+    parser.add_argument("--tokenizer", default=os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "model", "demo_tokenizer"),
                         help="tokenizer directory or tokenizer.json (default: model/demo_tokenizer)")
     parser.add_argument("--max_length", type=int, default=512, help="sequence length the sample is cut/padded to")
     parser.add_argument("--tokens", action="store_true",
@@ -471,18 +474,14 @@ def build_parser():
 
 
 def main(argv=None):
-    parser = build_parser()
-    args = parser.parse_args(argv)
+    args = build_parser().parse_args(argv)
     if args.max_length < 2:
-        parser.error("--max_length must be at least 2")
-    from model.tokenizer import Tokenizer     # imported here: the datasets work with any such tokenizer
-    try:
-        tokenizer = Tokenizer.load(args.tokenizer)
-        print(show_sample(args.show, tokenizer, args.index, args.max_length,
-                          color=sys.stdout.isatty(), per_token=args.tokens))
-    except (ValueError, OSError) as e:              # DataError is a ValueError
-        sys.exit(f"error: {e}")
+        raise UserError(f"--max_length must be at least 2, got {args.max_length}")
+    from model.loader import load_tokenizer  # imported here: the datasets work with any such tokenizer
+    tokenizer = load_tokenizer(args.tokenizer)
+    print(show_sample(args.show, tokenizer, args.index, args.max_length,
+                      color=sys.stdout.isatty(), per_token=args.tokens))
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(run_main(main))

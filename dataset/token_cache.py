@@ -32,13 +32,15 @@ import time
 import numpy as np
 from tqdm import tqdm
 
+from model.errors import UserError
+
 # Bump when the layout or the meaning of the cached arrays changes: old caches are then never read.
 # 2: SFT conversations are tokenized whole (a reply starting with whitespace used to be tokenized apart
 #    from the prompt before it, giving other ids than the chat template does).
 CACHE_FORMAT = 2
 
 
-class DataError(ValueError):
+class DataError(UserError, ValueError):
     """A bad data file or record. The message reads "FILE:LINE: problem (how to fix)".
 
     Defined here, in the lowest of the two dataset modules, because the cache builder counts and skips
@@ -62,17 +64,6 @@ def file_fingerprint(path, probe_bytes=1 << 20):
             "head_sha256": head, "tail_sha256": tail}
 
 
-def tokenizer_fingerprint(tokenizer):
-    """sha256 of the files tokenizer.save() writes: a changed vocab, merge or special token changes it."""
-    digest = hashlib.sha256()
-    with tempfile.TemporaryDirectory() as tmp:
-        tokenizer.save(tmp)
-        for name in sorted(os.listdir(tmp)):
-            with open(os.path.join(tmp, name), "rb") as f:
-                digest.update(name.encode() + b"\0" + f.read())
-    return digest.hexdigest()
-
-
 def cache_folder(data_path, kind, tokenizer, max_length, cache_dir):
     """Where the cache for this (file, tokenizer, kind, max_length) lives; a change to any of them gives
     a different folder, so a stale cache is never read.
@@ -81,7 +72,7 @@ def cache_folder(data_path, kind, tokenizer, max_length, cache_dir):
     The folder's name is also the data's identity for a training run's --resume (see training.run_plan).
     """
     key = {"format": CACHE_FORMAT, "kind": kind, "max_length": max_length,
-           "file": file_fingerprint(data_path), "tokenizer": tokenizer_fingerprint(tokenizer)}
+           "file": file_fingerprint(data_path), "tokenizer": tokenizer.fingerprint()}
     digest = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:16]
     if cache_dir is None:
         cache_dir = os.path.join(os.path.dirname(os.path.abspath(data_path)), ".cache")

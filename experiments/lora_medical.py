@@ -4,13 +4,14 @@
     python experiments/lora_medical.py --targets wq,wk,wv,wo,w1,w2,w3    # without the tied embedding
     python experiments/lora_medical.py --rehearsal 0.2 --seed 1          # less rehearsal, another data order
 
-It trains one lora_medical adapter on the SFT model `run_demo.py` made (out/full_sft_128.pth by
-default), with run_demo's settings except the ones given here, then scores it on eval_medical and
-eval_general exactly as run_demo does (greedy, 48 new tokens), and prints one markdown row:
+It trains one lora_medical adapter on the demo's SFT model (OUT_DIR/full_sft_128.pth, made by
+`python run_demo.py` or the stages one by one) with train_lora.py's defaults -- the demo's -- except
+the flags given here, then scores it on eval_medical and eval_general exactly as run_demo does
+(its evaluation command's settings), and prints one markdown row:
 
     | targets | rank | rehearsal | epochs | seed | steps | eval_medical | eval_general |
 
-The README's tables under "How lora_medical reaches its target" are made of these rows.
+docs/experiments.md's lora_medical tables are made of these rows.
 
 --rehearsal rewrites the adapter's data with another share of ordinary world questions: the same
 generator, seed and medical records as dataset/lora_medical.jsonl (which is --rehearsal 0.5), so
@@ -18,7 +19,6 @@ only the share changes. Each configuration's adapter and data go to their own fo
 OUT_DIR/experiments/, never over the demo's own out/lora/lora_medical_128.pth.
 """
 import argparse
-import math
 import sys
 from pathlib import Path
 
@@ -29,49 +29,46 @@ import eval_model  # noqa: E402  (after the path, so the script runs from anywhe
 import train_lora  # noqa: E402
 import training  # noqa: E402
 from dataset import make_demo_data as demo  # noqa: E402
+from model.errors import UserError, run_main  # noqa: E402
+from model.loader import DEFAULT_DIM, checkpoint_path, load_checkpoint, run_files  # noqa: E402
 from run_demo import demo_stages  # noqa: E402
 
 DEMO_SEED = 42  # dataset/make_demo_data.py's default: the committed files
 
 
 def build_parser():
-    p = argparse.ArgumentParser(description="Train and score one lora_medical configuration on run_demo's SFT model.")
-    p.add_argument("--out_dir", default="out", help="run_demo's --out_dir, holding full_sft_128.pth (default: %(default)s)")
-    p.add_argument("--targets", default="wq,wk,wv,wo,w1,w2,w3,output",
-                   help="--lora_targets; 'output' adapts the tied embedding too (default: %(default)s, the demo's)")
-    p.add_argument("--rank", type=int, default=16, help="--lora_rank (default: %(default)s)")
-    p.add_argument("--rehearsal", type=float, default=0.5,
-                   help="share of world questions in the adapter's data (default: %(default)s, the committed file)")
-    p.add_argument("--epochs", type=int, default=4, help="--epochs (default: %(default)s, the demo's)")
-    p.add_argument("--seed", type=int, default=1337, help="--seed: adapter init and data order (default: %(default)s, the demo's)")
+    p = argparse.ArgumentParser(description="Train and score one lora_medical configuration on the demo's SFT model.")
+    p.add_argument("--out_dir", default="out", help="the demo's --out_dir, holding full_sft_128.pth (default: %(default)s)")
+    p.add_argument("--targets", default=None,
+                   help="--lora_targets; 'output' adapts the tied embedding too (default: train_lora.py's, the demo's)")
+    p.add_argument("--rank", type=int, default=None, help="--lora_rank (default: train_lora.py's, the demo's)")
+    p.add_argument("--rehearsal", type=float, default=None,
+                   help="share of world questions in the adapter's data (default: the committed file's, 0.5)")
+    p.add_argument("--epochs", type=int, default=None, help="--epochs (default: train_lora.py's, the demo's)")
+    p.add_argument("--seed", type=int, default=None, help="--seed: adapter init and data order (default: train_lora.py's, the demo's)")
     p.add_argument("--resume", action="store_true", help="continue this configuration's interrupted run")
     return p
 
 
-def demo_lora_command(out_dir):
-    """run_demo's lora_medical command line (without `train_lora.py`), the experiment's starting point."""
-    return dict(demo_stages(out_dir))["LoRA lora_medical"][1:]
+def overrides(args) -> list:
+    """train_lora.py flags for what this configuration changes, e.g. ['--lora_rank', '64']; the rest
+    stays at train_lora.py's defaults, which are the demo's."""
+    given = {"--lora_targets": args.targets, "--lora_rank": args.rank, "--epochs": args.epochs, "--seed": args.seed}
+    return [str(part) for flag, value in given.items() if value is not None for part in (flag, value)]
+
+
+def run_name(args):
+    """A folder name for one configuration, e.g. 'demo' or 'lora_rank64_seed1': each configuration keeps
+    its own adapter and resume file, so rows can run side by side."""
+    parts = [f"{flag[2:]}{value.replace(',', '-')}" for flag, value in zip(*[iter(overrides(args))] * 2)]
+    if args.rehearsal is not None:
+        parts.append(f"rehearsal{args.rehearsal:g}")
+    return "_".join(parts) or "demo"
 
 
 def demo_eval_settings(out_dir):
     """run_demo's evaluation command read by eval_model's own parser: max_new_tokens, batch_size, device."""
     return eval_model.build_parser().parse_args(dict(demo_stages(out_dir))["evaluation"][1:])
-
-
-def run_name(args):
-    """A folder name for one configuration, e.g. 'wq-wk-wv-wo-w1-w2-w3-output_r16_rehearsal0.5_epochs4_seed1337':
-    each configuration keeps its own adapter and resume file, so rows can run side by side."""
-    return f"{args.targets.replace(',', '-')}_r{args.rank}_rehearsal{args.rehearsal:g}_epochs{args.epochs}_seed{args.seed}"
-
-
-def with_flag(argv, flag, value):
-    """argv with `flag value` set: replaced where it is, appended where it is not."""
-    argv = list(argv)
-    if flag in argv:
-        argv[argv.index(flag) + 1] = str(value)
-    else:
-        argv += [flag, str(value)]
-    return argv
 
 
 def write_data(rehearsal, folder):
@@ -86,39 +83,31 @@ def write_data(rehearsal, folder):
 
 def main(argv=None):
     args = build_parser().parse_args(argv)
-    if not 0 <= args.rehearsal < 1:
-        sys.exit(f"--rehearsal must be in [0, 1), got {args.rehearsal}")
-    base = Path(args.out_dir) / "full_sft_128.pth"
-    if not base.is_file():
-        sys.exit(f"{base} not found; make it with: python run_demo.py --out_dir {args.out_dir}")
+    if args.rehearsal is not None and not 0 <= args.rehearsal < 1:
+        raise UserError(f"--rehearsal must be in [0, 1), got {args.rehearsal}")
+    base = checkpoint_path(args.out_dir, "full_sft", DEFAULT_DIM)
     folder = Path(args.out_dir) / "experiments" / run_name(args)
-    data, records = write_data(args.rehearsal, folder)
-
-    command = demo_lora_command(args.out_dir)
-    for flag, value in [("--out_dir", folder), ("--base", base), ("--data_path", data), ("--lora_targets", args.targets),
-                        ("--lora_rank", args.rank), ("--epochs", args.epochs), ("--seed", args.seed)]:
-        command = with_flag(command, flag, value)
-    command += ["--resume"] if args.resume else []
-    print(f"$ python train_lora.py {' '.join(map(str, command))}", file=sys.stderr, flush=True)
-    try:
-        result = train_lora.main(command)
-    except training.USER_ERRORS as e:  # e.g. a bad --targets, or an unfinished run (this script takes --resume too)
-        sys.exit(f"error: {e}")
+    command = ["--base", base, "--out_dir", str(folder), *overrides(args)] + (["--resume"] if args.resume else [])
+    if args.rehearsal is not None:
+        data, _ = write_data(args.rehearsal, folder)
+        command += ["--data_path", str(data)]
+    print(f"$ python train_lora.py {' '.join(command)}", file=sys.stderr, flush=True)
+    result = train_lora.main(command)  # a missing base is a UserError naming the command that makes it
 
     # scored as run_demo scores: its evaluation command's settings, greedy
     settings = demo_eval_settings(args.out_dir)
-    model, tok, _ = eval_model.load_base(base, device=settings.device)
-    eval_model.attach_adapter(model, result.weights)
+    loaded = load_checkpoint(base, adapter=result.weights, device=settings.device)
     scores = {}
     for name in ("eval_medical", "eval_general"):
         items = eval_model.load_eval_set(ROOT / "dataset" / f"{name}.jsonl")
-        scores[name] = eval_model.evaluate_set(model, tok, items, settings.max_new_tokens, settings.batch_size,
-                                               model.config.max_seq_len)["accuracy"]
-    batch_size = int(command[command.index("--batch_size") + 1])
-    steps = math.ceil(records / batch_size) * args.epochs  # optimizer steps: one process, no accumulation
-    print(f"| {args.targets} | {args.rank} | {args.rehearsal:.0%} | {args.epochs} | {args.seed} | {steps} "
+        scores[name] = eval_model.evaluate_set(loaded.model, loaded.tokenizer, items, settings.max_new_tokens,
+                                               settings.batch_size, loaded.model.config.max_seq_len)["accuracy"]
+    used = train_lora.build_parser().parse_args(command)  # what actually ran: defaults + overrides
+    steps = max(r["step"] for r in training.read_metrics(run_files(folder, result.weights).metrics))
+    rehearsal = 0.5 if args.rehearsal is None else args.rehearsal
+    print(f"| {used.lora_targets} | {used.lora_rank} | {rehearsal:.0%} | {used.epochs} | {used.seed} | {steps} "
           f"| {scores['eval_medical']:.1%} | {scores['eval_general']:.1%} |")
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(run_main(main))

@@ -35,10 +35,11 @@ import torch
 
 from model.LMConfig import LMConfig
 from model.atomic import atomic_write, atomic_write_text
+from model.errors import UserError
 from model.model import MiniMindLM
 
 
-class CheckpointError(Exception):
+class CheckpointError(UserError):
     """A checkpoint that cannot be used: unreadable, wrong shapes, missing or unexpected tensors, no config."""
 
 

@@ -23,6 +23,7 @@ Worked example (MiniMind2-style vocabulary, ids illustrative):
 import bisect
 import codecs
 import functools
+import hashlib
 import itertools
 import json
 import multiprocessing
@@ -516,14 +517,13 @@ class Tokenizer:
                               "always renders MiniMind2's format", stacklevel=2)
         return cls(model["vocab"], merges, added, **special_names)
 
-    def save(self, directory):
-        """Write tokenizer.json and tokenizer_config.json (with the chat template) into directory.
+    def files(self):
+        """{"tokenizer.json": text, "tokenizer_config.json": text}: what save() writes, in memory.
 
         The files are what Hugging Face writes for MiniMind2, so `tokenizers.Tokenizer.from_file`
         and `transformers.AutoTokenizer.from_pretrained(directory)` load them. Output is
         deterministic: the same tokenizer always gives byte-identical files.
         """
-        os.makedirs(directory, exist_ok=True)
         # merges as "left right" strings: every tokenizers version reads that form. Byte-level
         # tokens never contain a space (a space byte is written 'Ġ'), so the split is unambiguous.
         if any(" " in part for m in self.merges for part in m):
@@ -569,8 +569,23 @@ class Tokenizer:
             "unk_token": "<unk>" if "<unk>" in self._added_ids else None,
             "chat_template": MINIMIND2_CHAT_TEMPLATE,
         }
-        for name, obj in (("tokenizer.json", spec), ("tokenizer_config.json", config)):
-            atomic_write_text(os.path.join(directory, name), json.dumps(obj, ensure_ascii=False, indent=2) + "\n")
+        return {name: json.dumps(obj, ensure_ascii=False, indent=2) + "\n"
+                for name, obj in (("tokenizer.json", spec), ("tokenizer_config.json", config))}
+
+    def save(self, directory):
+        """Write tokenizer.json and tokenizer_config.json (with the chat template) into directory."""
+        os.makedirs(directory, exist_ok=True)
+        for name, text in self.files().items():
+            atomic_write_text(os.path.join(directory, name), text)
+
+    def fingerprint(self):
+        """sha256 (hex) of the files save() writes: any changed token, id, merge or special token changes
+        it, while the same tokenizer read from a differently formatted file keeps it. Checkpoints record
+        it, so a model is never run with a tokenizer other than the one it was trained with."""
+        digest = hashlib.sha256()
+        for name, text in sorted(self.files().items()):
+            digest.update(name.encode() + b"\0" + text.encode("utf-8"))
+        return digest.hexdigest()
 
 
 def _encode_many(tokenizer, texts, allow_special):

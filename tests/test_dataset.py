@@ -15,6 +15,7 @@ import torch
 import train_tokenizer
 from dataset.lm_dataset import DataError, PretrainDataset, SFTDataset, encode_with_spans, main
 from dataset.token_cache import build_cache
+from model.errors import run_main
 from model.tokenizer import Tokenizer
 
 FIXTURES = Path(__file__).parent / "fixtures" / "minimind2"
@@ -387,9 +388,10 @@ def test_cache_key_names_the_data_not_the_cache_folder(tok, tmp_path):
 def test_train_tokenizer_names_file_and_line_of_bad_data(tmp_path, capsys, bad, problem):
     """Guards against train_tokenizer.py reporting bad data without its place ('utf-8' codec can't
     decode byte 0xe9 in position 13: of which of a million lines?) or checking it differently from
-    the datasets: it must give the datasets' FILE:LINE message, on one line, and exit 1."""
+    the datasets: it must give the datasets' FILE:LINE message, on one line, and exit 2."""
     path = write_jsonl(tmp_path / "d.jsonl", [{"text": "fine"}, "", bad])
-    assert train_tokenizer.main(["--data_path", path, "--vocab_size", "300", "--out_dir", str(tmp_path / "t")]) == 1
+    argv = ["--data_path", path, "--vocab_size", "300", "--out_dir", str(tmp_path / "t")]
+    assert run_main(train_tokenizer.main, argv) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and f"{path}:3: {problem}" in err, err
 
@@ -410,7 +412,6 @@ def test_show_marks_exactly_the_trained_tokens(golden, tmp_path, capsys):
 def test_show_bad_index_is_a_one_line_error(tmp_path, capsys):
     """Guards against a traceback for a user mistake on the command line."""
     path = write_jsonl(tmp_path / "p.jsonl", [{"text": "hi"}])
-    with pytest.raises(SystemExit) as info:
-        main(["--show", path, "--index", "5", "--tokenizer", str(FIXTURES)])
-    assert info.value.code not in (0, None)
-    assert "no record 5, the file has 1 records" in str(info.value.code)
+    assert run_main(main, ["--show", path, "--index", "5", "--tokenizer", str(FIXTURES)]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and ": error: " in err and "no record 5, the file has 1 records" in err

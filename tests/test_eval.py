@@ -15,9 +15,11 @@ import torch
 
 import eval_model
 from eval_model import answer_is_correct, load_eval_set
+from model import errors
 from model.LMConfig import LMConfig
 from model.checkpoint import save_model
 from model.model import MiniMindLM
+from model.loader import checkpoint_meta
 from model.model_lora import apply_lora, mark_only_lora_as_trainable, save_lora
 from model.tokenizer import Tokenizer
 
@@ -80,7 +82,7 @@ def tiny(tmp_path_factory):
     # frozen base to let any adapter raise one token's probability; a large final-norm gain fixes that.
     with torch.no_grad():
         model.norm.weight.fill_(10.0)
-    save_model(model, out / "full_sft_32.pth", meta={"tokenizer": str(TOKENIZER), "stage": "sft"})
+    save_model(model, out / "full_sft_32.pth", meta=checkpoint_meta("full_sft", TOKENIZER, tok))
     apply_lora(model, rank=8, target_modules=["wq", "wk", "wv", "wo", "w1", "w2", "w3"])
     mark_only_lora_as_trainable(model)
     rows, targets = [], []
@@ -108,8 +110,8 @@ def tiny(tmp_path_factory):
 
 
 def run_main(argv, capsys):
-    """eval_model.main in-process -> (exit code, stdout, stderr)."""
-    code = eval_model.main(argv)
+    """eval_model.py's main in-process, as its __main__ runs it -> (exit code, stdout, stderr)."""
+    code = errors.run_main(eval_model.main, argv)
     captured = capsys.readouterr()
     return code, captured.out, captured.err
 
@@ -117,7 +119,7 @@ def run_main(argv, capsys):
 def test_auto_mode_runs_without_a_terminal(tiny):
     """Guards against MiniMind's habit of blocking on input(): --mode auto (the default) must answer
     the built-in prompts and exit with stdin closed, as in CI."""
-    proc = subprocess.run([sys.executable, str(ROOT / "eval_model.py"), "--out_dir", str(tiny),
+    proc = subprocess.run([sys.executable, str(ROOT / "eval_model.py"), "--out_dir", str(tiny), "--dim", "32",
                            "--max_new_tokens", "4"],
                           stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=120, cwd=tiny,
                           env={**os.environ, "OMP_NUM_THREADS": "1"})
@@ -128,7 +130,7 @@ def test_auto_mode_runs_without_a_terminal(tiny):
 
 def test_auto_mode_is_deterministic_under_seed(tiny, capsys):
     """Guards against sampling that ignores --seed (two runs of the demo would then disagree)."""
-    argv = ["--out_dir", str(tiny), "--max_new_tokens", "6", "--temperature", "1.0", "--json"]
+    argv = ["--out_dir", str(tiny), "--dim", "32", "--max_new_tokens", "6", "--temperature", "1.0", "--json"]
     first = run_main(argv + ["--seed", "1"], capsys)[1]
     assert run_main(argv + ["--seed", "1"], capsys)[1] == first
     assert run_main(argv + ["--seed", "2"], capsys)[1] != first
@@ -139,17 +141,17 @@ def test_chat_commands(tiny, capsys, monkeypatch):
     the adapter on the loaded base (or crashing on an unknown name)."""
     script = "/help\nhello\n/lora lora_sky\n/lora nope\n/lora none\n/reset\n/exit\nnever read\n"
     monkeypatch.setattr(sys, "stdin", io.StringIO(script))
-    code, out, _ = run_main(["--out_dir", str(tiny), "--mode", "chat", "--max_new_tokens", "4"], capsys)
+    code, out, _ = run_main(["--out_dir", str(tiny), "--dim", "32", "--mode", "chat", "--max_new_tokens", "4"], capsys)
     assert code == 0
     assert "/reset" in out and "(adapter lora_sky:" in out and "now: +lora_sky" in out
-    assert "lora_sky_32" in out  # the failed "/lora nope" lists what exists
+    assert "adapters for dim 32 in" in out and ": lora_sky)" in out  # the failed "/lora nope" lists what exists
     assert "now: base model" in out and "history cleared" in out
 
 
 def test_compare_base_adapter_and_removed(tiny, capsys):
     """Guards against --compare evaluating the same weights twice (identical columns), and against
     remove_lora leaving anything behind: the 'adapter removed' column must equal the base exactly."""
-    code, out, err = run_main(["--out_dir", str(tiny), "--lora_name", "lora_sky", "--compare", "--json",
+    code, out, err = run_main(["--out_dir", str(tiny), "--dim", "32", "--lora_name", "lora_sky", "--compare", "--json",
                                "--eval_data", str(tiny / "eval_sky.jsonl"), "--max_new_tokens", "8"], capsys)
     assert code == 0, err
     base, adapter, removed = (c["sets"]["eval_sky"] for c in json.loads(out)["columns"])
@@ -160,7 +162,7 @@ def test_compare_base_adapter_and_removed(tiny, capsys):
 
 def test_compare_table(tiny, capsys):
     """Guards against the human-readable table losing a column or a set."""
-    code, out, _ = run_main(["--out_dir", str(tiny), "--lora_name", "lora_sky", "--compare",
+    code, out, _ = run_main(["--out_dir", str(tiny), "--dim", "32", "--lora_name", "lora_sky", "--compare",
                              "--eval_data", str(tiny / "eval_sky.jsonl"), "--max_new_tokens", "8"], capsys)
     assert code == 0
     assert "| eval set | metric | base | +lora_sky | adapter removed |" in out
@@ -178,8 +180,8 @@ def test_minimind2_plain_files_load_with_size_flags(tiny, tmp_path, capsys):
     torch.save(adapter, tmp_path / "lora" / "lora_sky_32.pth")
     common = ["--lora_name", "lora_sky", "--json", "--eval_data", str(tiny / "eval_sky.jsonl"),
               "--max_new_tokens", "8", "--max_seq_len", "512"]
-    reference = json.loads(run_main(["--out_dir", str(tiny)] + common, capsys)[1])
-    plain = ["--out_dir", str(tmp_path), "--tokenizer", str(TOKENIZER)] + common
+    reference = json.loads(run_main(["--out_dir", str(tiny), "--dim", "32"] + common, capsys)[1])
+    plain = ["--ckpt", str(tmp_path / "full_sft_32.pth"), "--out_dir", str(tmp_path), "--tokenizer", str(TOKENIZER)] + common
     code, out, err = run_main(plain, capsys)
     assert code == 2 and "--dim 32 --n_layers 2" in err  # without a sidecar the size must be given
     code, out, err = run_main(plain + ["--dim", "32", "--n_layers", "2"], capsys)
@@ -189,10 +191,10 @@ def test_minimind2_plain_files_load_with_size_flags(tiny, tmp_path, capsys):
 
 def test_missing_adapter_lists_the_ones_that_exist(tiny, capsys):
     """Guards against a bare FileNotFoundError traceback for a mistyped adapter name."""
-    code, out, err = run_main(["--out_dir", str(tiny), "--lora_name", "lora_medcal"], capsys)
+    code, out, err = run_main(["--out_dir", str(tiny), "--dim", "32", "--lora_name", "lora_medcal"], capsys)
     assert code == 2
     assert len(err.strip().splitlines()) == 1
-    assert "lora_medcal_32.pth not found" in err and "lora_sky_32" in err and "train_lora.py" in err
+    assert "lora_medcal_32.pth not found" in err and ": lora_sky)" in err and "train_lora.py" in err
 
 
 @pytest.mark.parametrize("mode, script", [("sft", "train_full_sft.py"), ("pretrain", "train_pretrain.py")])

@@ -2,10 +2,14 @@
 import sys
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "experiments"))
 
 import lora_medical  # noqa: E402
+import train_lora  # noqa: E402
+from model.errors import run_main  # noqa: E402
 
 
 def test_default_rehearsal_rewrites_the_committed_file(tmp_path):
@@ -21,14 +25,16 @@ def test_default_rehearsal_rewrites_the_committed_file(tmp_path):
     assert fewer == round(len(medical) / 0.8)
 
 
-def test_command_starts_from_the_demo_and_overrides_only_the_flags_given():
-    """Guards against an experiment silently running other settings than run_demo's lora_medical stage."""
-    demo = lora_medical.demo_lora_command("out")
-    assert demo[demo.index("--lora_targets") + 1] == "wq,wk,wv,wo,w1,w2,w3,output"
-    changed = lora_medical.with_flag(lora_medical.with_flag(demo, "--epochs", 3), "--base", "x.pth")
-    expected = list(demo)
-    expected[expected.index("--epochs") + 1] = "3"  # replaced where it is
-    assert changed == expected + ["--base", "x.pth"]  # appended where it is not
+def test_only_the_flags_given_leave_train_lora_defaults():
+    """Guards against an experiment silently running other settings than the demo's lora_medical stage:
+    with no flags it passes train_lora.py nothing but where to read and write, so it trains with the
+    scripts' defaults, which are the demo's; each flag given changes exactly its own setting."""
+    parse = lora_medical.build_parser().parse_args
+    assert lora_medical.overrides(parse([])) == []
+    assert lora_medical.overrides(parse(["--rank", "64", "--seed", "2"])) == ["--lora_rank", "64", "--seed", "2"]
+    demo = train_lora.build_parser().parse_args([])
+    changed = train_lora.build_parser().parse_args(lora_medical.overrides(parse(["--epochs", "3"])))
+    assert {k for k, v in vars(changed).items() if vars(demo)[k] != v} == {"epochs"}
 
 
 def test_scoring_uses_the_demo_evaluation_settings():
@@ -40,7 +46,15 @@ def test_scoring_uses_the_demo_evaluation_settings():
 
 def test_each_configuration_has_its_own_folder():
     """Guards against two configurations overwriting each other's adapter or resume file."""
-    args = lora_medical.build_parser().parse_args
-    names = {lora_medical.run_name(args(flags)) for flags in ([], ["--seed", "1"], ["--rank", "64"], ["--epochs", "3"],
-                                                              ["--rehearsal", "0.2"], ["--targets", "output"])}
-    assert len(names) == 6 and all("," not in n and "/" not in n for n in names)
+    parse = lora_medical.build_parser().parse_args
+    names = {lora_medical.run_name(parse(flags)) for flags in ([], ["--seed", "1"], ["--rank", "64"], ["--epochs", "3"],
+                                                               ["--rehearsal", "0.2"], ["--targets", "output"],
+                                                               ["--targets", "wq,wo"])}
+    assert len(names) == 7 and all("," not in n and "/" not in n for n in names)
+
+
+def test_a_missing_demo_model_is_a_one_line_error(tmp_path, capsys):
+    """Guards against a traceback when the experiment runs before the demo made its SFT model."""
+    assert run_main(lora_medical.main, ["--out_dir", str(tmp_path)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()[-1]
+    assert f"{tmp_path}/full_sft_128.pth not found: make it with `python train_full_sft.py" in err

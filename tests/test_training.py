@@ -26,6 +26,8 @@ import train_pretrain
 import training
 from dataset.lm_dataset import SFTDataset
 from model.checkpoint import load_model, save_model
+from model.errors import UserError
+from model.loader import checkpoint_meta, path_for_sidecar, path_from_sidecar
 from model.LMConfig import LMConfig
 from model.model import MiniMindLM
 from model.model_lora import apply_lora, load_lora
@@ -35,7 +37,7 @@ ROOT = Path(__file__).resolve().parent.parent
 TOKENIZER = ROOT / "model" / "demo_tokenizer"
 SHAPE = ["--dim", "32", "--n_layers", "2", "--n_heads", "4", "--n_kv_heads", "2"]  # fast, for the mechanics
 LEARN = ["--dim", "64", "--n_layers", "2", "--n_heads", "4", "--n_kv_heads", "2"]  # learns visibly in seconds
-FAST = ["--device", "cpu", "--max_seq_len", "64", "--batch_size", "8", "--log_interval", "5"]
+FAST = ["--device", "cpu", "--max_seq_len", "64", "--batch_size", "8", "--log_interval", "5", "--val_samples", "16"]
 
 
 def head(name, n, folder):
@@ -52,7 +54,7 @@ def sha256(path):
 
 
 def first_and_last_loss(metrics_path):
-    records = training.read_metrics(metrics_path)
+    records = [r for r in training.read_metrics(metrics_path) if "loss" in r]
     return records[0]["loss"], records[-1]["loss"]
 
 
@@ -68,15 +70,16 @@ def working_directory(path):
 
 
 def one_line_error(main, argv, capsys):
-    """Run a script's main through run_main, which must fail: exit code 1, no traceback, and one
-    error line, the last on stderr (notes such as "tokenizing ..." may come before it) -> that line."""
+    """Run a script's main through run_main, which must fail: exit code 2, no traceback, and one
+    error line "PROG: error: ...", the last on stderr (notes such as "tokenizing ..." may come before
+    it) -> that line's message."""
     capsys.readouterr()  # drop what earlier runs printed
-    assert training.run_main(main, argv) == 1
+    assert training.run_main(main, argv) == 2
     err = capsys.readouterr().err
     lines = err.strip().splitlines()
-    assert "Traceback" not in err and lines[-1].startswith("error: "), err
+    assert "Traceback" not in err and ": error: " in lines[-1], err
     assert [line for line in lines if "error" in line.lower()] == lines[-1:], err
-    return lines[-1]
+    return lines[-1].split(": error: ", 1)[1]
 
 
 @pytest.fixture(scope="module")
@@ -98,7 +101,7 @@ def pipeline(tmp_path_factory, data):
     out = str(tmp_path_factory.mktemp("out"))
     with working_directory(ROOT):
         pre = train_pretrain.main([*LEARN, *FAST, "--out_dir", out, "--tokenizer", "model/demo_tokenizer",
-                                   "--data_path", data["pretrain"], "--epochs", "3", "--learning_rate", "3e-3",
+                                   "--data_path", data["pretrain"], "--epochs", "4", "--learning_rate", "3e-3",
                                    "--warmup_iters", "5"])
     with working_directory(out):
         sft = train_full_sft.main([*FAST, "--max_seq_len", "96", "--out_dir", out, "--dim", "64",
@@ -267,14 +270,16 @@ def test_sidecar_paths_resolve_from_any_directory(tmp_path):
     file inside the repository (which then ends up in files people share)."""
     inside = ROOT / "model" / "demo_tokenizer"
     with working_directory(ROOT / "model"):
-        assert training.path_for_sidecar("demo_tokenizer") == "model/demo_tokenizer"
+        assert path_for_sidecar("demo_tokenizer") == "model/demo_tokenizer"
     with working_directory(tmp_path):
-        assert training.path_for_sidecar(inside) == "model/demo_tokenizer"
-        assert Path(training.path_from_sidecar("model/demo_tokenizer")) == inside
-        assert training.path_for_sidecar("tok") == str(tmp_path / "tok")  # outside the repository: absolute
-        assert training.path_from_sidecar(str(tmp_path / "tok")) == str(tmp_path / "tok")
-    assert training.sidecar_meta("full_sft", inside, base=str(tmp_path / "b.pth")) == {
-        "tokenizer": "model/demo_tokenizer", "stage": "full_sft", "base": str(tmp_path / "b.pth")}
+        assert path_for_sidecar(inside) == "model/demo_tokenizer"
+        assert Path(path_from_sidecar("model/demo_tokenizer")) == inside
+        assert path_for_sidecar("tok") == str(tmp_path / "tok")  # outside the repository: absolute
+        assert path_from_sidecar(str(tmp_path / "tok")) == str(tmp_path / "tok")
+    tokenizer = Tokenizer.load(inside)
+    assert checkpoint_meta("full_sft", inside, tokenizer, base=str(tmp_path / "b.pth")) == {
+        "stage": "full_sft", "tokenizer": "model/demo_tokenizer", "tokenizer_sha256": tokenizer.fingerprint(),
+        "base": str(tmp_path / "b.pth")}
 
 
 # ------------------------------------------------------------------------------------------------
@@ -325,8 +330,7 @@ def test_lora_run_changes_only_adapter_weights(pipeline):
     assert tensors and all(".lora." in k for k in tensors)
     assert all(k in trained_state for k in tensors)
     assert all(tensors[k].abs().sum() > 0 for k in tensors if k.endswith("B.weight"))  # B moved off its zero init
-    apply_lora(base, rank=8)
-    load_lora(base, pipeline["lora"].weights)  # base + adapter file = the trained model
+    load_lora(base, pipeline["lora"].weights)  # base + adapter file (which says its rank and targets) = the trained model
     X = torch.randint(0, base.config.vocab_size, (1, 16))
     trained.eval()
     assert torch.allclose(base(X).logits, trained(X).logits, atol=1e-6)
@@ -334,9 +338,11 @@ def test_lora_run_changes_only_adapter_weights(pipeline):
 
 def resume_case(kind, out, data, sft_weights=None):
     """argv for a small run that spans two epochs with gradient accumulation (a step crosses the
-    epoch boundary) and, for LoRA, dropout (so the RNG state matters), LoRA+ (two param groups) and the
-    tied embedding's adapter (`output`, read by the embedding too)."""
-    common = [*FAST, "--out_dir", out, "--epochs", "2", "--accumulation_steps", "2", "--save_interval", "4"]
+    epoch boundary), takes a validation loss every 3 steps (which must not disturb the run) and, for
+    LoRA, dropout (so the RNG state matters), LoRA+ (two param groups) and the tied embedding's
+    adapter (`output`, read by the embedding too)."""
+    common = [*FAST, "--out_dir", out, "--epochs", "2", "--accumulation_steps", "2", "--save_interval", "4",
+              "--eval_interval", "3"]
     if kind == "pretrain":
         return train_pretrain, [*common, *SHAPE, "--tokenizer", str(TOKENIZER), "--data_path", data["pretrain"]]
     return train_lora, [*common, "--base", sft_weights, "--data_path", data["lora"], "--lora_name", "lora_identity",
@@ -384,7 +390,7 @@ def test_interrupted_run_resumes_to_the_same_weights(kind, tmp_path, data, pipel
     assert torch.load(resume_file, weights_only=True)["step"] == 4
 
     # Starting afresh would overwrite the unfinished run's progress.
-    assert one_line_error(script.main, argv, capsys) == (f"error: {resume_file} holds an unfinished run: "
+    assert one_line_error(script.main, argv, capsys) == (f"{resume_file} holds an unfinished run: "
                                                          "pass --resume to continue it, or delete that file to start over")
     # Resuming with settings that differ is refused before anything is loaded, naming each of them.
     if kind == "pretrain":
@@ -403,8 +409,14 @@ def test_interrupted_run_resumes_to_the_same_weights(kind, tmp_path, data, pipel
     for key in a:
         assert torch.equal(a[key], b[key]), key  # bit-identical on the CPU
     assert straight.final_loss == pytest.approx(resumed.final_loss, abs=1e-6)
-    steps = [r["step"] for r in training.read_metrics(tmp_path / "resumed" / Path(straight.weights).name.replace(".pth", "_metrics.jsonl"))]
-    assert steps == sorted(set(steps))  # the metrics log kept no lines from the lost steps
+    metrics = {run: training.read_metrics(tmp_path / run / Path(straight.weights).name.replace(".pth", "_metrics.jsonl"))
+               for run in ("straight", "resumed")}
+    for kind_of_line in ("loss", "val_loss"):
+        steps = [r["step"] for r in metrics["resumed"] if kind_of_line in r]
+        assert steps == sorted(set(steps))  # the metrics log kept no lines from the lost steps
+    # validation every 3 steps changed nothing: the same held-out losses, before and after the interruption
+    val_losses = {run: [(r["step"], r["val_loss"]) for r in records if "val_loss" in r] for run, records in metrics.items()}
+    assert len(val_losses["straight"]) > 3 and val_losses["resumed"] == pytest.approx(val_losses["straight"], abs=1e-6)
 
     # Finished: the resume file is gone, and rerunning the stage (as run_demo.py does) just works.
     assert not resume_file.exists()
@@ -426,13 +438,13 @@ def test_a_fresh_start_refuses_only_an_unfinished_run(tmp_path):
     path = tmp_path / "x_resume.pth"
     training.check_no_unfinished_run(path, resuming=False)  # no file: nothing to protect
     torch.save(fake_resume_state(2, plan), path)
-    with pytest.raises(training.TrainingError, match=re.escape(f"{path} holds an unfinished run: pass --resume")):
+    with pytest.raises(UserError, match=re.escape(f"{path} holds an unfinished run: pass --resume")):
         training.check_no_unfinished_run(path, resuming=False)
     training.check_no_unfinished_run(path, resuming=True)  # --resume continues it instead
     torch.save(fake_resume_state(3, plan), path)
     training.check_no_unfinished_run(path, resuming=False)  # step 3 of 3: finished
     torch.save({"tok_embeddings.weight": torch.zeros(2, 2)}, path)  # a model's weights saved under that name
-    with pytest.raises(training.TrainingError, match="is not a resume file of these scripts"):
+    with pytest.raises(UserError, match="is not a resume file of these scripts"):
         training.check_no_unfinished_run(path, resuming=False)
 
 
@@ -473,7 +485,7 @@ def test_nan_loss_stops_the_run_and_keeps_the_last_good_checkpoint(tmp_path, dat
         return loss * float("nan") if len(calls) >= 7 else loss
 
     monkeypatch.setattr(training, "masked_cross_entropy", nan_from_micro_batch_7)
-    with pytest.raises(training.TrainingError, match="loss became nan by step 8"):
+    with pytest.raises(UserError, match="loss became nan by step 8"):
         train_pretrain.main([*SHAPE, *FAST, "--out_dir", str(out), "--tokenizer", str(TOKENIZER),
                              "--data_path", data["pretrain"], "--save_interval", "4", "--log_interval", "100"])
     assert torch.load(out / "pretrain_32_resume.pth", weights_only=True)["step"] == 4
@@ -489,12 +501,9 @@ def test_missing_base_checkpoint_names_the_command_that_makes_it(tmp_path, capsy
     """Guards against a KeyError/traceback (or a silently random model) when a stage's input is missing."""
     out = str(tmp_path / "out")
     err = one_line_error(train_full_sft.main, ["--out_dir", out, "--dim", "48"], capsys)
-    assert f"{out}/pretrain_48.pth not found" in err
-    assert f"python train_pretrain.py --out_dir {out} --dim 48" in err
-
-    assert training.run_main(train_lora.main, ["--out_dir", out]) == 1
-    err = capsys.readouterr().err
-    assert f"{out}/full_sft_256.pth not found" in err and "python train_full_sft.py" in err
+    assert err == f"{out}/pretrain_48.pth not found: make it with `python train_pretrain.py --dim 48 --out_dir {out}`"
+    err = one_line_error(train_lora.main, ["--out_dir", out], capsys)
+    assert err == f"{out}/full_sft_128.pth not found: make it with `python train_full_sft.py --dim 128 --out_dir {out}`"
 
 
 def test_an_unwritable_cache_location_says_to_pass_cache_dir(tmp_path, data, capsys):
@@ -512,9 +521,7 @@ def test_an_unwritable_cache_location_says_to_pass_cache_dir(tmp_path, data, cap
 @pytest.mark.parametrize("name", ["../escape", "a/b", "/abs", ""])
 def test_lora_name_with_a_path_is_rejected(name, tmp_path, capsys):
     """Guards against --lora_name writing outside out/lora/ (e.g. ../../something.pth)."""
-    assert training.run_main(train_lora.main, ["--out_dir", str(tmp_path), "--lora_name", name]) == 1
-    err = capsys.readouterr().err
-    assert "must be a plain name" in err and err.count("\n") == 1
+    assert "must be a plain name" in one_line_error(train_lora.main, ["--out_dir", str(tmp_path), "--lora_name", name], capsys)
     assert list(tmp_path.iterdir()) == []
 
 
@@ -525,11 +532,9 @@ def test_a_plain_minimind2_checkpoint_trains_given_its_tokenizer_and_shape(pipel
     plain.write_bytes(Path(pipeline["pretrain"].weights).read_bytes())  # weights only, no .json sidecar
     argv = [*FAST, "--base", str(plain), "--out_dir", str(tmp_path / "out"), "--data_path", data["sft"]]
 
-    assert training.run_main(train_full_sft.main, argv) == 1
-    assert "pass --tokenizer" in capsys.readouterr().err
+    assert "--tokenizer DIR" in one_line_error(train_full_sft.main, argv, capsys)
     shape = ["--tokenizer", str(TOKENIZER), "--dim", "64", "--n_heads", "4", "--n_kv_heads", "2"]
-    assert training.run_main(train_full_sft.main, [*argv, *shape, "--n_layers", "3"]) == 1
-    assert "--n_layers 2" in capsys.readouterr().err  # read off the file's tensors
+    assert "--n_layers 2" in one_line_error(train_full_sft.main, [*argv, *shape, "--n_layers", "3"], capsys)  # read off the file's tensors
     result = train_full_sft.main([*argv, *shape, "--n_layers", "2", "--epochs", "1"])
     assert math.isfinite(result.final_loss)
     assert Path(result.weights) == tmp_path / "out" / "full_sft_64.pth"
@@ -549,7 +554,7 @@ def test_two_process_gloo_torchrun_trains_and_saves_loadable_files(tmp_path, dat
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
            "train_pretrain.py", *SHAPE, *FAST, "--out_dir", str(out), "--tokenizer", str(TOKENIZER),
            "--data_path", str(data_path), "--skip_bad_lines", "--batch_size", "16", "--max_seq_len", "32",
-           "--log_interval", "2"]
+           "--log_interval", "2", "--epochs", "1"]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     result = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stderr[-2000:]
@@ -560,7 +565,9 @@ def test_two_process_gloo_torchrun_trains_and_saves_loadable_files(tmp_path, dat
     model, meta = load_model(out / "pretrain_32.pth")
     assert meta["stage"] == "pretrain"
     records = training.read_metrics(out / "pretrain_32_metrics.jsonl")
-    # 240 samples / 2 ranks / 16 per batch = 8 steps, logged every 2: 4 lines, written by rank 0 only
-    assert [r["step"] for r in records] == [2, 4, 6, 8]
-    assert all(math.isfinite(r["loss"]) for r in records)
+    # 240 samples - 16 held out = 224 / 2 ranks / 16 per batch = 7 steps, logged every 2 and at the end,
+    # written by rank 0 only; validation before the first step and after the last, the ranks' halves summed
+    assert [r["step"] for r in records if "loss" in r] == [2, 4, 6, 7]
+    assert [r["step"] for r in records if "val_loss" in r] == [0, 7]
+    assert all(math.isfinite(r.get("loss", r.get("val_loss"))) for r in records)
     assert not (out / "pretrain_32_resume.pth").exists()  # removed by rank 0 once the run finished

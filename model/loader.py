@@ -1,0 +1,248 @@
+"""Where the pipeline's files live, and the one function every script loads a model with.
+
+Every stage writes into one output folder (`--out_dir`, default `out/`), with MiniMind2's names:
+
+    out/pretrain_128.pth      + .json sidecar     train_pretrain.py     checkpoint_path(out, "pretrain", 128)
+    out/full_sft_128.pth      + .json sidecar     train_full_sft.py     checkpoint_path(out, "full_sft", 128)
+    out/lora/lora_medical_128.pth                 train_lora.py         adapter_path(out, "lora_medical", 128)
+    out/full_sft_128_metrics.jsonl, _loss.svg, _resume.pth            run_files(...): a run's log, curve, resume state
+
+and every script that reads a model -- the SFT and LoRA stages, evaluation and chat, the experiments,
+and whatever comes later (a server, an exporter) -- calls `load_checkpoint`:
+
+    loaded = load_checkpoint("out/full_sft_128.pth", adapter="out/lora/lora_medical_128.pth")
+    loaded.model, loaded.tokenizer       # in eval mode; the tokenizer is the one it was trained with
+
+This project's checkpoints carry a JSON sidecar (model/checkpoint.py) that names their config and
+tokenizer, so nothing else is needed. A plain MiniMind2 `.pth` has none: its shape comes from flags
+(`shape={"dim": 512, "n_layers": 8}`) and its tokenizer must be named (`tokenizer=...`), as in
+MiniMind2. Whatever is wrong -- a missing file, flags that contradict the sidecar, a tokenizer other
+than the one the model was trained with -- is one UserError naming the fix.
+"""
+import os
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+from model.checkpoint import load_weights, read_checkpoint, read_sidecar, clean_state_dict, config_flags, sidecar_path
+from model.errors import UserError
+from model.LMConfig import LMConfig
+from model.model import MiniMindLM
+from model.model_lora import load_lora
+from model.tokenizer import Tokenizer
+
+REPO_ROOT = Path(__file__).resolve().parent.parent  # the folder holding model/, dataset/, train_*.py
+DEFAULT_DIM = 128  # the demo model's width, which names the files the scripts look for by default
+#                    (out/full_sft_128.pth); MiniMind2-Small's is 512
+
+# ------------------------------------------------------------------------------------------------
+# Where files go.
+
+# checkpoint prefix -> the script that writes it (MiniMind2's names: pretrain_512.pth, full_sft_512.pth)
+STAGE_SCRIPTS = {"pretrain": "train_pretrain.py", "full_sft": "train_full_sft.py"}
+
+
+def checkpoint_path(out_dir, stage: str, dim: int) -> str:
+    """checkpoint_path("out", "full_sft", 128) -> 'out/full_sft_128.pth'"""
+    return os.path.join(out_dir, f"{stage}_{dim}.pth")
+
+
+def check_adapter_name(name: str) -> str:
+    """An adapter name becomes a file name (out/lora/{name}_{dim}.pth), so it must be a plain name:
+    letters, digits, `_`, `.`, `-`, starting with a letter or digit, at most 100 characters."""
+    if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,99}", name or ""):
+        raise UserError(f"adapter name {name!r} must be a plain name such as lora_medical (letters, digits, _ . -, "
+                        "at most 100 characters, no path separators): it is saved as OUT_DIR/lora/NAME_DIM.pth")
+    return name
+
+
+def adapter_path(out_dir, lora_name: str, dim: int) -> str:
+    """adapter_path("out", "lora_medical", 128) -> 'out/lora/lora_medical_128.pth'"""
+    return os.path.join(out_dir, "lora", f"{check_adapter_name(lora_name)}_{dim}.pth")
+
+
+def list_adapters(out_dir, dim: int) -> list:
+    """The names of the adapters for models of width `dim` in out_dir/lora/, e.g. ['lora_identity', 'lora_medical']:
+    exactly what adapter_path (and so --lora_name) takes."""
+    folder = Path(out_dir) / "lora"
+    suffix = f"_{dim}.pth"
+    return sorted(p.name[:-len(suffix)] for p in folder.glob(f"*{suffix}") if p.is_file())
+
+
+@dataclass
+class RunFiles:
+    """The files one training run writes beside its weights, e.g. for out/full_sft_128.pth:
+    out/full_sft_128_resume.pth, out/full_sft_128_metrics.jsonl, out/full_sft_128_loss.svg."""
+
+    weights: str  # the deliverable: MiniMind2-style weights, or a LoRA adapter under lora/
+    resume: str  # everything --resume needs: trainable weights, optimizer, step, RNG
+    metrics: str  # one JSON object per log line (train and validation loss)
+    svg: str  # the loss curves, drawn at the end
+
+
+def run_files(out_dir, weights: str) -> RunFiles:
+    """The run files of `weights`, kept in out_dir itself (an adapter's too, so out/lora/ holds only adapters)."""
+    stem = os.path.join(out_dir, os.path.splitext(os.path.basename(weights))[0])
+    return RunFiles(weights, stem + "_resume.pth", stem + "_metrics.jsonl", stem + "_loss.svg")
+
+
+def repo_path(relative: str) -> str:
+    """A file shipped with the repository, found from any working directory:
+    repo_path("model/demo_tokenizer") -> '/where/you/cloned/minimind/model/demo_tokenizer'."""
+    return str(REPO_ROOT / relative)
+
+
+def path_for_sidecar(path) -> str:
+    """How a sidecar records a file (the tokenizer, the base checkpoint) so that a later stage finds it
+    from any working directory: relative to the repository when it is inside it (so no path of this
+    machine ends up in files people share), absolute otherwise.
+
+    With the repository at /home/me/minimind, run from there or from anywhere else:
+      'model/demo_tokenizer' -> 'model/demo_tokenizer';  '/data/tok' -> '/data/tok'
+    """
+    full = os.path.abspath(path)
+    if full.startswith(str(REPO_ROOT) + os.sep):
+        return os.path.relpath(full, REPO_ROOT).replace(os.sep, "/")
+    return full
+
+
+def path_from_sidecar(recorded: str) -> str:
+    """The inverse of path_for_sidecar: a relative path is relative to the repository."""
+    return recorded if os.path.isabs(recorded) else str(REPO_ROOT / recorded)
+
+
+def missing_checkpoint_message(path) -> str:
+    """One line for a checkpoint that is not there, naming the command that makes it when the name says:
+    'out/pretrain_128.pth not found: make it with `python train_pretrain.py --dim 128`'"""
+    match = re.fullmatch(r"(pretrain|full_sft)_(\d+)\.pth", os.path.basename(str(path)))
+    if not match:
+        return f"{path} not found (check the path)"
+    out_dir = os.path.dirname(str(path)) or "."
+    flags = f" --dim {match[2]}" + ("" if os.path.normpath(out_dir) == "out" else f" --out_dir {out_dir}")
+    return f"{path} not found: make it with `python {STAGE_SCRIPTS[match[1]]}{flags}`"
+
+
+def missing_adapter_message(out_dir, lora_name: str, dim: int) -> str:
+    """One line for an adapter that is not there: the adapters that exist, and how to train this one."""
+    existing = list_adapters(out_dir, dim)
+    folder = os.path.join(out_dir, "lora")
+    have = f"adapters for dim {dim} in {folder}: {', '.join(existing)}" if existing else f"{folder} has no adapters for dim {dim}"
+    out = "" if os.path.normpath(out_dir) == "out" else f" --out_dir {out_dir}"
+    return (f"{adapter_path(out_dir, lora_name, dim)} not found ({have}); train it with "
+            f"`python train_lora.py --lora_name {lora_name} --data_path dataset/{lora_name}.jsonl --dim {dim}{out}`")
+
+
+def checkpoint_meta(stage: str, tokenizer_path, tokenizer: Tokenizer, base=None) -> dict:
+    """What a stage records in its sidecar besides the config: the stage, the tokenizer (where it is and
+    its fingerprint), and the checkpoint it started from. e.g.
+    {"stage": "full_sft", "tokenizer": "model/demo_tokenizer", "tokenizer_sha256": "3f2a...", "base": "out/pretrain_128.pth"}"""
+    meta = {"stage": stage, "tokenizer": path_for_sidecar(tokenizer_path), "tokenizer_sha256": tokenizer.fingerprint()}
+    if base is not None:
+        meta["base"] = path_for_sidecar(base)
+    return meta
+
+
+# ------------------------------------------------------------------------------------------------
+# Loading.
+
+
+def load_tokenizer(path) -> Tokenizer:
+    """Tokenizer.load, with a missing or unreadable tokenizer turned into one UserError naming it."""
+    if not os.path.exists(path):
+        raise UserError(f"tokenizer {path} not found: pass --tokenizer DIR (a folder holding tokenizer.json), "
+                        "or make one with `python train_tokenizer.py`")
+    try:
+        return Tokenizer.load(path)
+    except UserError:
+        raise
+    except (OSError, ValueError, KeyError, TypeError) as e:  # unreadable, invalid JSON, or not a tokenizer.json
+        raise UserError(f"tokenizer {path} cannot be read: {e}") from None
+
+
+@dataclass
+class Loaded:
+    """What load_checkpoint returns."""
+
+    model: MiniMindLM  # in eval mode, on the requested device, with the adapter if one was given
+    tokenizer: Tokenizer  # the one the model was trained with
+    tokenizer_path: str  # where it was read from
+    path: str  # the checkpoint file
+    meta: dict = field(default_factory=dict)  # the sidecar without its config ({} for a plain MiniMind2 file)
+
+
+def load_checkpoint(path, *, tokenizer=None, shape=None, adapter=None, device="cpu") -> Loaded:
+    """Load a checkpoint, its tokenizer and optionally an adapter -> Loaded(model, tokenizer, ...).
+
+    path:      a .pth written by this project (with its .json sidecar) or by MiniMind2 (without one).
+    tokenizer: a tokenizer folder or tokenizer.json. Default: the one the sidecar records. Required for
+               a plain MiniMind2 file. A tokenizer other than the one the checkpoint was trained with
+               (another fingerprint, or another vocabulary size) is refused.
+    shape:     LMConfig fields from the command line, e.g. {"dim": 512, "n_layers": 8}; None values are
+               ignored. Required for a file without a sidecar; with a sidecar, given values must agree
+               with it (a flag that would be silently ignored is an error instead).
+    adapter:   a LoRA adapter file (or dict) to load onto the model (model_lora.load_lora).
+    device:    where the model goes.
+    """
+    path = str(path)
+    if not os.path.isfile(path):
+        raise UserError(missing_checkpoint_message(path))
+    shape = {k: v for k, v in (shape or {}).items() if v is not None}
+    state_dict = read_checkpoint(path)  # a file that is not a state dict: a CheckpointError naming it
+    side = sidecar_path(path)
+    if os.path.isfile(side):
+        meta = read_sidecar(side)
+        config, tokenizer_path = _config_from_sidecar(meta, side, shape), tokenizer
+        if tokenizer_path is None:
+            if not meta.get("tokenizer"):
+                raise UserError(f"{side} records no tokenizer: pass --tokenizer (the one the model was trained with)")
+            tokenizer_path = path_from_sidecar(meta["tokenizer"])
+        tok = load_tokenizer(tokenizer_path)
+        _check_same_tokenizer(meta, tok, tokenizer_path, path)
+    else:
+        meta = {}
+        implied = " ".join(f"--{k} {v}" for k, v in config_flags(clean_state_dict(state_dict)).items() if k in ("dim", "n_layers"))
+        if tokenizer is None or not shape:
+            raise UserError(f"{path} has no .json sidecar (a MiniMind2 file?): pass its shape ({implied or '--dim/--n_layers'}) "
+                            "and --tokenizer DIR (the tokenizer it was trained with)")
+        tokenizer_path, tok = tokenizer, load_tokenizer(tokenizer)
+        try:
+            config = LMConfig(**shape, vocab_size=tok.vocab_size)
+        except (TypeError, ValueError) as e:
+            raise UserError(f"{e} (check the shape flags --dim/--n_layers/--n_heads/--n_kv_heads)") from None
+    if tok.vocab_size != config.vocab_size:
+        raise UserError(f"tokenizer {tokenizer_path} has {tok.vocab_size} tokens but {path} has {config.vocab_size} "
+                        "embeddings: pass the --tokenizer the model was trained with")
+
+    model = MiniMindLM(config)
+    load_weights(model, state_dict)
+    if adapter is not None:
+        load_lora(model, adapter)
+    model.to(device).eval()
+    return Loaded(model, tok, str(tokenizer_path), path, meta)
+
+
+def _config_from_sidecar(meta: dict, side: str, shape: dict) -> LMConfig:
+    """The sidecar's LMConfig; shape flags the user gave must agree with it."""
+    try:
+        config = LMConfig.from_dict(meta.pop("config"))
+    except KeyError:
+        raise UserError(f"{side} has no config; restore it, or delete it and pass the model's shape flags") from None
+    except (TypeError, ValueError) as e:
+        raise UserError(f"{side}: its config is not valid ({e})") from None
+    for key, given in shape.items():
+        if getattr(config, key) != given:
+            raise UserError(f"--{key} {given} disagrees with {side} ({key}={getattr(config, key)}); drop the flag "
+                            "(a checkpoint with a sidecar knows its own shape)")
+    return config
+
+
+def _check_same_tokenizer(meta: dict, tok: Tokenizer, tokenizer_path, path) -> None:
+    """Refuse a tokenizer whose fingerprint is not the one recorded at training time: with another
+    tokenizer every id means another piece of text, and the model would produce fluent nonsense."""
+    recorded = meta.get("tokenizer_sha256")
+    if recorded is not None and recorded != tok.fingerprint():
+        raise UserError(f"{path} was trained with tokenizer {meta.get('tokenizer')} (sha256 {recorded[:12]}...), "
+                        f"but {tokenizer_path} is a different tokenizer (sha256 {tok.fingerprint()[:12]}...); "
+                        "pass --tokenizer the one it was trained with")
