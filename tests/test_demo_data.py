@@ -6,7 +6,9 @@ from pathlib import Path
 
 import pytest
 
+from dataset import demo_world as world
 from dataset import make_demo_data as demo
+from model.errors import run_main
 
 DATASET_DIR = Path(__file__).resolve().parent.parent / "dataset"
 ALL_FILES = demo.TRAIN_FILES + demo.EVAL_FILES
@@ -34,7 +36,7 @@ def test_generation_is_deterministic(tmp_path):
     """Guards against unseeded randomness (set iteration, a global `random` call, hash()):
     the same seed must give byte-identical files, a different seed different ones."""
     for run in ("a", "b"):
-        assert demo.main(["--out_dir", str(tmp_path / run), "--seed", "7"]) == 0
+        demo.main(["--out_dir", str(tmp_path / run), "--seed", "7"])
     for name in ALL_FILES:
         assert (tmp_path / "a" / name).read_bytes() == (tmp_path / "b" / name).read_bytes(), name
     other_seed = demo.to_jsonl(demo.generate(8)["sft_demo.jsonl"])
@@ -60,7 +62,7 @@ def test_a_failed_write_keeps_the_previous_files(tmp_path, monkeypatch, capsys):
         raise OSError(28, "No space left on device")
 
     monkeypatch.setattr(os, "fsync", disk_full)
-    assert demo.main(["--out_dir", str(tmp_path)]) == 1
+    assert run_main(demo.main, ["--out_dir", str(tmp_path)]) == 2
     assert "No space left on device" in capsys.readouterr().err
     assert sorted(p.name for p in tmp_path.iterdir()) == sorted(ALL_FILES)
     assert all((tmp_path / name).read_bytes() == b"previous\n" for name in ALL_FILES)
@@ -71,11 +73,11 @@ def test_check_flag_catches_a_hand_edit(tmp_path, capsys, files):
     one-line message naming that file, and pass on untouched files."""
     for name, records in files.items():
         (tmp_path / name).write_bytes(demo.to_jsonl(records))
-    assert demo.main(["--out_dir", str(tmp_path), "--check"]) == 0
+    demo.main(["--out_dir", str(tmp_path), "--check"])
     path = tmp_path / "eval_general.jsonl"
     path.write_bytes(path.read_bytes().replace(b"Pinebrook", b"Pinebrok", 1))
     capsys.readouterr()
-    assert demo.main(["--out_dir", str(tmp_path), "--check"]) == 1
+    assert run_main(demo.main, ["--out_dir", str(tmp_path), "--check"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "eval_general.jsonl" in err[0]
 
@@ -146,7 +148,7 @@ def test_adapter_domains_are_new_to_pretraining_and_sft(committed):
     neither pretraining nor SFT; department names occur in no SFT chat, and in pretraining only
     in sentences that name no symptom and no illness (what a department is about is read, the
     consultation is never shown); each does occur in its LoRA file."""
-    departments = [w for pair in demo.DEPARTMENTS.values() for w in pair]
+    departments = [w for pair in world.DEPARTMENTS.values() for w in pair]
     new = demo.IDENTITIES["lora"]
     assert len(departments) == 20 and "Dermatology" in departments and "眼科" in departments
     sft = "\n".join(training_texts(committed["sft_demo.jsonl"])).casefold()
@@ -155,7 +157,7 @@ def test_adapter_domains_are_new_to_pretraining_and_sft(committed):
         assert word.casefold() not in sft, f"{word!r} in sft_demo.jsonl"
     for word in (new["name"], new["maker_en"], new["maker_zh"]):
         assert word.casefold() not in pretrain.casefold(), f"{word!r} in pretrain_demo.jsonl"
-    medical_words = [w for c in demo.CONDITIONS for i in range(2) for w in [c[("en", "zh")[i]]] + [s[i] for s in c["symptoms"]]]
+    medical_words = [w for c in world.CONDITIONS for i in range(2) for w in [c[("en", "zh")[i]]] + [s[i] for s in c["symptoms"]]]
     sentences = re.split(r"(?<=[.。])\s*", pretrain)
     with_department = [s for s in sentences if any(d in s for d in departments)]
     assert len(with_department) > 100
@@ -183,7 +185,7 @@ def test_held_out_symptom_pairs_never_meet_in_training(files):
     is trained on (in some other company)."""
     held_out = demo.held_out_symptoms()  # the pairs generate() used, with the same default seed
     questions = [r["conversations"][0]["content"] for r in files["lora_medical.jsonl"]]
-    for c, (a, b) in zip(demo.CONDITIONS, held_out):
+    for c, (a, b) in zip(world.CONDITIONS, held_out):
         for i in range(2):  # English, Chinese
             sa, sb = c["symptoms"][a][i], c["symptoms"][b][i]
             assert not any(sa in q and sb in q for q in questions), (c["en"], sa, sb)
@@ -217,7 +219,7 @@ def test_every_symptom_names_its_departments_triage_word():
     assert demo.triage_problems(demo.MEDICINE) == []
     assert demo.triage_words_in("headaches with nausea", ("head", "ear"), "en") == ["head"]
     assert demo.triage_words_in("饭后胃疼恶心", ("心脏", "胃"), "zh") == ["胃"]
-    broken = dict(demo.MEDICINE, conditions=[dict(demo.CONDITIONS[0], symptoms=(
+    broken = dict(demo.MEDICINE, conditions=[dict(world.CONDITIONS[0], symptoms=(
         ("an itchy ear", "耳朵痒"), ("itchy skin", "皮肤痒"), ("a red patch", "一块红斑"), ("skin and eye", "皮肤和眼睛")))])
     problems = demo.triage_problems(broken)
     # per language: the ear names none of its own and another's (2), the red patch none (1),
@@ -237,5 +239,5 @@ def test_medical_answers_name_a_key_word_from_their_question(files):
     for question, answer in medical:
         word, dept = re.match(r"(?:Key word: |关键词：)(.+?)[.。] ?(?:Department: |就诊科室：)(.+?)[.。]", answer).groups()
         assert word in question.casefold() or word in question, (question, answer)
-        key = next(k for k, names in demo.DEPARTMENTS.items() if dept in names)
-        assert word in demo.TRIAGE_WORDS[key][0] + demo.TRIAGE_WORDS[key][1], (word, dept)
+        key = next(k for k, names in world.DEPARTMENTS.items() if dept in names)
+        assert word in world.TRIAGE_WORDS[key][0] + world.TRIAGE_WORDS[key][1], (word, dept)
