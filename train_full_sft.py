@@ -16,13 +16,13 @@ import torch
 import training
 from dataset.lm_dataset import SFTDataset
 from model.checkpoint import save_model
-from model.loader import DEFAULT_DIM, checkpoint_meta, checkpoint_path, load_checkpoint, repo_path, run_files
+from model.loader import DEFAULT_DIM, checkpoint_meta, checkpoint_path, load_checkpoint, run_files
 from model.model import trainable_parameters_report
 
 
 def build_parser():
     parser = argparse.ArgumentParser(description="MiniMind full SFT: every weight learns the chat format.")
-    training.add_common_args(parser, data_path=repo_path("dataset/sft_demo.jsonl"), epochs=4, batch_size=16,
+    training.add_common_args(parser, data_path="dataset/sft_demo.jsonl", epochs=4, batch_size=16,
                              learning_rate=2e-3, warmup_iters=20, max_seq_len=160, save_interval=100)
     training.add_model_args(parser, from_checkpoint=True)
     parser.add_argument("--base", default=None, help="checkpoint to start from (default: OUT_DIR/pretrain_DIM.pth)")

@@ -17,13 +17,13 @@ import torch
 import training
 from dataset.lm_dataset import SFTDataset
 from model.errors import UserError
-from model.loader import DEFAULT_DIM, adapter_path, check_adapter_name, checkpoint_path, load_checkpoint, repo_path, run_files
+from model.loader import DEFAULT_DIM, adapter_path, check_adapter_name, checkpoint_path, load_checkpoint, run_files
 from model.model_lora import apply_lora, mark_only_lora_as_trainable, save_lora, trainable_parameters_report
 
 
 def build_parser():
     parser = argparse.ArgumentParser(description="MiniMind LoRA: a small adapter learns one task, the model stays frozen.")
-    training.add_common_args(parser, data_path=repo_path("dataset/lora_medical.jsonl"), epochs=4, batch_size=16,
+    training.add_common_args(parser, data_path="dataset/lora_medical.jsonl", epochs=4, batch_size=16,
                              learning_rate=2e-3, warmup_iters=10, max_seq_len=224, save_interval=100)
     training.add_model_args(parser, from_checkpoint=True)
     parser.add_argument("--base", default=None, help="checkpoint to adapt (default: OUT_DIR/full_sft_DIM.pth)")

@@ -16,13 +16,13 @@ import torch
 import training
 from dataset.lm_dataset import PretrainDataset
 from model.checkpoint import save_model
-from model.loader import checkpoint_meta, checkpoint_path, load_tokenizer, repo_path, run_files
+from model.loader import checkpoint_meta, checkpoint_path, load_tokenizer, run_files
 from model.model import MiniMindLM, trainable_parameters_report
 
 
 def build_parser():
     parser = argparse.ArgumentParser(description="MiniMind pretraining: next-token prediction on raw text.")
-    training.add_common_args(parser, data_path=repo_path("dataset/pretrain_demo.jsonl"), epochs=4, batch_size=16,
+    training.add_common_args(parser, data_path="dataset/pretrain_demo.jsonl", epochs=4, batch_size=16,
                              learning_rate=3e-3, warmup_iters=20, max_seq_len=224, save_interval=100)
     training.add_model_args(parser, from_checkpoint=False)
     return parser

@@ -31,6 +31,7 @@ sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."
 
 from bench.machine import measure_machine, run_in_fresh_process  # noqa: E402
 from dataset.lm_dataset import PretrainDataset  # noqa: E402
+from model.errors import run_main  # noqa: E402
 from model.tokenizer import Tokenizer  # noqa: E402
 
 
@@ -138,7 +139,7 @@ def run_phase(target, args, data_path, cache_dir):
     return run_in_fresh_process(target, (args, data_path, cache_dir))
 
 
-def main():
+def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0].strip())
     parser.add_argument("--size_mb", type=float, default=1024, help="size of the generated jsonl file in MB")
     parser.add_argument("--dir", default=None,
@@ -154,7 +155,7 @@ def main():
     parser.add_argument("--minimind_baseline", action="store_true",
                         help="also measure MiniMind's way of loading (the whole file as a list of dicts in RAM)")
     parser.add_argument("--seed", type=int, default=0, help="seed for the generated text")
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
 
     machine = measure_machine(threads=1)
     print(machine.header() + "\n")
@@ -208,4 +209,4 @@ def main():
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(run_main(main))

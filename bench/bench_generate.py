@@ -35,6 +35,7 @@ import torch
 import torch.nn.functional as F
 
 from bench.machine import add_threads_arg, measure_machine
+from model.errors import UserError, run_main
 from model.LMConfig import LMConfig
 from model.model import MiniMindLM
 from model.model_lora import apply_lora, merge_lora
@@ -115,7 +116,7 @@ def main(argv=None):
     parser.add_argument("--lora_rank", type=int, default=16, help="rank of the adapter in the adapter-cost table (default: %(default)s)")
     args = parser.parse_args(argv)
     if args.new_tokens < 2:
-        parser.error("--new_tokens must be at least 2 (the first token is not timed)")
+        raise UserError(f"--new_tokens must be at least 2 (the first token is not timed), got {args.new_tokens}")
 
     machine = measure_machine(args.threads)
     print(machine.header())
@@ -162,4 +163,4 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(run_main(main))

@@ -32,6 +32,7 @@ import torch
 from bench.bench_train import SIZES, build, make_batch, time_size, train_step
 from bench.machine import (add_quiet_args, add_step_args, add_threads_arg, measure_machine, measure_quietly,
                            run_in_fresh_process, wait_until_quiet)
+from model.errors import UserError, run_main
 
 MODES = ("full_sft", "lora")
 
@@ -91,7 +92,7 @@ def main(argv=None):
     add_step_args(parser)
     args = parser.parse_args(argv)
     if args.steps < 1 or args.warmup < 0:
-        parser.error("--steps must be at least 1 and --warmup at least 0")
+        raise UserError(f"--steps must be at least 1 and --warmup at least 0, got {args.steps} and {args.warmup}")
 
     if args.wait > 0:
         wait_until_quiet(args.wait)
@@ -128,4 +129,4 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(run_main(main))

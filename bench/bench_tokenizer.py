@@ -22,6 +22,7 @@ import time
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 
 from bench.machine import measure_machine  # noqa: E402
+from model.errors import run_main  # noqa: E402
 from model.tokenizer import Tokenizer  # noqa: E402
 from train_tokenizer import count_chunks, train_bpe  # noqa: E402
 
@@ -62,13 +63,13 @@ def make_mixed_text(n_bytes, seed):
     return texts
 
 
-def main():
+def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0].strip())
     parser.add_argument("--train_mb", type=float, default=10.0, help="MB of generated text to train on")
     parser.add_argument("--vocab_size", type=int, default=6400, help="vocabulary to train (MiniMind2: 6400)")
     parser.add_argument("--encode_mb", type=float, default=4.0, help="MB of (different) text to encode")
     parser.add_argument("--workers", type=int, default=os.cpu_count(), help="processes for encode_batch")
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
 
     machine = measure_machine()  # torch threads left alone: the tokenizer does not use torch
     train_texts = make_mixed_text(int(args.train_mb * 1e6), seed=0)
@@ -112,4 +113,4 @@ def main():
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(run_main(main))

@@ -42,6 +42,7 @@ import torch
 
 import training
 from bench.machine import add_quiet_args, add_step_args, add_threads_arg, measure_machine, measure_quietly, wait_until_quiet
+from model.errors import UserError, run_main
 from model.LMConfig import LMConfig
 from model.model import MiniMindLM
 from model.model_lora import apply_lora, mark_only_lora_as_trainable
@@ -192,7 +193,7 @@ def main(argv=None):
     parser.add_argument("--profile", action="store_true", help="also print a torch.profiler table of one step per case")
     args = parser.parse_args(argv)
     if args.steps < 1 or args.warmup < 0:
-        parser.error("--steps must be at least 1 and --warmup at least 0")
+        raise UserError(f"--steps must be at least 1 and --warmup at least 0, got {args.steps} and {args.warmup}")
 
     if args.wait > 0:
         wait_until_quiet(args.wait)
@@ -229,4 +230,4 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(run_main(main))

@@ -35,6 +35,8 @@ from dataclasses import dataclass
 
 import torch
 
+from model.errors import UserError, run_main
+
 
 def cpu_model() -> str:
     """'AMD EPYC 9B14' from /proc/cpuinfo on Linux; platform's guess elsewhere."""
@@ -265,7 +267,7 @@ def run_in_fresh_process(target, args: tuple):
     out = results.get()
     process.join()
     if process.exitcode != 0:
-        sys.exit(f"error: the {target.__name__} process failed (see above)")
+        raise UserError(f"the {target.__name__} process failed (exit code {process.exitcode}; its error is printed above)")
     return out
 
 
@@ -296,4 +298,4 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(run_main(main))

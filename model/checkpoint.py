@@ -77,7 +77,7 @@ def read_checkpoint(path, device="cpu") -> dict:
     """
     path = str(path)
     if not os.path.exists(path):
-        raise FileNotFoundError(f"checkpoint not found: {path}")
+        raise CheckpointError(f"checkpoint {path} not found")
     try:
         obj = torch.load(path, map_location=device, weights_only=True)
     except Exception as e:  # noqa: BLE001 -- torch raises many types here; all mean "not usable"
@@ -267,14 +267,16 @@ def read_sidecar(path) -> dict:
 
 
 def load_model(path, config: LMConfig = None, device="cpu"):
-    """Build a MiniMindLM and load `path` into it -> (model, meta).
+    """Build a MiniMindLM and load `path` into it -> (model, meta): the weights alone.
 
     The config comes from the JSON sidecar unless given; a plain MiniMind2 file (no sidecar)
     needs `config`. meta is the sidecar without its "config" ({} when there is no sidecar).
+    Scripts load through model/loader.py's load_checkpoint, which calls this and adds the tokenizer
+    the model was trained with, the shape flags' checks and an adapter.
     """
     path = str(path)
     if not os.path.isfile(path):
-        raise FileNotFoundError(f"checkpoint not found: {path}")
+        raise CheckpointError(f"checkpoint {path} not found")
     meta = {}
     side = sidecar_path(path)
     if os.path.isfile(side):

@@ -26,10 +26,10 @@ from pathlib import Path
 
 import torch
 
-from model.checkpoint import load_weights, read_checkpoint, read_sidecar, clean_state_dict, config_flags, sidecar_path
+from model.checkpoint import clean_state_dict, config_flags, load_model, read_checkpoint, read_sidecar, sidecar_path
 from model.errors import UserError
 from model.LMConfig import LMConfig
-from model.model import MiniMindLM
+from model.model import MiniMindLM  # noqa: F401  (the type load_checkpoint returns)
 from model.model_lora import load_lora
 from model.tokenizer import Tokenizer
 
@@ -189,22 +189,22 @@ def load_checkpoint(path, *, tokenizer=None, shape=None, adapter=None, device="c
     if not os.path.isfile(path):
         raise UserError(missing_checkpoint_message(path))
     shape = {k: v for k, v in (shape or {}).items() if v is not None}
-    state_dict = read_checkpoint(path)  # a file that is not a state dict: a CheckpointError naming it
     side = sidecar_path(path)
-    if os.path.isfile(side):
+    if os.path.isfile(side):  # this project's checkpoint: the sidecar knows the config and the tokenizer
         meta = read_sidecar(side)
-        config, tokenizer_path = _config_from_sidecar(meta, side, shape), tokenizer
+        config = _config_from_sidecar(meta, side, shape)
+        tokenizer_path = tokenizer
         if tokenizer_path is None:
             if not meta.get("tokenizer"):
                 raise UserError(f"{side} records no tokenizer: pass --tokenizer (the one the model was trained with)")
             tokenizer_path = path_from_sidecar(meta["tokenizer"])
         tok = load_tokenizer(tokenizer_path)
         _check_same_tokenizer(meta, tok, tokenizer_path, path)
-    else:
-        meta = {}
-        implied = " ".join(f"--{k} {v}" for k, v in config_flags(clean_state_dict(state_dict)).items() if k in ("dim", "n_layers"))
+    else:  # a plain MiniMind2 state dict: the flags say its shape, and its tokenizer must be named
         if tokenizer is None or not shape:
-            raise UserError(f"{path} has no .json sidecar (a MiniMind2 file?): pass its shape ({implied or '--dim/--n_layers'}) "
+            implied = config_flags(clean_state_dict(read_checkpoint(path)))
+            flags = " ".join(f"--{k} {implied[k]}" for k in ("dim", "n_layers") if k in implied)
+            raise UserError(f"{path} has no .json sidecar (a MiniMind2 file?): pass its shape ({flags or '--dim/--n_layers'}) "
                             "and --tokenizer DIR (the tokenizer it was trained with)")
         tokenizer_path, tok = tokenizer, load_tokenizer(tokenizer)
         try:
@@ -215,8 +215,7 @@ def load_checkpoint(path, *, tokenizer=None, shape=None, adapter=None, device="c
         raise UserError(f"tokenizer {tokenizer_path} has {tok.vocab_size} tokens but {path} has {config.vocab_size} "
                         "embeddings: pass the --tokenizer the model was trained with")
 
-    model = MiniMindLM(config)
-    load_weights(model, state_dict)
+    model, meta = load_model(path, config=config)  # the weights, checked tensor by tensor against the config
     if adapter is not None:
         load_lora(model, adapter)
     model.to(device).eval()
@@ -226,7 +225,7 @@ def load_checkpoint(path, *, tokenizer=None, shape=None, adapter=None, device="c
 def _config_from_sidecar(meta: dict, side: str, shape: dict) -> LMConfig:
     """The sidecar's LMConfig; shape flags the user gave must agree with it."""
     try:
-        config = LMConfig.from_dict(meta.pop("config"))
+        config = LMConfig.from_dict(meta["config"])
     except KeyError:
         raise UserError(f"{side} has no config; restore it, or delete it and pass the model's shape flags") from None
     except (TypeError, ValueError) as e:

@@ -181,7 +181,7 @@ class LoRAEmbedding(nn.Embedding):
     Why adapt the embedding at all: a frozen E fixes what every token *means* to the model. When the
     pretraining text used some words in identical contexts (the demo's department names), their rows
     are nearly alike, and adapters inside the blocks barely tell them apart at the output; a rank-16
-    ΔE does (the README's "How lora_medical reaches its target" has the measurements).
+    ΔE does (docs/experiments.md has the measurements).
     """
 
     def __init__(self, base: nn.Embedding, tied_output: LoRALinear):
@@ -375,7 +375,7 @@ def load_lora(model: nn.Module, path: str | os.PathLike | dict) -> None:
         state = dict(path)
     else:
         if not os.path.exists(path):
-            raise FileNotFoundError(f"LoRA adapter file not found: {path}")
+            raise CheckpointError(f"LoRA adapter {path} not found")
         state = read_checkpoint(path)  # a file that is not a torch.save'd dict: CheckpointError
     meta = state.pop("lora_config", None)
     state = clean_state_dict(state)  # strips module./_orig_mod., e.g. from MiniMind2 saving a DDP model

@@ -595,7 +595,7 @@ def test_adapter_with_wrong_keys_is_refused(tmp_path):
     apply_lora(model, rank=8)  # adapters of another rank already there
     with pytest.raises(CheckpointError, match=r"rank 8 and the file's rank 4.*remove_lora"):
         load_lora(model, FIXTURES / "lora.pth")
-    with pytest.raises(FileNotFoundError, match="nowhere.pth"):
+    with pytest.raises(CheckpointError, match="nowhere.pth not found"):
         load_lora(model, tmp_path / "nowhere.pth")
 
 

@@ -412,7 +412,7 @@ def test_save_load_round_trip(tmp_path):
 
 def test_load_model_errors(tmp_path):
     """Guards against a missing file or a config-less MiniMind2 file failing with an unhelpful message."""
-    with pytest.raises(FileNotFoundError, match="nope.pth"):
+    with pytest.raises(CheckpointError, match="nope.pth not found"):
         load_model(tmp_path / "nope.pth")
     with pytest.raises(CheckpointError, match="--dim 64 --n_layers 2"):
         load_model(FIXTURES / "model.pth")  # MiniMind2 file: no sidecar

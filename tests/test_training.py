@@ -24,7 +24,7 @@ import train_full_sft
 import train_lora
 import train_pretrain
 import training
-from dataset.lm_dataset import SFTDataset
+from dataset.lm_dataset import PretrainDataset, SFTDataset
 from model.checkpoint import load_model, save_model
 from model.errors import UserError
 from model.loader import checkpoint_meta, path_for_sidecar, path_from_sidecar
@@ -155,7 +155,7 @@ def test_trimming_padding_columns_changes_neither_loss_nor_gradients():
     model = MiniMindLM(LMConfig(dim=32, n_layers=2, n_heads=4, n_kv_heads=2, vocab_size=50))
     T, pad = 200, 0
     samples = []
-    for last in (30, 70):  # the batch's last trained position is 70 -> 128 columns kept (rounded up to 64s)
+    for last in (30, 70):  # the batch's last trained position is 70 -> 80 columns kept (rounded up to 16s)
         X = torch.randint(1, 50, (T,))
         X[last + 3:] = pad
         mask = torch.zeros(T, dtype=torch.long)
@@ -170,15 +170,15 @@ def test_trimming_padding_columns_changes_neither_loss_nor_gradients():
         return loss.detach(), [p.grad.clone() for p in model.parameters()]
 
     trimmed = training.collate_trimmed(samples)
-    assert trimmed[0].shape == (2, 128)
+    assert trimmed[0].shape == (2, 80)  # the batch's last trained position is 70 -> 71 columns, rounded up to 16s
     full_loss, full_grads = loss_and_grads(tuple(torch.stack(t) for t in zip(*samples)))
     cut_loss, cut_grads = loss_and_grads(trimmed)
     assert torch.allclose(full_loss, cut_loss, atol=1e-6)
     assert all(torch.allclose(a, b, atol=1e-6) for a, b in zip(full_grads, cut_grads))
-    samples[1][2][127] = 1  # a target in the last kept column ...
-    assert training.collate_trimmed(samples)[0].shape == (2, 128)
-    samples[1][2][128] = 1  # ... and one just past it: the cut moves to keep it
-    assert training.collate_trimmed(samples)[0].shape == (2, 192)
+    samples[1][2][79] = 1  # a target in the last kept column ...
+    assert training.collate_trimmed(samples)[0].shape == (2, 80)
+    samples[1][2][80] = 1  # ... and one just past it: the cut moves to keep it
+    assert training.collate_trimmed(samples)[0].shape == (2, 96)
 
 
 def test_step_batches_see_every_sample_once_per_epoch_and_resume_at_any_step():
@@ -199,6 +199,32 @@ def test_step_batches_see_every_sample_once_per_epoch_and_resume_at_any_step():
     assert samples[:10] != list(range(10))
     assert order(1) == full[1:] and order(2) == full[2:]  # resuming at step s = the same batches
     assert [epoch for _, epoch, _ in data.steps(0)] == [0, 0, 1]  # step 1 spans the epoch boundary
+
+
+def test_batches_group_samples_of_like_length_and_stay_a_pure_function_of_the_step():
+    """Guards against length grouping that drops or repeats samples, that makes batches no narrower
+    (the point of it), or that depends on anything but (seed, epoch), which would break exact resumes."""
+    torch.manual_seed(0)
+    lengths = torch.randint(1, 200, (400,)).tolist()
+    dataset = []
+    for n in lengths:
+        mask = torch.zeros(200, dtype=torch.long)
+        mask[n - 1] = 1
+        dataset.append((torch.zeros(200, dtype=torch.long), torch.zeros(200, dtype=torch.long), mask))
+    rt = training.Runtime(torch.device("cpu"))
+    data = training.StepBatches(dataset, batch_size=8, accumulation_steps=1, epochs=2, seed=3, rt=rt)
+    assert data.lengths == lengths
+    for epoch in (0, 1):
+        batches = data.epoch_batches(epoch)
+        assert sorted(i for b in batches for i in b) == list(range(400))  # every sample once
+        assert batches == training.StepBatches(dataset, 8, 1, 2, 3, rt).epoch_batches(epoch)  # a pure function
+    assert data.epoch_batches(0) != data.epoch_batches(1)
+    grouped = sum(max(lengths[i] for i in b) for b in data.epoch_batches(0))
+    shuffled = torch.randperm(400, generator=torch.Generator().manual_seed(0)).tolist()
+    ungrouped = sum(max(lengths[i] for i in shuffled[k:k + 8]) for k in range(0, 400, 8))
+    assert grouped < 0.75 * ungrouped  # measured 0.58: like lengths together, far less padding
+    by_step = [[X.shape[1] for X, _, _ in group] for _, _, group in data.steps(0)]
+    assert by_step[0][0] == max(by_step[i][0] for i in range(50))  # a group's first batch is its widest
 
 
 def test_loss_curve_svg_is_well_formed_and_plots_every_point(tmp_path):
@@ -423,6 +449,33 @@ def test_interrupted_run_resumes_to_the_same_weights(kind, tmp_path, data, pipel
     assert "no resume state" in one_line_error(script.main, [*argv, "--resume"], capsys)
     if kind == "pretrain":
         assert script.main(argv).final_loss == pytest.approx(straight.final_loss, abs=1e-6)
+
+
+def test_measuring_validation_loss_changes_nothing_and_measures_the_held_out_samples(tmp_path, data):
+    """Guards against a validation pass that disturbs training (dropout or data-loader seeds drawn from
+    the global RNG, the model left in eval mode) and against a wrong number: measured every step or only
+    at the ends, the run trains the same weights, and its last validation loss is the trained model's
+    mean loss over exactly the held-out samples, which it never trained on."""
+    argv = [*SHAPE, *FAST, "--tokenizer", str(TOKENIZER), "--data_path", data["pretrain"], "--epochs", "1"]
+    rarely = train_pretrain.main([*argv, "--out_dir", str(tmp_path / "a"), "--eval_interval", "1000"])
+    often = train_pretrain.main([*argv, "--out_dir", str(tmp_path / "b"), "--eval_interval", "1"])
+    for key, value in rarely.model.state_dict().items():
+        assert torch.equal(value, often.model.state_dict()[key]), key
+    records = training.read_metrics(tmp_path / "b" / "pretrain_32_metrics.jsonl")
+    assert [r["step"] for r in records if "val_loss" in r] == list(range(0, 29))  # 224 samples / 8 = 28 steps
+
+    tokenizer = Tokenizer.load(TOKENIZER)
+    full = PretrainDataset(data["pretrain"], tokenizer, max_length=64, verbose=False)
+    train_set, val_set, _ = training.load_data(PretrainDataset, tokenizer, training.Runtime(torch.device("cpu")),
+                                               data_path=data["pretrain"], max_seq_len=64, skip_bad_lines=False,
+                                               cache_dir=None, val_data=None, val_samples=16)
+    assert len(val_set) == 16 and not set(val_set.indices) & set(train_set.indices)
+    assert sorted(val_set.indices + train_set.indices) == list(range(len(full)))
+    X, Y, mask = (torch.stack(t) for t in zip(*(full[i] for i in val_set.indices)))
+    with torch.no_grad():
+        per_token = torch.nn.functional.cross_entropy(often.model.eval()(X).logits.transpose(1, 2), Y, reduction="none")
+    expected = (per_token * mask).sum() / mask.sum()
+    assert often.val_loss == pytest.approx(expected.item(), rel=1e-5)
 
 
 def fake_resume_state(step, plan):

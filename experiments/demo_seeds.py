@@ -1,0 +1,91 @@
+"""Experiment: the demo over several seeds, and the spread of its results.
+
+    python experiments/demo_seeds.py --seeds 1337 1 2 3 4      # five whole demos, ~5 minutes each
+    python experiments/demo_seeds.py --seeds 1337 1 2 --table_only   # just re-read what those runs wrote
+
+A tiny model's accuracy on 52 questions moves 1.9 points per question, and two CPUs round floats
+differently, so their runs of the same demo diverge step by step into different (equally valid)
+models. One table from one machine therefore says little about the next machine; the spread over
+seeds does. Each seed runs `python run_demo.py --seed S --out_dir OUT_DIR/seed_S` (every training
+stage gets --seed S), then one table gives each run's numbers, the worst, mean and best, and whether
+every run meets every target:
+
+    | seed | SFT eval_general | + lora_medical: eval_medical | + lora_identity: eval_identity | largest eval_general drop | time |
+"""
+import argparse
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from model.errors import UserError, run_main  # noqa: E402
+from run_demo import target_checks  # noqa: E402
+
+
+def build_parser():
+    p = argparse.ArgumentParser(description="Run the demo with several seeds and print the spread of its results.")
+    p.add_argument("--seeds", type=int, nargs="+", default=[1337, 1, 2], help="seeds to run (default: %(default)s)")
+    p.add_argument("--out_dir", default="out/demo_seeds", help="one folder per seed goes here (default: %(default)s)")
+    p.add_argument("--table_only", action="store_true",
+                   help="run nothing: read the seeds' demo_results.json written by earlier runs and print the table")
+    return p
+
+
+def run_folder(out_dir, seed):
+    return Path(out_dir) / f"seed_{seed}"
+
+
+def row(results):
+    """One run's numbers: {"SFT eval_general": 0.654, ..., "drop": 0.096, "time": 544.0, "met": True}."""
+    columns = {c["name"]: {s: r["accuracy"] for s, r in c["sets"].items()} for c in results["columns"]}
+    base, medical, identity = columns["base"], columns["+lora_medical"], columns["+lora_identity"]
+    return {"SFT eval_general": base["eval_general"],
+            "+ lora_medical: eval_medical": medical["eval_medical"],
+            "+ lora_identity: eval_identity": identity["eval_identity"],
+            "largest eval_general drop": max(base["eval_general"] - medical["eval_general"],
+                                             base["eval_general"] - identity["eval_general"]),
+            "time": sum(results["times_s"].values()),
+            "met": all(ok for _, ok in target_checks(results))}
+
+
+def spread_table(rows):
+    """{seed: row} -> the markdown table: one line per seed, then worst, mean and best per column."""
+    names = ["SFT eval_general", "+ lora_medical: eval_medical", "+ lora_identity: eval_identity", "largest eval_general drop"]
+    lines = ["| seed | " + " | ".join(names) + " | time | every target met |", "|---|" + "---:|" * (len(names) + 1) + "---|"]
+    for seed, r in rows.items():
+        lines.append(f"| {seed} | " + " | ".join(f"{100 * r[n]:.1f}%" if n != names[-1] else f"{100 * r[n]:.1f} points"
+                                                 for n in names) + f" | {r['time']:.0f} s | {'yes' if r['met'] else 'NO'} |")
+    # for the drop, lower is better: its "worst" is the largest
+    worst = {n: (max if n == names[-1] else min)(r[n] for r in rows.values()) for n in names}
+    best = {n: (min if n == names[-1] else max)(r[n] for r in rows.values()) for n in names}
+    mean = {n: sum(r[n] for r in rows.values()) / len(rows) for n in names}
+    for label, values in (("worst", worst), ("mean", mean), ("best", best)):
+        lines.append(f"| **{label}** | " + " | ".join(f"{100 * values[n]:.1f}" + ("%" if n != names[-1] else " points")
+                                                    for n in names) + " | | |")
+    return "\n".join(lines)
+
+
+def main(argv=None):
+    args = build_parser().parse_args(argv)
+    rows = {}
+    for seed in args.seeds:
+        folder = run_folder(args.out_dir, seed)
+        if not args.table_only:
+            command = [sys.executable, "run_demo.py", "--seed", str(seed), "--out_dir", str(folder)]
+            print(f"$ python run_demo.py --seed {seed} --out_dir {folder}", flush=True)
+            if subprocess.run(command, cwd=ROOT).returncode != 0:
+                raise UserError(f"the demo with --seed {seed} failed; its output is above")
+        results_file = folder / "demo_results.json"
+        if not results_file.is_file():
+            raise UserError(f"{results_file} not found: run without --table_only to make it")
+        rows[seed] = row(json.loads(results_file.read_text(encoding="utf-8")))
+    table = spread_table(rows)
+    print("\n" + table)
+    (Path(args.out_dir) / "spread.md").write_text(table + "\n", encoding="utf-8")
+
+
+if __name__ == "__main__":
+    sys.exit(run_main(main))
