@@ -611,6 +611,11 @@ EVERYDAY = (
     ("Nobody knew what was really going on.", "谁也不知道到底发生了什么。"),
     ("She showed her thanks with a smile.", "她用微笑表达了谢意。"),
     ("In a long letter, one key word can tell you what it is about.", "一封长信里，一个关键词就能告诉你信的内容。"),
+    ("Lately the weather has been warm, and it might rain next week.", "最近天气很暖和，下个星期可能会下雨。"),
+    ("Her family was worried, but the problem was not serious.", "她的家人很担心，不过问题并不严重。"),
+    ("The old farmer needs a new boat, and his friends suggest a good boat maker.",
+     "老农夫需要一条新船，朋友们建议他找一个好的造船人。"),
+    ("When the river rose, the town looked at the situation and made a plan.", "河水上涨的时候，镇上看了看情况，定了一个计划。"),
 )
 
 # Training questions sometimes carry a greeting in front; held-out questions never do.
@@ -695,13 +700,22 @@ IDENTITY_ANSWERS = dict(
             both="我是 {name}，一个由{maker_zh}开发的人工智能助手。"),
 )
 
+# Training questions come in many phrasings, the symptoms at the start, middle or end of them, so
+# that the adapter learns to find the key word wherever it is rather than where five templates put
+# it. With five phrasings a language, one seed in three learnt the training templates alone and
+# answered held-out questions with one fixed key word (docs/experiments.md).
 MEDICAL_QUESTIONS = dict(
     train=dict(
         en=("I have {s}. What could it be?", "Doctor, I have had {s} for a few days. What should I do?",
             "What is wrong with me? I have {s}.", "Which department should I visit for {s}?",
-            "Symptoms: {s}. Please advise."),
+            "Symptoms: {s}. Please advise.", "For about a week I have had {s}. Is it serious?",
+            "Lately I have had {s}. What might cause it?", "Please help: {s}. Which doctor should I see?",
+            "I am worried about {s}. What do you suggest?", "Hello, I keep getting {s}. Which clinic should I go to?",
+            "My family says that {s} needs a doctor. Who should I see?", "Quick question about {s}: what should I do?"),
         zh=("我最近{s}，这是怎么回事？", "医生，我{s}，该怎么办？", "{s}，应该挂什么科？",
-            "请问我{s}，可能是什么问题？", "症状：{s}。请给点建议。")),
+            "请问我{s}，可能是什么问题？", "症状：{s}。请给点建议。", "我{s}已经一个星期了，严重吗？",
+            "你好，我{s}，要去看哪个科？", "帮我看看：{s}，该看什么医生？", "我有点担心，{s}，你有什么建议？",
+            "{s}，这种情况要紧吗？", "家里人说我{s}得去医院，挂哪个科好？", "问一下，我{s}，是什么原因？")),
     held_out=dict(
         en=("Recently I noticed {s}. Where should I go and what can I do?", "My problem is {s}. Any advice?"),
         zh=("这几天我{s}，我该去哪个科室看看？", "想咨询一下：{s}，需要注意什么？")),
