@@ -385,7 +385,10 @@ class StepBatches:
     chat batched with a long one is mostly padding. The permutation is therefore cut into groups of
     LENGTH_GROUP batches, and each group is sorted by length before it is cut into batches: which samples
     meet in a group is random, and within it long samples go with long ones. On the demo's SFT data this
-    halves the columns computed (Hugging Face's group_by_length does the same).
+    halves the columns computed (Hugging Face's group_by_length does the same). The batches are then
+    shuffled again, with the same (seed, epoch): left in sorted order, fifty batches of long samples
+    would be followed by fifty of short ones, and the model would chase each kind in turn (measured:
+    the demo's pretraining validation loss 3.7 instead of 1.0).
 
     Example: 10 samples, batch_size 4, accumulation 2, 2 epochs -> 3 micro-batches per epoch
     (4+4+2 samples), 6 in all, 3 optimizer steps.
@@ -406,8 +409,7 @@ class StepBatches:
 
     def epoch_batches(self, epoch):
         """This process's micro-batches of one epoch, as lists of sample indices: its share of the epoch's
-        permutation, in groups of LENGTH_GROUP batches sorted longest first (a group's first batch is its
-        widest, so a run runs out of memory at once or not at all)."""
+        permutation, grouped by length LENGTH_GROUP batches at a time, the batches then in random order."""
         # With num_replicas/rank given explicitly DistributedSampler needs no process group: one process uses it too.
         sampler = DistributedSampler(self.dataset, num_replicas=self.rt.world_size, rank=self.rt.rank,
                                      shuffle=True, seed=self.seed)
@@ -417,7 +419,8 @@ class StepBatches:
         for start in range(0, len(order), size):
             group = sorted(order[start:start + size], key=lambda i: -self.lengths[i])  # stable: ties keep their order
             batches += [group[i:i + self.batch_size] for i in range(0, len(group), self.batch_size)]
-        return batches
+        shuffled = torch.randperm(len(batches), generator=torch.Generator().manual_seed(self.seed * 1000 + epoch))
+        return [batches[i] for i in shuffled.tolist()]
 
     def _micro_batches(self, start):
         """(epoch, (X, Y, loss_mask)) from global micro-batch number `start` to the end of training."""
