@@ -339,8 +339,9 @@ def collate_trimmed(samples, multiple=16):
     Every sample is padded to max_seq_len, yet the columns after the batch's last loss_mask = 1 change
     neither the loss (their mask is 0) nor any earlier position (attention is causal): they only cost
     time. SFT samples are short (the demo's chats need 75 columns on average of 159), so this skips much
-    of the work, and more once StepBatches puts samples of like lengths together. The cut is rounded up
-    to a multiple of 16, so torch.compile meets at most max_seq_len / 16 distinct shapes.
+    of the work. The cut is rounded up to a multiple of 16, so torch.compile meets at most
+    max_seq_len / 16 distinct shapes. (Batching samples of like lengths together would skip more, but
+    at the demo's settings it doubled SFT's validation loss: batches of one kind of sample at a time.)
     Example: max_seq_len 256, last trained position 70 -> X is (B, 80) instead of (B, 255).
     """
     X, Y, loss_mask = default_collate(samples)  # (B, T) each
@@ -362,16 +363,6 @@ def count_steps(plan):
     return batches_per_epoch, math.ceil(plan["epochs"] * batches_per_epoch / plan["accumulation_steps"])
 
 
-def sample_lengths(dataset):
-    """The columns each sample needs in a batch (see TokenizedJsonl.lengths), for a dataset, a Subset of
-    one, or any list of (X, Y, loss_mask) samples (read one by one: only tests have such small lists)."""
-    if isinstance(dataset, Subset):
-        return [sample_lengths(dataset.dataset)[i] for i in dataset.indices]
-    if hasattr(dataset, "lengths"):
-        return dataset.lengths().tolist()
-    return [int(mask.nonzero().max()) + 1 if mask.any() else 0 for _, _, mask in dataset]
-
-
 class StepBatches:
     """Serves the micro-batches of each optimizer step, epoch after epoch.
 
@@ -381,54 +372,34 @@ class StepBatches:
     sees exactly the batches the uninterrupted run would have seen. A step may span two epochs; the
     very last step gets whatever micro-batches remain.
 
-    Batches of similar lengths: a batch is as wide as its longest sample (collate_trimmed), so a short
-    chat batched with a long one is mostly padding. The permutation is therefore cut into groups of
-    LENGTH_GROUP batches, and each group is sorted by length before it is cut into batches: which samples
-    meet in a group is random, and within it long samples go with long ones. On the demo's SFT data this
-    halves the columns computed (Hugging Face's group_by_length does the same). The batches are then
-    shuffled again, with the same (seed, epoch): left in sorted order, fifty batches of long samples
-    would be followed by fifty of short ones, and the model would chase each kind in turn (measured:
-    the demo's pretraining validation loss 3.7 instead of 1.0).
-
     Example: 10 samples, batch_size 4, accumulation 2, 2 epochs -> 3 micro-batches per epoch
     (4+4+2 samples), 6 in all, 3 optimizer steps.
     """
-
-    LENGTH_GROUP = 50  # batches per length-sorted group: large enough to find like lengths, small enough to stay random
 
     def __init__(self, dataset, batch_size, accumulation_steps, epochs, seed, rt, num_workers=0):
         self.dataset, self.batch_size, self.accumulation_steps = dataset, batch_size, accumulation_steps
         self.epochs, self.seed, self.rt, self.num_workers = epochs, seed, rt, num_workers
         if len(dataset) == 0:
             raise UserError("the training data holds no usable samples; check --data_path")
-        self.lengths = sample_lengths(dataset)
         # What must not change between a run and its --resume, or the data order would differ.
         self.plan = {"samples": len(dataset), "batch_size": batch_size, "accumulation_steps": accumulation_steps,
                      "epochs": epochs, "seed": seed, "world_size": rt.world_size}
         self.batches_per_epoch, self.total_steps = count_steps(self.plan)
 
-    def epoch_batches(self, epoch):
-        """This process's micro-batches of one epoch, as lists of sample indices: its share of the epoch's
-        permutation, grouped by length LENGTH_GROUP batches at a time, the batches then in random order."""
-        # With num_replicas/rank given explicitly DistributedSampler needs no process group: one process uses it too.
+    def _sampler(self, epoch):
+        # With num_replicas/rank given explicitly it needs no process group, so one process uses it too.
         sampler = DistributedSampler(self.dataset, num_replicas=self.rt.world_size, rank=self.rt.rank,
                                      shuffle=True, seed=self.seed)
         sampler.set_epoch(epoch)
-        order, size = list(sampler), self.batch_size * self.LENGTH_GROUP
-        batches = []
-        for start in range(0, len(order), size):
-            group = sorted(order[start:start + size], key=lambda i: -self.lengths[i])  # stable: ties keep their order
-            batches += [group[i:i + self.batch_size] for i in range(0, len(group), self.batch_size)]
-        shuffled = torch.randperm(len(batches), generator=torch.Generator().manual_seed(self.seed * 1000 + epoch))
-        return [batches[i] for i in shuffled.tolist()]
+        return sampler
 
     def _micro_batches(self, start):
         """(epoch, (X, Y, loss_mask)) from global micro-batch number `start` to the end of training."""
         first_epoch, skip = divmod(start, self.batches_per_epoch)
         for epoch in range(first_epoch, self.epochs):
-            batches = self.epoch_batches(epoch)[skip:]  # skip what was already trained on
+            indices = list(self._sampler(epoch))[skip * self.batch_size:]  # skip what was already trained on
             skip = 0
-            loader = DataLoader(self.dataset, batch_sampler=batches, collate_fn=collate_trimmed,
+            loader = DataLoader(self.dataset, batch_size=self.batch_size, sampler=indices, collate_fn=collate_trimmed,
                                 num_workers=self.num_workers, pin_memory=self.rt.device.type == "cuda",
                                 # its own generator, so building a loader does not draw from the global
                                 # RNG (which would shift dropout noise between a run and its resume)

@@ -372,20 +372,6 @@ class TokenizedJsonl(Dataset):
         ids, spans = self.cache.sample(index)
         return make_example(ids, spans, self.max_length, self.pad_id)
 
-    def lengths(self):
-        """Per sample, how many columns of X a batch needs for it: its last trained position + 1 (0 when
-        nothing is trained). Read from the cache's span index alone, without touching any token.
-
-        A sample whose last trained token is token 9 (span (3, 10)) needs 9 columns: Y[8] = token 9.
-        """
-        ends = np.zeros(len(self), dtype=np.int64)  # last trained token + 1, per sample
-        so = np.asarray(self.cache.span_offsets)
-        has_spans = so[1:] > so[:-1]
-        if has_spans.any():
-            span_ends = np.asarray(self.cache.spans)[:, 1].astype(np.int64)
-            ends[has_spans] = np.maximum.reduceat(span_ends, so[:-1][has_spans])
-        return np.clip(np.minimum(ends, self.max_length) - 1, 0, None)
-
 
 class PretrainDataset(TokenizedJsonl):
     """{"text": ...} jsonl -> '<s>text</s>' cut/padded to max_length; loss on every non-pad target.

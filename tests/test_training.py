@@ -201,32 +201,6 @@ def test_step_batches_see_every_sample_once_per_epoch_and_resume_at_any_step():
     assert [epoch for _, epoch, _ in data.steps(0)] == [0, 0, 1]  # step 1 spans the epoch boundary
 
 
-def test_batches_group_samples_of_like_length_and_stay_a_pure_function_of_the_step():
-    """Guards against length grouping that drops or repeats samples, that makes batches no narrower
-    (the point of it), or that depends on anything but (seed, epoch), which would break exact resumes."""
-    torch.manual_seed(0)
-    lengths = torch.randint(1, 200, (400,)).tolist()
-    dataset = []
-    for n in lengths:
-        mask = torch.zeros(200, dtype=torch.long)
-        mask[n - 1] = 1
-        dataset.append((torch.zeros(200, dtype=torch.long), torch.zeros(200, dtype=torch.long), mask))
-    rt = training.Runtime(torch.device("cpu"))
-    data = training.StepBatches(dataset, batch_size=8, accumulation_steps=1, epochs=2, seed=3, rt=rt)
-    assert data.lengths == lengths
-    for epoch in (0, 1):
-        batches = data.epoch_batches(epoch)
-        assert sorted(i for b in batches for i in b) == list(range(400))  # every sample once
-        assert batches == training.StepBatches(dataset, 8, 1, 2, 3, rt).epoch_batches(epoch)  # a pure function
-    assert data.epoch_batches(0) != data.epoch_batches(1)
-    grouped = sum(max(lengths[i] for i in b) for b in data.epoch_batches(0))
-    shuffled = torch.randperm(400, generator=torch.Generator().manual_seed(0)).tolist()
-    ungrouped = sum(max(lengths[i] for i in shuffled[k:k + 8]) for k in range(0, 400, 8))
-    assert grouped < 0.75 * ungrouped  # measured 0.58: like lengths together, far less padding
-    widths = [group[0][0].shape[1] for _, _, group in data.steps(0)][:50]  # the epoch's first 50 batches
-    assert widths != sorted(widths, reverse=True) and widths != sorted(widths)  # not long ones first, then short
-
-
 def test_loss_curve_svg_is_well_formed_and_plots_every_point(tmp_path):
     """Guards against a hand-written SVG that browsers refuse (bad XML) or that drops or flips points."""
     records = [{"step": s, "loss": 8.0 / s} for s in range(1, 21)]
