@@ -24,6 +24,10 @@ Saving again (or the next periodic save) makes the pair consistent.
 
 Reading is as careful: a file that is missing, unreadable, truncated or not a torch.save'd dict of
 tensors is refused with a one-line error naming it (read_checkpoint), never a torch traceback.
+
+Every weights file -- a model, a LoRA adapter -- may also be a .safetensors file (model/safetensors.py),
+the format Hugging Face tools exchange: read_checkpoint and save_weights choose the format by the
+file's suffix, so every script that takes a --base, --ckpt or adapter path takes either.
 """
 
 import json
@@ -37,6 +41,7 @@ from model.LMConfig import LMConfig
 from model.atomic import atomic_write, atomic_write_text
 from model.errors import UserError
 from model.model import MiniMindLM
+from model.safetensors import SafetensorsError, load_file, save_file
 
 
 class CheckpointError(UserError):
@@ -46,6 +51,33 @@ class CheckpointError(UserError):
 def atomic_save(obj, path):
     """torch.save(obj, path), atomically: readers see the old file or the new one, never half of one."""
     atomic_write(path, lambda f: torch.save(obj, f))
+
+
+def is_safetensors(path) -> bool:
+    """Weights files are chosen by suffix: is_safetensors("out/a.safetensors") -> True, "out/a.pth" -> False."""
+    return str(path).endswith(".safetensors")
+
+
+# The entries of a weights dict that are not tensors: an adapter's "lora_config" (model_lora.save_lora).
+# A .pth keeps them as they are; safetensors holds only tensors, so they travel as JSON text in its
+# __metadata__ under the same name, and read_checkpoint puts them back. Other tools' metadata is not
+# read as weights.
+JSON_ENTRIES = ("lora_config",)
+
+
+def save_weights(state: dict, path) -> None:
+    """Write a weights dict ({name: Tensor}, plus JSON_ENTRIES) atomically: torch.save for a .pth,
+    safetensors for a .safetensors file."""
+    if not is_safetensors(path):
+        atomic_save(state, path)
+        return
+    tensors = {k: v for k, v in state.items() if isinstance(v, torch.Tensor)}
+    extras = {k: v for k, v in state.items() if not isinstance(v, torch.Tensor)}
+    unknown = sorted(set(extras) - set(JSON_ENTRIES))
+    if unknown:
+        raise ValueError(f"save_weights: {unknown} are not tensors, and a .safetensors file carries only "
+                         f"tensors and the entries {list(JSON_ENTRIES)}")
+    save_file(tensors, path, metadata={k: json.dumps(v, ensure_ascii=False) for k, v in extras.items()})
 
 
 def _unreadable_reason(error: Exception) -> str:
@@ -71,6 +103,8 @@ def _unreadable_reason(error: Exception) -> str:
 
 def read_checkpoint(path, device="cpu") -> dict:
     """torch.load(path, weights_only=True), which must give a dict; else a one-line CheckpointError.
+    A .safetensors file is read with model/safetensors.py instead (memory-mapped), its JSON metadata
+    entries other than "format" (e.g. "lora_config") returned beside the tensors, as save_weights wrote them.
 
     Every file a user names goes through here (model checkpoints, LoRA adapters), so a wrong,
     truncated or unreadable file gives "PATH is not a usable checkpoint: why", never a traceback.
@@ -78,6 +112,8 @@ def read_checkpoint(path, device="cpu") -> dict:
     path = str(path)
     if not os.path.exists(path):
         raise CheckpointError(f"checkpoint {path} not found")
+    if is_safetensors(path):
+        return _read_safetensors(path, device)
     try:
         obj = torch.load(path, map_location=device, weights_only=True)
     except Exception as e:  # noqa: BLE001 -- torch raises many types here; all mean "not usable"
@@ -85,6 +121,22 @@ def read_checkpoint(path, device="cpu") -> dict:
     if not isinstance(obj, dict):
         raise CheckpointError(f"{path} is not a usable checkpoint: it holds a {type(obj).__name__}, "
                               "not a state dict (a dict of tensors)")
+    return obj
+
+
+def _read_safetensors(path: str, device) -> dict:
+    """read_checkpoint for a .safetensors file."""
+    try:
+        tensors, metadata = load_file(path)
+    except SafetensorsError as e:  # "PATH is not a valid safetensors file: why"
+        raise CheckpointError(str(e)) from None
+    obj = {k: v.to(device) for k, v in tensors.items()} if str(device) != "cpu" else dict(tensors)
+    for key in JSON_ENTRIES:
+        if key in metadata:
+            try:
+                obj[key] = json.loads(metadata[key])
+            except json.JSONDecodeError:
+                raise CheckpointError(f"{path}: its {key!r} metadata is not JSON ({metadata[key][:60]!r})") from None
     return obj
 
 
@@ -226,7 +278,8 @@ def sidecar_path(path) -> str:
 
 
 def save_model(model, path, meta: dict = None) -> None:
-    """Write the weights to `path` (plain MiniMind2-style state dict) and config + meta to the sidecar.
+    """Write the weights to `path` (plain MiniMind2-style state dict; safetensors if `path` ends in
+    .safetensors, with both tied keys as separate copies) and config + meta to the sidecar.
 
     meta: JSON-serialisable extras, e.g. {"tokenizer": "model/demo_tokenizer", "stage": "pretrain"}.
     """
@@ -248,7 +301,7 @@ def save_model(model, path, meta: dict = None) -> None:
         if t.data_ptr() not in on_cpu:
             on_cpu[t.data_ptr()] = t.detach().cpu()
         state_dict[key] = on_cpu[t.data_ptr()]
-    atomic_save(state_dict, path)
+    save_weights(state_dict, path)
     sidecar = json.dumps({"config": model.config.to_dict(), **meta}, indent=2, ensure_ascii=False) + "\n"
     atomic_write_text(sidecar_path(path), sidecar)
 

@@ -17,7 +17,8 @@ Read top to bottom:
                          for a LoRAEmbedding)
     training helper      mark_only_lora_as_trainable (count_parameters and trainable_parameters_report,
                          which say how few parameters that leaves, live in model/model.py)
-    adapter files        lora_state_dict, save_lora, load_lora (MiniMind2's own files load unchanged)
+    adapter files        lora_state_dict, adapter_state, save_lora, load_lora (MiniMind2's own files load
+                         unchanged; .safetensors files too)
     merge / unmerge      fold ΔW into W, so inference costs exactly what the base model costs; and back
     remove_lora          drop the adapters, back to the plain model
 
@@ -47,7 +48,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from model.checkpoint import CheckpointError, atomic_save, clean_state_dict, read_checkpoint, unwrap
+from model.checkpoint import CheckpointError, clean_state_dict, read_checkpoint, save_weights, unwrap
 # Not LoRA concepts, but long imported from here (e.g. by train_lora.py): re-exported.
 from model.model import count_parameters, trainable_parameters_report  # noqa: F401
 
@@ -329,14 +330,13 @@ def lora_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
             for key, tensor in layer.lora.state_dict().items()}
 
 
-def save_lora(model: nn.Module, path: str | os.PathLike) -> None:
-    """Write the model's adapter (not the base weights) to `path`, atomically.
-
-    The file is a plain dict: the lora_state_dict tensors plus one entry
+def adapter_state(model: nn.Module) -> dict:
+    """The model's adapter as the dict an adapter file holds: the lora_state_dict tensors (on the CPU) plus
+    one entry
         "lora_config": {"rank": 16, "alpha": 16, "targets": ["wo", "wq"], "dim": 512}
-    that load_lora uses to rebuild the adapters and to refuse a model of another size. MiniMind2's own
-    load_lora picks only the keys containing "{module}.lora.", so it reads these files unchanged.
-    Saved whether or not the adapters are merged: A and B are the same either way.
+    that load_lora uses to rebuild the adapters and to refuse a model of another size. load_lora takes
+    this dict back as it is; convert_model.py turns it into a PEFT folder. The tensors are the adapter's
+    own (not copies) when the model is on the CPU.
     """
     layers = _lora_layers(model)
     if not layers:
@@ -349,7 +349,17 @@ def save_lora(model: nn.Module, path: str | os.PathLike) -> None:
         "targets": sorted({name.rsplit(".", 1)[-1] for name, _ in layers}),
         "dim": getattr(config, "dim", None),
     }
-    atomic_save(state, path)
+    return state
+
+
+def save_lora(model: nn.Module, path: str | os.PathLike) -> None:
+    """Write the model's adapter (not the base weights), adapter_state(model), to `path`, atomically.
+
+    MiniMind2's own load_lora picks only the keys containing "{module}.lora.", so it reads these files
+    unchanged. A path ending in .safetensors gives a safetensors file instead, with lora_config in its
+    metadata. Saved whether or not the adapters are merged: A and B are the same either way.
+    """
+    save_weights(adapter_state(model), path)
 
 
 def _few(items: list[str], n: int = 3) -> str:
@@ -360,7 +370,8 @@ def _few(items: list[str], n: int = 3) -> str:
 def load_lora(model: nn.Module, path: str | os.PathLike | dict) -> None:
     """Load an adapter into `model`, adding the adapters first if the model has none.
 
-    `path`: a file written by save_lora or by MiniMind2's save_lora, or such a dict already in memory.
+    `path`: a file written by save_lora or by MiniMind2's save_lora (.pth or .safetensors, read by
+    model.checkpoint.read_checkpoint), or such a dict already in memory.
     A MiniMind2 file carries no "lora_config": its rank is read from the tensors' shapes (A is
     (rank, in)), its targets from the key names, and alpha = rank (MiniMind2 does not scale).
     The file's alpha replaces the one the model's adapters were made with: A and B only mean

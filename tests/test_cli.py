@@ -113,7 +113,8 @@ def test_training_and_evaluation_load_the_same_model_through_the_one_loader(chec
     assert all(torch.equal(train_state[k], eval_state[k]) for k in train_state)
 
 
-SCRIPTS_THAT_LOAD_MODELS = ["train_full_sft.py", "train_lora.py", "eval_model.py", "experiments/lora_medical.py"]
+SCRIPTS_THAT_LOAD_MODELS = ["train_full_sft.py", "train_lora.py", "eval_model.py", "experiments/lora_medical.py",
+                            "convert_model.py"]
 
 
 @pytest.mark.parametrize("script", SCRIPTS_THAT_LOAD_MODELS)
@@ -193,6 +194,7 @@ USER_MISTAKES = [
     ("train_lora", ["--device", "nonsense"], "--device 'nonsense' is not a device"),
     ("eval_model", ["--top_p", "2"], "--top_p must be in (0, 1]"),
     ("eval_model", ["--out_dir", "{tmp}"], "full_sft_128.pth not found: make it with `python train_full_sft.py"),
+    ("convert_model", ["to-hf", "--ckpt", "{tmp}/none.pth", "--out_dir", "{tmp}/hf"], "none.pth not found"),
     ("dataset.lm_dataset", ["--show", "{tmp}/none.jsonl"], "none.jsonl: cannot open"),
     ("dataset.make_demo_data", ["--out_dir", "{tmp}/file", "--check"], "missing (run: python dataset/make_demo_data.py"),
     ("experiments.lora_medical", ["--out_dir", "{tmp}"], "full_sft_128.pth not found"),
@@ -219,10 +221,10 @@ def test_every_tool_reports_a_user_error_in_one_line_with_exit_code_2(tool, argv
 
 
 @pytest.mark.parametrize("path", ["train_tokenizer.py", "train_pretrain.py", "train_full_sft.py", "train_lora.py",
-                                  "eval_model.py", "run_demo.py", "dataset/lm_dataset.py", "dataset/make_demo_data.py",
-                                  "experiments/lora_medical.py", "bench/bench_train.py", "bench/bench_lora.py",
-                                  "bench/bench_generate.py", "bench/bench_dataset.py", "bench/bench_tokenizer.py",
-                                  "bench/machine.py"])
+                                  "eval_model.py", "convert_model.py", "run_demo.py", "dataset/lm_dataset.py",
+                                  "dataset/make_demo_data.py", "experiments/lora_medical.py", "bench/bench_train.py",
+                                  "bench/bench_lora.py", "bench/bench_generate.py", "bench/bench_dataset.py",
+                                  "bench/bench_tokenizer.py", "bench/machine.py"])
 def test_every_tool_exits_through_run_main(path):
     """Guards against a tool whose __main__ bypasses run_main (its user errors would be tracebacks)."""
     source = (ROOT / path).read_text(encoding="utf-8")

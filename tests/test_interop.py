@@ -1,0 +1,537 @@
+"""Hugging Face interop (model/hf_llama.py, convert_model.py), proven against golden files that
+transformers 4.57 and PEFT 0.21 wrote themselves (tests/fixtures/hf_llama/), so neither is needed here."""
+import doctest
+import json
+import math
+import shutil
+import tempfile
+from pathlib import Path
+
+import pytest
+import torch
+
+import convert_model
+import eval_model
+import model.hf_llama as hf_llama
+from model import errors
+from model.checkpoint import load_weights, read_checkpoint, save_model
+from model.hf_llama import (ConversionError, adapter_from_peft, halves_order, halves_to_interleaved,
+                            interleaved_to_halves, lm_config_from_hf, read_llama_folder, read_peft_folder,
+                            save_llama_folder, save_peft_folder)
+from model.LMConfig import LMConfig
+from model.loader import checkpoint_meta, load_checkpoint
+from model.model import MiniMindLM, apply_rope, rope_table
+from model.model_lora import adapter_state, apply_lora, load_lora, mark_only_lora_as_trainable, merge_lora, save_lora
+from model.safetensors import load_file, save_file
+from model.tokenizer import Tokenizer
+
+ROOT = Path(__file__).resolve().parent.parent
+FIXTURE = ROOT / "tests" / "fixtures" / "hf_llama"
+HF_MODEL, HF_ADAPTER = FIXTURE / "model", FIXTURE / "peft_adapter"
+TOKENIZER = ROOT / "model" / "demo_tokenizer"
+
+
+@pytest.fixture(scope="module")
+def golden():
+    return torch.load(FIXTURE / "golden.pth", weights_only=True)
+
+
+def imported_model(flash_attn=True) -> MiniMindLM:
+    """The fixture's Llama as a MiniMindLM, in eval mode."""
+    config, state = read_llama_folder(HF_MODEL)
+    config.flash_attn = flash_attn
+    model = MiniMindLM(config)
+    load_weights(model, state)
+    return model.eval()
+
+
+def tokenizer_320(folder: Path) -> Path:
+    """A byte-level BPE with the fixture model's 320 tokens: the MiniMind2 fixture tokenizer's first 320 ids
+    (3 specials, 256 bytes and the 61 merges that make ids 259..319). The HF fixture has no tokenizer."""
+    spec = json.loads((ROOT / "tests" / "fixtures" / "minimind2" / "tokenizer.json").read_text(encoding="utf-8"))
+    vocab = {token: i for token, i in spec["model"]["vocab"].items() if i < 320}
+    merges = [m for m in spec["model"]["merges"] if "".join(m) in vocab]
+    Tokenizer(vocab, merges, spec["added_tokens"]).save(folder)
+    return folder
+
+
+def test_docstring_examples_run(tmp_path, monkeypatch):
+    """Guards against the worked examples (key names, the row order) going stale."""
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+    assert doctest.testmod(hf_llama).failed == 0
+
+
+# ------------------------------------------------------------------------------------------------
+# Hugging Face -> here: the golden files
+
+
+@pytest.mark.parametrize("flash_attn", [True, False], ids=["sdpa", "explicit"])
+def test_imported_llama_gives_the_golden_logits_and_greedy_continuation(flash_attn, golden):
+    """Guards against a wrong name mapping, a missing q/k row permutation, a norm weight put in the wrong
+    place or a config field read with our default instead of transformers' (the fixture's norms are
+    random, so each of these shows): the imported model reproduces transformers' logits and generate()."""
+    model = imported_model(flash_attn)
+    with torch.no_grad():
+        logits = model(golden["input_ids"]).logits
+    assert (logits - golden["logits"]).abs().max().item() < 1e-5
+    out = model.generate(golden["greedy_prompt"], max_new_tokens=12, temperature=0.0, eos_token_id=2)
+    assert torch.equal(out[:, golden["greedy_prompt"].shape[1]:], golden["greedy_continuation"])
+
+
+def test_the_golden_check_would_catch_a_missing_permutation(golden):
+    """Guards against a golden test too weak to notice the RoPE layout: with q/k rows left in Llama's order
+    the logits miss by 4e-3, hundreds of times the 1e-5 tolerance above (the fixture's weights are small,
+    so attention is nearly uniform and RoPE moves the logits little; still far more than rounding)."""
+    config, state = read_llama_folder(HF_MODEL)
+    for key in [k for k in state if ".wq." in k or ".wk." in k]:  # undo the import's permutation
+        state[key] = interleaved_to_halves(state[key], config.n_heads if ".wq." in key else config.n_kv_heads)
+    model = MiniMindLM(config)
+    load_weights(model, state)
+    with torch.no_grad():
+        assert (model.eval()(golden["input_ids"]).logits - golden["logits"]).abs().max().item() > 100 * 1e-5
+
+
+def test_imported_peft_adapter_gives_the_golden_adapted_logits(golden):
+    """Guards against a wrong scale (alpha / r), a lora_B of q_proj/k_proj not permuted like its weight, A and
+    B swapped, or a non-square target (k/v/gate/up/down) oriented the wrong way: PEFT's own output."""
+    model = imported_model()
+    adapter = read_peft_folder(HF_ADAPTER, model.config)
+    assert adapter["lora_config"] == {"rank": 4, "alpha": 8, "dim": 64, "targets": ["w1", "w2", "w3", "wk", "wo", "wq", "wv"]}
+    load_lora(model, adapter)
+    with torch.no_grad():
+        assert (model(golden["input_ids"]).logits - golden["logits_with_peft_lora"]).abs().max().item() < 1e-5
+        merge_lora(model)
+        assert (model(golden["input_ids"]).logits - golden["logits_with_peft_lora"]).abs().max().item() < 1e-5
+
+
+def test_rslora_scale_is_expressed_exactly(golden):
+    """Guards against rsLoRA adapters imported with PEFT's plain scale: use_rslora means lora_alpha / sqrt(r),
+    which we express as alpha = lora_alpha * sqrt(r). The fixture's scale is 8 / 4 = 2; rsLoRA gets the same
+    2 from lora_alpha = 4 (4 / sqrt(4)), so it must give the same golden logits."""
+    model = imported_model()
+    cfg = json.loads((HF_ADAPTER / "adapter_config.json").read_text())
+    cfg.update(use_rslora=True, lora_alpha=4)
+    adapter = adapter_from_peft(cfg, load_file(HF_ADAPTER / "adapter_model.safetensors")[0], model.config, "cfg")
+    assert adapter["lora_config"]["alpha"] == 4 * math.sqrt(4)
+    load_lora(model, adapter)
+    with torch.no_grad():
+        assert (model(golden["input_ids"]).logits - golden["logits_with_peft_lora"]).abs().max().item() < 1e-5
+
+
+# ------------------------------------------------------------------------------------------------
+# The RoPE layout
+
+
+def llama_rope(x: torch.Tensor, theta: float) -> torch.Tensor:
+    """Hugging Face Llama's RoPE, written out (LlamaRotaryEmbedding + rotate_half): x (B, T, heads, D)."""
+    D, T = x.shape[-1], x.shape[1]
+    inv_freq = 1.0 / (theta ** (torch.arange(0, D, 2).float() / D))  # (D/2,)
+    freqs = torch.outer(torch.arange(T).float(), inv_freq)  # (T, D/2)
+    emb = torch.cat([freqs, freqs], dim=-1)[None, :, None]  # (1, T, 1, D): the angle of x[i] and x[i + D/2]
+    rotate_half = torch.cat([-x[..., D // 2:], x[..., : D // 2]], dim=-1)
+    return x * emb.cos() + rotate_half * emb.sin()
+
+
+def our_rope(x: torch.Tensor, theta: float) -> torch.Tensor:
+    """Our RoPE (model.model.apply_rope) at positions 0..T-1, as MiniMindLM.forward calls it."""
+    table = rope_table(x.shape[-1], x.shape[1], theta)  # (T, D/2, 2)
+    return apply_rope(x, torch.view_as_complex(table).unsqueeze(0).unsqueeze(2))  # rotations (1, T, 1, D/2)
+
+
+def test_permuted_rows_make_llamas_rotation_ours():
+    """Guards against the permutation being wrong (or its direction inverted): a rotation applied both ways
+    -- ours on our rows, Llama's on the permuted rows -- gives the same vectors up to the relabelling, and
+    the same attention scores; without the permutation the scores differ."""
+    torch.manual_seed(0)
+    B, T, H, D, C, theta = 2, 9, 3, 16, 24, 1e4
+    x = torch.randn(B, T, C)
+    wq, wk = torch.randn(H * D, C), torch.randn(H * D, C)  # our layout
+    q, k = (x @ wq.T).view(B, T, H, D), (x @ wk.T).view(B, T, H, D)
+    q_llama = (x @ interleaved_to_halves(wq, H).T).view(B, T, H, D)  # what Llama computes from exported rows
+    k_llama = (x @ interleaved_to_halves(wk, H).T).view(B, T, H, D)
+    order = halves_order(D)
+    assert torch.equal(q_llama, q[..., order])  # exporting relabels coordinates, nothing else
+
+    ours_q, ours_k = our_rope(q, theta), our_rope(k, theta)
+    llama_q, llama_k = llama_rope(q_llama, theta), llama_rope(k_llama, theta)
+    torch.testing.assert_close(llama_q, ours_q[..., order], atol=1e-5, rtol=1e-5)
+
+    def scores(a, b):
+        return torch.einsum("bthd,bshd->bhts", a, b)  # (B, H, T, T)
+
+    torch.testing.assert_close(scores(llama_q, llama_k), scores(ours_q, ours_k), atol=1e-4, rtol=1e-5)
+    unpermuted = scores(llama_rope(q, theta), llama_rope(k, theta))
+    assert (unpermuted - scores(ours_q, ours_k)).abs().max() > 1.0
+
+
+@pytest.mark.parametrize("rows, cols, heads", [(64, 64, 4), (32, 64, 2), (32, 3, 2)], ids=["wq", "wk (GQA)", "lora_B"])
+def test_the_permutation_is_undone_exactly(rows, cols, heads):
+    """Guards against an import that is not the export's exact inverse (a re-import must be bit-exact)."""
+    w = torch.randn(rows, cols)
+    assert torch.equal(halves_to_interleaved(interleaved_to_halves(w, heads), heads), w)
+    assert not torch.equal(interleaved_to_halves(w, heads), w)
+
+
+# ------------------------------------------------------------------------------------------------
+# Here -> Hugging Face, and back
+
+
+def random_model(**fields) -> MiniMindLM:
+    """A small MiniMindLM whose norms are random too, so a misplaced norm weight would show."""
+    torch.manual_seed(0)
+    config = LMConfig(**{"dim": 64, "n_layers": 2, "n_heads": 4, "n_kv_heads": 2, "vocab_size": 2048,
+                         "max_seq_len": 256, "rope_theta": 5e5, "norm_eps": 1e-6, **fields})
+    model = MiniMindLM(config).eval()
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if "norm" in name:
+                p.uniform_(0.5, 1.5)
+    return model
+
+
+def test_import_then_export_gives_back_transformers_own_files(tmp_path):
+    """Guards against an export that transformers/PEFT would read differently from what they wrote: the
+    fixture imported and exported again is the same model.safetensors and adapter_model.safetensors, byte
+    for byte, and a config.json with the same values for every key transformers wrote."""
+    model = imported_model()
+    adapter = read_peft_folder(HF_ADAPTER, model.config)
+    save_llama_folder(tmp_path / "hf", model, Tokenizer.load(tokenizer_320(tmp_path / "tok")))
+    save_peft_folder(tmp_path / "hf" / "adapter", adapter, model.config)
+    assert (tmp_path / "hf" / "model.safetensors").read_bytes() == (HF_MODEL / "model.safetensors").read_bytes()
+    assert ((tmp_path / "hf" / "adapter" / "adapter_model.safetensors").read_bytes()
+            == (HF_ADAPTER / "adapter_model.safetensors").read_bytes())
+
+    ours, theirs = (json.loads((d / "config.json").read_text()) for d in (tmp_path / "hf", HF_MODEL))
+    differing = {k: (ours.get(k), v) for k, v in theirs.items() if ours.get(k) != v}
+    assert differing == {"transformers_version": (None, "4.57.6"), "dtype": (None, "float32")}  # we write torch_dtype
+    assert ours["torch_dtype"] == "float32"
+    ours, theirs = (json.loads((d / "adapter_config.json").read_text()) for d in (tmp_path / "hf" / "adapter", HF_ADAPTER))
+    for key in ("peft_type", "r", "lora_alpha", "bias", "use_rslora", "use_dora", "fan_in_fan_out", "rank_pattern", "alpha_pattern"):
+        assert ours[key] == theirs[key], key
+    assert sorted(ours["target_modules"]) == sorted(theirs["target_modules"])
+
+
+def test_export_then_import_is_bit_exact(tmp_path):
+    """Guards against an export/import pair that is not each other's inverse (a permutation applied one way
+    only, a config field lost: rope_theta, norm_eps, max_seq_len, hidden_dim, n_kv_heads)."""
+    model = random_model(hidden_dim=160)  # not the default 8/3 rule: must travel as intermediate_size
+    save_llama_folder(tmp_path / "hf", model, Tokenizer.load(TOKENIZER))
+    config, state = read_llama_folder(tmp_path / "hf")
+    for field in ("dim", "n_layers", "n_heads", "n_kv_heads", "vocab_size", "hidden_dim", "norm_eps", "max_seq_len", "rope_theta"):
+        assert getattr(config, field) == getattr(model.config, field), field
+    original = model.state_dict()
+    assert state.keys() == original.keys() - {"output.weight"}
+    assert all(torch.equal(state[k], original[k]) for k in state)
+    assert "lm_head.weight" not in load_file(tmp_path / "hf" / "model.safetensors")[0]  # tied: stored once
+
+
+@pytest.mark.parametrize("targets, rank, alpha", [(["wq", "wk", "wv", "wo", "w1", "w2", "w3"], 3, 6.5), (["wq", "wo"], 2, None)],
+                         ids=["every Linear, odd rank, alpha 6.5", "MiniMind2's wq/wo, scale 1"])
+def test_adapter_export_then_import_is_bit_exact(targets, rank, alpha, tmp_path):
+    """Guards against an adapter that changes on the way out and back: lora_B of wq/wk permuted one way only,
+    a non-square target transposed, the scale or the targets lost."""
+    model = random_model()
+    apply_lora(model, rank=rank, alpha=alpha, target_modules=targets)
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if ".lora." in name:
+                p.normal_()
+    adapter = adapter_state(model)
+    save_peft_folder(tmp_path / "adapter", adapter, model.config)
+    back = read_peft_folder(tmp_path / "adapter", model.config)
+    assert back["lora_config"] == adapter["lora_config"]
+    assert back.keys() == adapter.keys()
+    assert all(torch.equal(back[k], adapter[k]) for k in adapter if k != "lora_config")
+
+
+def test_an_adapter_on_the_tied_embedding_is_refused_for_peft_with_a_hint_to_merge(tmp_path):
+    """Guards against exporting our shared ΔE as PEFT adapters on embed_tokens and lm_head: two adapters on
+    one tied matrix that PEFT's merge would add twice. Refused in one line that suggests --merge."""
+    model = random_model()
+    apply_lora(model, rank=2, target_modules=["wq", "output"])
+    with pytest.raises(ConversionError, match=r"tied embedding \('output' target\).*add --merge") as caught:
+        save_peft_folder(tmp_path / "adapter", adapter_state(model), model.config)
+    assert "\n" not in str(caught.value) and not (tmp_path / "adapter").exists()
+
+
+# ------------------------------------------------------------------------------------------------
+# What cannot be expressed is refused, by name
+
+BASE_CONFIG = json.loads((HF_MODEL / "config.json").read_text())
+CONFIG_REFUSALS = [
+    ({"model_type": "qwen2"}, "model_type 'qwen2' is not 'llama'"),
+    ({"architectures": ["LlamaForSequenceClassification"]}, "architectures ['LlamaForSequenceClassification']"),
+    ({"hidden_act": "gelu"}, "hidden_act 'gelu'"),
+    ({"attention_bias": True}, "attention_bias=true"),
+    ({"mlp_bias": True}, "mlp_bias=true"),
+    ({"rope_scaling": {"rope_type": "linear", "factor": 2.0}}, "RoPE scaling {'rope_type': 'linear', 'factor': 2.0}"),
+    ({"rope_scaling": None, "rope_parameters": {"rope_type": "yarn", "rope_theta": 1e6, "factor": 4.0}}, "RoPE scaling"),
+    ({"tie_word_embeddings": False}, "untied embeddings"),
+    ({"tie_word_embeddings": None}, "untied embeddings"),  # absent means false to transformers
+    ({"head_dim": 32}, "head_dim 32 is not hidden_size / num_attention_heads"),
+    ({"quantization_config": {"quant_method": "gptq"}}, "quantized weights"),
+    ({"num_attention_heads": 3, "head_dim": None}, "dim (64) must be divisible by n_heads (3)"),
+    ({"hidden_size": None}, "no integer 'hidden_size'"),
+]
+
+
+@pytest.mark.parametrize("change, message", CONFIG_REFUSALS, ids=[m.split()[0] for _, m in CONFIG_REFUSALS])
+def test_a_llama_feature_minimind_lacks_is_refused_by_name(change, message):
+    """Guards against a config silently changed into something else (a scaled RoPE read as plain, biases or
+    an untied head dropped): each such config.json is one ConversionError line naming the feature."""
+    hf = {k: v for k, v in {**BASE_CONFIG, **change}.items() if v is not None or k == "rope_scaling"}
+    with pytest.raises(ConversionError) as caught:
+        lm_config_from_hf(hf, "config.json")
+    assert message in str(caught.value) and "\n" not in str(caught.value), str(caught.value)
+
+
+def test_config_fields_absent_from_config_json_mean_what_they_mean_to_transformers():
+    """Guards against an absent rms_norm_eps or rope_theta read with our defaults (1e-5, 1e6) where
+    transformers uses its own (1e-6, 1e4): the imported model would compute something else."""
+    hf = {k: v for k, v in BASE_CONFIG.items() if k not in ("rms_norm_eps", "rope_theta", "max_position_embeddings",
+                                                             "num_key_value_heads")}
+    config = lm_config_from_hf(hf, "config.json")
+    assert (config.norm_eps, config.rope_theta, config.max_seq_len, config.n_kv_heads) == (1e-6, 1e4, 2048, 4)
+
+
+def _copy_fixture(tmp_path) -> Path:
+    folder = tmp_path / "hf"
+    shutil.copytree(HF_MODEL, folder)
+    return folder
+
+
+@pytest.mark.parametrize("tensor, message", [
+    ("model.layers.0.self_attn.q_proj.bias", "holds biases MiniMindLM has no place for: model.layers.0.self_attn.q_proj.bias"),
+    ("model.layers.0.mlp.experts.0.weight", "holds tensors MiniMindLM has no place for: model.layers.0.mlp.experts.0.weight"),
+    (None, "lacks model.layers.1.mlp.down_proj.weight"),
+])
+def test_weights_without_a_place_here_are_refused(tensor, message, tmp_path):
+    """Guards against a bias or an unknown tensor silently dropped, or a missing one left at its random init."""
+    folder = _copy_fixture(tmp_path)
+    tensors, metadata = load_file(folder / "model.safetensors")
+    tensors = dict(tensors)
+    if tensor is None:
+        del tensors["model.layers.1.mlp.down_proj.weight"]
+    else:
+        tensors[tensor] = torch.zeros(64)
+    save_file(tensors, folder / "model.safetensors", metadata)
+    with pytest.raises(ConversionError, match=message.replace(".", r"\.")):
+        read_llama_folder(folder)
+
+
+def test_a_tied_models_stored_lm_head_copy_is_ignored_as_transformers_ignores_it(tmp_path, golden):
+    """Guards against refusing (or, worse, using) an lm_head.weight that a tied model's file carries anyway:
+    transformers ties lm_head to embed_tokens and never reads it, so the golden logits still hold."""
+    folder = _copy_fixture(tmp_path)
+    tensors, metadata = load_file(folder / "model.safetensors")
+    save_file({**tensors, "lm_head.weight": torch.zeros(320, 64)}, folder / "model.safetensors", metadata)
+    config, state = read_llama_folder(folder)
+    model = MiniMindLM(config)
+    load_weights(model, state)
+    with torch.no_grad():
+        assert (model.eval()(golden["input_ids"]).logits - golden["logits"]).abs().max().item() < 1e-5
+
+
+BASE_ADAPTER = json.loads((HF_ADAPTER / "adapter_config.json").read_text())
+ADAPTER_REFUSALS = [
+    ({"peft_type": "IA3"}, "peft_type 'IA3' is not LORA"),
+    ({"use_dora": True}, "use_dora=True cannot be converted: DoRA"),
+    ({"rank_pattern": {"q_proj": 8}}, "per-module ranks (rank_pattern)"),
+    ({"alpha_pattern": {"q_proj": 16}}, "per-module alphas (alpha_pattern)"),
+    ({"bias": "all"}, "trained biases"),
+    ({"lora_bias": True}, "a bias on lora_B"),
+    ({"modules_to_save": ["lm_head"]}, "fully trained modules (modules_to_save)"),
+    ({"layers_to_transform": [0]}, "adapters on some layers only (layers_to_transform)"),
+    ({"fan_in_fan_out": True}, "fan_in_fan_out"),
+    ({"target_modules": ["q_proj", "lm_head"]}, "target_modules ['lm_head'] cannot be converted"),
+    ({"r": 8}, "has shape (4, 192), not rank r=8"),
+]
+
+
+@pytest.mark.parametrize("change, message", ADAPTER_REFUSALS, ids=[m.split()[0] for _, m in ADAPTER_REFUSALS])
+def test_a_peft_feature_loralinear_lacks_is_refused_by_name(change, message):
+    """Guards against an adapter silently imported as something else (DoRA without its magnitudes, per-module
+    ranks flattened, biases dropped): each is one ConversionError line naming the option."""
+    config = imported_model().config
+    tensors = load_file(HF_ADAPTER / "adapter_model.safetensors")[0]
+    with pytest.raises(ConversionError) as caught:
+        adapter_from_peft({**BASE_ADAPTER, **change}, tensors, config, "adapter_config.json")
+    assert message in str(caught.value) and "\n" not in str(caught.value), str(caught.value)
+
+
+def test_peft_tensors_with_no_counterpart_are_refused():
+    """Guards against an embedding adapter or a DoRA magnitude vector in the tensors being skipped silently."""
+    config = imported_model().config
+    tensors = dict(load_file(HF_ADAPTER / "adapter_model.safetensors")[0])
+    tensors["base_model.model.model.embed_tokens.lora_embedding_A"] = torch.zeros(4, 320)
+    with pytest.raises(ConversionError, match="tensor base_model.model.model.embed_tokens.lora_embedding_A cannot be converted"):
+        adapter_from_peft(BASE_ADAPTER, tensors, config, "adapter_config.json")
+
+
+# ------------------------------------------------------------------------------------------------
+# The command line
+
+
+def run(argv, capsys):
+    """convert_model.py as its __main__ runs it -> (exit code, stdout, stderr)."""
+    capsys.readouterr()
+    code = errors.run_main(convert_model.main, [str(a) for a in argv])
+    out = capsys.readouterr()
+    return code, out.out, out.err
+
+
+def test_from_hf_writes_a_checkpoint_and_adapter_the_scripts_use(tmp_path, capsys, golden):
+    """Guards against an import that only works from Python: `convert_model.py from-hf` writes a checkpoint
+    whose sidecar records the tokenizer (with its fingerprint), and an adapter file that load_checkpoint,
+    eval_model.py --lora_name and further LoRA training use -- all giving transformers'/PEFT's logits."""
+    tok = tokenizer_320(tmp_path / "tok320")
+    out = tmp_path / "out"
+    code, stdout, stderr = run(["from-hf", "--hf_dir", HF_MODEL, "--out", out / "llama_64.safetensors", "--tokenizer", tok,
+                                "--peft_dir", HF_ADAPTER, "--lora_out", out / "lora" / "peft_64.pth"], capsys)
+    assert code == 0, stderr
+    assert "wrote" in stdout
+    sidecar = json.loads((out / "llama_64.json").read_text())
+    assert sidecar["stage"] == "from_hf" and sidecar["tokenizer_sha256"] == Tokenizer.load(tok).fingerprint()
+
+    base = load_checkpoint(out / "llama_64.safetensors")
+    adapted = load_checkpoint(out / "llama_64.safetensors", adapter=out / "lora" / "peft_64.pth")
+    with torch.no_grad():
+        assert (base.model(golden["input_ids"]).logits - golden["logits"]).abs().max().item() < 1e-5
+        assert (adapted.model(golden["input_ids"]).logits - golden["logits_with_peft_lora"]).abs().max().item() < 1e-5
+
+    eval_model.main(["--ckpt", str(out / "llama_64.safetensors"), "--out_dir", str(out), "--lora_name", "peft",
+                     "--max_new_tokens", "2", "--json", "--device", "cpu"])
+    assert json.loads(capsys.readouterr().out)  # the records of the built-in prompts, with the adapter on
+
+    model = adapted.model.train()  # further training starts from the imported adapter
+    mark_only_lora_as_trainable(model)
+    loss = torch.nn.functional.cross_entropy(model(golden["input_ids"][:, :-1]).logits.transpose(1, 2), golden["input_ids"][:, 1:])
+    loss.backward()
+    trained = {n for n, p in model.named_parameters() if p.grad is not None and p.grad.abs().sum() > 0}
+    assert trained == {n for n, _ in model.named_parameters() if ".lora." in n}
+
+
+def test_from_hf_takes_the_folders_own_tokenizer_and_writes_it_beside_the_checkpoint(tmp_path, capsys):
+    """Guards against an import that points at a tokenizer inside the Hugging Face folder (which may be moved
+    or deleted) or records none: the tokenizer is copied to OUT_STEM_tokenizer/ and the sidecar names it."""
+    folder = _copy_fixture(tmp_path)
+    tokenizer_320(folder)  # now the folder carries its tokenizer, as a real model folder does
+    code, _, stderr = run(["from-hf", "--hf_dir", folder, "--out", tmp_path / "out" / "m.pth"], capsys)
+    assert code == 0, stderr
+    assert (tmp_path / "out" / "m_tokenizer" / "tokenizer.json").is_file()
+    loaded = load_checkpoint(tmp_path / "out" / "m.pth")
+    assert Path(loaded.tokenizer_path) == tmp_path / "out" / "m_tokenizer"
+
+
+@pytest.fixture()
+def our_checkpoint(tmp_path):
+    """A checkpoint of ours (with sidecar) and an adapter on every Linear with a non-trivial scale."""
+    model = random_model()
+    save_model(model, tmp_path / "full_sft_64.pth", meta=checkpoint_meta("full_sft", TOKENIZER, Tokenizer.load(TOKENIZER)))
+    apply_lora(model, rank=4, alpha=6, target_modules=["wq", "wk", "wv", "wo", "w1", "w2", "w3"])
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if ".lora." in name:
+                p.normal_(0, 0.1)
+    save_lora(model, tmp_path / "lora_x_64.pth")
+    return tmp_path / "full_sft_64.pth", tmp_path / "lora_x_64.pth", model
+
+
+def test_to_hf_then_from_hf_gives_back_the_checkpoint_and_adapter_bit_exact(our_checkpoint, tmp_path, capsys):
+    """Guards against the two subcommands not being inverses: out and back in, the weights and the adapter
+    are bit-identical, and the tokenizer is the very one the model was trained with (same fingerprint)."""
+    ckpt, lora, _ = our_checkpoint
+    code, stdout, stderr = run(["to-hf", "--ckpt", ckpt, "--out_dir", tmp_path / "hf", "--lora_path", lora], capsys)
+    assert code == 0, stderr
+    assert {p.name for p in (tmp_path / "hf").iterdir()} == {"config.json", "generation_config.json", "model.safetensors",
+                                                             "tokenizer.json", "tokenizer_config.json", "adapter"}
+    assert {p.name for p in (tmp_path / "hf" / "adapter").iterdir()} == {"adapter_config.json", "adapter_model.safetensors"}
+    code, _, stderr = run(["from-hf", "--hf_dir", tmp_path / "hf", "--out", tmp_path / "back.pth",
+                           "--peft_dir", tmp_path / "hf" / "adapter", "--lora_out", tmp_path / "back_lora.pth"], capsys)
+    assert code == 0, stderr
+    original, back = read_checkpoint(ckpt), read_checkpoint(tmp_path / "back.pth")
+    assert original.keys() == back.keys() and all(torch.equal(original[k], back[k]) for k in original)
+    original, back = read_checkpoint(lora), read_checkpoint(tmp_path / "back_lora.pth")
+    assert original.keys() == back.keys()
+    assert all(torch.equal(original[k], back[k]) for k in original if k != "lora_config")
+    assert original["lora_config"] == back["lora_config"]
+    recorded = json.loads((tmp_path / "back.json").read_text())["tokenizer_sha256"]
+    assert recorded == Tokenizer.load(TOKENIZER).fingerprint()
+
+
+def test_to_hf_merge_writes_the_adapted_model_as_a_plain_folder(our_checkpoint, tmp_path, capsys):
+    """Guards against --merge exporting the base (adapter forgotten) or a folder that still needs PEFT: the
+    merged folder alone computes what base + adapter compute here."""
+    ckpt, lora, adapted = our_checkpoint
+    code, _, stderr = run(["to-hf", "--ckpt", ckpt, "--out_dir", tmp_path / "merged", "--lora_path", lora, "--merge"], capsys)
+    assert code == 0, stderr
+    assert not (tmp_path / "merged" / "adapter").exists()
+    config, state = read_llama_folder(tmp_path / "merged")
+    model = MiniMindLM(config)
+    load_weights(model, state)
+    ids = torch.randint(0, 2048, (2, 11))
+    with torch.no_grad():
+        assert (model.eval()(ids).logits - adapted.eval()(ids).logits).abs().max().item() < 1e-5
+
+
+def test_to_hf_reads_a_minimind2_file_with_the_shape_flags(tmp_path, capsys):
+    """Guards against to-hf needing a sidecar: a plain MiniMind2 .pth exports with --dim/--n_layers/
+    --n_heads/--n_kv_heads/--tokenizer, as load_checkpoint takes them."""
+    model = random_model()
+    torch.save(model.state_dict(), tmp_path / "full_sft_64.pth")  # MiniMind2 style: no sidecar
+    code, _, stderr = run(["to-hf", "--ckpt", tmp_path / "full_sft_64.pth", "--out_dir", tmp_path / "hf", "--dim", 64,
+                           "--n_layers", 2, "--n_heads", 4, "--n_kv_heads", 2, "--tokenizer", TOKENIZER], capsys)
+    assert code == 0, stderr
+    assert json.loads((tmp_path / "hf" / "config.json").read_text())["num_key_value_heads"] == 2
+
+
+def _mistakes(tmp_path, our_checkpoint):
+    ckpt, lora, model = our_checkpoint
+    tied = tmp_path / "tied_64.pth"
+    apply_lora(tied_model := random_model(), rank=2, target_modules=["wq", "output"])
+    save_lora(tied_model, tied)
+    other_template = tmp_path / "other_template"
+    save_llama_folder(other_template, random_model(), Tokenizer.load(TOKENIZER))
+    config = json.loads((other_template / "tokenizer_config.json").read_text())
+    (other_template / "tokenizer_config.json").write_text(json.dumps({**config, "chat_template": "{{ messages }}"}))
+    qwen = _copy_fixture(tmp_path)
+    (qwen / "config.json").write_text(json.dumps({**BASE_CONFIG, "model_type": "qwen2"}))
+    return [
+        (["to-hf", "--ckpt", ckpt, "--out_dir", tmp_path / "x", "--merge"], "--merge merges an adapter"),
+        (["to-hf", "--ckpt", tmp_path / "none.pth", "--out_dir", tmp_path / "x"], "none.pth not found"),
+        (["to-hf", "--ckpt", ckpt, "--out_dir", tmp_path / "x", "--lora_path", tied], "add --merge to export"),
+        (["to-hf", "--ckpt", ckpt, "--out_dir", tmp_path / "x", "--lora_path", tmp_path / "none.pth"], "adapter"),
+        (["from-hf", "--hf_dir", tmp_path / "nowhere", "--out", tmp_path / "m.pth"], "nowhere is not a folder"),
+        (["from-hf", "--hf_dir", HF_MODEL, "--out", tmp_path / "m.pth"], "has no tokenizer.json: pass --tokenizer"),
+        (["from-hf", "--hf_dir", HF_MODEL, "--out", tmp_path / "m.pth", "--tokenizer", TOKENIZER],
+         "the tokenizer has 2048 tokens but the model 320 embeddings"),
+        (["from-hf", "--hf_dir", HF_MODEL, "--out", tmp_path / "m.pth", "--peft_dir", HF_ADAPTER], "--peft_dir and --lora_out go together"),
+        (["from-hf", "--hf_dir", qwen, "--out", tmp_path / "m.pth"], "model_type 'qwen2' is not 'llama'"),
+        (["from-hf", "--hf_dir", other_template, "--out", tmp_path / "m.pth"], "its chat template is not MiniMind2's"),
+        (["from-hf", "--hf_dir", other_template, "--out", tmp_path / "m.pth", "--tokenizer", TOKENIZER],
+         "has its own tokenizer.json; --tokenizer is only for a folder without one"),
+    ]
+
+
+def test_every_mistake_is_one_line_and_exit_code_2(our_checkpoint, tmp_path, capsys):
+    """Guards against a conversion mistake reported as a traceback, or a half-written output: each is
+    `convert_model.py: error: MESSAGE` (one line) with exit code 2, and a refused to-hf writes nothing."""
+    for argv, message in _mistakes(tmp_path, our_checkpoint):
+        code, stdout, stderr = run(argv, capsys)
+        lines = stderr.strip().splitlines()
+        assert code == 2, (argv, stderr)
+        assert len(lines) == 1 and ": error: " in lines[0] and message in lines[0], (argv, stderr)
+        assert "Traceback" not in stderr
+    assert not (tmp_path / "x").exists() and not (tmp_path / "m.pth").exists()
+
+
+def test_every_flag_says_what_it_does():
+    """Guards against a flag without help= (the style rule for every script) in either subcommand."""
+    parser = convert_model.build_parser()
+    subcommands = next(a for a in parser._actions if a.dest == "command").choices
+    assert set(subcommands) == {"to-hf", "from-hf"}
+    for name, sub in subcommands.items():
+        for action in sub._actions:
+            if action.dest != "help":
+                assert action.help, f"{name} {action.option_strings} has no help"
+
