@@ -45,7 +45,8 @@ def write_cache(folder, size_bytes, sample_tokens=500, seed=0):
     files = {name: {"size": os.path.getsize(os.path.join(folder, name)), "sha256": file_sha256(os.path.join(folder, name))}
              for name in CACHE_FILES}
     with open(os.path.join(folder, "meta.json"), "w", encoding="utf-8") as f:
-        json.dump({"samples": samples, "files": files}, f)
+        json.dump({"dtype": "uint16", "samples": samples, "tokens": tokens, "spans": samples, "no_trained_tokens": 0,
+                   "skipped": {"count": 0, "lines": [], "first_error": None}, "files": files}, f)
     return sum(v["size"] for v in files.values())
 
 

@@ -321,7 +321,7 @@ class TokenizedJsonl(Dataset):
     build_workers: processes that tokenize when the cache is built; None = up to 8 (one per core)
     for files over 64 MB, else 1 (starting processes costs more than it saves on small files).
     checksums: check the cache's files against the sha256 sums its meta.json records when opening it
-    (about a second per GB); False checks their sizes only (for DDP ranks after rank 0 has checked).
+    (one to two seconds per GB); False checks their sizes only (for DDP ranks after rank 0 has checked).
     """
     kind = None
     parse = None

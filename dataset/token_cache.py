@@ -24,7 +24,7 @@ sha256 its meta.json records. A cut or damaged file (a full disk, a bad copy, `t
 otherwise be read without a word -- a short tokens.bin gives samples of padding with trained targets
 -- or fail deep inside numpy. A cache that fails the check is rebuilt, with one line on stderr saying
 so; where it cannot be (a read-only folder), the error names the folder to delete. Hashing costs
-about a second per GB of cache (docs/data.md has the measurement).
+one to two seconds per GB of cache (docs/data.md has the measurement).
 
 Builders work in temporary folders named `FOLDER.tmp-HOST-PID-xxxxxxxx`; one killed on the way
 (kill -9) leaves its folder behind, and the next build in the same place removes the folders of

@@ -10,6 +10,7 @@ import json
 import os
 import re
 import signal
+import socket
 import subprocess
 import sys
 import textwrap
@@ -23,7 +24,6 @@ import train_full_sft
 import train_lora
 import train_pretrain
 import train_tokenizer
-import training
 from dataset import lm_dataset
 from dataset.lm_dataset import DataError, PretrainDataset
 from dataset.token_cache import TEMPORARY_FOLDER, cache_problem
@@ -443,7 +443,7 @@ def test_9_a_cache_build_removes_the_temporary_folders_of_dead_builders(tok, tmp
     removes those of builders on this host that no longer run, and leaves a running one's alone."""
     dead = subprocess.Popen([sys.executable, "-c", "pass"])
     dead.wait()
-    host = os.uname().nodename
+    host = socket.gethostname()
     cache = tmp_path / "c"
     cache.mkdir()
     names = {"dead": f"x.jsonl.pretrain.len64.0123.tmp-{host}-{dead.pid}-abcd_123",
