@@ -25,6 +25,7 @@ Adapters live in OUT_DIR/lora/{lora_name}_{dim}.pth.
 import argparse
 import json
 import math
+import re
 import sys
 import time
 from dataclasses import dataclass
@@ -33,6 +34,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
+from dataset.lm_dataset import check_unicode, jsonl_lines, parse_line
 from model.device import DEVICE_HELP, pick_device
 from model.errors import UserError, run_main
 from model.loader import (DEFAULT_DIM, adapter_path, check_adapter_name, checkpoint_path, list_adapters, load_checkpoint,
@@ -75,32 +77,27 @@ def load_eval_set(path):
     """Read an evaluation jsonl: one {"question", "answer", "must_contain": [...]} per line.
 
     Bad records are errors naming the file and line, because a silently skipped question would
-    change the denominator of every accuracy computed from the file.
+    change the denominator of every accuracy computed from the file. The lines are read as the
+    training data's are (dataset/lm_dataset.py: jsonl_lines, parse_line), so the same files are
+    accepted: a byte-order mark is fine, invalid UTF-8 is an error naming the line.
     """
     path = Path(path)
-    if not path.is_file():
+    if not path.exists():
         raise UserError(f"evaluation file {path} not found (the demo sets are dataset/eval_*.jsonl)")
     items = []
-    with open(path, encoding="utf-8") as f:
-        for line_no, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            where = f"{path}:{line_no}"
-            try:
-                record = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise UserError(f"{where}: invalid JSON ({e.msg}); each line must be one JSON object")
-            if not isinstance(record, dict):
-                raise UserError(f"{where}: expected a JSON object with question/answer/must_contain")
-            question, answer, must = record.get("question"), record.get("answer"), record.get("must_contain")
-            if not isinstance(question, str) or not question.strip():
-                raise UserError(f"{where}: 'question' must be a non-empty string")
-            if not isinstance(answer, str) or not answer.strip():
-                raise UserError(f"{where}: 'answer' must be a non-empty string (the reference answer)")
-            # An empty list would make every answer correct, so it is refused rather than scored.
-            if not isinstance(must, list) or not must or not all(isinstance(s, str) and s for s in must):
-                raise UserError(f"{where}: 'must_contain' must be a non-empty list of non-empty strings")
-            items.append({"question": question, "answer": answer, "must_contain": must})
+    for raw, where in jsonl_lines(path):
+        record = parse_line(raw, where)
+        question, answer, must = record.get("question"), record.get("answer"), record.get("must_contain")
+        if not isinstance(question, str) or not question.strip():
+            raise UserError(f"{where}: 'question' must be a non-empty string")
+        if not isinstance(answer, str) or not answer.strip():
+            raise UserError(f"{where}: 'answer' must be a non-empty string (the reference answer)")
+        # An empty list would make every answer correct, so it is refused rather than scored.
+        if not isinstance(must, list) or not must or not all(isinstance(s, str) and s for s in must):
+            raise UserError(f"{where}: 'must_contain' must be a non-empty list of non-empty strings")
+        for key, text in [("question", question), ("answer", answer)] + [("must_contain", m) for m in must]:
+            check_unicode(text, where, f"'{key}'")  # a "\ud800" escape cannot be tokenized
+        items.append({"question": question, "answer": answer, "must_contain": must})
     if not items:
         raise UserError(f"{path} has no records")
     return items
@@ -234,9 +231,9 @@ def variants(model, adapters, compare, with_removed):
         yield "adapter removed", 0
 
 
-def run_scoring(model, tok, adapters, eval_files, compare, max_new_tokens, batch_size, context):
-    """Score every eval file for every variant -> a results dict (printed as table or JSON)."""
-    sets = {Path(f).stem: load_eval_set(f) for f in eval_files}
+def run_scoring(model, tok, adapters, sets, compare, max_new_tokens, batch_size, context):
+    """Score every eval set ({name: items}, see load_eval_set) for every variant -> a results dict
+    (printed as table or JSON)."""
     columns = []
     for label, adapter_params in variants(model, adapters, compare, with_removed=True):
         column = {"name": label, "adapter_parameters": adapter_params, "sets": {}}
@@ -325,22 +322,47 @@ CHAT_HELP = """commands: /reset (forget the history)  /lora NAME (switch adapter
           /lora (list adapters)  /help  /exit"""
 
 
+def readable(line):
+    """A line typed at the chat prompt -> (text, whether bytes had to be replaced).
+
+    Bytes that are not UTF-8 (a file in another encoding, a long paste cut mid-character by the
+    terminal) reach Python as lone surrogates ('\\udcff', see run_chat), which are not text and which
+    the tokenizer refuses. They become U+FFFD, the replacement character, as the decoder shows them.
+    readable("caf\\udce9") -> ("caf\\ufffd", True)
+    """
+    text = re.sub("[\ud800-\udfff]", "\ufffd", line)
+    return text, text != line
+
+
 def run_chat(model, tok, adapters, out_dir, sampling, context, history_cnt, stream):
     """Interactive chat. History keeps the last `history_cnt` exchanges; /lora switches adapters
-    on the loaded base without reloading it (each adapter is a few small matrices)."""
+    on the loaded base without reloading it (each adapter is a few small matrices).
+
+    The session survives what a person at a terminal does: Ctrl-C during a reply stops that reply
+    (Ctrl-C or Ctrl-D at the prompt ends the session), bytes that are not UTF-8 are replaced, and a
+    /lora that fails keeps the adapter that was active.
+    """
     dim = model.config.dim
-    current = None
+    current, current_path = None, None  # the active adapter's name and file
     if adapters:
-        current = adapters[0][0]
-        attach_adapter(model, adapters[0][1])
+        current, current_path = adapters[0]
+        attach_adapter(model, current_path)
+    # Undecodable input bytes become lone surrogates instead of a UnicodeDecodeError that would end the
+    # session (and lose the line); readable() then replaces them. (A StringIO in tests has no encoding.)
+    if hasattr(sys.stdin, "reconfigure"):
+        sys.stdin.reconfigure(errors="surrogateescape")
+    told_about_bytes = False
     history = []
     print(f"chatting with {'+' + current if current else 'the base model'}; {CHAT_HELP}")
     while True:
         try:
-            line = input("👶: ").strip()
+            line, replaced = readable(input("👶: ").strip())
         except (EOFError, KeyboardInterrupt):  # Ctrl-D / Ctrl-C, or stdin closed
             print()
             return
+        if replaced and not told_about_bytes:
+            print("(bytes that are not UTF-8 text were replaced with \ufffd)")
+            told_about_bytes = True
         if not line:
             continue
         if line in ("/exit", "/quit"):
@@ -357,24 +379,33 @@ def run_chat(model, tok, adapters, out_dir, sampling, context, history_cnt, stre
             try:
                 if name.lower() == "none":
                     remove_lora(model)
-                    current = None
+                    current, current_path = None, None
                 else:
                     path = find_adapter(out_dir, name, dim)  # a wrong name changes nothing
-                    current = None  # attach_adapter removes the old adapter first
-                    n_params = attach_adapter(model, path)
-                    current = name
+                    n_params = attach_adapter(model, path)  # removes the active adapter first
+                    current, current_path = name, path
                     print(f"(adapter {name}: {n_params:,} parameters)")
                 history = []  # a reply written by another adapter would steer this one
                 print(f"(now: {'+' + current if current else 'base model'}; history cleared)")
-            except UserError as e:
-                print(f"(error: {e})")
+            except UserError as e:  # e.g. a damaged adapter file: put the active one back
+                remove_lora(model)
+                try:
+                    if current_path is not None:
+                        attach_adapter(model, current_path)
+                except UserError:  # its file changed since it was loaded: the base model it is
+                    current, current_path = None, None
+                print(f"(error: {e}; still {'+' + current if current else 'the base model'})")
         elif line.startswith("/"):
             print(f"(unknown command {line.split()[0]}) {CHAT_HELP}")
         else:
             messages = history[-2 * history_cnt:] if history_cnt else []
             messages = messages + [{"role": "user", "content": line}]
             print("🤖: ", end="", flush=True)
-            answer = reply(model, tok, messages, sampling, context, stream)
+            try:
+                answer = reply(model, tok, messages, sampling, context, stream)
+            except KeyboardInterrupt:  # stop this reply, keep the session and its history
+                print("\n(reply stopped; Ctrl-C at the prompt ends the chat)")
+                continue
             if not stream:
                 print(answer)
             history = messages + [{"role": "assistant", "content": answer}]
@@ -462,22 +493,20 @@ def main(argv=None):
     device = pick_device(args.device)
     torch.manual_seed(args.seed)
 
+    eval_sets = {Path(f).stem: load_eval_set(f) for f in args.eval_data or []}  # a bad file fails before the model loads
+
     ckpt = args.ckpt or checkpoint_path(args.out_dir, MODEL_MODES[args.model_mode], args.dim or DEFAULT_DIM)
     shape = {"dim": args.dim, "n_layers": args.n_layers, "n_heads": args.n_heads, "n_kv_heads": args.n_kv_heads}
-    loaded = load_checkpoint(ckpt, tokenizer=args.tokenizer, shape=shape, device=device)
+    loaded = load_checkpoint(ckpt, tokenizer=args.tokenizer, shape=shape, max_seq_len=args.max_seq_len, device=device)
     model, tok = loaded.model, loaded.tokenizer
-    context = model.config.max_seq_len
-    if args.max_seq_len is not None:
-        if args.max_seq_len > context:
-            raise UserError(f"--max_seq_len {args.max_seq_len} is more than the model's {context} positions")
-        context = args.max_seq_len
+    context = args.max_seq_len or model.config.max_seq_len
     adapters = [(n, find_adapter(args.out_dir, n, model.config.dim)) for n in names]
     print(f"model {ckpt}: {count_base_parameters(model) / 1e6:.2f}M parameters, tokenizer {loaded.tokenizer_path}",
           file=sys.stderr, flush=True)
 
     sampling = Sampling(args.max_new_tokens, args.temperature, args.top_p, args.seed)
     if args.eval_data:
-        results = run_scoring(model, tok, adapters, args.eval_data, args.compare, args.max_new_tokens, args.batch_size, context)
+        results = run_scoring(model, tok, adapters, eval_sets, args.compare, args.max_new_tokens, args.batch_size, context)
         results = {"checkpoint": str(ckpt), "parameters": count_base_parameters(model),
                    "vocab_size": tok.vocab_size, **results}
         print(json.dumps(results, ensure_ascii=False, indent=1) if args.json else format_table(results))

@@ -18,6 +18,7 @@ from dataset.lm_dataset import SFTDataset
 from model.checkpoint import save_model
 from model.loader import DEFAULT_DIM, checkpoint_meta, checkpoint_path, load_checkpoint, run_files
 from model.model import trainable_parameters_report
+from model.run_lock import claim_out_dir
 
 
 def build_parser():
@@ -34,9 +35,11 @@ def main(argv=None):
     training.check_args(args)
     base = args.base or checkpoint_path(args.out_dir, "pretrain", args.dim or DEFAULT_DIM)
 
-    with training.runtime(args.device, args.dtype, args.seed) as rt:
+    # one run per output folder (model/run_lock.py), claimed before anything loads
+    with claim_out_dir(args.out_dir), training.runtime(args.device, args.dtype, args.seed) as rt:
         # ---- the model: the pretrained checkpoint, config and tokenizer from its sidecar
-        loaded = load_checkpoint(base, tokenizer=args.tokenizer, shape=training.shape_flags(args), device=rt.device)
+        loaded = load_checkpoint(base, tokenizer=args.tokenizer, shape=training.shape_flags(args),
+                                 max_seq_len=args.max_seq_len, device=rt.device)
         raw_model, tokenizer = loaded.model, loaded.tokenizer
         files = run_files(args.out_dir, checkpoint_path(args.out_dir, "full_sft", raw_model.config.dim))
         training.check_no_unfinished_run(files.resume, args.resume)

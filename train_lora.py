@@ -10,6 +10,7 @@ percent of the model, loadable by MiniMind2's load_lora. Everything else is trai
 `diff train_full_sft.py train_lora.py` shows exactly what LoRA changes.
 """
 import argparse
+import math
 import sys
 
 import torch
@@ -19,6 +20,7 @@ from dataset.lm_dataset import SFTDataset
 from model.errors import UserError
 from model.loader import DEFAULT_DIM, adapter_path, check_adapter_name, checkpoint_path, load_checkpoint, run_files
 from model.model_lora import apply_lora, mark_only_lora_as_trainable, save_lora, trainable_parameters_report
+from model.run_lock import claim_out_dir
 
 
 def build_parser():
@@ -42,15 +44,38 @@ def build_parser():
     return parser
 
 
+# The Linear layers of MiniMindLM, by name ('output' is the one tied to tok_embeddings); what --lora_targets takes.
+LINEAR_NAMES = ("wq", "wk", "wv", "wo", "w1", "w2", "w3", "output")
+
+
+def check_lora_args(args):
+    """The --lora_* flags, checked before anything loads (apply_lora would refuse them only once the base is loaded)."""
+    check_adapter_name(args.lora_name)
+    if args.lora_rank < 1:
+        raise UserError(f"--lora_rank must be at least 1, got {args.lora_rank}")
+    if args.lora_alpha is not None and not (math.isfinite(args.lora_alpha) and args.lora_alpha > 0):
+        raise UserError(f"--lora_alpha must be a positive number, got {args.lora_alpha}")
+    if not 0 <= args.lora_dropout < 1:
+        raise UserError(f"--lora_dropout must be in [0, 1), got {args.lora_dropout}")
+    unknown = [t for t in args.lora_targets.split(",") if t not in LINEAR_NAMES]
+    if unknown:
+        raise UserError(f"--lora_targets: {', '.join(map(repr, unknown))} is not a Linear of the model; "
+                        f"choose from {','.join(LINEAR_NAMES)}")
+    if not (math.isfinite(args.lora_plus_ratio) and args.lora_plus_ratio > 0):
+        raise UserError(f"--lora_plus_ratio must be a positive number (1 = plain LoRA), got {args.lora_plus_ratio}")
+
+
 def main(argv=None):
     args = build_parser().parse_args(argv)
     training.check_args(args)
-    check_adapter_name(args.lora_name)
+    check_lora_args(args)
     base = args.base or checkpoint_path(args.out_dir, "full_sft", args.dim or DEFAULT_DIM)
 
-    with training.runtime(args.device, args.dtype, args.seed) as rt:
+    # one run per output folder (model/run_lock.py), claimed before anything loads
+    with claim_out_dir(args.out_dir, also=["lora"]), training.runtime(args.device, args.dtype, args.seed) as rt:
         # ---- the model: the SFT checkpoint, config and tokenizer from its sidecar
-        loaded = load_checkpoint(base, tokenizer=args.tokenizer, shape=training.shape_flags(args), device=rt.device)
+        loaded = load_checkpoint(base, tokenizer=args.tokenizer, shape=training.shape_flags(args),
+                                 max_seq_len=args.max_seq_len, device=rt.device)
         raw_model, tokenizer = loaded.model, loaded.tokenizer
         files = run_files(args.out_dir, adapter_path(args.out_dir, args.lora_name, raw_model.config.dim))
         training.check_no_unfinished_run(files.resume, args.resume)

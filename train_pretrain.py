@@ -18,6 +18,7 @@ from dataset.lm_dataset import PretrainDataset
 from model.checkpoint import save_model
 from model.loader import checkpoint_meta, checkpoint_path, load_tokenizer, run_files
 from model.model import MiniMindLM, trainable_parameters_report
+from model.run_lock import claim_out_dir
 
 
 def build_parser():
@@ -32,12 +33,14 @@ def main(argv=None):
     args = build_parser().parse_args(argv)
     training.check_args(args)
     files = run_files(args.out_dir, checkpoint_path(args.out_dir, "pretrain", args.dim))
-    training.check_no_unfinished_run(files.resume, args.resume)
 
-    with training.runtime(args.device, args.dtype, args.seed) as rt:
+    # one run per output folder (model/run_lock.py), claimed before anything loads
+    with claim_out_dir(args.out_dir), training.runtime(args.device, args.dtype, args.seed) as rt:
+        training.check_no_unfinished_run(files.resume, args.resume)
         # ---- the model: built from the flags, vocabulary size from the tokenizer
         tokenizer = load_tokenizer(args.tokenizer)
-        raw_model = MiniMindLM(training.model_config(training.shape_flags(args), tokenizer.vocab_size)).to(rt.device)
+        config = training.model_config(training.shape_flags(args), tokenizer.vocab_size, args.max_seq_len)
+        raw_model = MiniMindLM(config).to(rt.device)
         rt.print(trainable_parameters_report(raw_model))
 
         # ---- the data, and the optimizer over every parameter

@@ -30,6 +30,7 @@ from tqdm import tqdm
 from dataset.lm_dataset import check_record, jsonl_lines, parse_line
 from model.errors import UserError, run_main
 from model.loader import path_for_sidecar, repo_path
+from model.run_lock import make_out_dir
 from model.tokenizer import Tokenizer, bytes_to_unicode, split_chunks
 
 SPECIAL_TOKENS = ("<unk>", "<s>", "</s>")  # ids 0, 1, 2: padding/unknown, begin, end (MiniMind2's)
@@ -199,6 +200,7 @@ def main(argv=None):
     if args.max_token_length == 1 or args.max_token_length < 0:
         raise UserError(f"--max_token_length {args.max_token_length} is too small: a merged token has at least 2 bytes "
                         "(0 = no limit)")
+    make_out_dir(args.out_dir)  # a bad --out_dir is found now, not after the training
     counts = count_chunks(tqdm(read_texts(args.data_path), desc="reading", unit=" texts", disable=None))
     if not counts:
         raise UserError(f"{', '.join(args.data_path)}: no text found; nothing to train on")

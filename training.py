@@ -12,8 +12,9 @@ sight; everything that loop leans on, and that would otherwise be copied three t
                             data position, RNG, and the settings a resume must find unchanged)
     progress                Progress (tqdm bar, metrics JSONL, NaN/inf guard, the loss curves)
 
-Where files go and how a checkpoint is loaded are model/loader.py's; a user's mistake is a
-model.errors.UserError, printed as one line by run_main. Each script's loop, in execution order:
+Where files go and how a checkpoint is loaded are model/loader.py's; one run per output folder is
+model/run_lock.py's (claim_out_dir); a user's mistake is a model.errors.UserError, printed as one line
+by run_main. Each script's loop, in execution order:
 
     for step, epoch, micro_batches in data.steps(start_step):
         set lr -> for each micro-batch: forward, masked loss, backward -> clip -> step -> log -> validate -> save
@@ -35,12 +36,12 @@ from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader, DistributedSampler, Subset, default_collate
 from tqdm import tqdm
 
-from model.atomic import atomic_write_text
+from model.atomic import WriteError, atomic_write_text
 from model.checkpoint import atomic_save
 from model.device import DEVICE_HELP, pick_device
 from model.errors import UserError, run_main as _run_main
 from model.LMConfig import LMConfig
-from model.loader import DEFAULT_DIM, repo_path
+from model.loader import DEFAULT_DIM, check_positions, repo_path
 from model.model_lora import LoRALinear
 from plot import line_chart
 
@@ -141,7 +142,9 @@ def shape_flags(args) -> dict:
 
 
 def check_args(args):
-    """Reject values that would fail later and obscurely (or silently train nothing), before anything loads."""
+    """Reject values that would fail later and obscurely (or silently train nothing), before anything loads.
+    (--max_seq_len against the model's positions is checked as soon as the model's config is known:
+    model_config, or load_checkpoint's max_seq_len.)"""
     positive = ["epochs", "batch_size", "accumulation_steps", "log_interval", "save_interval", "eval_interval"]
     for name in positive:
         if getattr(args, name) < 1:
@@ -156,14 +159,26 @@ def check_args(args):
         raise UserError(f"--grad_clip must be positive (inf disables clipping), got {args.grad_clip}")
     if args.val_samples < 0:
         raise UserError(f"--val_samples must be 0 or more, got {args.val_samples}")
+    if args.num_workers < 0:
+        raise UserError(f"--num_workers must be 0 or more, got {args.num_workers}")
+    for flag, path in (("--data_path", args.data_path), ("--val_data", args.val_data)):
+        if path is not None and os.path.isdir(path):
+            raise UserError(f"{flag} {path} is a directory; pass a jsonl file")
+        if path is not None and not os.path.isfile(path):
+            raise UserError(f"{flag} {path} not found (check the path)")
+    if args.cache_dir is not None and os.path.exists(args.cache_dir) and not os.path.isdir(args.cache_dir):
+        raise UserError(f"--cache_dir {args.cache_dir} is a file, not a folder")
 
 
-def model_config(shape: dict, vocab_size: int) -> LMConfig:
-    """LMConfig from the shape flags (None values take MiniMind2's defaults) and the tokenizer's size."""
+def model_config(shape: dict, vocab_size: int, max_seq_len=None) -> LMConfig:
+    """LMConfig from the shape flags (None values take MiniMind2's defaults) and the tokenizer's size;
+    a training window (--max_seq_len) longer than its positions is refused."""
     try:
-        return LMConfig(**{k: v for k, v in shape.items() if v is not None}, vocab_size=vocab_size)
+        config = LMConfig(**{k: v for k, v in shape.items() if v is not None}, vocab_size=vocab_size)
     except ValueError as e:
         raise UserError(f"{e} (check --dim/--n_heads/--n_kv_heads)") from None
+    check_positions(max_seq_len, config, "the model")
+    return config
 
 
 @dataclass
@@ -311,9 +326,9 @@ def load_data(dataset_class, tokenizer, rt, *, data_path, max_seq_len, skip_bad_
     held-out samples), which the training set then leaves out. Rank 0 builds each cache first and the
     other ranks then open it (rt.rank0_first); only rank 0 prints the datasets' notes.
     """
-    def open_dataset(path):
+    def open_dataset(path):  # rank 0 checks the cache's checksums (or rebuilds it); the others, its sizes
         return rt.rank0_first(lambda: dataset_class(path, tokenizer, max_length=max_seq_len, skip_bad=skip_bad_lines,
-                                                    cache_dir=cache_dir, verbose=rt.is_main))
+                                                    cache_dir=cache_dir, verbose=rt.is_main, checksums=rt.is_main))
 
     dataset = open_dataset(data_path)
     identity = {"data": dataset.cache_key}  # the file's content, tokenizer and window, e.g. 'x.jsonl.sft.len256.3f2a...'
@@ -743,8 +758,12 @@ class Progress:
 
     def _write(self, record):
         if self.rt.is_main:
-            with open(self.metrics_path, "a", encoding="utf-8") as f:
-                f.write(json.dumps(record) + "\n")
+            try:
+                with open(self.metrics_path, "a", encoding="utf-8") as f:
+                    f.write(json.dumps(record) + "\n")
+            except OSError as e:  # a full disk: stop with one line; the checkpoints are written atomically
+                raise WriteError(f"cannot write {self.metrics_path}: {e.strerror or e}; the last checkpoint "
+                                 "is intact, continue with --resume once there is room", e) from None
 
     def log(self, step, epoch, lr):
         """Read the sums (one sync), check them, write a metrics line and refresh the bar."""

@@ -29,7 +29,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from dataset.token_cache import DataError, TokenCache, build_cache, cache_folder
+from dataset.token_cache import DataError, build_cache, cache_folder, open_cache
 from model.errors import UserError, run_main
 
 
@@ -320,12 +320,14 @@ class TokenizedJsonl(Dataset):
 
     build_workers: processes that tokenize when the cache is built; None = up to 8 (one per core)
     for files over 64 MB, else 1 (starting processes costs more than it saves on small files).
+    checksums: check the cache's files against the sha256 sums its meta.json records when opening it
+    (one to two seconds per GB); False checks their sizes only (for DDP ranks after rank 0 has checked).
     """
     kind = None
     parse = None
 
     def __init__(self, data_path, tokenizer, max_length, skip_bad=False, cache_dir=None, build_workers=None,
-                 verbose=True):
+                 verbose=True, checksums=True):
         if max_length < 2:
             raise ValueError(f"max_length must be at least 2 (X and Y are max_length - 1 long), got {max_length}")
         if os.path.isdir(data_path):
@@ -336,20 +338,20 @@ class TokenizedJsonl(Dataset):
         self.max_length = max_length
         self.pad_id = tokenizer.pad_token_id
         self.cache_path = cache_folder(data_path, self.kind, tokenizer, max_length, cache_dir)
-        if not os.path.exists(os.path.join(self.cache_path, "meta.json")):
-            if build_workers is None:
-                big = os.path.getsize(data_path) > 64 << 20
-                build_workers = min(8, os.cpu_count() or 1) if big else 1
-            build_cache(data_path, self.cache_path, tokenizer, max_length, parse=self.parse,
-                        encode=encode_with_spans, skip_bad=skip_bad, workers=build_workers, verbose=verbose)
-        self.cache = TokenCache(self.cache_path)
+        if build_workers is None:
+            big = os.path.getsize(data_path) > 64 << 20
+            build_workers = min(8, os.cpu_count() or 1) if big else 1
+        self.cache = open_cache(self.cache_path, lambda: build_cache(
+            data_path, self.cache_path, tokenizer, max_length, parse=self.parse, encode=encode_with_spans,
+            skip_bad=skip_bad, workers=build_workers, verbose=verbose), checksums=checksums, verbose=verbose)
         self.meta = self.cache.meta
 
         skipped = self.meta["skipped"]
         self.skipped = skipped["count"]
         if self.skipped and not skip_bad:
             # The cache was built by a run with skip_bad=True; without it, bad lines are still errors.
-            raise DataError(f"{skipped['first_error']} [{self.skipped} bad lines; pass skip_bad=True to skip them]")
+            raise DataError(f"{skipped['first_error']} [{self.skipped} bad lines; --skip_bad_lines (skip_bad=True "
+                            "in code) skips them]")
         if verbose and self.skipped:
             lines = ", ".join(map(str, skipped["lines"])) + (", ..." if self.skipped > len(skipped["lines"]) else "")
             print(f"skipped {self.skipped} bad lines of {data_path} (lines {lines}); "
@@ -382,8 +384,8 @@ class PretrainDataset(TokenizedJsonl):
     parse = staticmethod(parse_pretrain_line)
 
     def __init__(self, data_path, tokenizer, max_length=512, skip_bad=False, cache_dir=None, build_workers=None,
-                 verbose=True):
-        super().__init__(data_path, tokenizer, max_length, skip_bad, cache_dir, build_workers, verbose)
+                 verbose=True, checksums=True):
+        super().__init__(data_path, tokenizer, max_length, skip_bad, cache_dir, build_workers, verbose, checksums)
 
 
 class SFTDataset(TokenizedJsonl):
@@ -395,8 +397,8 @@ class SFTDataset(TokenizedJsonl):
     parse = staticmethod(parse_sft_line)
 
     def __init__(self, data_path, tokenizer, max_length=1024, skip_bad=False, cache_dir=None, build_workers=None,
-                 verbose=True):
-        super().__init__(data_path, tokenizer, max_length, skip_bad, cache_dir, build_workers, verbose)
+                 verbose=True, checksums=True):
+        super().__init__(data_path, tokenizer, max_length, skip_bad, cache_dir, build_workers, verbose, checksums)
 
 
 # ---------------------------------------------------------------------------------------------------

@@ -15,8 +15,20 @@ Layout of one cache folder (N samples, T tokens, K spans); every .bin file is a 
     offsets.bin       (N+1,)  int64: sample i is tokens[offsets[i]:offsets[i+1]]
     spans.bin         (K, 2)  int32: trained (start, end) token positions, relative to the sample's start
     span_offsets.bin  (N+1,)  int64: sample i's spans are spans[span_offsets[i]:span_offsets[i+1]]
-    meta.json         counts, dtype, skipped lines, and what the cache was built from
+    meta.json         counts, dtype, skipped lines, what the cache was built from, and each .bin file's
+                      size and sha256
 Samples are stored already cut to max_length, so the cache holds at most N * max_length tokens.
+
+A cache is checked every time it is opened (open_cache): every .bin file must have the size and the
+sha256 its meta.json records. A cut or damaged file (a full disk, a bad copy, `truncate`) would
+otherwise be read without a word -- a short tokens.bin gives samples of padding with trained targets
+-- or fail deep inside numpy. A cache that fails the check is rebuilt, with one line on stderr saying
+so; where it cannot be (a read-only folder), the error names the folder to delete. Hashing costs
+one to two seconds per GB of cache (docs/data.md has the measurement).
+
+Builders work in temporary folders named `FOLDER.tmp-HOST-PID-xxxxxxxx`; one killed on the way
+(kill -9) leaves its folder behind, and the next build in the same place removes the folders of
+builders on this host that are no longer running (remove_dead_builders).
 """
 import contextlib
 import functools
@@ -24,7 +36,11 @@ import hashlib
 import json
 import multiprocessing
 import os
+import re
+import secrets
 import shutil
+import signal
+import socket
 import sys
 import tempfile
 import time
@@ -76,7 +92,8 @@ def cache_folder(data_path, kind, tokenizer, max_length, cache_dir):
     digest = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:16]
     if cache_dir is None:
         cache_dir = os.path.join(os.path.dirname(os.path.abspath(data_path)), ".cache")
-    return os.path.join(os.fspath(cache_dir), f"{os.path.basename(data_path)}.{kind}.len{max_length}.{digest}")
+    name = os.path.basename(data_path)[:100]  # a file name may have 255 bytes; the folder's must fit too
+    return os.path.join(os.fspath(cache_dir), f"{name}.{kind}.len{max_length}.{digest}")
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -179,9 +196,16 @@ def _add_to_counter(counter, n):
 
 def _tokenize_range_process(job, counter):
     """Body of one worker process: tokenize_range, summary written to the part's folder."""
-    summary = tokenize_range(**job, progress=functools.partial(_add_to_counter, counter))
-    with open(os.path.join(job["out_dir"], "summary.json"), "w", encoding="utf-8") as f:
-        json.dump(summary, f)
+    # Ctrl-C reaches every process of the terminal's process group; the parent alone handles it (and
+    # stops the workers), so that one Ctrl-C gives one line, not a traceback from every worker.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        summary = tokenize_range(**job, progress=functools.partial(_add_to_counter, counter))
+        with open(os.path.join(job["out_dir"], "summary.json"), "w", encoding="utf-8") as f:
+            json.dump(summary, f)
+    except OSError as e:  # e.g. the disk filled up: one line, the parent then stops the build
+        print(f"{job['data_path']}: cannot write its token cache into {job['out_dir']} ({e.strerror})", file=sys.stderr)
+        sys.exit(1)
 
 
 def tokenize_in_processes(jobs, bar):
@@ -191,12 +215,18 @@ def tokenize_in_processes(jobs, bar):
     processes = [context.Process(target=_tokenize_range_process, args=(job, counter)) for job in jobs]
     for process in processes:
         process.start()
-    while any(process.is_alive() for process in processes):
-        time.sleep(0.2)
-        bar.update(counter.value - bar.n)
+    try:
+        while any(process.is_alive() for process in processes):
+            time.sleep(0.2)
+            bar.update(counter.value - bar.n)
+    finally:  # Ctrl-C (or any error) here: stop the workers rather than wait for them
+        for process in processes:
+            if process.is_alive():
+                process.terminate()
+            process.join()
     bar.update(counter.value - bar.n)
     if any(process.exitcode != 0 for process in processes):
-        raise RuntimeError("a tokenizing process failed (its error is printed above)")
+        raise DataError(f"{jobs[0]['data_path']}: a tokenizing process failed (its error is printed above)")
     summaries = []
     for job in jobs:
         with open(os.path.join(job["out_dir"], "summary.json"), encoding="utf-8") as f:
@@ -223,6 +253,36 @@ def merge_parts(part_dirs, summaries, folder):
             spans_before += summary["spans"]
 
 
+# A builder's temporary folder: FOLDER.tmp-HOST-PID-xxxxxxxx (8 characters that mkdtemp or
+# secrets.token_hex choose), so that a later builder can tell whether the one that made it still runs.
+TEMPORARY_FOLDER = re.compile(r"(?P<cache>.+)\.tmp-(?P<host>.+)-(?P<pid>\d+)-[a-z0-9_]{8}")
+
+
+def _temporary_prefix(folder):
+    return f"{os.path.basename(folder)}.tmp-{socket.gethostname()}-{os.getpid()}-"
+
+
+def _is_running(pid):
+    """Is there a process `pid` on this machine? (os.kill with signal 0 only asks.)"""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # it exists, and belongs to another user
+        return True
+    return True
+
+
+def remove_dead_builders(parent):
+    """Remove the temporary folders in `parent` left by builders on this host that no longer run
+    (killed with kill -9, or by a power cut). A folder of another host, or of a running builder, stays."""
+    host = socket.gethostname()
+    for name in os.listdir(parent):
+        match = TEMPORARY_FOLDER.fullmatch(name)
+        if match and match["host"] == host and int(match["pid"]) != os.getpid() and not _is_running(int(match["pid"])):
+            shutil.rmtree(os.path.join(parent, name), ignore_errors=True)
+
+
 def make_temporary_folder(data_path, folder):
     """An empty folder beside `folder` to build in, or DataError saying where a cache can go instead.
 
@@ -232,7 +292,8 @@ def make_temporary_folder(data_path, folder):
     parent = os.path.dirname(folder)
     try:
         os.makedirs(parent, exist_ok=True)
-        return tempfile.mkdtemp(prefix=os.path.basename(folder) + ".tmp-", dir=parent)
+        remove_dead_builders(parent)
+        return tempfile.mkdtemp(prefix=_temporary_prefix(folder), dir=parent)
     except OSError as e:
         raise DataError(f"{data_path}: cannot write its token cache into {parent} ({e.strerror}) "
                         "(pass --cache_dir DIR, a folder you can write to)") from None
@@ -283,7 +344,9 @@ def build_cache(data_path, folder, tokenizer, max_length, *, parse, encode, skip
         for job in jobs:
             shutil.rmtree(job["out_dir"])
         meta = {"format": CACHE_FORMAT, "dtype": np.dtype(token_dtype(tokenizer.vocab_size)).name,
-                "max_length": max_length, **counts, "skipped": skipped, "source": file_fingerprint(data_path)}
+                "max_length": max_length, **counts, "skipped": skipped, "source": file_fingerprint(data_path),
+                "files": {name: {"size": os.path.getsize(os.path.join(tmp, name)), "sha256": file_sha256(os.path.join(tmp, name))}
+                          for name in CACHE_FILES}}
         with open(os.path.join(tmp, "meta.json"), "w", encoding="utf-8") as f:
             json.dump(meta, f, indent=1, ensure_ascii=False)
         os.chmod(tmp, 0o755)                       # mkdtemp makes it private; other users may share the cache
@@ -297,8 +360,88 @@ def build_cache(data_path, folder, tokenizer, max_length, *, parse, encode, skip
             print(f"cached {counts['samples']:,} samples, {counts['tokens']:,} tokens "
                   f"({os.path.getsize(os.path.join(folder, 'tokens.bin')) / 1e6:,.1f} MB) "
                   f"in {time.perf_counter() - started:.1f} s", file=sys.stderr)
+    except OSError as e:  # a full disk, most likely: the finished part is removed below
+        raise DataError(f"{data_path}: building its token cache in {os.path.dirname(folder)} failed ({e.strerror}) "
+                        "(a full disk? free some space, or pass --cache_dir DIR)") from None
     finally:
         shutil.rmtree(tmp, ignore_errors=True)     # already gone after a successful rename
+
+
+# ---------------------------------------------------------------------------------------------------
+# Checking: sizes and checksums, recorded when built, compared when opened
+# ---------------------------------------------------------------------------------------------------
+
+CACHE_FILES = ("tokens.bin", "offsets.bin", "spans.bin", "span_offsets.bin")
+
+
+def file_sha256(path, block=16 << 20):
+    """sha256 (hex) of a file's bytes, read 16 MiB at a time."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(block), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def cache_problem(folder, checksums=True):
+    """What is wrong with a cache folder, in a few words, or None when it is whole.
+
+    Every .bin file must have the size meta.json records and, with checksums=True, its sha256: a
+    size check alone costs nothing and catches a cut file; the hash also catches changed bytes.
+    cache_problem(folder) -> None, or e.g. 'tokens.bin has 1,000 bytes, 25,594 expected'
+    """
+    try:
+        with open(os.path.join(folder, "meta.json"), encoding="utf-8") as f:
+            meta = json.load(f)
+        recorded = {name: (meta["files"][name]["size"], meta["files"][name]["sha256"]) for name in CACHE_FILES}
+        for key in ("samples", "spans", "dtype", "skipped", "no_trained_tokens"):  # what the readers use
+            meta[key]
+        sizes = {name: os.path.getsize(os.path.join(folder, name)) for name in CACHE_FILES}
+    except FileNotFoundError as e:
+        return f"{os.path.basename(e.filename)} is missing"
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        return f"meta.json is unreadable ({e})"
+    except (KeyError, TypeError):  # a cache made before checksums were recorded, or a hand-edited meta.json
+        return "meta.json lacks the sizes and checksums of the files (made by an older version?)"
+    for name, (size, sha256) in recorded.items():
+        if sizes[name] != size:
+            return f"{name} has {sizes[name]:,} bytes, {size:,} expected"
+    if checksums:
+        for name, (size, sha256) in recorded.items():
+            if file_sha256(os.path.join(folder, name)) != sha256:
+                return f"{name} does not have the sha256 recorded in meta.json"
+    return None
+
+
+def discard_cache(folder, problem):
+    """Move a damaged cache out of the way (renamed like a dead builder's temporary folder, then deleted),
+    or a DataError naming the folder to delete by hand when this process cannot."""
+    aside = os.path.join(os.path.dirname(folder), _temporary_prefix(folder) + secrets.token_hex(4))
+    try:
+        os.rename(folder, aside)
+    except FileNotFoundError:  # another process (a DDP rank, a second run) moved it first
+        return
+    except OSError as e:
+        raise DataError(f"token cache {folder} is damaged ({problem}) and cannot be rebuilt here ({e.strerror}): "
+                        "delete that folder and run again") from None
+    shutil.rmtree(aside, ignore_errors=True)
+
+
+def open_cache(folder, build, checksums=True, verbose=True):
+    """The cache in `folder`, checked (cache_problem); built by calling build() if it is missing, and
+    rebuilt, with one line on stderr, if it is damaged -> a TokenCache.
+
+    checksums=False checks the sizes only: for the DDP ranks that open a cache rank 0 has just checked.
+    """
+    if os.path.exists(folder):
+        problem = cache_problem(folder, checksums)
+        if problem is None:
+            return TokenCache(folder)
+        if verbose:
+            print(f"token cache {folder} is damaged ({problem}); rebuilding it", file=sys.stderr)
+        discard_cache(folder, problem)
+    build()
+    return TokenCache(folder)
 
 
 # ---------------------------------------------------------------------------------------------------

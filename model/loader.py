@@ -149,16 +149,15 @@ def checkpoint_meta(stage: str, tokenizer_path, tokenizer: Tokenizer, base=None)
 
 
 def load_tokenizer(path) -> Tokenizer:
-    """Tokenizer.load, with a missing or unreadable tokenizer turned into one UserError naming it."""
+    """Tokenizer.load, with a missing tokenizer turned into one UserError naming the flag. (A damaged,
+    inconsistent or unsupported tokenizer.json is Tokenizer.load's own TokenizerError, a UserError too.)"""
     if not os.path.exists(path):
         raise UserError(f"tokenizer {path} not found: pass --tokenizer DIR (a folder holding tokenizer.json), "
                         "or make one with `python train_tokenizer.py`")
     try:
         return Tokenizer.load(path)
-    except UserError:
-        raise
-    except (OSError, ValueError, KeyError, TypeError) as e:  # unreadable, invalid JSON, or not a tokenizer.json
-        raise UserError(f"tokenizer {path} cannot be read: {e}") from None
+    except FileNotFoundError as e:  # a folder without a tokenizer.json
+        raise UserError(str(e)) from None
 
 
 @dataclass
@@ -172,7 +171,7 @@ class Loaded:
     meta: dict = field(default_factory=dict)  # the sidecar without its config ({} for a plain MiniMind2 file)
 
 
-def load_checkpoint(path, *, tokenizer=None, shape=None, adapter=None, device="cpu") -> Loaded:
+def load_checkpoint(path, *, tokenizer=None, shape=None, max_seq_len=None, adapter=None, device="cpu") -> Loaded:
     """Load a checkpoint, its tokenizer and optionally an adapter -> Loaded(model, tokenizer, ...).
 
     path:      a .pth written by this project (with its .json sidecar) or by MiniMind2 (without one).
@@ -182,6 +181,8 @@ def load_checkpoint(path, *, tokenizer=None, shape=None, adapter=None, device="c
     shape:     LMConfig fields from the command line, e.g. {"dim": 512, "n_layers": 8}; None values are
                ignored. Required for a file without a sidecar; with a sidecar, given values must agree
                with it (a flag that would be silently ignored is an error instead).
+    max_seq_len: the longest sequence the caller will feed it (--max_seq_len); more than the model's
+               positions (config.max_seq_len, the RoPE table) is refused before the weights load.
     adapter:   a LoRA adapter file (or dict) to load onto the model (model_lora.load_lora).
     device:    where the model goes.
     """
@@ -214,12 +215,21 @@ def load_checkpoint(path, *, tokenizer=None, shape=None, adapter=None, device="c
     if tok.vocab_size != config.vocab_size:
         raise UserError(f"tokenizer {tokenizer_path} has {tok.vocab_size} tokens but {path} has {config.vocab_size} "
                         "embeddings: pass the --tokenizer the model was trained with")
+    check_positions(max_seq_len, config, path)
 
     model, meta = load_model(path, config=config)  # the weights, checked tensor by tensor against the config
     if adapter is not None:
         load_lora(model, adapter)
     model.to(device).eval()
     return Loaded(model, tok, str(tokenizer_path), path, meta)
+
+
+def check_positions(max_seq_len, config: LMConfig, model_name) -> None:
+    """Refuse a --max_seq_len longer than the model has positions (config.max_seq_len sizes its RoPE
+    table) now, instead of at the first batch or prompt that long."""
+    if max_seq_len is not None and max_seq_len > config.max_seq_len:
+        raise UserError(f"--max_seq_len {max_seq_len} is more than the {config.max_seq_len} positions of {model_name} "
+                        f"(its config.max_seq_len); pass at most {config.max_seq_len}")
 
 
 def _config_from_sidecar(meta: dict, side: str, shape: dict) -> LMConfig:
@@ -241,7 +251,12 @@ def _check_same_tokenizer(meta: dict, tok: Tokenizer, tokenizer_path, path) -> N
     """Refuse a tokenizer whose fingerprint is not the one recorded at training time: with another
     tokenizer every id means another piece of text, and the model would produce fluent nonsense."""
     recorded = meta.get("tokenizer_sha256")
-    if recorded is not None and recorded != tok.fingerprint():
-        raise UserError(f"{path} was trained with tokenizer {meta.get('tokenizer')} (sha256 {recorded[:12]}...), "
-                        f"but {tokenizer_path} is a different tokenizer (sha256 {tok.fingerprint()[:12]}...); "
-                        "pass --tokenizer the one it was trained with")
+    if recorded is None or recorded == tok.fingerprint():
+        return
+    trained_with = f"{path} was trained with tokenizer {meta.get('tokenizer')} (sha256 {recorded[:12]}...)"
+    same_place = meta.get("tokenizer") and os.path.abspath(path_from_sidecar(meta["tokenizer"])) == os.path.abspath(tokenizer_path)
+    if same_place:  # e.g. train_tokenizer.py run again since: the folder now holds another tokenizer
+        raise UserError(f"{trained_with}, but the tokenizer there has changed since (sha256 {tok.fingerprint()[:12]}..., "
+                        "retrained?); put the one it was trained with back there, or pass --tokenizer its folder")
+    raise UserError(f"{trained_with}, but {tokenizer_path} is a different tokenizer (sha256 {tok.fingerprint()[:12]}...); "
+                    "pass --tokenizer the one it was trained with")

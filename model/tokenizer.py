@@ -35,6 +35,13 @@ import unicodedata
 import warnings
 
 from model.atomic import atomic_write_text
+from model.errors import UserError
+
+
+class TokenizerError(UserError, ValueError):
+    """A tokenizer.json this code cannot use (unreadable, damaged, inconsistent, unsupported), or text
+    it cannot encode. The message names the file, or the position in the text, and the problem."""
+
 
 # ----------------------------------------------------------------------------------------------
 # The byte table
@@ -386,9 +393,12 @@ class Tokenizer:
                 elif piece:
                     out.append(self._encode_ordinary(piece))
             return list(map(ord, "".join(out)))
-        except UnicodeEncodeError as e:
-            raise ValueError(f"text holds a lone surrogate {text[e.start]!r} at position {e.start}, "
-                             "which is not valid Unicode text; clean the input") from None
+        except UnicodeEncodeError:
+            # The error's own position is inside the one chunk being merged, not in `text`: look again.
+            position = re.search("[\ud800-\udfff]", text).start()
+            raise TokenizerError(f"text holds a lone surrogate {text[position]!r} at position {position}, which is not "
+                                 "valid Unicode text (a byte that is not UTF-8, decoded with errors='surrogateescape'?); "
+                                 "clean the input") from None
 
     def encode_batch(self, texts, num_workers=1, allow_special=True):
         """Encode many texts. num_workers > 1 spreads them over that many processes.
@@ -490,22 +500,14 @@ class Tokenizer:
         if not os.path.isfile(file):
             raise FileNotFoundError(f"no tokenizer at {path!r}: pass a tokenizer.json or a directory "
                                     "holding one (train one with train_tokenizer.py)")
-        with open(file, encoding="utf-8") as f:
-            spec = json.load(f)
+        spec = _read_json(file)
         _check_supported(spec, file)
-        model = spec["model"]
-        merges = [m.split(" ") if isinstance(m, str) else m for m in model["merges"]]
-        bad = next((m for m in merges if len(m) != 2), None)
-        if bad is not None:
-            raise ValueError(f"{file}: merge {bad!r} is not a pair of tokens")
-        added = [{"id": t["id"], "content": t["content"], "special": t.get("special", True)}
-                 for t in spec.get("added_tokens") or []]
+        vocab, merges, added = _check_spec(spec, file)
 
         special_names = {"bos_token": "<s>", "eos_token": "</s>", "pad_token": "<unk>"}
         config_file = os.path.join(os.path.dirname(file), "tokenizer_config.json")
         if os.path.isfile(config_file):
-            with open(config_file, encoding="utf-8") as f:
-                config = json.load(f)
+            config = _read_json(config_file)
             for name in special_names:
                 value = config.get(name)
                 if isinstance(value, dict):  # {"content": "<s>", ...} form
@@ -515,7 +517,10 @@ class Tokenizer:
             if config.get("chat_template", MINIMIND2_CHAT_TEMPLATE) != MINIMIND2_CHAT_TEMPLATE:
                 warnings.warn(f"{config_file} has its own chat_template; apply_chat_template here "
                               "always renders MiniMind2's format", stacklevel=2)
-        return cls(model["vocab"], merges, added, **special_names)
+        try:
+            return cls(vocab, merges, added, **special_names)
+        except ValueError as e:  # inconsistent: ids with gaps, a merge of unknown tokens, no byte tokens, ...
+            raise TokenizerError(f"{file}: {e}") from None
 
     def files(self):
         """{"tokenizer.json": text, "tokenizer_config.json": text}: what save() writes, in memory.
@@ -593,15 +598,73 @@ def _encode_many(tokenizer, texts, allow_special):
     return [tokenizer.encode(t, allow_special) for t in texts]
 
 
+def _read_json(file):
+    """A tokenizer file's JSON object, or a TokenizerError naming the file (cut short, not JSON, not UTF-8)."""
+    try:
+        with open(file, encoding="utf-8") as f:
+            spec = json.load(f)
+    except OSError as e:
+        raise TokenizerError(f"{file} cannot be read ({e.strerror})") from None
+    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+        where = f" at line {e.lineno} column {e.colno}" if isinstance(e, json.JSONDecodeError) else ""
+        raise TokenizerError(f"{file} is damaged: not valid JSON{where} ({e.msg if where else e.reason}); "
+                             "restore it, or make it again with train_tokenizer.py") from None
+    if not isinstance(spec, dict):
+        raise TokenizerError(f"{file} is not a tokenizer file: it holds a JSON {type(spec).__name__}, not an object")
+    return spec
+
+
+def _check_spec(spec, file):
+    """tokenizer.json's model.vocab, model.merges and added_tokens -> (vocab, merges as pairs, added tokens),
+    each checked for the shape Tokenizer needs, or a TokenizerError naming the file and what is wrong.
+
+    Both merge forms are read: "left right" (older files, MiniMind2's) and ["left", "right"] (newer).
+    """
+    def bad(problem):
+        return TokenizerError(f"{file}: {problem} (a damaged or hand-edited tokenizer.json? restore it, "
+                              "or make it again with train_tokenizer.py)")
+
+    model = spec.get("model")
+    vocab = model.get("vocab") if isinstance(model, dict) else None
+    if not isinstance(vocab, dict) or not vocab:
+        raise bad('no "model": {"vocab": {token: id, ...}}')
+    merges = model.get("merges")
+    if not isinstance(merges, list):
+        raise bad('no "model": {"merges": [...]}')
+    by_id = {}
+    for token, i in vocab.items():
+        if type(i) is not int or i < 0:
+            raise bad(f"vocab entry {token!r} has id {i!r}, not a non-negative integer")
+        if i in by_id:
+            raise bad(f"vocab entries {by_id[i]!r} and {token!r} both have id {i}")
+        by_id[i] = token
+    pairs = []
+    for rank, m in enumerate(merges):
+        pair = m.split(" ") if isinstance(m, str) else m
+        if not (isinstance(pair, list) and len(pair) == 2 and all(isinstance(p, str) and p for p in pair)):
+            raise bad(f"merge #{rank} {m!r} is not a pair of tokens")
+        pairs.append(pair)
+    added = []
+    if not isinstance(spec.get("added_tokens") or [], list):
+        raise bad('"added_tokens" is not a list')
+    for t in spec.get("added_tokens") or []:
+        if not (isinstance(t, dict) and type(t.get("id")) is int and t["id"] >= 0 and isinstance(t.get("content"), str)):
+            raise bad(f"added token {t!r} lacks an integer id or a string content")
+        if by_id.get(t["id"], t["content"]) != t["content"]:
+            raise bad(f"added token {t['content']!r} has id {t['id']}, which the vocab gives to {by_id[t['id']]!r}")
+        added.append({"id": t["id"], "content": t["content"], "special": t.get("special", True)})
+    return vocab, pairs, added
+
+
 def _check_supported(spec, file):
     """Refuse tokenizer.json features this implementation does not do, instead of mis-encoding."""
-    model = spec.get("model") or {}
+    model = spec.get("model") if isinstance(spec.get("model"), dict) else {}
     problems = []
     if model.get("type") != "BPE":
         problems.append(f"model type {model.get('type')!r} (only BPE)")
     if spec.get("normalizer") is not None:
         problems.append("a normalizer")
-    pre = spec.get("pre_tokenizer") or {}
+    pre = spec.get("pre_tokenizer") if isinstance(spec.get("pre_tokenizer"), dict) else {}
     if pre.get("type") != "ByteLevel" or pre.get("add_prefix_space") or not pre.get("use_regex", True):
         problems.append(f"pre_tokenizer {pre} (only ByteLevel, add_prefix_space=false, use_regex=true)")
     for key in ("dropout", "continuing_subword_prefix", "end_of_word_suffix"):
@@ -610,10 +673,10 @@ def _check_supported(spec, file):
     for key in ("byte_fallback", "ignore_merges"):
         if model.get(key):
             problems.append(f"model.{key}=true")
-    for t in spec.get("added_tokens") or []:
-        flags = [k for k in ("lstrip", "rstrip", "single_word") if t.get(k)]
+    for t in spec.get("added_tokens") if isinstance(spec.get("added_tokens"), list) else []:
+        flags = [k for k in ("lstrip", "rstrip", "single_word") if isinstance(t, dict) and t.get(k)]
         if flags:
             problems.append(f"added token {t.get('content')!r} with {', '.join(flags)}")
     if problems:
-        raise ValueError(f"{file}: unsupported tokenizer ({'; '.join(problems)}); this project reads "
-                         "byte-level BPE tokenizers like MiniMind2's")
+        raise TokenizerError(f"{file}: unsupported tokenizer ({'; '.join(problems)}); this project reads "
+                             "byte-level BPE tokenizers like MiniMind2's")

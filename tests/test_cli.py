@@ -222,9 +222,10 @@ def test_every_tool_reports_a_user_error_in_one_line_with_exit_code_2(tool, argv
 
 @pytest.mark.parametrize("path", ["train_tokenizer.py", "train_pretrain.py", "train_full_sft.py", "train_lora.py",
                                   "eval_model.py", "convert_model.py", "run_demo.py", "dataset/lm_dataset.py",
-                                  "dataset/make_demo_data.py", "experiments/lora_medical.py", "bench/bench_train.py",
-                                  "bench/bench_lora.py", "bench/bench_generate.py", "bench/bench_dataset.py",
-                                  "bench/bench_tokenizer.py", "bench/machine.py"])
+                                  "dataset/make_demo_data.py", "experiments/lora_medical.py", "experiments/demo_seeds.py",
+                                  "bench/bench_train.py", "bench/bench_lora.py", "bench/bench_generate.py",
+                                  "bench/bench_dataset.py", "bench/bench_tokenizer.py", "bench/bench_cache_check.py",
+                                  "bench/machine.py"])
 def test_every_tool_exits_through_run_main(path):
     """Guards against a tool whose __main__ bypasses run_main (its user errors would be tracebacks)."""
     source = (ROOT / path).read_text(encoding="utf-8")

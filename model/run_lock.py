@@ -1,0 +1,117 @@
+"""One run per output folder: a lock on OUT_DIR/.lock, held from before anything loads to the end.
+
+Two runs started into one --out_dir would otherwise both run, and spoil each other without a word:
+their metrics lines interleave in one log, they share one resume file, and whichever saves last wins
+the weights. So each training script claims its folder first:
+
+    with claim_out_dir(args.out_dir, also=["lora"]):     # a second run stops here, in one line
+        ... load, train, save ...
+
+and a second run into the same folder is refused with who holds it:
+
+    train_lora.py: error: out is in use by another run (pid 4242 on gpu1, since 2025-06-01 12:00:03:
+    train_lora.py --lora_name lora_medical); wait for it to finish, or pass another --out_dir
+
+The lock is `fcntl.flock` on OUT_DIR/.lock, and the kernel releases it when the process ends, however
+it ends (an error, Ctrl-C, kill -9, a power cut): a dead run's lock never blocks the next one, and
+there is nothing to clean up by hand. The file's text (pid, host, command, start time) is only for
+the message. The file is never deleted: a run that deleted it on the way out would let a third run
+lock a new file of the same name while a second one still holds the old one.
+
+Claiming the folder also checks it, before the model and the data load: --out_dir naming a file, a
+folder that cannot be created (a name too long, no permission) or written, is one UserError. And
+once the lock is held no other run can be writing there, so the temporary files of a run killed
+while saving (model/atomic.py: stale_temporaries, as big as a checkpoint) are removed.
+
+Under torchrun only rank 0 claims the folder (the other ranks write nothing). Across machines that
+share the folder over NFS the lock holds too: Linux emulates flock there with a whole-file fcntl lock.
+Without fcntl (Windows) the folder is checked and cleaned but not locked.
+"""
+import json
+import os
+import shlex
+import socket
+import sys
+import time
+from contextlib import contextmanager
+
+from model.atomic import stale_temporaries
+from model.errors import UserError
+
+try:
+    import fcntl
+except ImportError:  # Windows
+    fcntl = None
+
+LOCK_NAME = ".lock"
+
+
+def make_out_dir(folder, flag="--out_dir"):
+    """Create `folder` if needed, or a UserError saying why it cannot be one (a file has its name, the
+    name is too long, no permission). Also for tools that write a folder without locking it."""
+    if os.path.exists(folder) and not os.path.isdir(folder):
+        raise UserError(f"{flag} {folder} is a file, not a folder; pass a folder (it is created if missing)")
+    try:
+        os.makedirs(folder, exist_ok=True)
+    except OSError as e:
+        raise UserError(f"{flag} {folder} cannot be created ({e.strerror}); pass another {flag}") from None
+
+
+def _holder(fd) -> str:
+    """What the lock file says about the run holding it, e.g. 'pid 4242 on gpu1, since ...: train_lora.py ...'."""
+    try:
+        info = json.loads(os.pread(fd, 4096, 0).decode("utf-8"))
+        return f"pid {info['pid']} on {info['host']}, since {info['started']}: {info['command']}"
+    except (OSError, ValueError, KeyError, TypeError):  # empty: that run is writing it right now
+        return "starting up"
+
+
+def _remove_stale_temporaries(folders) -> None:
+    """Delete what a killed run's atomic writes left behind; one line on stderr if there was any."""
+    found = [path for folder in folders for path in stale_temporaries(folder)]
+    if not found:
+        return
+    size = sum(os.path.getsize(p) for p in found)
+    for path in found:
+        os.remove(path)
+    print(f"removed {len(found)} temporary file(s) ({size / 1e6:,.1f} MB) left in {folders[0]} by a run killed "
+          "while saving", file=sys.stderr)
+
+
+@contextmanager
+def claim_out_dir(out_dir, also=(), is_main=None):
+    """Check and create out_dir (and its subfolders `also`, e.g. ["lora"]), hold its lock for the body,
+    and remove stale temporary files in it and in out_dir/lora.
+
+    is_main: whether this process claims the folder; default: rank 0 under torchrun, else True.
+    Raises UserError when the folder is in use by another run or cannot be a folder we write in.
+    """
+    if is_main is None:
+        is_main = int(os.environ.get("RANK", "0")) == 0
+    if not is_main:
+        yield
+        return
+    out_dir = os.fspath(out_dir)
+    for folder in [out_dir] + [os.path.join(out_dir, sub) for sub in also]:
+        make_out_dir(folder)
+    path = os.path.join(out_dir, LOCK_NAME)
+    try:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o666)
+    except OSError as e:
+        raise UserError(f"--out_dir {out_dir} is not writable ({e.strerror}); pass another --out_dir") from None
+    try:
+        if fcntl is not None:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)  # NB: fail at once instead of waiting
+            except BlockingIOError:
+                raise UserError(f"{out_dir} is in use by another run ({_holder(fd)}); wait for it to finish, "
+                                "or pass another --out_dir (one run per output folder)") from None
+        command = shlex.join([os.path.basename(sys.argv[0])] + sys.argv[1:])[:300]
+        info = {"pid": os.getpid(), "host": socket.gethostname(), "command": command,
+                "started": time.strftime("%Y-%m-%d %H:%M:%S")}
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, (json.dumps(info) + "\n").encode("utf-8"), 0)
+        _remove_stale_temporaries([out_dir, os.path.join(out_dir, "lora")])
+        yield
+    finally:
+        os.close(fd)  # releases the lock
