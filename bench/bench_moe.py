@@ -1,5 +1,6 @@
 """The mixture of experts, measured: its parameters, the speed of its dispatch, and what the
-load-balancing loss does to the experts' load. Prints three markdown tables (docs/moe.md).
+load-balancing loss does to the experts' load; and how close it comes to MiniMind2-MoE's own
+outputs. Prints markdown tables (docs/moe.md).
 
 1. Parameters of MiniMind2-MoE (dim 640, 8 layers, 4 routed experts, top-2, a shared expert) next
    to the dense MiniMind2 sizes: all of them, and those one token uses (the 2 routed experts not
@@ -11,17 +12,20 @@ load-balancing loss does to the experts' load. Prints three markdown tables (doc
    Forward in eval mode; forward + backward for the two training paths.
 3. Balance: bench_moe.train_router with and without the aux loss, the experiment that
    tests/test_moe.py::test_aux_loss_evens_out_the_expert_load asserts on.
+4. Golden: the max abs differences from tests/fixtures/minimind2_moe (made by MiniMind2's code).
 
-    python -m bench.bench_moe                   # all three, ~2 minutes on 2 cores
+    python -m bench.bench_moe                   # all four, ~2 minutes on 2 cores
     python -m bench.bench_moe --only balance    # the balance table only, ~15 s
 """
 
 import argparse
+import json
+import time
 
 import torch
 import torch.nn.functional as F
 
-from bench.machine import add_threads_arg, best_time, measure_machine
+from bench.machine import add_threads_arg, measure_machine
 from model.LMConfig import LMConfig
 from model.model import MiniMindLM, MoEFeedForward, count_parameters
 
@@ -97,22 +101,36 @@ WAYS = {"grouped (model.py)": grouped, "MiniMind2 training path": minimind2_trai
         "loop over tokens": token_loop, "all experts on all tokens": all_experts}
 
 
+def interleaved_best_ms(calls: dict, repeats: int) -> dict:
+    """{name: best ms} of the callables in `calls`, timed in `repeats` rounds that take turns
+    (a, b, c, a, b, c, ...), so a slow moment of a shared machine does not land on one of them only."""
+    best = {name: float("inf") for name in calls}
+    for call in calls.values():
+        call()  # warm-up
+    for _ in range(repeats):
+        for name, call in calls.items():
+            start = time.perf_counter()
+            call()
+            best[name] = min(best[name], 1e3 * (time.perf_counter() - start))
+    return best
+
+
 def speed_table(token_counts, loop_max: int, repeats: int) -> str:
     torch.manual_seed(0)
     moe = MoEFeedForward(LMConfig(**MINIMIND2_MOE)).eval()
     rows = ["| N tokens | " + " | ".join(f"{w} ms" for w in WAYS) + " |", "|---" * (len(WAYS) + 1) + "|"]
     for n in token_counts:
         tokens = torch.randn(n, moe.gate.in_features)
-        reference = grouped(moe, tokens)
-        cells = []
-        for way in WAYS.values():
-            if way is token_loop and n > loop_max:
-                cells.append("-")
-                continue
-            with torch.no_grad():
+        calls = {}
+        with torch.no_grad():
+            reference = grouped(moe, tokens)
+            for name, way in WAYS.items():
+                if way is token_loop and n > loop_max:
+                    continue
                 torch.testing.assert_close(way(moe, tokens), reference, atol=1e-4, rtol=1e-4)  # same function
-                cells.append(f"{1e3 * best_time(lambda: way(moe, tokens), repeats):.2f}")
-        rows.append(f"| {n} | " + " | ".join(cells) + " |")
+                calls[name] = lambda way=way: way(moe, tokens)
+            best = interleaved_best_ms(calls, repeats)
+        rows.append(f"| {n} | " + " | ".join(f"{best[w]:.2f}" if w in best else "-" for w in WAYS) + " |")
     return "\n".join(rows)
 
 
@@ -121,11 +139,11 @@ def backward_table(n: int, repeats: int) -> str:
     torch.manual_seed(0)
     moe = MoEFeedForward(LMConfig(**MINIMIND2_MOE)).train()
     tokens = torch.randn(n, moe.gate.in_features)
+    names = ["grouped (model.py)", "MiniMind2 training path"]
+    calls = {name: lambda way=WAYS[name]: way(moe, tokens).pow(2).mean().backward() for name in names}
+    best = interleaved_best_ms(calls, repeats)
     rows = ["| N tokens | way | forward + backward ms |", "|---|---|---|"]
-    for name in ["grouped (model.py)", "MiniMind2 training path"]:
-        way = WAYS[name]
-        step = lambda: way(moe, tokens).pow(2).mean().backward()  # noqa: E731
-        rows.append(f"| {n} | {name} | {1e3 * best_time(step, repeats):.1f} |")
+    rows += [f"| {n} | {name} | {best[name]:.1f} |" for name in names]
     return "\n".join(rows)
 
 
@@ -200,7 +218,8 @@ def train_router(alpha: float, steps: int, seed: int = 0, top_k: int = 1, skew: 
         optimizer.step()
         history.append((ce.item(), out.aux_loss.item()))
     after = expert_load(model, held_out)
-    return {"share_before": before.max().item(), "share_after": after.max().item(), "load_after": after.tolist(),
+    return {"share_before": before.max().item(), "share_after": after.max().item(),
+            "load_before": before.tolist(), "load_after": after.tolist(),
             "aux_first": history[0][1], "aux_last": history[-1][1], "ce_first": history[0][0], "ce_last": history[-1][0]}
 
 
@@ -217,18 +236,82 @@ def balance_table(steps: int, seeds: int) -> str:
     return "\n".join(rows)
 
 
+def load_figure(steps: int, seed: int = 0) -> str:
+    """An SVG bar chart: each expert's share of the tokens in each layer of train_router's top-1
+    model, at the start and after `steps` steps without and with the aux loss (alpha 0.1)."""
+    runs = {"0.0": train_router(0.0, steps, seed=seed), "0.1": train_router(0.1, steps, seed=seed)}
+    panels = [("start (router favours expert 0)", runs["0.0"]["load_before"]),
+              (f"after {steps} steps, no aux loss", runs["0.0"]["load_after"]),
+              (f"after {steps} steps, aux loss alpha 0.1", runs["0.1"]["load_after"])]
+    colors = ["#4c72b0", "#dd8452", "#55a868", "#c44e52"]
+    width, height, left, top, plot_h, panel_w, bar_w = 760, 300, 50, 40, 200, 230, 22
+    y_of = lambda share: top + plot_h * (1 - share)  # noqa: E731 -- share 0..1 -> pixel row
+    out = [f'<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}" font-family="sans-serif" font-size="12">',
+           f'<text x="{left}" y="20" font-size="14">Share of the tokens each expert gets: a top-1 router over 4 experts (bench_moe.train_router)</text>']
+    for share in (0.0, 0.25, 0.5, 0.75, 1.0):
+        out.append(f'<line x1="{left}" x2="{width - 10}" y1="{y_of(share):.1f}" y2="{y_of(share):.1f}" stroke="#ddd"/>'
+                   f'<text x="{left - 8}" y="{y_of(share) + 4:.1f}" text-anchor="end">{share:.2f}</text>')
+    out.append(f'<line x1="{left}" x2="{width - 10}" y1="{y_of(0.25):.1f}" y2="{y_of(0.25):.1f}" stroke="#888" stroke-dasharray="4 3"/>')
+    for p, (title, load) in enumerate(panels):
+        x0 = left + 10 + p * (panel_w + 10)
+        out.append(f'<text x="{x0 + panel_w / 2:.0f}" y="{top + plot_h + 40}" text-anchor="middle">{title}</text>')
+        for layer, shares in enumerate(load):
+            out.append(f'<text x="{x0 + layer * 110 + 2 * bar_w:.0f}" y="{top + plot_h + 18}" text-anchor="middle">layer {layer}</text>')
+            for expert, share in enumerate(shares):
+                x = x0 + layer * 110 + expert * bar_w
+                out.append(f'<rect x="{x}" y="{y_of(share):.1f}" width="{bar_w - 3}" height="{plot_h * share:.1f}" fill="{colors[expert]}">'
+                           f'<title>layer {layer}, expert {expert}: {share:.2f}</title></rect>')
+    legend = " ".join(f'<tspan fill="{c}">&#9632; expert {i}</tspan>' for i, c in enumerate(colors))
+    out.append(f'<text x="{left}" y="{height - 8}">{legend} <tspan fill="#888">--- even load (0.25)</tspan></text>')
+    return "\n".join(out + ["</svg>"]) + "\n"
+
+
+# ---- 4. MiniMind2 golden files ------------------------------------------------------------------
+
+
+def golden_table(fixtures: str = "tests/fixtures/minimind2_moe") -> str:
+    """Max abs differences from MiniMind2-MoE's own outputs (tests/test_moe.py asserts on these)."""
+    golden = torch.load(f"{fixtures}/golden.pth", weights_only=True)
+    with open(f"{fixtures}/model_config.json") as f:
+        model = MiniMindLM(LMConfig.from_dict(json.load(f)))
+    model.load_state_dict(torch.load(f"{fixtures}/model.pth", weights_only=True), strict=True)
+    ids = golden["input_ids"]
+    with torch.no_grad():
+        eval_logits = model.eval()(ids).logits
+        out = model.train()(ids)
+        for layer in model.layers:  # put back MiniMind2's float16 storage of routed expert outputs
+            for expert in layer.feed_forward.experts:
+                expert.register_forward_hook(lambda module, args, y: y.half().float())
+        rounded = model(ids).logits
+
+    def gap(a, b):
+        return f"{(a - b).abs().max().item():.1e}"
+
+    return "\n".join([
+        "| compared | max abs difference |", "|---|---|",
+        f"| eval-mode logits vs MiniMind2's logits_eval | {gap(eval_logits, golden['logits_eval'])} |",
+        f"| train-mode aux_loss vs aux_loss_train ({golden['aux_loss_train'].item():.4f}) | {gap(out.aux_loss, golden['aux_loss_train'])} |",
+        f"| train-mode logits vs logits_train | {gap(out.logits, golden['logits_train'])} |",
+        f"| the same, MiniMind2's float16 rounding put back | {gap(rounded, golden['logits_train'])} |",
+        f"| MiniMind2's own logits_eval vs logits_train | {gap(golden['logits_eval'], golden['logits_train'])} |",
+    ])  # fmt: skip
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--only", choices=["parameters", "speed", "balance"], help="one table only (default: all three)")
+    parser.add_argument("--only", choices=["golden", "parameters", "speed", "balance"], help="one table only (default: all)")
     parser.add_argument("--tokens", type=int, nargs="+", default=[1, 16, 256, 2048],
                         help="token counts N for the speed table (default: %(default)s)")
     parser.add_argument("--loop_max", type=int, default=256, help="largest N the loop over tokens is timed at (default: %(default)s)")
-    parser.add_argument("--repeats", type=int, default=5, help="timed calls per cell; the best is reported (default: %(default)s)")
+    parser.add_argument("--repeats", type=int, default=10, help="timed rounds per row; each way's best is reported (default: %(default)s)")
     parser.add_argument("--steps", type=int, default=60, help="training steps per balance run (default: %(default)s)")
     parser.add_argument("--seeds", type=int, default=3, help="seeds per balance configuration (default: %(default)s)")
+    parser.add_argument("--figure", help="also write the balance figure (seed 0) as SVG to this path, e.g. docs/figures/moe_load.svg")
     add_threads_arg(parser)
     args = parser.parse_args(argv)
 
+    if args.only in (None, "golden"):
+        print(golden_table(), end="\n\n")
     if args.only in (None, "parameters"):
         print(parameters_table(), end="\n\n")
     if args.only in (None, "speed"):
@@ -240,6 +323,9 @@ def main(argv=None):
     if args.only in (None, "balance"):
         torch.set_num_threads(1)  # tiny model: one thread is fastest, and the result does not depend on it
         print(balance_table(args.steps, args.seeds))
+        if args.figure:
+            with open(args.figure, "w", encoding="utf-8") as f:
+                f.write(load_figure(args.steps))
 
 
 if __name__ == "__main__":

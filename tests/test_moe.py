@@ -495,6 +495,19 @@ def test_moe_trainable_parameter_report_matches_a_hand_count():
     assert adapter == 10_784
 
 
+def test_minimind2_moe_has_its_published_size():
+    """Guards against an MoE layer with a missing or extra expert, a gate of the wrong shape, or an
+    expert width other than hidden_dim: MiniMind2-MoE (dim 640, 8 layers) is published as 145M
+    parameters."""
+    with torch.device("meta"):
+        model = MiniMindLM(LMConfig(dim=640, n_layers=8, use_moe=True))
+    hidden = 1728  # 8/3 * 640 rounded up to a multiple of 64
+    expert = 3 * 640 * hidden
+    attention = 2 * 640 * 640 + 2 * 160 * 640  # wq, wo; wk, wv with 2 of 8 kv heads
+    per_layer = attention + 2 * 640 + 5 * expert + 4 * 640  # norms, 4 routed + 1 shared, gate
+    assert count_parameters(model)[0] == 6400 * 640 + 8 * per_layer + 640 == 145_029_760  # "145M"
+
+
 # ---- training -------------------------------------------------------------------------------------
 
 
