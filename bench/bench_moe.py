@@ -14,8 +14,12 @@ outputs. Prints markdown tables (docs/moe.md).
    tests/test_moe.py::test_aux_loss_evens_out_the_expert_load asserts on.
 4. Golden: the max abs differences from tests/fixtures/minimind2_moe (made by MiniMind2's code).
 
-    python -m bench.bench_moe                   # all four, ~2 minutes on 2 cores
+    python -m bench.bench_moe                   # all four, ~3 minutes on a shared 2-core machine
+    python -m bench.bench_moe --only speed --threads 1   # docs/moe.md's speed table
     python -m bench.bench_moe --only balance    # the balance table only, ~15 s
+
+On a machine other jobs keep busy, two torch threads wait for each other and the speed table
+becomes noise (the conftest measured up to 30x slowdowns): use --threads 1 there.
 """
 
 import argparse
