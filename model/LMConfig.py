@@ -12,9 +12,14 @@ the same network. It is a dataclass (no `transformers` dependency), nanoGPT's GP
     Traceback (most recent call last):
     ...
     ValueError: LMConfig: dim must be a positive integer, got 0
+    >>> LMConfig(use_moe=True, num_experts_per_tok=3, n_routed_experts=2)
+    Traceback (most recent call last):
+    ...
+    ValueError: LMConfig: num_experts_per_tok (3) cannot exceed n_routed_experts (2): a token cannot visit more experts than exist
 """
 
 import dataclasses
+import math
 from dataclasses import dataclass
 from typing import Optional
 
@@ -44,23 +49,18 @@ class LMConfig:
     #                       0 because small models trained for one epoch don't overfit
     flash_attn: bool = True  # True: F.scaled_dot_product_attention (fused, fast);
     #                          False: the explicit masked-softmax path that model.py teaches
-    # --- mixture of experts (MiniMind2-MoE); kept so MoE configs parse, not implemented --------
-    use_moe: bool = False  # True raises NotImplementedError: MoE is out of this course's scope
-    num_experts_per_tok: int = 2  # experts each token is routed to
-    n_routed_experts: int = 4  # routed experts per MoE layer
-    n_shared_experts: bool = True  # whether a shared expert sees every token
-    scoring_func: str = "softmax"  # how the router turns scores into weights
-    aux_loss_alpha: float = 0.1  # weight of the load-balancing loss
-    seq_aux: bool = True  # load-balancing loss per sequence rather than per batch
-    norm_topk_prob: bool = True  # renormalise the top-k routing weights to sum to 1
+    # --- mixture of experts: MiniMind2-MoE is dim=640, n_layers=8, use_moe=True (model.py: MoEFeedForward)
+    use_moe: bool = False  # each block's FFN becomes several experts, of which a token uses only a few
+    num_experts_per_tok: int = 2  # top-k: how many routed experts each token visits
+    n_routed_experts: int = 4  # routed experts per layer, each a SwiGLU FFN of width hidden_dim
+    n_shared_experts: bool = True  # plus one expert every token visits, for what all tokens need
+    scoring_func: str = "softmax"  # router logits -> probabilities over experts (MiniMind2 has no other)
+    aux_loss_alpha: float = 0.1  # weight of each MoE layer's load-balancing loss; 0 turns it off
+    seq_aux: bool = True  # balance experts within every sequence (True) or over the whole batch (False)
+    norm_topk_prob: bool = True  # rescale the k chosen probabilities to sum to 1 (a convex mix of experts)
 
     def __post_init__(self):
         """Check the fields, then resolve the derived ones (n_kv_heads=None, hidden_dim=None)."""
-        if self.use_moe:
-            raise NotImplementedError(
-                "use_moe=True: mixture-of-experts models (MiniMind2-MoE) are out of scope here; "
-                "use a dense config (use_moe=False)"
-            )
         if self.n_kv_heads is None:
             self.n_kv_heads = self.n_heads
         # Sizes first: every check below divides by one of them.
@@ -79,6 +79,26 @@ class LMConfig:
             # MiniMind2's rule: 2/3 of 4*dim, rounded UP to a multiple of multiple_of.
             m = self.multiple_of
             self.hidden_dim = m * ((int(2 * 4 * self.dim / 3) + m - 1) // m)
+        if self.use_moe:
+            self._check_moe_fields()
+
+    def _check_moe_fields(self):
+        """The MoE fields, checked only when use_moe=True (a dense model never reads them)."""
+        for name in ["num_experts_per_tok", "n_routed_experts"]:
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ValueError(f"LMConfig: {name} must be a positive integer, got {value!r}")
+        if self.num_experts_per_tok > self.n_routed_experts:
+            raise ValueError(f"LMConfig: num_experts_per_tok ({self.num_experts_per_tok}) cannot exceed "
+                             f"n_routed_experts ({self.n_routed_experts}): a token cannot visit more experts than exist")
+        for name in ["n_shared_experts", "seq_aux", "norm_topk_prob"]:
+            if not isinstance(getattr(self, name), bool):
+                raise ValueError(f"LMConfig: {name} must be True or False, got {getattr(self, name)!r}")
+        if self.scoring_func != "softmax":
+            raise ValueError(f"LMConfig: scoring_func must be 'softmax' (MiniMind2's only one), got {self.scoring_func!r}")
+        alpha = self.aux_loss_alpha
+        if isinstance(alpha, bool) or not isinstance(alpha, (int, float)) or not 0 <= alpha < math.inf:
+            raise ValueError(f"LMConfig: aux_loss_alpha must be a finite number >= 0 (0 = no balancing loss), got {alpha!r}")
 
     @property
     def head_dim(self) -> int:

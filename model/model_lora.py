@@ -274,6 +274,11 @@ def apply_lora(model: nn.Module, rank: int = 16, alpha: float | None = None, dro
     embedding. One matrix gets one ΔE, used by both: tok_embeddings becomes a LoRAEmbedding that reads
     the output layer's adapter. It adds rank·(vocab + dim) parameters (34,816 for the demo's vocab
     2048, dim 128 at rank 16) and is what lets an adapter move what words mean (see LoRAEmbedding).
+    Mixture-of-experts models (use_moe=True): the default still adapts wq and wo only, as MiniMind2's
+    rule does there (experts' Linears are (hidden_dim, dim) / (dim, hidden_dim), the router (E, dim)).
+    target_modules=["w1", "w2", "w3"] adapts every routed expert's and the shared expert's, each with
+    its own A and B; "gate" adapts the routers (MiniMind2's is a bare Parameter, so only here). A gate
+    adapter holds rank·(E + dim) numbers, more than the gate's own E·dim from rank 4 at E = 4, dim = 640.
     alpha: None means alpha = rank, i.e. scale 1, identical to MiniMind2.
     dropout: on the adapter's input only (see LoRALinear).
 

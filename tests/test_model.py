@@ -334,8 +334,6 @@ def test_config_round_trip_and_errors():
         LMConfig(n_layer=16)
     with pytest.raises(TypeError, match="n_layer.*valid fields are.*n_layers"):
         LMConfig.from_dict({**d, "n_layer": 16})
-    with pytest.raises(NotImplementedError, match="use_moe"):
-        LMConfig(use_moe=True)
     with pytest.raises(ValueError, match="n_kv_heads"):
         LMConfig(n_heads=8, n_kv_heads=3)
 
