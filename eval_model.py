@@ -437,6 +437,9 @@ def build_parser():
     p.add_argument("--n_heads", type=int, default=None, help="query heads of a MiniMind2 file that has no sidecar (MiniMind2: 8)")
     p.add_argument("--n_kv_heads", type=int, default=None,
                    help="key/value heads of a MiniMind2 file that has no sidecar (MiniMind2: 2)")
+    p.add_argument("--use_moe", action="store_true", default=None,
+                   help="a mixture-of-experts model: picks OUT_DIR/..._DIM_moe.pth, and shapes a MiniMind2-MoE file "
+                        "that has no sidecar")
     p.add_argument("--max_seq_len", type=int, default=None,
                    help="context length: prompt + answer are cut to it (default: the model's max_seq_len)")
     p.add_argument("--max_new_tokens", type=int, default=256, help="longest answer, in tokens (default: %(default)s)")
@@ -495,8 +498,9 @@ def main(argv=None):
 
     eval_sets = {Path(f).stem: load_eval_set(f) for f in args.eval_data or []}  # a bad file fails before the model loads
 
-    ckpt = args.ckpt or checkpoint_path(args.out_dir, MODEL_MODES[args.model_mode], args.dim or DEFAULT_DIM)
-    shape = {"dim": args.dim, "n_layers": args.n_layers, "n_heads": args.n_heads, "n_kv_heads": args.n_kv_heads}
+    ckpt = args.ckpt or checkpoint_path(args.out_dir, MODEL_MODES[args.model_mode], args.dim or DEFAULT_DIM, bool(args.use_moe))
+    shape = {"dim": args.dim, "n_layers": args.n_layers, "n_heads": args.n_heads, "n_kv_heads": args.n_kv_heads,
+             "use_moe": args.use_moe}
     loaded = load_checkpoint(ckpt, tokenizer=args.tokenizer, shape=shape, max_seq_len=args.max_seq_len, device=device)
     model, tok = loaded.model, loaded.tokenizer
     context = args.max_seq_len or model.config.max_seq_len

@@ -32,7 +32,7 @@ def build_parser():
 def main(argv=None):
     args = build_parser().parse_args(argv)
     training.check_args(args)
-    files = run_files(args.out_dir, checkpoint_path(args.out_dir, "pretrain", args.dim))
+    files = run_files(args.out_dir, checkpoint_path(args.out_dir, "pretrain", args.dim, args.use_moe))
 
     # one run per output folder (model/run_lock.py), claimed before anything loads
     with claim_out_dir(args.out_dir), training.runtime(args.device, args.dtype, args.seed) as rt:
@@ -60,7 +60,8 @@ def main(argv=None):
                  f"optimizer steps; {rt}" + (f", resuming after step {start_step}" if start_step else ""))
 
         # ---- the loop: set lr -> forward -> masked loss -> backward -> clip -> step -> log -> validate -> save
-        progress = training.Progress(files.metrics, data.total_steps, start_step, rt, args.resume, scaler.is_enabled())
+        progress = training.Progress(files.metrics, data.total_steps, start_step, rt, args.resume, scaler.is_enabled(),
+                                     moe=raw_model.config.use_moe)
         if start_step == 0 and validation.due(0):
             progress.log_validation(0, validation.loss(raw_model))  # where training starts from
         model.train()
@@ -71,11 +72,12 @@ def main(argv=None):
                 X, Y, loss_mask = (t.to(rt.device, non_blocking=True) for t in (X, Y, loss_mask))
                 with training.sync_gradients(model, last=i == len(micro_batches) - 1):
                     with rt.autocast():
-                        logits = model(X).logits  # (B, T, vocab_size)
-                        loss = training.masked_cross_entropy(logits, Y, loss_mask)
+                        out = model(X)  # out.logits: (B, T, vocab_size)
+                        task_loss = training.masked_cross_entropy(out.logits, Y, loss_mask)
+                        loss = task_loss + out.aux_loss  # aux_loss: an MoE's load-balancing loss, 0 for a dense model
                     # divided, so the summed gradients are those of one batch len(micro_batches) times larger
                     scaler.scale(loss / len(micro_batches)).backward()
-                progress.add(loss.detach(), X.numel())
+                progress.add(task_loss.detach(), out.aux_loss.detach(), X.numel())
             scaler.unscale_(optimizer)  # clip the true gradients, not float16-scaled ones
             grad_norm = torch.nn.utils.clip_grad_norm_(params, args.grad_clip)
             scaler.step(optimizer)

@@ -121,6 +121,9 @@ def add_model_args(parser, *, from_checkpoint):
         p.add_argument("--n_kv_heads", type=int, default=4,
                        help="key/value heads; fewer than --n_heads is grouped-query attention (default: %(default)s; "
                             "MiniMind2: 2, a KV cache 4x smaller, which a 1M-parameter model cannot afford)")
+        p.add_argument("--use_moe", action="store_true",
+                       help="a mixture-of-experts model: every feed-forward becomes MiniMind2-MoE's routed experts + a "
+                            "shared expert, with the load-balancing loss added to the training loss (docs/moe.md)")
         p.add_argument("--tokenizer", default=repo_path("model/demo_tokenizer"),
                        help="tokenizer directory or tokenizer.json (default: the repository's model/demo_tokenizer)")
         return
@@ -131,6 +134,8 @@ def add_model_args(parser, *, from_checkpoint):
     p.add_argument("--n_layers", type=int, default=None, help=f"transformer blocks; {side} (MiniMind2-Small 8, MiniMind2 16)")
     p.add_argument("--n_heads", type=int, default=None, help=f"attention query heads; {side} (MiniMind2: 8)")
     p.add_argument("--n_kv_heads", type=int, default=None, help=f"key/value heads; {side} (MiniMind2: 2)")
+    p.add_argument("--use_moe", action="store_true", default=None,
+                   help=f"a mixture-of-experts model: names the default --base file (..._moe.pth); {side} (MiniMind2-MoE)")
     p.add_argument("--tokenizer", default=None,
                    help="tokenizer directory or tokenizer.json (default: the one recorded in the base checkpoint's sidecar; "
                         "required for a plain MiniMind2 .pth)")
@@ -138,7 +143,7 @@ def add_model_args(parser, *, from_checkpoint):
 
 def shape_flags(args) -> dict:
     """The model-shape flags as LMConfig fields: {"dim": 512, "n_layers": None, ...} (None: not given)."""
-    return {k: getattr(args, k) for k in ("dim", "n_layers", "n_heads", "n_kv_heads")}
+    return {k: getattr(args, k) for k in ("dim", "n_layers", "n_heads", "n_kv_heads", "use_moe")}
 
 
 def check_args(args):
@@ -704,11 +709,12 @@ class Progress:
     checkpoint is never overwritten with broken weights.
 
     The metrics JSONL gets one line per log step, {"step", "epoch", "loss", "lr", "grad_norm",
-    "tokens_per_s", "time"}, and one per validation, {"step", "val_loss", "time"}.
+    "tokens_per_s", "time"} (+ "aux_loss" for a mixture-of-experts model: "loss" is the task's loss
+    alone, the load-balancing loss beside it), and one per validation, {"step", "val_loss", "time"}.
     """
 
-    def __init__(self, metrics_path, total_steps, start_step, rt, resume=False, overflow_skips=False):
-        self.metrics_path, self.rt = metrics_path, rt
+    def __init__(self, metrics_path, total_steps, start_step, rt, resume=False, overflow_skips=False, moe=False):
+        self.metrics_path, self.rt, self.moe = metrics_path, rt, moe
         # With float16 loss scaling an overflowing step is skipped by the scaler: no failure.
         self.overflow_skips = overflow_skips
         self.bar = tqdm(total=total_steps, initial=start_step, disable=not rt.is_main, unit="step", dynamic_ncols=True)
@@ -722,13 +728,16 @@ class Progress:
 
     def _reset(self):
         self.loss_sum = torch.zeros((), device=self.rt.device)
+        self.aux_loss_sum = torch.zeros((), device=self.rt.device)
         self.grad_norm_sum = torch.zeros((), device=self.rt.device)
         self.micro_steps = self.steps = self.tokens = 0
         self.since = time.perf_counter()
 
-    def add(self, loss, tokens):
-        """One micro-batch's (detached) loss and its number of tokens. No GPU sync."""
+    def add(self, loss, aux_loss, tokens):
+        """One micro-batch's (detached) task loss, MoE load-balancing loss (0 for a dense model) and
+        number of tokens. No GPU sync."""
         self.loss_sum += loss
+        self.aux_loss_sum += aux_loss
         self.micro_steps += 1
         self.tokens += tokens
 
@@ -741,15 +750,16 @@ class Progress:
         self.bar.update(1)
 
     def _sums(self):
-        """(loss sum, grad-norm sum) over all ranks: one sync, and every rank reaches the same verdict."""
-        sums = torch.stack([self.loss_sum, self.grad_norm_sum]).float()
+        """(loss sum, grad-norm sum, aux-loss sum) over all ranks: one sync, and every rank reaches the same verdict."""
+        sums = torch.stack([self.loss_sum, self.grad_norm_sum, self.aux_loss_sum]).float()
         if self.rt.ddp:
             dist.all_reduce(sums)
         return sums.tolist()
 
     def check_finite(self, step, sums=None):
         """Raise UserError if any loss or gradient norm since the last log line was NaN or inf."""
-        loss_sum, grad_norm_sum = sums or self._sums()
+        loss_sum, grad_norm_sum, aux_loss_sum = sums or self._sums()
+        loss_sum += aux_loss_sum  # the loss that was trained on
         if not (math.isfinite(loss_sum) and math.isfinite(grad_norm_sum)):
             what = "loss" if not math.isfinite(loss_sum) else "gradient norm"
             raise UserError(f"the {what} became {loss_sum if what == 'loss' else grad_norm_sum} by step {step}; "
@@ -767,7 +777,7 @@ class Progress:
 
     def log(self, step, epoch, lr):
         """Read the sums (one sync), check them, write a metrics line and refresh the bar."""
-        loss_sum, grad_norm_sum = sums = self._sums()
+        loss_sum, grad_norm_sum, aux_loss_sum = sums = self._sums()
         self.check_finite(step, sums)
         seconds = time.perf_counter() - self.since
         record = {
@@ -779,6 +789,8 @@ class Progress:
             "tokens_per_s": self.tokens * self.rt.world_size / max(seconds, 1e-9),
             "time": round(time.time(), 3),
         }
+        if self.moe:
+            record["aux_loss"] = aux_loss_sum / self.rt.world_size / max(1, self.micro_steps)
         self.last_loss = record["loss"]
         self._write(record)
         self._show()

@@ -44,9 +44,10 @@ DEFAULT_DIM = 128  # the demo model's width, which names the files the scripts l
 STAGE_SCRIPTS = {"pretrain": "train_pretrain.py", "full_sft": "train_full_sft.py"}
 
 
-def checkpoint_path(out_dir, stage: str, dim: int) -> str:
-    """checkpoint_path("out", "full_sft", 128) -> 'out/full_sft_128.pth'"""
-    return os.path.join(out_dir, f"{stage}_{dim}.pth")
+def checkpoint_path(out_dir, stage: str, dim: int, use_moe: bool = False) -> str:
+    """checkpoint_path("out", "full_sft", 128) -> 'out/full_sft_128.pth'; a mixture-of-experts model
+    gets MiniMind2's '_moe' suffix: checkpoint_path("out", "full_sft", 640, use_moe=True) -> 'out/full_sft_640_moe.pth'"""
+    return os.path.join(out_dir, f"{stage}_{dim}{'_moe' if use_moe else ''}.pth")
 
 
 def check_adapter_name(name: str) -> str:
@@ -116,11 +117,12 @@ def path_from_sidecar(recorded: str) -> str:
 def missing_checkpoint_message(path) -> str:
     """One line for a checkpoint that is not there, naming the command that makes it when the name says:
     'out/pretrain_128.pth not found: make it with `python train_pretrain.py --dim 128`'"""
-    match = re.fullmatch(r"(pretrain|full_sft)_(\d+)\.pth", os.path.basename(str(path)))
+    match = re.fullmatch(r"(pretrain|full_sft)_(\d+)(_moe)?\.pth", os.path.basename(str(path)))
     if not match:
         return f"{path} not found (check the path)"
     out_dir = os.path.dirname(str(path)) or "."
-    flags = f" --dim {match[2]}" + ("" if os.path.normpath(out_dir) == "out" else f" --out_dir {out_dir}")
+    flags = f" --dim {match[2]}" + (" --use_moe" if match[3] else "") \
+        + ("" if os.path.normpath(out_dir) == "out" else f" --out_dir {out_dir}")
     return f"{path} not found: make it with `python {STAGE_SCRIPTS[match[1]]}{flags}`"
 
 
@@ -203,8 +205,14 @@ def load_checkpoint(path, *, tokenizer=None, shape=None, max_seq_len=None, adapt
         _check_same_tokenizer(meta, tok, tokenizer_path, path)
     else:  # a plain MiniMind2 state dict: the flags say its shape, and its tokenizer must be named
         if tokenizer is None or not shape:
-            implied = config_flags(clean_state_dict(read_checkpoint(path)))
+            state_dict = clean_state_dict(read_checkpoint(path))
+            if state_dict and all(".lora." in key for key in state_dict if key != "lora_config"):
+                raise UserError(f"{path} is a LoRA adapter, not a model: load its base model and name the adapter "
+                                "(--lora_name NAME, or adapter= in Python)")
+            implied = config_flags(state_dict)
             flags = " ".join(f"--{k} {implied[k]}" for k in ("dim", "n_layers") if k in implied)
+            if any(".experts." in key for key in state_dict):
+                flags += " --use_moe"
             raise UserError(f"{path} has no .json sidecar (a MiniMind2 file?): pass its shape ({flags or '--dim/--n_layers'}) "
                             "and --tokenizer DIR (the tokenizer it was trained with)")
         tokenizer_path, tok = tokenizer, load_tokenizer(tokenizer)

@@ -315,6 +315,25 @@ def test_pretrain_sft_lora_chain_and_each_reaches_its_loss_target(pipeline, data
     assert os.listdir(f"{out}/lora") == ["lora_identity_64.pth"]  # out/lora holds adapters only
 
 
+def test_a_mixture_of_experts_trains_through_every_stage_with_one_flag(tmp_path, data):
+    """Guards against an MoE whose load-balancing loss never reaches the optimizer (or is hidden inside
+    the logged task loss), and against stages that do not find each other's MoE files (MiniMind2 names
+    them ..._moe.pth): pretraining, SFT and LoRA each run with --use_moe alone."""
+    out = str(tmp_path / "out")
+    common = [*FAST, "--out_dir", out, "--epochs", "1"]
+    pre = train_pretrain.main([*SHAPE, *common, "--use_moe", "--tokenizer", str(TOKENIZER), "--data_path", data["pretrain"]])
+    assert pre.weights == f"{out}/pretrain_32_moe.pth" and pre.model.config.use_moe
+    records = [r for r in training.read_metrics(f"{out}/pretrain_32_moe_metrics.jsonl") if "loss" in r]
+    # the aux loss is logged on its own; a balanced router sits at alpha x layers = 0.1 x 2, an unbalanced one above
+    assert all(0.15 < r["aux_loss"] < 1.0 for r in records), records
+    sft = train_full_sft.main([*common, "--dim", "32", "--use_moe", "--data_path", data["sft"]])
+    assert sft.weights == f"{out}/full_sft_32_moe.pth"
+    lora = train_lora.main([*common, "--dim", "32", "--use_moe", "--data_path", data["lora"], "--lora_name", "lora_moe"])
+    assert lora.weights == f"{out}/lora/lora_moe_32.pth"
+    adapted = {name.rsplit(".lora.", 1)[0] for name in torch.load(lora.weights, weights_only=True) if ".lora." in name}
+    assert "layers.0.feed_forward.experts.3.w2" in adapted and "layers.0.feed_forward.shared_experts.w1" in adapted
+
+
 def test_lora_run_changes_only_adapter_weights(pipeline):
     """Guards against LoRA training that leaks into the base model (a parameter left unfrozen, an
     optimizer given every parameter, weight decay on frozen weights) or saves more than the adapter."""
@@ -343,8 +362,9 @@ def resume_case(kind, out, data, sft_weights=None):
     adapter (`output`, read by the embedding too)."""
     common = [*FAST, "--out_dir", out, "--epochs", "2", "--accumulation_steps", "2", "--save_interval", "4",
               "--eval_interval", "3"]
-    if kind == "pretrain":
-        return train_pretrain, [*common, *SHAPE, "--tokenizer", str(TOKENIZER), "--data_path", data["pretrain"]]
+    if kind.startswith("pretrain"):
+        moe = ["--use_moe"] if kind == "pretrain_moe" else []  # the router's load-balancing loss must resume too
+        return train_pretrain, [*common, *SHAPE, *moe, "--tokenizer", str(TOKENIZER), "--data_path", data["pretrain"]]
     return train_lora, [*common, "--base", sft_weights, "--data_path", data["lora"], "--lora_name", "lora_identity",
                         "--max_seq_len", "128", "--lora_rank", "4", "--lora_targets", "wq,wo,output",
                         "--lora_dropout", "0.1", "--lora_plus_ratio", "4"]
@@ -375,7 +395,7 @@ def changed_base(sft_weights, folder):
     return path
 
 
-@pytest.mark.parametrize("kind", ["pretrain", "lora"])
+@pytest.mark.parametrize("kind", ["pretrain", "pretrain_moe", "lora"])
 def test_interrupted_run_resumes_to_the_same_weights(kind, tmp_path, data, pipeline, monkeypatch, capsys):
     """Guards against a resume that loses or repeats data, restarts the schedule or the optimizer's
     moments, or replays different dropout noise: any of them changes the final weights. Also against
@@ -386,14 +406,15 @@ def test_interrupted_run_resumes_to_the_same_weights(kind, tmp_path, data, pipel
 
     script, argv = resume_case(kind, str(tmp_path / "resumed"), data, pipeline["sft"].weights)
     interrupt_at_step_6(script, argv, monkeypatch)
-    resume_file = tmp_path / "resumed" / f"{'pretrain_32' if kind == 'pretrain' else 'lora_identity_64'}_resume.pth"
+    resume_file = tmp_path / "resumed" / {"pretrain": "pretrain_32_resume.pth", "pretrain_moe": "pretrain_32_moe_resume.pth",
+                                          "lora": "lora_identity_64_resume.pth"}[kind]
     assert torch.load(resume_file, weights_only=True)["step"] == 4
 
     # Starting afresh would overwrite the unfinished run's progress.
     assert one_line_error(script.main, argv, capsys) == (f"{resume_file} holds an unfinished run: "
                                                          "pass --resume to continue it, or delete that file to start over")
     # Resuming with settings that differ is refused before anything is loaded, naming each of them.
-    if kind == "pretrain":
+    if kind.startswith("pretrain"):
         changes = ["--n_kv_heads", "4", "--batch_size", "4", "--max_seq_len", "32"]
         expected = ["model.n_kv_heads=2 then, 4 now", "batch_size=8 then, 4 now", "max_seq_len=64 then, 32 now",
                     "data=pretrain_demo.jsonl.pretrain.len64."]
@@ -421,7 +442,7 @@ def test_interrupted_run_resumes_to_the_same_weights(kind, tmp_path, data, pipel
     # Finished: the resume file is gone, and rerunning the stage (as run_demo.py does) just works.
     assert not resume_file.exists()
     assert "no resume state" in one_line_error(script.main, [*argv, "--resume"], capsys)
-    if kind == "pretrain":
+    if kind.startswith("pretrain"):
         assert script.main(argv).final_loss == pytest.approx(straight.final_loss, abs=1e-6)
 
 
