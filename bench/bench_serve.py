@@ -7,6 +7,8 @@ threads (standard library HTTP, streamed answers, greedy, --max_tokens each) and
     TTFT p50 / p99    time to first token: request sent -> first piece of text received
     per token p50/p99 the rest of an answer: (last piece - first piece) / (tokens - 1), per request
     mean batch        rows per decode step, from the server's /stats
+    server CPU/token  CPU time the server process used per generated token (from /proc): what a
+                      token costs, which other processes on a shared machine barely change
 
 for these workloads (request i goes to model i mod k of the row's list):
 
@@ -111,7 +113,7 @@ class Server:
     def cpu_seconds(self) -> float:
         """CPU time the server process has used (user + system, from /proc/PID/stat; nan elsewhere).
 
-        The server is a child this process has not waited for, so OthersWatch counts its time as
+        Until it is stopped and waited for, the server is a child whose time OthersWatch counts as
         someone else's: measure() takes it back out."""
         try:
             with open(f"/proc/{self.process.pid}/stat") as f:
@@ -230,7 +232,8 @@ def measure(server: Server, models: list, args) -> dict:
         raise UserError(f"{len(results) - len(ok)} of {len(results)} requests failed, e.g. "
                         f"{next(r['error'] for r in results if 'error' in r)}")
     steps = after.get("steps", 0) - before.get("steps", 0)
-    return {"tokens_per_s": sum(r["tokens"] for r in ok) / seconds,
+    tokens = sum(r["tokens"] for r in ok)
+    return {"tokens_per_s": tokens / seconds, "cpu_per_token": server_cpu / tokens,
             "ttft": [r["ttft"] for r in ok], "per_token": [r["per_token"] for r in ok if r["per_token"] is not None],
             "mean_batch": (after.get("rows_decoded", 0) - before.get("rows_decoded", 0)) / steps if steps else 0.0,
             "others": others}
@@ -354,18 +357,21 @@ def main(argv=None):
     print(machine.header())
     print(f"\nserve_openai_api.py in its own process ({args.threads} torch thread(s)); {args.clients} streaming clients "
           f"in this one; {args.requests} greedy requests of max_tokens {args.max_tokens} per row; {what}\n")
-    print("| adapters in use | server | tokens/s | TTFT p50 / p99 (ms) | per token p50 / p99 (ms) | mean batch | others' CPU |")
-    print("|---|---|---|---|---|---|---|")
+    print("| adapters in use | server | tokens/s | TTFT p50 / p99 (ms) | per token p50 / p99 (ms) | mean batch | "
+          "server CPU per token (µs) | others' CPU |")
+    print("|---|---|---|---|---|---|---|---|")
     for row, mode, r in rows:
         print(f"| {row} | {mode} | {r['tokens_per_s']:,.0f} | {ms(r['ttft'])} | {ms(r['per_token'])} | "
-              f"{r['mean_batch']:.1f} | {r['others']:.0%} |")
+              f"{r['mean_batch']:.1f} | {1e6 * r['cpu_per_token']:,.0f} | {r['others']:.0%} |")
     speed = {(row, mode): r["tokens_per_s"] for row, mode, r in rows}
+    cost = {(row, mode): r["cpu_per_token"] for row, mode, r in rows}
     base = speed[("base only", "batched")]
     widest = list(mixes)[-1]
     print()
     for row in mixes:
         if row != "base only":
-            line = f"- {row}, batched: {speed[(row, 'batched')] / base:.2f}x the base-only throughput (goal >= 0.8x)"
+            line = (f"- {row}, batched: {speed[(row, 'batched')] / base:.2f}x the base-only throughput (goal >= 0.8x; "
+                    f"by server CPU per token {cost[('base only', 'batched')] / cost[(row, 'batched')]:.2f}x)")
             line += f"; {speed[(row, 'batched')] / speed[(row, 'merged')]:.2f}x merge-per-request"
             print(line + (" (goal > 1x)" if row != "1 adapter" else ""))
     print(f"- {widest}, batched: {speed[(widest, 'batched')] / speed[(widest, 'one at a time')]:.1f}x the throughput of "
@@ -376,7 +382,7 @@ def main(argv=None):
               f"lost, {len(check['garbled'])} garbled (goal: none lost or garbled)")
         for problem in check["lost"][:3] + [f"garbled: {job}" for job in check["garbled"][:3]]:
             print(f"  - {problem}")
-    print(f"\n{machine.footer()}")
+    print(f"\n{machine.footer()} (the servers count as this run's: waited for, they are its children)")
 
 
 if __name__ == "__main__":
