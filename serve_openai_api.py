@@ -21,7 +21,8 @@ Read top to bottom:
     errors           ApiError: OpenAI's error object and the HTTP status that goes with it
     the request      parse_chat_request: a JSON body -> a checked ChatRequest, or an ApiError naming the field
     the responses    OpenAI's completion and chunk objects, server-sent events
-    the handler      GET /v1/models, POST /v1/chat/completions; a client that leaves is noticed
+    the handler      GET /v1/models, POST /v1/chat/completions (and GET /stats, the engine's counters);
+                     a client that leaves is noticed
     the server       load the base and the adapters through model.loader, start the engine, Ctrl-C
     command line
 """

@@ -21,6 +21,11 @@ for these workloads (request i goes to model i mod k of the row's list):
 and then the correctness check: 200 requests from 32 clients mixing the base and every adapter, each
 answer compared with eval_model.py's greedy answer for its question and adapter.
 
+Last, the model alone (no HTTP): the CPU time of one decode step of --clients rows through
+engine.forward_rows, for the same mixes, and for one adapter read through ONE shared copy (a
+stride-0 view) instead of each row's own: the difference is what reading every row's private copy
+of its adapter costs (memory traffic, the price of the per-row products).
+
 Without --ckpt it builds, in a temporary folder, a random model of the demo's shape (dim 128, 4
 layers, the demo tokenizer) and random adapters of the demo's shape (rank 16 on wq, wk, wv, wo, w1,
 w2, w3 and the tied output), so it needs none of the demo's files. Its weights have std
@@ -54,7 +59,9 @@ from model.errors import UserError, run_main
 from model.LMConfig import LMConfig
 from model.loader import adapter_path, checkpoint_meta, list_adapters, load_checkpoint, repo_path
 from model.model import MiniMindLM
+from model.engine import SlotKVCache, forward_rows
 from model.model_lora import apply_lora, remove_lora, save_lora
+from model.multi_lora import AdapterBank, RowAdapters, read_adapter
 from model.tokenizer import Tokenizer
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -264,6 +271,41 @@ def check_answers(server: Server, names: list, references: dict, requests: int, 
 
 
 # ----------------------------------------------------------------------------------------------
+# The model alone: what one decode step costs, without HTTP.
+
+
+def decode_step_costs(ckpt, out_dir, names: list, mixes: dict, rows: int, rounds: int = 15) -> dict:
+    """{case: CPU seconds of one decode step of `rows` rows}, best of `rounds`, the cases taking turns.
+
+    Rows hold a 64-token prompt each; row i wears mixes[case][i % k]. CPU time (process_time) rather
+    than wall time: another process taking the core stretches the wall clock, not this figure."""
+    loaded = load_checkpoint(ckpt)
+    model, dim = loaded.model, loaded.model.config.dim
+    bank = AdapterBank("minimind", {name: read_adapter(model, adapter_path(out_dir, name, dim)) for name in names})
+    cache = SlotKVCache(model.config, rows, 128)
+    prompt = torch.randint(0, model.config.vocab_size, (rows, 64))
+    forward_rows(model, prompt, cache, {}, slots=torch.arange(rows), last=torch.full((rows,), 63))
+    token, lengths = torch.randint(0, model.config.vocab_size, (rows, 1)), torch.full((rows,), 64)
+    cases = {}
+    for case, models in mixes.items():
+        wearing = RowAdapters(bank, rows)
+        for i in range(rows):
+            wearing.wear(i, bank.index(models[i % len(models)]))
+        cases[case] = wearing.rows(0, rows)
+    one = cases["1 adapter"]  # every row the same adapter, read through one copy (stride 0 over the rows)
+    cases["1 adapter, one shared copy"] = {layer: (down[:1].expand_as(down), up[:1].expand_as(up))
+                                           for layer, (down, up) in one.items()}
+    best = dict.fromkeys(cases, float("inf"))
+    for _ in range(rounds):
+        for case, adapters in cases.items():
+            start = time.process_time()
+            for _ in range(10):
+                forward_rows(model, token, cache, adapters, lengths=lengths)
+            best[case] = min(best[case], (time.process_time() - start) / 10)
+    return best
+
+
+# ----------------------------------------------------------------------------------------------
 # Command line
 
 
@@ -353,6 +395,9 @@ def main(argv=None):
                                           args.max_tokens)
             finally:
                 server.stop()
+        print("measuring decode steps without HTTP ...", file=sys.stderr, flush=True)
+        torch.set_num_threads(args.threads)  # as many as the server had
+        steps = decode_step_costs(ckpt, out_dir, names, mixes, args.clients)
 
     print(machine.header())
     print(f"\nserve_openai_api.py in its own process ({args.threads} torch thread(s)); {args.clients} streaming clients "
@@ -382,7 +427,13 @@ def main(argv=None):
               f"lost, {len(check['garbled'])} garbled (goal: none lost or garbled)")
         for problem in check["lost"][:3] + [f"garbled: {job}" for job in check["garbled"][:3]]:
             print(f"  - {problem}")
-    print(f"\n{machine.footer()} (the servers count as this run's: waited for, they are its children)")
+    print(f"\nThe model alone, no HTTP: one decode step of {args.clients} rows (engine.forward_rows, 64 cached positions "
+          f"each, {args.threads} thread(s)), CPU time, best of 15 with the cases taking turns\n")
+    print("| rows wear | CPU ms per step | vs base only |")
+    print("|---|---|---|")
+    for case, seconds in steps.items():
+        print(f"| {case} | {1e3 * seconds:.2f} | {steps['base only'] / seconds:.2f}x |")
+    print(f"\n{machine.footer()}")
 
 
 if __name__ == "__main__":
