@@ -6,6 +6,7 @@ so the counting is pinned down here on a tiny model, in well under a second.
 import torch
 
 from bench.bench_lora import optimizer_state_bytes
+from bench.bench_serve import percentile, workload
 from bench.bench_train import flops_per_token, lora_params, make_batch, matmul_params
 from model.LMConfig import LMConfig
 from model.model import MiniMindLM
@@ -66,3 +67,18 @@ def test_sft_batches_mask_the_prompt_and_pretraining_batches_do_not():
     assert torch.equal(X[:, 1:], Y[:, :-1])  # Y is X shifted by one, as the datasets make it
     _, _, mask = make_batch(256, 2, 31, "full_sft", g)
     assert not mask[:, :10].any() and mask[:, 10:].all()
+
+
+def test_percentiles_by_nearest_rank():
+    """Guards against a p99 that is really the maximum of a short list or an interpolated value no
+    request had: bench_serve's latencies use the nearest-rank rule, always one of the measurements."""
+    values = list(range(1, 101))  # 1 .. 100
+    assert percentile(values, 50) == 50 and percentile(values, 99) == 99 and percentile(values, 100) == 100
+    assert percentile([3.0, 1.0, 2.0], 50) == 2.0 and percentile([7.0], 99) == 7.0
+
+
+def test_serve_workload_cycles_models_and_prompts():
+    """Guards against a "2 adapters" row that sends every request to one adapter (then it measures
+    nothing mixed): request i goes to model i mod k."""
+    jobs = workload(["a", "b"], 5)
+    assert [m for m, _ in jobs] == ["a", "b", "a", "b", "a"] and len({p for _, p in jobs}) == 5

@@ -114,7 +114,7 @@ def test_training_and_evaluation_load_the_same_model_through_the_one_loader(chec
 
 
 SCRIPTS_THAT_LOAD_MODELS = ["train_full_sft.py", "train_lora.py", "eval_model.py", "experiments/lora_medical.py",
-                            "convert_model.py"]
+                            "convert_model.py", "serve_openai_api.py"]
 
 
 @pytest.mark.parametrize("script", SCRIPTS_THAT_LOAD_MODELS)
@@ -200,6 +200,9 @@ USER_MISTAKES = [
     ("experiments.lora_medical", ["--out_dir", "{tmp}"], "full_sft_128.pth not found"),
     ("bench.bench_train", ["--steps", "0"], "--steps must be at least 1"),
     ("bench.bench_generate", ["--new_tokens", "1"], "--new_tokens must be at least 2"),
+    ("serve_openai_api", ["--port", "70000"], "--port must be in 0..65535"),
+    ("serve_openai_api", ["--out_dir", "{tmp}", "--port", "0"], "full_sft_128.pth not found: make it with `python train_full_sft.py"),
+    ("bench.bench_serve", ["--clients", "0"], "--clients must be at least 1"),
 ]
 
 
@@ -220,12 +223,17 @@ def test_every_tool_reports_a_user_error_in_one_line_with_exit_code_2(tool, argv
     assert not any("Traceback" in line for line in err)
 
 
-@pytest.mark.parametrize("path", ["train_tokenizer.py", "train_pretrain.py", "train_full_sft.py", "train_lora.py",
-                                  "eval_model.py", "convert_model.py", "run_demo.py", "dataset/lm_dataset.py",
-                                  "dataset/make_demo_data.py", "experiments/lora_medical.py", "experiments/demo_seeds.py",
-                                  "bench/bench_train.py", "bench/bench_lora.py", "bench/bench_generate.py",
-                                  "bench/bench_dataset.py", "bench/bench_tokenizer.py", "bench/bench_cache_check.py",
-                                  "bench/machine.py"])
+TOOLS = sorted(str(p.relative_to(ROOT)) for p in ROOT.rglob("*.py")
+               if "tests" not in p.parts and 'if __name__ == "__main__":' in p.read_text(encoding="utf-8"))
+
+
+def test_every_command_line_tool_is_found():
+    """Guards against the discovery below silently finding nothing (and so checking nothing)."""
+    assert {"train_lora.py", "eval_model.py", "run_demo.py", "convert_model.py", "serve_openai_api.py",
+            "bench/bench_train.py", "dataset/make_demo_data.py"} <= set(TOOLS)
+
+
+@pytest.mark.parametrize("path", TOOLS)
 def test_every_tool_exits_through_run_main(path):
     """Guards against a tool whose __main__ bypasses run_main (its user errors would be tracebacks)."""
     source = (ROOT / path).read_text(encoding="utf-8")
@@ -241,7 +249,7 @@ def test_the_program_name_starts_the_error_line():
     assert result.stderr.count("\n") == 1
 
 
-@pytest.mark.parametrize("module", ["train_pretrain", "train_full_sft", "train_lora", "eval_model"])
+@pytest.mark.parametrize("module", ["train_pretrain", "train_full_sft", "train_lora", "eval_model", "serve_openai_api"])
 def test_device_auto_means_one_thing_everywhere(module):
     """Guards against --device meaning "cuda, then mps, then cpu" in one script and "cuda or cpu" in another."""
     action = next(a for a in importlib.import_module(module).build_parser()._actions if "--device" in a.option_strings)

@@ -1,0 +1,198 @@
+"""Many LoRA adapters on one base model in ONE forward pass: every row of a batch wears its own adapter.
+
+model_lora.py puts one adapter on the model at a time: each adapted Linear computes W x + scale·B A x
+with THE adapter's A and B. A server answering several adapters at once cannot work that way: in one
+batch row 0 asks lora_medical, row 1 lora_identity, row 2 the bare base. W is the same for every
+row, so W x stays one matrix product for the whole batch; only the small update differs from row to
+row. The idea of Punica (its BGMV kernel) and S-LoRA: give every row its own A and B, and compute
+the update of all rows at once with batched matrix products (torch.bmm):
+
+    x (n, T, in) ──── W (out, in), shared ────────────────────────────────────────►  W x  (n, T, out)
+          │                                                                             +
+          └─ bmm: x @ down (n, in, r) ─► (n, T, r) ─ bmm: @ up (n, r, out) ─►  B_i A_i x_i, row by row
+
+    row:       0              1               2            3
+    wears:     lora_medical   lora_identity   (base)       lora_medical
+    down:      A_medᵀ         A_idᵀ           zeros        A_medᵀ        <- copied in once, when the row's
+    up:        (s·B_med)ᵀ     (s·B_id)ᵀ       zeros        (s·B_med)ᵀ       request joins the batch
+
+"No adapter" is an adapter whose A and B are zero: its update is exactly 0, so base rows need no
+special case. The extra work per adapted layer is two thin bmm's, rank r wide, beside the full W x.
+
+Read top to bottom:
+    read_adapter     an adapter file -> each layer's (A, B, scale), through model_lora.load_lora
+    AdapterBank      every served adapter's A and B, stacked per layer (index 0 = no adapter);
+                     also merge_into / restore_base, the merge-per-request alternative
+    RowAdapters      the A and B each row of the running batch wears, kept in the row's own slot
+                     (transposed: x @ down @ up reads them in memory order, 2-4x faster than strided)
+    lora_linear      W x + B_i A_i x_i for every row i
+    lora_embedding   the tied embedding: E[ids] + B_i[ids] A_i for every row i (see LoRAEmbedding)
+
+model/engine.py runs the model with these in place of the Linear layers' forward.
+"""
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from model.model_lora import LoRALinear, load_lora, remove_lora
+
+
+# ----------------------------------------------------------------------------------------------
+# Reading adapters: through model_lora's one loader, which checks that each file fits the model.
+
+
+def read_adapter(model: nn.Module, path) -> dict:
+    """{layer name: (A (r, in), B (out, r), scale)} of the adapter in `path`; the model is left as it was.
+
+    load_lora puts the adapter on the model (refusing, with a CheckpointError, a file that does not
+    fit it); we copy out each LoRALinear's A, B and alpha/rank, then remove_lora gives back the
+    bare base, bit for bit. The tied embedding has no entry of its own: it reads "output"'s A and B.
+
+    e.g. {"layers.0.attention.wq": (A (16, 128), B (128, 16), 1.0), ..., "output": (A (16, 128), B (2048, 16), 1.0)}
+    """
+    load_lora(model, path)
+    try:
+        return {name: (m.lora.A.weight.detach().clone(), m.lora.B.weight.detach().clone(), m.scale)
+                for name, m in model.named_modules() if isinstance(m, LoRALinear)}
+    finally:
+        remove_lora(model)
+
+
+# ----------------------------------------------------------------------------------------------
+# The bank: all adapters' matrices, stacked so that "adapter j" is an index into a tensor.
+
+
+class AdapterBank:
+    """Every served adapter's A and B, one stack per adapted layer; index 0 is "no adapter".
+
+        bank = AdapterBank("minimind", {"lora_identity": read_adapter(...), "lora_medical": read_adapter(...)})
+        bank.names                          -> ['minimind', 'lora_identity', 'lora_medical']
+        bank.A["layers.0.attention.wq"]     -> (3, r, in)   A of each; zeros where one does not adapt the layer
+        bank.B["layers.0.attention.wq"]     -> (3, out, r)  scale·B of each: alpha/rank folded in once
+
+    Adapters of different ranks are padded with zeros to the largest rank r: an extra zero row of A
+    gives a zero entry of A x, which meets a zero column of B, so the padding adds exactly nothing.
+    """
+
+    def __init__(self, base_name: str, adapters: dict, device=None, dtype=torch.float32):
+        self.names = [base_name, *adapters]
+        self.A, self.B = {}, {}
+        layers = sorted({layer for adapter in adapters.values() for layer in adapter})
+        for layer in layers:
+            present = [(j, adapter[layer]) for j, adapter in enumerate(adapters.values(), start=1) if layer in adapter]
+            rank = max(A.shape[0] for _, (A, _, _) in present)
+            in_features, out_features = present[0][1][0].shape[1], present[0][1][1].shape[0]
+            A_stack = torch.zeros(len(self.names), rank, in_features, device=device, dtype=dtype)
+            B_stack = torch.zeros(len(self.names), out_features, rank, device=device, dtype=dtype)
+            for j, (A, B, scale) in present:
+                A_stack[j, : A.shape[0]] = A
+                B_stack[j, :, : B.shape[1]] = scale * B.to(torch.float32)  # scale in float32, then to dtype
+            self.A[layer], self.B[layer] = A_stack, B_stack
+
+    def index(self, name: str) -> int:
+        """bank.index("lora_medical") -> 2: the row of every stack that holds this adapter."""
+        return self.names.index(name)
+
+    # The alternative S-LoRA compares against: fold ONE adapter into the base weights, answer with a
+    # plain model, put the base back. Exact per batch, but a batch can then hold one adapter only.
+
+    @torch.no_grad()
+    def merge_into(self, model: nn.Module, j: int) -> dict:
+        """W <- W + scale·B_j A_j in every adapted layer of `model` -> the base weights, for restore_base.
+
+        The tied output matrix is also the embedding table, so "output" updates both uses at once,
+        as merge_lora does. The copies make restore_base exact, where subtracting ΔW again would
+        leave rounding behind after every switch."""
+        saved = {}
+        for layer, A in self.A.items():
+            weight = model.get_submodule(layer).weight
+            saved[layer] = weight.detach().clone()
+            weight.add_(self.B[layer][j] @ A[j])  # (out, r) @ (r, in) -> (out, in)
+        return saved
+
+    @torch.no_grad()
+    def restore_base(self, model: nn.Module, saved: dict) -> None:
+        """Put back the base weights merge_into saved: bit for bit the model before the merge."""
+        for layer, weight in saved.items():
+            model.get_submodule(layer).weight.copy_(weight)
+
+
+# ----------------------------------------------------------------------------------------------
+# The rows of the running batch, each with its own adapter.
+
+
+class RowAdapters:
+    """The A and B that each row of the running batch wears, in buffers of `max_rows` rows per layer.
+
+    A request's adapter is copied into its row once, when it joins the batch (`wear`); a decode step
+    then reads the first n rows as they are (`rows`), with no gathering per step. When a row leaves
+    and the last row moves into its place (model/engine.py keeps the batch's rows contiguous), its
+    matrices move with it (`move`). They are stored transposed, as the products read them:
+
+        down = Aᵀ (in, r)      up = (scale·B)ᵀ (r, out)      so that  B A x = (x @ down) @ up
+
+        rows = RowAdapters(bank, max_rows=32)
+        rows.wear(0, bank.index("lora_medical")); rows.wear(1, 0)      # row 1: the base
+        down, up = rows.rows(0, 2)["layers.0.attention.wq"]            # (2, in, r), (2, r, out)
+    """
+
+    def __init__(self, bank: AdapterBank, max_rows: int):
+        self.bank = bank
+        self.down = {layer: A.new_zeros(max_rows, A.shape[2], A.shape[1]) for layer, A in bank.A.items()}  # (max_rows, in, r)
+        self.up = {layer: B.new_zeros(max_rows, B.shape[2], B.shape[1]) for layer, B in bank.B.items()}  # (max_rows, r, out)
+        self.wears = [0] * max_rows  # the adapter index of each row; 0 = base
+
+    def wear(self, row: int, j: int) -> None:
+        """Row `row` now wears adapter j (0: none)."""
+        for layer in self.down:
+            self.down[layer][row] = self.bank.A[layer][j].T  # (r, in) -> (in, r)
+            self.up[layer][row] = self.bank.B[layer][j].T  # (out, r) -> (r, out)
+        self.wears[row] = j
+
+    def move(self, src: int, dst: int) -> None:
+        """Row dst takes over what row src wears."""
+        self.wear(dst, self.wears[src])
+
+    def rows(self, start: int, stop: int) -> dict:
+        """{layer: (down (n, in, r), up (n, r, out))} for rows [start, stop), views, no copy; {} if none
+        of them wears an adapter, so a batch of base rows costs exactly what the base model costs."""
+        if not any(self.wears[start:stop]):
+            return {}
+        return {layer: (self.down[layer][start:stop], self.up[layer][start:stop]) for layer in self.down}
+
+
+# ----------------------------------------------------------------------------------------------
+# The two computations.
+
+
+def lora_linear(x: torch.Tensor, weight: torch.Tensor, adapter=None) -> torch.Tensor:
+    """x (n, T, in) -> W x + B_i A_i x_i for each row i: (n, T, out). adapter: (down, up) from
+    RowAdapters.rows, or None.
+
+    One row, rank 1, in 2, out 1: W = [[1, 1]], A = [[1, 0]], B = [[10]] (scale folded in), x = [1, 2]
+    -> W x = 3, A x = 1, B A x = 10: 13.
+    >>> down, up = torch.tensor([[[1.], [0.]]]), torch.tensor([[[10.]]])    # Aᵀ (1, 2, 1), Bᵀ (1, 1, 1)
+    >>> lora_linear(torch.tensor([[[1., 2.]]]), torch.tensor([[1., 1.]]), (down, up))
+    tensor([[[13.]]])
+    """
+    y = F.linear(x, weight)  # (n, T, out): the shared base product, one matmul for every row
+    if adapter is None:
+        return y
+    down, up = adapter
+    return torch.baddbmm(y, torch.bmm(x, down), up)  # (n, T, in) @ (n, in, r) @ (n, r, out): row i with ITS A, B
+
+
+def lora_embedding(ids: torch.Tensor, weight: torch.Tensor, adapter=None) -> torch.Tensor:
+    """ids (n, T) -> E[ids] + B_i[ids] A_i for each row i: (n, T, C), the tied embedding's lookup.
+
+    MiniMind's embedding table E IS the output layer's weight, so an adapter on "output" changes both
+    (model_lora.LoRAEmbedding): the lookup reads E + ΔE = E + B A, whose row for a token t is
+    E[t] + B[t] A. adapter: the OUTPUT layer's (down = Aᵀ (n, C, r), up = (scale·B)ᵀ (n, r, V)), or None.
+    """
+    x = F.embedding(ids, weight)  # (n, T, C)
+    if adapter is None:
+        return x
+    down, up = adapter
+    rows = torch.arange(ids.shape[0], device=ids.device)[:, None]  # (n, 1): each row picks from its own B
+    rows_of_B = up[rows, :, ids]  # (n, T, r): row i's B rows for row i's tokens
+    return torch.baddbmm(x, rows_of_B, down.transpose(1, 2))  # x + (n, T, r) @ (n, r, C)

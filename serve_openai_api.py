@@ -1,0 +1,583 @@
+"""An OpenAI-compatible server for one MiniMind model and any number of its LoRA adapters.
+
+    python serve_openai_api.py --lora_name lora_medical lora_identity     # http://127.0.0.1:8998/v1
+
+    curl http://127.0.0.1:8998/v1/models
+    curl http://127.0.0.1:8998/v1/chat/completions -H 'Content-Type: application/json' \\
+         -d '{"model": "lora_medical", "messages": [{"role": "user", "content": "..."}], "temperature": 0}'
+
+The base model is served as "minimind" and each adapter under its own name; a request picks one
+with "model". Requests for any of them share the running batch (model/engine.py), each row wearing
+its own adapter (model/multi_lora.py). The official `openai` client works against it unchanged,
+streaming or not (docs/serving.md). Standard library only: http.server, one thread per connection.
+
+    client ─HTTP─► handler thread ─┐                                       ┌─► handler ─JSON or SSE─► client
+    client ─HTTP─► handler thread ─┼─ Request ─► engine thread ─ tokens ─┼─► handler ─JSON or SSE─► client
+    client ─HTTP─► handler thread ─┘  (queue)    one model, one batch:    └─► handler ─JSON or SSE─► client
+      parse and check the request,               admit, prefill, decode       turn tokens into text
+      apply the chat template                    step, emit, leave
+
+Read top to bottom:
+    errors           ApiError: OpenAI's error object and the HTTP status that goes with it
+    the request      parse_chat_request: a JSON body -> a checked ChatRequest, or an ApiError naming the field
+    the responses    OpenAI's completion and chunk objects, server-sent events
+    the handler      GET /v1/models, POST /v1/chat/completions (and GET /stats, the engine's counters);
+                     a client that leaves is noticed
+    the server       load the base and the adapters through model.loader, start the engine, Ctrl-C
+    command line
+"""
+import argparse
+import json
+import os
+import queue
+import select
+import socket
+import sys
+import time
+import uuid
+from dataclasses import dataclass
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from urllib.parse import unquote
+
+from eval_model import MODEL_MODES, build_parser as eval_model_parser
+from model.device import DEVICE_HELP, pick_device
+from model.engine import Engine, EngineFull, EngineStopped, Request
+from model.errors import UserError, run_main
+from model.loader import (DEFAULT_DIM, adapter_path, check_adapter_name, checkpoint_path, load_checkpoint,
+                          missing_adapter_message)
+from model.multi_lora import AdapterBank, read_adapter
+
+BASE_NAME = "minimind"  # what "model" names the base model as; adapters go by their own names
+# A request that leaves out temperature, top_p or max_tokens is answered as eval_model.py answers
+# (one configuration: the defaults of its --temperature, --top_p and --max_new_tokens).
+EVAL_DEFAULTS = eval_model_parser().parse_args([])
+
+
+# ----------------------------------------------------------------------------------------------
+# Errors, in OpenAI's shape: {"error": {"message", "type", "param", "code"}} with an HTTP status.
+
+
+class ApiError(Exception):
+    """A request we refuse: the status and the error object to answer with."""
+
+    def __init__(self, status: int, message: str, param=None, code=None):
+        super().__init__(message)
+        self.status, self.message, self.param, self.code = status, message, param, code
+
+    def body(self) -> dict:
+        kind = "invalid_request_error" if self.status < 500 else "server_error"
+        return {"error": {"message": self.message, "type": kind, "param": self.param, "code": self.code}}
+
+
+# ----------------------------------------------------------------------------------------------
+# The request: every field checked, so nothing reaches the engine that it cannot do.
+
+ROLES = ("system", "user", "assistant")  # what MiniMind's chat template knows
+FIELDS = ("model", "messages", "temperature", "top_p", "max_tokens", "max_completion_tokens", "stream",
+          "stream_options", "seed", "n", "user")  # "user" (an end-user id) is accepted and ignored
+
+
+@dataclass
+class ChatRequest:
+    """A checked chat-completion request."""
+
+    model: str  # "minimind" or an adapter's name
+    adapter: int  # its index in the AdapterBank (0 = the base)
+    prompt: list  # token ids: the chat template applied to the messages
+    max_new_tokens: int
+    temperature: float  # 0 = greedy
+    top_p: float
+    seed: int | None
+    stream: bool
+    include_usage: bool  # stream_options.include_usage: a last chunk with the token counts
+
+
+def _number(data: dict, key: str, default: float, low: float, high: float, low_open: bool = False) -> float:
+    """data[key] if it is a number in [low, high] (or (low, high] with low_open), else an ApiError."""
+    value = data.get(key)
+    if value is None:
+        return default
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise ApiError(400, f"'{key}' must be a number, got {json.dumps(value)}", key, "invalid_type")
+    if not (low < value <= high if low_open else low <= value <= high):
+        raise ApiError(400, f"'{key}' must be in {'(' if low_open else '['}{low}, {high}], got {value}", key, "invalid_value")
+    return float(value)
+
+
+def _text(content, where: str) -> str:
+    """A message's content: a string, or OpenAI's list of {"type": "text", "text": ...} parts."""
+    if isinstance(content, str):
+        return content
+    if isinstance(content, list) and all(isinstance(p, dict) and p.get("type") == "text" and isinstance(p.get("text"), str)
+                                         for p in content):
+        return "".join(p["text"] for p in content)
+    raise ApiError(400, f"'{where}' must be a string or a list of text parts; this model reads text only", where, "invalid_type")
+
+
+def check_messages(messages) -> list:
+    """The messages as MiniMind's chat template takes them, or an ApiError naming the bad one.
+
+    [{"role": "user", "content": [{"type": "text", "text": "Hi"}]}] -> [{"role": "user", "content": "Hi"}]
+    """
+    if messages is None:
+        raise ApiError(400, "'messages' is required: a list of {role, content} objects", "messages", "missing_required_parameter")
+    if not isinstance(messages, list) or not messages:
+        raise ApiError(400, "'messages' must be a non-empty list of {role, content} objects", "messages", "invalid_value")
+    checked = []
+    for i, m in enumerate(messages):
+        if not isinstance(m, dict):
+            raise ApiError(400, f"'messages[{i}]' must be an object with a role and a content", f"messages[{i}]", "invalid_type")
+        role = m.get("role")
+        if role not in ROLES:
+            raise ApiError(400, f"'messages[{i}].role' is {json.dumps(role)}; MiniMind's chat template knows "
+                                f"{', '.join(ROLES)}", f"messages[{i}].role", "invalid_value")
+        if role == "system" and i > 0:
+            raise ApiError(400, f"'messages[{i}]' is a system message; only the first message may be one",
+                           f"messages[{i}].role", "invalid_value")
+        checked.append({"role": role, "content": _text(m.get("content"), f"messages[{i}].content")})
+    if checked[-1]["role"] != "user":
+        raise ApiError(400, "the last message must be the user's: the template then ends with the assistant's "
+                            "header, where the answer starts", f"messages[{len(checked) - 1}].role", "invalid_value")
+    return checked
+
+
+def parse_chat_request(body: bytes, names: list, tokenizer, context: int) -> ChatRequest:
+    """A POST /v1/chat/completions body -> ChatRequest, or the ApiError to answer with.
+
+    names: the served models, the base first. context: the longest prompt + answer, in tokens.
+    parse_chat_request(b'{"model": "nope", ...}', ["minimind"], ...) -> ApiError 404 model_not_found
+    """
+    try:
+        data = json.loads(body)
+    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise ApiError(400, f"the body is not valid JSON ({e})", None, "invalid_json") from None
+    if not isinstance(data, dict):
+        raise ApiError(400, "the body must be a JSON object", None, "invalid_json")
+    unknown = [key for key, value in data.items() if key not in FIELDS and value is not None]
+    if unknown:
+        raise ApiError(400, f"unsupported parameter '{unknown[0]}'; this server reads {', '.join(FIELDS)}",
+                       unknown[0], "unsupported_parameter")
+    model = data.get("model")
+    if not isinstance(model, str) or not model:
+        raise ApiError(400, f"'model' is required: one of {', '.join(names)}", "model", "missing_required_parameter")
+    if model not in names:
+        raise ApiError(404, f"the model '{model}' does not exist; this server has: {', '.join(names)}", "model", "model_not_found")
+    messages = check_messages(data.get("messages"))
+    temperature = _number(data, "temperature", EVAL_DEFAULTS.temperature, 0, 2)
+    top_p = _number(data, "top_p", EVAL_DEFAULTS.top_p, 0, 1, low_open=True)
+    if data.get("n") not in (None, 1):
+        raise ApiError(400, "'n' must be 1: one answer per request", "n", "invalid_value")
+    stream = data.get("stream") or False
+    if not isinstance(stream, bool):
+        raise ApiError(400, "'stream' must be true or false", "stream", "invalid_type")
+    options = data.get("stream_options") or {}
+    if not isinstance(options, dict) or not isinstance(options.get("include_usage", False), bool):
+        raise ApiError(400, "'stream_options' must be an object such as {\"include_usage\": true}", "stream_options", "invalid_type")
+    if options and not stream:
+        raise ApiError(400, "'stream_options' is only allowed with \"stream\": true", "stream_options", "invalid_value")
+    seed = data.get("seed")
+    if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed < 2**63):
+        raise ApiError(400, f"'seed' must be an integer in [0, 2^63), got {json.dumps(seed)}", "seed", "invalid_value")
+
+    prompt = tokenizer.apply_chat_template(messages, tokenize=True, add_generation_prompt=True)
+    if len(prompt) >= context:
+        raise ApiError(400, f"the messages are {len(prompt)} tokens; this model's context is {context} tokens, and "
+                            "the answer needs at least one of them", "messages", "context_length_exceeded")
+    key = "max_completion_tokens" if data.get("max_completion_tokens") is not None else "max_tokens"
+    max_tokens = data.get(key)
+    if max_tokens is None:
+        max_tokens = min(EVAL_DEFAULTS.max_new_tokens, context - len(prompt))
+    elif isinstance(max_tokens, bool) or not isinstance(max_tokens, int) or max_tokens < 1:
+        raise ApiError(400, f"'{key}' must be an integer of at least 1, got {json.dumps(max_tokens)}", key, "invalid_value")
+    elif len(prompt) + max_tokens > context:
+        raise ApiError(400, f"this model's context is {context} tokens, but {len(prompt) + max_tokens} were requested "
+                            f"({len(prompt)} in the messages, {max_tokens} in the answer); ask for a shorter answer "
+                            f"with '{key}'", key, "context_length_exceeded")
+    return ChatRequest(model, names.index(model), prompt, max_tokens, temperature, top_p, seed, stream,
+                       options.get("include_usage", False))
+
+
+# ----------------------------------------------------------------------------------------------
+# The responses, in OpenAI's shapes.
+
+
+def completion(request_id: str, created: int, chat: ChatRequest, text: str, finish_reason: str, usage: dict) -> dict:
+    """The whole answer: a "chat.completion" object."""
+    return {"id": request_id, "object": "chat.completion", "created": created, "model": chat.model,
+            "choices": [{"index": 0, "message": {"role": "assistant", "content": text}, "logprobs": None,
+                         "finish_reason": finish_reason}],
+            "usage": usage}
+
+
+def chunk(request_id: str, created: int, chat: ChatRequest, delta: dict, finish_reason=None) -> dict:
+    """One piece of a streamed answer: a "chat.completion.chunk" object."""
+    return {"id": request_id, "object": "chat.completion.chunk", "created": created, "model": chat.model,
+            "choices": [{"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish_reason}]}
+
+
+def usage(chat: ChatRequest, completion_tokens: int) -> dict:
+    """Token counts; completion_tokens counts every token generated, the closing </s> included."""
+    return {"prompt_tokens": len(chat.prompt), "completion_tokens": completion_tokens,
+            "total_tokens": len(chat.prompt) + completion_tokens}
+
+
+def server_sent_event(data) -> bytes:
+    """b'data: {...}\\n\\n': one event of a text/event-stream, as OpenAI streams (the last one is [DONE])."""
+    text = data if isinstance(data, str) else json.dumps(data, ensure_ascii=False, separators=(",", ":"))
+    return f"data: {text}\n\n".encode("utf-8")
+
+
+def client_gone(connection: socket.socket) -> bool:
+    """True if the client closed its end: the socket reads as at end of file (or is broken).
+
+    A client waiting for its answer sends nothing, so its socket is readable only once it hangs up
+    (recv then returns b''). MSG_PEEK leaves any bytes that did arrive (a next request) in place."""
+    try:
+        readable, _, _ = select.select([connection], [], [], 0)
+        return bool(readable) and connection.recv(1, socket.MSG_PEEK) == b""
+    except (OSError, ValueError):
+        return True
+
+
+# ----------------------------------------------------------------------------------------------
+# The handler: one per connection, on its own thread (ThreadingHTTPServer).
+
+
+class Handler(BaseHTTPRequestHandler):
+    """GET /v1/models[/NAME], POST /v1/chat/completions; everything else is a JSON error.
+
+    HTTP/1.1 with keep-alive, as the openai client expects: a plain answer carries its
+    Content-Length, a streamed one is sent in chunks (Transfer-Encoding: chunked)."""
+
+    protocol_version = "HTTP/1.1"
+    server_version = "MiniMind"
+    timeout = 120  # seconds a connection may stay silent (idle, or sending its body) before it is closed
+    POLL_S = 0.25  # how often a handler waiting for tokens checks that its client is still there
+
+    # -- plumbing --------------------------------------------------------------------------------
+
+    def log_message(self, format, *args):
+        if self.server.service.log_requests:
+            super().log_message(format, *args)
+
+    def send_json(self, status: int, obj: dict, close: bool = False) -> None:
+        body = json.dumps(obj, ensure_ascii=False).encode("utf-8")
+        self.send_response(status)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(body)))
+        if close:
+            self.send_header("Connection", "close")
+            self.close_connection = True
+        self.end_headers()
+        self.wfile.write(body)
+
+    def send_api_error(self, error: ApiError, close: bool = False) -> None:
+        self.send_json(error.status, error.body(), close)
+
+    def send_error(self, code, message=None, explain=None):
+        """http.server's own errors (a bad request line, headers too long, an unknown method) as JSON too."""
+        text = message or self.responses.get(code, ("error",))[0]
+        try:
+            self.send_api_error(ApiError(code, text), close=True)
+        except OSError:
+            self.close_connection = True
+
+    def write_chunk(self, data: bytes) -> None:
+        """One piece of a chunked body (its length in hex, CRLF, the bytes, CRLF); b'' ends the body."""
+        self.wfile.write(b"%x\r\n%s\r\n" % (len(data), data))
+
+    def path_only(self) -> str:
+        return self.path.split("?", 1)[0].rstrip("/")
+
+    # -- GET ---------------------------------------------------------------------------------------
+
+    def do_GET(self):
+        service, path = self.server.service, self.path_only()
+        if path == "/v1/models":
+            self.send_json(200, {"object": "list", "data": [service.model_card(name) for name in service.names]})
+        elif path.startswith("/v1/models/") and unquote(path[len("/v1/models/"):]) in service.names:
+            self.send_json(200, service.model_card(unquote(path[len("/v1/models/"):])))
+        elif path.startswith("/v1/models/"):
+            name = unquote(path[len("/v1/models/"):])
+            self.send_api_error(ApiError(404, f"the model '{name}' does not exist; this server has: "
+                                              f"{', '.join(service.names)}", "model", "model_not_found"))
+        elif path == "/stats":
+            self.send_json(200, dict(service.engine.stats))
+        else:
+            self.send_api_error(ApiError(404, f"no route GET {path}; try GET /v1/models", None, "not_found"))
+
+    # -- POST --------------------------------------------------------------------------------------
+
+    def do_POST(self):
+        service, path = self.server.service, self.path_only()
+        try:
+            if path != "/v1/chat/completions":
+                raise ApiError(404, f"no route POST {path}; this server answers POST /v1/chat/completions", None, "not_found")
+            chat = parse_chat_request(self.read_body(), service.names, service.tokenizer, service.context)
+            request = Request(chat.prompt, chat.adapter, chat.max_new_tokens, chat.temperature, chat.top_p, chat.seed)
+            service.engine.submit(request)
+        except ApiError as e:
+            self.send_api_error(e, close=self.close_connection)
+            return
+        except EngineFull as e:
+            self.send_api_error(ApiError(503, f"the server is overloaded ({e}); try again later", None, "overloaded"))
+            return
+        except EngineStopped as e:
+            self.send_api_error(ApiError(503, str(e), None, "shutting_down"), close=True)
+            return
+        request_id, created = f"chatcmpl-{uuid.uuid4().hex}", int(time.time())
+        try:
+            if chat.stream:
+                self.stream_answer(chat, request, request_id, created)
+            else:
+                self.whole_answer(chat, request, request_id, created)
+        except OSError:  # the client hung up (broken pipe, reset, timeout): its row leaves the batch
+            request.cancelled.set()
+            self.close_connection = True
+
+    def read_body(self) -> bytes:
+        """The request body, or an ApiError for a body we will not read (no length, too long)."""
+        if "chunked" in self.headers.get("Transfer-Encoding", "").lower():
+            self.close_connection = True
+            raise ApiError(411, "send the body with a Content-Length header, not chunked", None, "length_required")
+        length = self.headers.get("Content-Length")
+        try:
+            n = int(length)
+        except (TypeError, ValueError):
+            self.close_connection = True
+            raise ApiError(411, "a Content-Length header is required", None, "length_required") from None
+        limit = self.server.service.max_body_bytes
+        if not 0 <= n <= limit:
+            self.close_connection = True  # the unread body would be taken for the next request
+            raise ApiError(413, f"the body is {n} bytes; this server takes at most {limit} (--max_body_bytes)",
+                           None, "request_too_large")
+        return self.rfile.read(n)
+
+    def events(self, request: Request):
+        """The engine's events for `request`, checking every POLL_S seconds that the client is still
+        there (a client waiting for a whole answer writes nothing we could fail on)."""
+        checked = time.monotonic()
+        while True:
+            try:
+                event = request.events.get(timeout=self.POLL_S)
+            except queue.Empty:
+                event = None
+            if time.monotonic() - checked >= self.POLL_S:
+                if client_gone(self.connection):
+                    raise ConnectionAbortedError("the client closed the connection")
+                checked = time.monotonic()
+            if event is None:
+                continue
+            yield event
+            if event[0] != "token":
+                return
+
+    def whole_answer(self, chat, request, request_id, created) -> None:
+        tokens, eos = [], self.server.service.tokenizer.eos_token_id
+        for kind, value in self.events(request):
+            if kind == "token":
+                tokens.append(value)
+            elif kind == "end":
+                text = self.server.service.tokenizer.decode([t for t in tokens if t != eos], skip_special_tokens=True)
+                self.send_json(200, completion(request_id, created, chat, text, value, usage(chat, len(tokens))))
+            else:  # "error" or "stopped"
+                status, code = (503, "shutting_down") if kind == "stopped" else (500, "engine_error")
+                self.send_api_error(ApiError(status, value, None, code), close=kind == "stopped")
+
+    def stream_answer(self, chat, request, request_id, created) -> None:
+        """Server-sent events: a role chunk, chunks of text as tokens come, a finish chunk, [DONE].
+
+        The stream decoder holds back the bytes of a character split over two tokens, so no chunk
+        carries half a character; the pieces concatenate to exactly the whole answer's text. A
+        chunk carries every token already waiting: one per token while we keep up, several at once
+        when this thread falls behind the engine (then fewer writes is what lets it catch up)."""
+        tok = self.server.service.tokenizer
+        self.send_response(200)
+        self.send_header("Content-Type", "text/event-stream; charset=utf-8")
+        self.send_header("Cache-Control", "no-cache")
+        self.send_header("Transfer-Encoding", "chunked")
+        self.end_headers()
+        self.write_chunk(server_sent_event(chunk(request_id, created, chat, {"role": "assistant", "content": ""})))
+        decoder, generated, text = tok.stream_decoder(skip_special_tokens=True), 0, ""
+        for kind, value in self.events(request):
+            if kind == "token":
+                generated += 1
+                text += decoder.push(value)
+                if text and request.events.empty():
+                    self.write_chunk(server_sent_event(chunk(request_id, created, chat, {"content": text})))
+                    text = ""
+            elif kind == "end":
+                text += decoder.flush()
+                if text:
+                    self.write_chunk(server_sent_event(chunk(request_id, created, chat, {"content": text})))
+                self.write_chunk(server_sent_event(chunk(request_id, created, chat, {}, finish_reason=value)))
+                if chat.include_usage:
+                    last = chunk(request_id, created, chat, {}) | {"choices": [], "usage": usage(chat, generated)}
+                    self.write_chunk(server_sent_event(last))
+            else:  # the status is already sent: the error goes into the stream, as OpenAI does
+                status, code = (503, "shutting_down") if kind == "stopped" else (500, "engine_error")
+                self.write_chunk(server_sent_event(ApiError(status, value, None, code).body()))
+        self.write_chunk(server_sent_event("[DONE]"))
+        self.write_chunk(b"")
+
+    def do_PUT(self):
+        self.send_api_error(ApiError(405, f"{self.command} is not allowed here; use GET /v1/models or "
+                                          "POST /v1/chat/completions", None, "method_not_allowed"), close=True)
+
+    do_DELETE = do_PATCH = do_PUT
+
+
+# ----------------------------------------------------------------------------------------------
+# The server: the model, its adapters and the engine behind the HTTP handlers.
+
+
+@dataclass
+class Service:
+    """What every handler reads; the engine is the only thing that touches the model."""
+
+    engine: Engine
+    tokenizer: object
+    names: list  # the served models: "minimind" first, then the adapters
+    context: int  # the longest prompt + answer, in tokens
+    max_body_bytes: int
+    log_requests: bool
+    created: int  # when the server started: the models' "created"
+
+    def model_card(self, name: str) -> dict:
+        """GET /v1/models' entry; an adapter names the base it runs on (as vLLM's do)."""
+        return {"id": name, "object": "model", "created": self.created, "owned_by": "minimind",
+                "parent": None if name == BASE_NAME else BASE_NAME}
+
+
+class ChatServer(ThreadingHTTPServer):
+    """The HTTP server with its Service; close() stops the engine, then the socket."""
+
+    daemon_threads = True  # a connection still open at exit does not keep the process alive
+    request_queue_size = 128  # connections waiting to be accepted; socketserver's 5 drops the SYNs of a
+    #                           burst of clients, which then retry only after a second
+    service: Service = None
+
+    def close(self) -> None:
+        if self.service is not None:
+            self.service.engine.stop()  # waiting and running requests are told the server is stopping
+        self.server_close()
+
+
+def open_server(args) -> ChatServer:
+    """Listen on --host/--port, load the base and the adapters, start the engine -> the server.
+
+    Listening comes first, so a port that is taken fails before the model is loaded."""
+    names = check_args(args)
+    device = pick_device(args.device)
+    try:
+        server = ChatServer((args.host, args.port), Handler)
+    except OSError as e:
+        raise UserError(f"cannot listen on {args.host}:{args.port}: {e.strerror or e}; pass another --port") from None
+    try:
+        ckpt = args.ckpt or checkpoint_path(args.out_dir, MODEL_MODES[args.model_mode], args.dim or DEFAULT_DIM)
+        shape = {"dim": args.dim, "n_layers": args.n_layers, "n_heads": args.n_heads, "n_kv_heads": args.n_kv_heads}
+        loaded = load_checkpoint(ckpt, tokenizer=args.tokenizer, shape=shape, device=device)
+        model, tok = loaded.model, loaded.tokenizer
+        adapters = {}
+        for name in names:
+            path = adapter_path(args.out_dir, name, model.config.dim)
+            if not os.path.isfile(path):
+                raise UserError(missing_adapter_message(args.out_dir, name, model.config.dim))
+            adapters[name] = read_adapter(model, path)  # through model_lora.load_lora, which checks the fit
+        context = model.config.max_seq_len
+        if args.max_seq_len is not None:
+            if args.max_seq_len > context:
+                raise UserError(f"--max_seq_len {args.max_seq_len} is more than the model's {context} positions")
+            context = args.max_seq_len
+        bank = AdapterBank(BASE_NAME, adapters, device=device, dtype=model.output.weight.dtype)
+        engine = Engine(model, tok.eos_token_id, bank, args.lora_mode, args.max_batch_size, args.max_waiting)
+        server.service = Service(engine, tok, bank.names, context, args.max_body_bytes, args.log_requests, int(time.time()))
+        engine.start()
+    except BaseException:
+        server.server_close()
+        raise
+    return server
+
+
+# ----------------------------------------------------------------------------------------------
+# Command line
+
+
+def build_parser():
+    """eval_model.py's flags for the base checkpoint and its adapters, plus the server's own."""
+    p = argparse.ArgumentParser(description="Serve a MiniMind model and its LoRA adapters over OpenAI's chat API.")
+    p.add_argument("--out_dir", default="out", help="where the checkpoints and lora/ adapters are (default: %(default)s)")
+    p.add_argument("--model_mode", choices=sorted(MODEL_MODES), default="sft",
+                   help="which stage's checkpoint: pretrain -> OUT_DIR/pretrain_DIM.pth, sft -> OUT_DIR/full_sft_DIM.pth "
+                        "(default: %(default)s)")
+    p.add_argument("--ckpt", default=None, help="checkpoint file to load instead of the --model_mode one")
+    p.add_argument("--lora_name", nargs="+", default=[],
+                   help="adapters OUT_DIR/lora/NAME_DIM.pth to serve, each under its NAME beside the base "
+                        f"('{BASE_NAME}')")
+    p.add_argument("--tokenizer", default=None,
+                   help="tokenizer folder (default: the one recorded in the checkpoint's sidecar; required for a "
+                        "MiniMind2 .pth without one)")
+    p.add_argument("--dim", type=int, default=None,
+                   help=f"model width: picks OUT_DIR/..._DIM.pth (DIM {DEFAULT_DIM} if not given), and sizes a MiniMind2 "
+                        "file that has no sidecar")
+    p.add_argument("--n_layers", type=int, default=None, help="layers of a MiniMind2 file that has no sidecar")
+    p.add_argument("--n_heads", type=int, default=None, help="query heads of a MiniMind2 file that has no sidecar (MiniMind2: 8)")
+    p.add_argument("--n_kv_heads", type=int, default=None,
+                   help="key/value heads of a MiniMind2 file that has no sidecar (MiniMind2: 2)")
+    p.add_argument("--device", default="auto", help=DEVICE_HELP)
+    p.add_argument("--host", default="127.0.0.1",
+                   help="address to listen on; 0.0.0.0 opens it to the network, with no authentication (default: %(default)s)")
+    p.add_argument("--port", type=int, default=8998, help="port to listen on; 0 picks a free one (default: %(default)s, MiniMind2's)")
+    p.add_argument("--lora_mode", choices=["batched", "merged"], default="batched",
+                   help="batched: each row of a batch wears its own adapter, any mix shares a batch; merged: one "
+                        "adapter at a time is merged into the weights (S-LoRA's baseline, for bench_serve.py) "
+                        "(default: %(default)s)")
+    p.add_argument("--max_batch_size", type=int, default=32,
+                   help="requests decoded together; more wait in a queue (1 = one at a time) (default: %(default)s)")
+    p.add_argument("--max_waiting", type=int, default=256,
+                   help="requests that may wait for a row; beyond them the answer is 503, try again (default: %(default)s)")
+    p.add_argument("--max_seq_len", type=int, default=None,
+                   help="context a request may use, prompt + answer, in tokens (default: the model's max_seq_len)")
+    p.add_argument("--max_body_bytes", type=int, default=1_000_000,
+                   help="largest request body accepted; larger ones get 413 (default: %(default)s)")
+    p.add_argument("--log_requests", action=argparse.BooleanOptionalAction, default=True,
+                   help="print one line per HTTP request on stderr")
+    return p
+
+
+def check_args(args) -> list:
+    """Refuse flags that cannot work, before anything is loaded -> the adapter names."""
+    names = list(args.lora_name)
+    for name in names:
+        check_adapter_name(name)
+    if BASE_NAME in names:
+        raise UserError(f"--lora_name {BASE_NAME}: that name is the base model's; rename the adapter")
+    duplicates = sorted({n for n in names if names.count(n) > 1})
+    if duplicates:
+        raise UserError(f"--lora_name names {', '.join(duplicates)} more than once")
+    if not 0 <= args.port <= 65535:
+        raise UserError(f"--port must be in 0..65535, got {args.port}")
+    for flag in ("max_batch_size", "max_waiting", "max_body_bytes"):
+        if getattr(args, flag) < 1:
+            raise UserError(f"--{flag} must be at least 1, got {getattr(args, flag)}")
+    if args.max_seq_len is not None and args.max_seq_len < 2:
+        raise UserError(f"--max_seq_len must be at least 2 (a prompt token and an answer token), got {args.max_seq_len}")
+    return names
+
+
+def main(argv=None):
+    """Serve until Ctrl-C; then tell the open requests the server is stopping, and close."""
+    args = build_parser().parse_args(argv)
+    server = open_server(args)
+    host, port = server.server_address[:2]
+    names = server.service.names
+    print(f"serving {', '.join(names)} at http://{host}:{port}/v1 ({args.lora_mode} adapters, up to "
+          f"{args.max_batch_size} requests per batch); Ctrl-C stops", flush=True)
+    try:
+        server.serve_forever()
+    finally:
+        server.close()
+
+
+if __name__ == "__main__":
+    sys.exit(run_main(main))

@@ -1,0 +1,473 @@
+"""serve_openai_api.py, model/engine.py, model/multi_lora.py: many adapters served in shared batches.
+
+A tiny model (dim 32, 2 layers, grouped-query attention) and two adapters of different ranks and
+targets (one on the tied output/embedding matrix) are saved into tmp_path; the server runs in this
+process on a free port and is called over HTTP with the standard library, as any client would.
+"""
+import http.client
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+import eval_model
+import serve_openai_api as serve
+from model import errors
+from model.checkpoint import save_model
+from model.engine import SlotKVCache, forward_rows
+from model.LMConfig import LMConfig
+from model.loader import checkpoint_meta, load_checkpoint
+from model.model import MiniMindLM
+from model.model_lora import apply_lora, load_lora, remove_lora, save_lora
+from model.multi_lora import AdapterBank, RowAdapters, read_adapter
+from model.tokenizer import Tokenizer
+
+ROOT = Path(__file__).resolve().parent.parent
+TOKENIZER = ROOT / "model" / "demo_tokenizer"
+ADAPTERS = {  # name -> (rank, targets): different ranks and targets share one bank
+    "lora_a": (8, ["wq", "wk", "wv", "wo", "w1", "w2", "w3", "output"]),  # the demo's targets
+    "lora_b": (4, ["wq", "wo"]),
+}
+QUESTIONS = ["What is Pinebrook famous for?", "林晓住在哪个镇？", "Which department for a rash? 🙂", "Hi"]
+MODELS = ["minimind", "lora_a", "lora_b"]
+LONG_TOKENS = 1200  # a request that runs for a while (about a second) beside the others
+
+
+@pytest.fixture(scope="module")
+def out(tmp_path_factory):
+    """out/full_sft_32.pth (+ sidecar) and out/lora/lora_a_32.pth, lora_b_32.pth with random, non-zero B."""
+    out = tmp_path_factory.mktemp("out")
+    tok = Tokenizer.load(TOKENIZER)
+    torch.manual_seed(0)
+    model = MiniMindLM(LMConfig(dim=32, n_layers=2, n_heads=4, n_kv_heads=2, vocab_size=tok.vocab_size, max_seq_len=2048))
+    with torch.no_grad():  # weights of std 3/sqrt(fan-in): at the usual 0.02 a random model's greedy
+        for p in model.parameters():  # answer is one token repeated, which any bug would reproduce
+            if p.dim() == 2:
+                p.normal_(0, 3 / p.shape[1] ** 0.5)
+    save_model(model, out / "full_sft_32.pth", meta=checkpoint_meta("full_sft", TOKENIZER, tok))
+    for name, (rank, targets) in ADAPTERS.items():
+        apply_lora(model, rank=rank, alpha=2 * rank, target_modules=targets)  # scale 2: the scale must be applied
+        with torch.no_grad():
+            for n, p in model.named_parameters():
+                if n.endswith("lora.B.weight"):
+                    p.normal_(0, 0.1)  # B = 0 would make every adapter the base model
+        save_lora(model, out / "lora" / f"{name}_32.pth")
+        remove_lora(model)
+    return out
+
+
+def start_server(out, *flags):
+    """serve_openai_api's server on a free port, in this process -> (server, port)."""
+    args = serve.build_parser().parse_args(["--out_dir", str(out), "--dim", "32", "--lora_name", *ADAPTERS,
+                                            "--port", "0", "--device", "cpu", "--no-log_requests", *flags])
+    server = serve.open_server(args)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    return server, server.server_address[1]
+
+
+def stop_server(server):
+    server.shutdown()
+    server.close()
+
+
+@pytest.fixture(scope="module")
+def server(out):
+    server, port = start_server(out)
+    yield server, port
+    stop_server(server)
+
+
+def greedy_answers(out, name, questions, max_new_tokens):
+    """eval_model.py's greedy answers with adapter `name` (or the base): what the server must reproduce."""
+    adapter = None if name == "minimind" else out / "lora" / f"{name}_32.pth"
+    loaded = load_checkpoint(out / "full_sft_32.pth", adapter=adapter)
+    return eval_model.generate_answers(loaded.model, loaded.tokenizer, questions, max_new_tokens, 16, 2048)
+
+
+@pytest.fixture(scope="module")
+def references(out):
+    """{model: {question: greedy answer of 24 tokens}}, and LONG: lora_a's answer of LONG_TOKENS to QUESTIONS[0]."""
+    answers = {name: dict(zip(QUESTIONS, greedy_answers(out, name, QUESTIONS, 24))) for name in MODELS}
+    answers["LONG"] = greedy_answers(out, "lora_a", QUESTIONS[:1], LONG_TOKENS)[0]
+    return answers
+
+
+def chat(model, question, **fields):
+    return {"model": model, "messages": [{"role": "user", "content": question}], **fields}
+
+
+def post(port, body, path="/v1/chat/completions"):
+    """POST a JSON body (a dict, or raw bytes) -> (status, parsed JSON answer)."""
+    connection = http.client.HTTPConnection("127.0.0.1", port, timeout=60)
+    data = body if isinstance(body, bytes) else json.dumps(body).encode()
+    connection.request("POST", path, body=data, headers={"Content-Type": "application/json"})
+    response = connection.getresponse()
+    status, answer = response.status, json.loads(response.read())
+    connection.close()
+    return status, answer
+
+
+def stream(port, body, on_event=None):
+    """POST with "stream": true -> the list of events' data (parsed; "[DONE]" kept as it is)."""
+    connection = http.client.HTTPConnection("127.0.0.1", port, timeout=60)
+    connection.request("POST", "/v1/chat/completions", body=json.dumps({**body, "stream": True}).encode(),
+                       headers={"Content-Type": "application/json"})
+    response = connection.getresponse()
+    assert response.status == 200 and response.getheader("Content-Type").startswith("text/event-stream")
+    events = []
+    for line in response:
+        line = line.decode("utf-8").rstrip("\n")
+        if not line:
+            continue
+        assert line.startswith("data: "), line
+        data = line[len("data: "):]
+        events.append(data if data == "[DONE]" else json.loads(data))
+        if on_event:
+            on_event(events[-1])
+    connection.close()
+    return events
+
+
+def streamed_text(events):
+    return "".join(e["choices"][0]["delta"].get("content", "") for e in events[:-1] if e["choices"])
+
+
+def in_threads(calls):
+    """Run the calls at the same time -> their results, in order."""
+    results = [None] * len(calls)
+
+    def run(i, call):
+        results[i] = call()
+
+    threads = [threading.Thread(target=run, args=(i, c)) for i, c in enumerate(calls)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=120)
+    return results
+
+
+def wait_until(condition, timeout=30.0):
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, "timed out"
+        time.sleep(0.01)
+
+
+# ------------------------------------------------------------------------------------------------
+# The per-row computation
+
+
+def test_batched_multi_adapter_forward_equals_each_row_alone(out):
+    """Guards against a batched LoRA that mixes rows up (row i computed with row j's A or B, the scale
+    applied twice or not at all, a padded rank that leaks, the tied embedding's update missing), and
+    against a KV slot written or read at another row's position, or lost when a row moves: every row
+    of a mixed batch (base, two adapters, prompts of different lengths) must get the logits the model
+    with that adapter loaded gives on that row alone, through prefill, decode steps and a row move."""
+    loaded = load_checkpoint(out / "full_sft_32.pth")
+    model, tok = loaded.model, loaded.tokenizer
+    bank = AdapterBank("minimind", {name: read_adapter(model, out / "lora" / f"{name}_32.pth") for name in ADAPTERS})
+    rows = RowAdapters(bank, max_rows=4)
+    wears = ["lora_a", "minimind", "lora_b", "lora_a"]
+    for row, name in enumerate(wears):
+        rows.wear(row, bank.index(name))
+    prompts = [tok.apply_chat_template([{"role": "user", "content": q}], tokenize=True) for q in QUESTIONS]
+    cache = SlotKVCache(model.config, 4, 8)  # small on purpose: reserve must grow it
+    cache.reserve(max(map(len, prompts)) + 4)
+    width = max(map(len, prompts))
+    ids = torch.tensor([p + [0] * (width - len(p)) for p in prompts])  # (4, P) right-padded
+    logits = forward_rows(model, ids, cache, rows.rows(0, 4), slots=torch.arange(4),
+                          last=torch.tensor([len(p) - 1 for p in prompts]))
+    sequences = [list(p) for p in prompts]
+
+    def expected(name, sequence):
+        if name != "minimind":
+            load_lora(model, out / "lora" / f"{name}_32.pth")
+        with torch.inference_mode():
+            result = model(torch.tensor([sequence])).logits[0, -1]
+        remove_lora(model)
+        return result
+
+    for step in range(4):
+        for row, name in enumerate(wears):
+            alone = expected(name, sequences[row])  # logits of size ~10: float32 rounding is ~1e-6 of them
+            torch.testing.assert_close(logits[row], alone, rtol=0, atol=1e-5 * alone.abs().max().item())
+        if step == 1:  # row 1 leaves; the last row moves into its place, with its cache and its adapter
+            cache.move(3, 1, len(sequences[3]))
+            rows.move(3, 1)
+            wears, sequences, logits = wears[:1] + wears[3:] + wears[2:3], sequences[:1] + sequences[3:] + sequences[2:3], \
+                logits[[0, 3, 2]]
+        tokens = logits.argmax(-1)
+        lengths = torch.tensor([len(s) for s in sequences])
+        for s, t in zip(sequences, tokens.tolist()):
+            s.append(t)
+        logits = forward_rows(model, tokens[:, None], cache, rows.rows(0, len(wears)), lengths=lengths)
+
+
+def test_base_rows_alone_skip_the_adapter_path(out):
+    """Guards against a batch of base-only rows paying for the adapters (zeros multiplied in every
+    layer): with no row wearing an adapter there is nothing to compute."""
+    loaded = load_checkpoint(out / "full_sft_32.pth")
+    bank = AdapterBank("minimind", {name: read_adapter(loaded.model, out / "lora" / f"{name}_32.pth") for name in ADAPTERS})
+    rows = RowAdapters(bank, max_rows=3)
+    rows.wear(1, bank.index("lora_b"))
+    assert rows.rows(0, 1) == {} and rows.rows(2, 3) == {}
+    assert set(rows.rows(0, 2)) == set(bank.A) and rows.rows(0, 2)["output"][0].shape == (2, 32, 8)
+    # ranks 8 and 4 share one stack, lora_b's padded with zeros; the base's row is all zeros
+    assert bank.A["layers.0.attention.wq"].shape == (3, 8, 32) and not bank.A["layers.0.attention.wq"][0].any()
+    assert not bank.A["layers.0.attention.wq"][2, 4:].any() and "layers.0.feed_forward.w1" in bank.A
+
+
+# ------------------------------------------------------------------------------------------------
+# Greedy answers, whatever shares the batch
+
+
+def test_greedy_answers_equal_eval_model_in_a_batch_mixing_base_and_two_adapters(server, references):
+    """Guards against answers that depend on what else is in the batch (another row's adapter, cache
+    or padding leaking in): twelve requests for the base and two adapters, sent at once so that they
+    share batches, each get exactly eval_model.py's greedy answer for that question and adapter."""
+    server, port = server
+    before = server.service.engine.stats["mixed_steps"]
+    calls = [(m, q) for q in QUESTIONS for m in MODELS]
+    results = in_threads([lambda m=m, q=q: post(port, chat(m, q, temperature=0, max_tokens=24)) for m, q in calls])
+    for (m, q), (status, answer) in zip(calls, results):
+        assert status == 200, answer
+        assert answer["choices"][0]["message"]["content"] == references[m][q], (m, q)
+        assert answer["model"] == m and answer["object"] == "chat.completion"
+    assert server.service.engine.stats["mixed_steps"] > before  # they did share batches
+    assert len({references[m][QUESTIONS[0]] for m in MODELS}) == 3  # and each adapter changes the answer
+
+
+def test_a_streamed_answer_concatenates_to_the_whole_answer(server):
+    """Guards against streaming that loses, repeats or splits text (half a Chinese character in a
+    chunk), or reports other token counts or another finish_reason than the plain answer; and
+    against a seed that does not make sampling repeatable."""
+    _, port = server
+    for fields in ({"temperature": 0, "max_tokens": 30}, {"temperature": 0.9, "top_p": 0.9, "seed": 7, "max_tokens": 30}):
+        status, whole = post(port, chat("lora_a", QUESTIONS[1], **fields))
+        events = stream(port, chat("lora_a", QUESTIONS[1], **fields, stream_options={"include_usage": True}))
+        assert status == 200 and events[-1] == "[DONE]"
+        assert events[0]["choices"][0]["delta"] == {"role": "assistant", "content": ""}
+        assert all(e["object"] == "chat.completion.chunk" and e["id"] == events[0]["id"] for e in events[:-1])
+        assert streamed_text(events) == whole["choices"][0]["message"]["content"]
+        assert events[-3]["choices"][0]["finish_reason"] == whole["choices"][0]["finish_reason"] == "length"
+        assert events[-2]["choices"] == [] and events[-2]["usage"] == whole["usage"]
+        assert whole["usage"]["completion_tokens"] == 30
+
+
+# ------------------------------------------------------------------------------------------------
+# Bad requests, clients that leave, requests that join
+
+
+def raw_request(port, head: bytes) -> tuple:
+    """Send bytes as they are (for what http.client will not send) -> (status, JSON body)."""
+    with socket.create_connection(("127.0.0.1", port), timeout=30) as s:
+        s.sendall(head)
+        response = http.client.HTTPResponse(s)
+        response.begin()
+        return response.status, json.loads(response.read())
+
+
+LONG = "word " * 2100  # over 2,048 tokens: longer than the model's context
+BAD_REQUESTS = [  # (body, status, param, what the message says)
+    (b'{"model": "minimind", "messages": [', 400, None, "not valid JSON"),
+    (b'[1, 2]', 400, None, "JSON object"),
+    ({"model": "minimind"}, 400, "messages", "'messages' is required"),
+    ({"model": "minimind", "messages": []}, 400, "messages", "non-empty list"),
+    ({"model": "minimind", "messages": [{"role": "robot", "content": "hi"}]}, 400, "messages[0].role", "robot"),
+    ({"model": "minimind", "messages": [{"role": "user", "content": "hi"}, {"role": "system", "content": "x"}]},
+     400, "messages[1].role", "only the first"),
+    ({"model": "minimind", "messages": [{"role": "user", "content": 3}]}, 400, "messages[0].content", "string"),
+    (chat("gpt-4", "hi"), 404, "model", "this server has: minimind, lora_a, lora_b"),
+    (chat("minimind", "hi", max_tokens=-1), 400, "max_tokens", "at least 1"),
+    (chat("minimind", "hi", max_tokens=0), 400, "max_tokens", "at least 1"),
+    (chat("minimind", "hi", max_tokens=10**12), 400, "max_tokens", "context is 2048 tokens"),
+    (chat("minimind", "hi", max_tokens="5"), 400, "max_tokens", "integer"),
+    (chat("minimind", LONG), 400, "messages", "context is 2048 tokens"),
+    (chat("minimind", "hi", temperature=5), 400, "temperature", "[0, 2]"),
+    (chat("minimind", "hi", top_p=0), 400, "top_p", "(0, 1]"),
+    (chat("minimind", "hi", n=2), 400, "n", "must be 1"),
+    (chat("minimind", "hi", tools=[{"type": "function"}]), 400, "tools", "unsupported parameter"),
+    (chat("minimind", "hi", stream="yes"), 400, "stream", "true or false"),
+]
+
+
+def test_bad_requests_get_openai_errors_while_a_good_request_completes(server, references):
+    """Guards against a bad request that crashes the server, hangs, gets an HTML page or a 200, or
+    disturbs requests already running: each gets its status and an OpenAI error object naming the
+    field, and a streamed answer running meanwhile completes unchanged."""
+    server, port = server
+    good, decoding = {}, threading.Event()
+    body = chat("lora_a", QUESTIONS[0], temperature=0, max_tokens=LONG_TOKENS)
+    thread = threading.Thread(target=lambda: good.update(events=stream(port, body, on_event=lambda e: decoding.set())))
+    thread.start()
+    assert decoding.wait(30)
+    for body, status, param, message in BAD_REQUESTS:
+        got, answer = post(port, body)
+        assert got == status, (body, answer)
+        assert set(answer["error"]) == {"message", "type", "param", "code"} and answer["error"]["param"] == param
+        assert message in answer["error"]["message"] and answer["error"]["type"] == "invalid_request_error"
+    assert raw_request(port, b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Length: 99999999\r\n\r\n")[0] == 413
+    assert raw_request(port, b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\n\r\n")[0] == 411
+    assert raw_request(port, b"PUT /v1/models HTTP/1.1\r\nHost: x\r\nContent-Length: 0\r\n\r\n")[0] == 405
+    assert raw_request(port, b"BREW /pot HTTP/1.1\r\nHost: x\r\n\r\n")[0] == 501
+    assert post(port, chat("minimind", "hi"), path="/v1/completions")[0] == 404
+    assert thread.is_alive()  # all of that happened while the good request was decoding
+    thread.join(timeout=60)
+    assert streamed_text(good["events"]) == references["LONG"]
+    status, answer = post(port, chat("minimind", QUESTIONS[3], temperature=0, max_tokens=24))
+    assert status == 200 and answer["choices"][0]["message"]["content"] == references["minimind"][QUESTIONS[3]]
+
+
+def test_models_are_listed_with_their_base(server):
+    """Guards against a client (the openai library's models.list/retrieve) not finding the adapters."""
+    _, port = server
+    connection = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
+    connection.request("GET", "/v1/models")
+    listing = json.loads(connection.getresponse().read())
+    assert [m["id"] for m in listing["data"]] == MODELS and listing["object"] == "list"
+    assert [m["parent"] for m in listing["data"]] == [None, "minimind", "minimind"]
+    connection.request("GET", "/v1/models/lora_b")  # the same connection: keep-alive works
+    assert json.loads(connection.getresponse().read())["id"] == "lora_b"
+    connection.request("GET", "/v1/models/nope")
+    response = connection.getresponse()
+    assert response.status == 404 and json.loads(response.read())["error"]["code"] == "model_not_found"
+    connection.close()
+
+
+def test_a_request_joins_the_running_batch_and_leaves_it_when_done(server, references):
+    """Guards against static batching (a request waiting until the running batch has finished), a
+    finished request holding its row until the others finish, and a row that moves into a freed
+    place (its cache, its adapter) answering wrongly afterwards. A starts; B joins once A is
+    decoding, C once B is; B finishes first and leaves, so C moves into B's row; all three answers
+    are eval_model's."""
+    server, port = server
+    engine = server.service.engine
+    before = dict(engine.stats)
+    first_token = {"A": threading.Event(), "B": threading.Event()}
+    done = []
+
+    def run(name, model, question, max_tokens):
+        def seen(event):
+            if name in first_token and event != "[DONE]" and event["choices"][0]["delta"].get("content"):
+                first_token[name].set()
+        events = stream(port, chat(model, question, temperature=0, max_tokens=max_tokens), on_event=seen)
+        done.append(name)
+        return streamed_text(events)
+
+    results = {}
+    a = threading.Thread(target=lambda: results.update(A=run("A", "lora_a", QUESTIONS[0], LONG_TOKENS)))
+    a.start()
+    assert first_token["A"].wait(30)
+    b = threading.Thread(target=lambda: results.update(B=run("B", "minimind", QUESTIONS[1], 24)))
+    b.start()
+    assert first_token["B"].wait(30)
+    c = threading.Thread(target=lambda: results.update(C=run("C", "lora_b", QUESTIONS[2], 24)))
+    c.start()
+    for t in (a, b, c):
+        t.join(timeout=120)
+    assert done.index("B") < done.index("A") and done.index("C") < done.index("A")  # short ones did not wait for A
+    assert engine.stats["joined_running"] - before.get("joined_running", 0) >= 2
+    assert engine.stats["moved"] > before.get("moved", 0)
+    assert results["B"] == references["minimind"][QUESTIONS[1]] and results["C"] == references["lora_b"][QUESTIONS[2]]
+    assert results["A"] == references["LONG"]
+
+
+def test_a_client_that_disconnects_is_dropped_and_the_others_go_on(server, references):
+    """Guards against a client that hangs up mid-stream (or while waiting for a whole answer) keeping
+    its row busy for its whole max_tokens, or taking the server or other requests down with it."""
+    server, port = server
+    engine = server.service.engine
+    before = engine.stats["cancelled"]
+    body = json.dumps(chat("lora_a", QUESTIONS[0], temperature=0, max_tokens=1900)).encode()
+    head = b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: %d\r\n\r\n"
+    # A streamed answer: read a few events, then hang up.
+    streamed = socket.create_connection(("127.0.0.1", port), timeout=30)
+    streamed.sendall(head % (len(body) + 16) + body[:-1] + b', "stream": true}')
+    received = b""
+    while received.count(b"data: ") < 3:
+        received += streamed.recv(4096)
+    streamed.close()
+    # A whole answer: hang up while it is being generated.
+    whole = socket.create_connection(("127.0.0.1", port), timeout=30)
+    whole.sendall(head % len(body) + body)
+    time.sleep(0.05)
+    whole.close()
+    status, answer = post(port, chat("minimind", QUESTIONS[2], temperature=0, max_tokens=24))
+    assert status == 200 and answer["choices"][0]["message"]["content"] == references["minimind"][QUESTIONS[2]]
+    wait_until(lambda: engine.stats["cancelled"] >= before + 2 and engine.idle())
+
+
+def test_merged_mode_serves_one_adapter_at_a_time_with_the_same_answers(out, references):
+    """Guards against the merge-per-request baseline (bench_serve.py compares with it) mixing adapters
+    in a batch, answering with the wrong adapter merged, or leaving an adapter inside the base
+    weights after switching back: its answers are eval_model's too, and the base comes back bit for bit."""
+    server, port = start_server(out, "--lora_mode", "merged")
+    try:
+        engine = server.service.engine
+        base = {k: v.clone() for k, v in engine.model.state_dict().items()}
+        calls = [(m, q) for q in QUESTIONS[:2] for m in MODELS] + [("minimind", QUESTIONS[3])]
+        results = in_threads([lambda m=m, q=q: post(port, chat(m, q, temperature=0, max_tokens=24)) for m, q in calls])
+        for (m, q), (status, answer) in zip(calls, results):
+            assert status == 200 and answer["choices"][0]["message"]["content"] == references[m][q], (m, q)
+        assert engine.stats["mixed_steps"] == 0 and engine.stats["switches"] >= 2
+        post(port, chat("minimind", "hi", max_tokens=1))  # the base again: no adapter merged
+        assert all(torch.equal(v, base[k]) for k, v in engine.model.state_dict().items())
+    finally:
+        stop_server(server)
+
+
+# ------------------------------------------------------------------------------------------------
+# The command line
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--port", "70000"], "--port must be in 0..65535"),
+    (["--lora_name", "minimind"], "that name is the base model's"),
+    (["--lora_name", "lora_a", "lora_a"], "names lora_a more than once"),
+    (["--lora_name", "../x"], "must be a plain name"),
+    (["--max_batch_size", "0"], "--max_batch_size must be at least 1"),
+    (["--dim", "32", "--lora_name", "lora_c"], "lora_c_32.pth not found"),
+    (["--dim", "32", "--max_seq_len", "4096"], "more than the model's 2048 positions"),
+])
+def test_bad_flags_are_one_line_user_errors(out, argv, message, capsys):
+    """Guards against a bad flag ending in a traceback, or being found only after the model loaded."""
+    code = errors.run_main(serve.main, ["--out_dir", str(out), "--port", "0", "--device", "cpu"] + argv)
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and message in err[-1] and "Traceback" not in "\n".join(err), err
+
+
+def test_base_flags_are_eval_models(out):
+    """Guards against the server and eval_model.py reading the same base checkpoint flags differently."""
+    ours = {a.dest: a for a in serve.build_parser()._actions}
+    theirs = {a.dest: a for a in eval_model.build_parser()._actions}
+    for flag in ("out_dir", "model_mode", "ckpt", "tokenizer", "dim", "n_layers", "n_heads", "n_kv_heads", "device"):
+        assert (ours[flag].default, ours[flag].help, ours[flag].choices) == \
+               (theirs[flag].default, theirs[flag].help, theirs[flag].choices), flag
+
+
+def test_ctrl_c_stops_the_server_cleanly(out):
+    """Guards against Ctrl-C leaving a traceback, a hung process or the port still taken."""
+    proc = subprocess.Popen([sys.executable, str(ROOT / "serve_openai_api.py"), "--out_dir", str(out), "--dim", "32",
+                             "--port", "0", "--device", "cpu"], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    try:
+        line = proc.stdout.readline()
+        port = int(line.split("http://127.0.0.1:")[1].split("/")[0])
+        assert post(port, chat("minimind", "hi", max_tokens=2))[0] == 200
+        proc.send_signal(signal.SIGINT)
+        _, err = proc.communicate(timeout=30)
+    finally:
+        proc.kill()
+    assert proc.returncode == errors.INTERRUPTED_EXIT and "Traceback" not in err, err
+    assert err.strip().endswith("serve_openai_api.py: interrupted")
+    with pytest.raises(OSError):
+        socket.create_connection(("127.0.0.1", port), timeout=5)
