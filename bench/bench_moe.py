@@ -24,12 +24,14 @@ becomes noise (the conftest measured up to 30x slowdowns): use --threads 1 there
 
 import argparse
 import json
+import sys
 import time
 
 import torch
 import torch.nn.functional as F
 
 from bench.machine import add_threads_arg, measure_machine
+from model.errors import run_main
 from model.LMConfig import LMConfig
 from model.model import MiniMindLM, MoEFeedForward, count_parameters
 
@@ -333,4 +335,4 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(run_main(main))
