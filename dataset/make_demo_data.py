@@ -377,10 +377,12 @@ def make_lora_medical(facts, medicine, held_out, templates, rng, rehearsal_share
     return records
 
 
-def make_lora_identity(facts, identity, templates, rng, repeats=8, multi_turn=200, rehearsal_share=0.25):
+def make_lora_identity(facts, identity, templates, rng, repeats=5, multi_turn=200, rehearsal_share=0.5):
     """The new identity: every training phrasing of who/name/maker/both `repeats` times with random
     greetings, multi-turn chats where an identity question follows or precedes a world question,
-    and `rehearsal_share` ordinary world questions so that facts survive the adapter."""
+    and `rehearsal_share` ordinary world questions so that facts survive the adapter. Half of it is
+    rehearsal, as for lora_medical: both adapters also move the tied embedding, and with a quarter
+    eval_general fell 11.5 and 13.5 points (two seeds; docs/experiments.md)."""
     records = identity_chats(identity, templates, rng, repeats)
     for i in range(multi_turn):
         lang = LANGS[i % 2]
