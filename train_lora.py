@@ -11,6 +11,7 @@ percent of the model, loadable by MiniMind2's load_lora. Everything else is trai
 """
 import argparse
 import math
+import os
 import sys
 
 import torch
@@ -19,7 +20,7 @@ import training
 from dataset.lm_dataset import SFTDataset
 from model.errors import UserError
 from model.loader import DEFAULT_DIM, adapter_path, check_adapter_name, checkpoint_path, load_checkpoint, run_files
-from model.model_lora import apply_lora, mark_only_lora_as_trainable, save_lora, trainable_parameters_report
+from model.model_lora import apply_lora, load_lora, mark_only_lora_as_trainable, save_lora, trainable_parameters_report
 from model.run_lock import claim_out_dir
 
 
@@ -41,6 +42,10 @@ def build_parser():
     parser.add_argument("--lora_plus_ratio", type=float, default=16.0,
                         help="LoRA+: B's learning rate is this times A's (default: %(default)s, LoRA+'s suggestion; "
                              "1 = plain LoRA, as MiniMind2)")
+    parser.add_argument("--init_lora", default=None,
+                        help="train this adapter further instead of starting a new one (e.g. one imported with "
+                             "convert_model.py from-hf): its file gives the rank, alpha and targets, so --lora_rank, "
+                             "--lora_alpha and --lora_targets stay at their defaults or must match it")
     return parser
 
 
@@ -63,6 +68,21 @@ def check_lora_args(args):
                         f"choose from {','.join(LINEAR_NAMES)}")
     if not (math.isfinite(args.lora_plus_ratio) and args.lora_plus_ratio > 0):
         raise UserError(f"--lora_plus_ratio must be a positive number (1 = plain LoRA), got {args.lora_plus_ratio}")
+    if args.init_lora is not None and not os.path.isfile(args.init_lora):
+        raise UserError(f"--init_lora {args.init_lora} not found (an adapter file, .pth or .safetensors)")
+
+
+def check_init_lora_agrees(model, args):
+    """With --init_lora the file defines the adapter; a --lora_rank/--lora_alpha/--lora_targets set away from
+    its default must say the same, or the user asked for an adapter other than the one being trained."""
+    settings = training.lora_settings(model)  # {"rank", "alpha", "dropout", "targets"} of the loaded adapter
+    defaults = build_parser().parse_args([])
+    given = {"rank": args.lora_rank, "alpha": args.lora_alpha, "targets": sorted(args.lora_targets.split(","))}
+    default = {"rank": defaults.lora_rank, "alpha": defaults.lora_alpha, "targets": sorted(defaults.lora_targets.split(","))}
+    for key in given:
+        if given[key] != default[key] and given[key] != settings[key]:
+            raise UserError(f"--lora_{key} {given[key]} disagrees with {args.init_lora} ({key} {settings[key]}); "
+                            "drop the flag: the adapter file gives it")
 
 
 def main(argv=None):
@@ -81,10 +101,14 @@ def main(argv=None):
         training.check_no_unfinished_run(files.resume, args.resume)
         # LoRA: adapters beside the chosen Linears (B = 0, so the model is still exactly the base), then
         # freeze everything else: frozen weights get no gradients and no optimizer state
-        try:
-            apply_lora(raw_model, args.lora_rank, args.lora_alpha, args.lora_dropout, args.lora_targets.split(","))
-        except ValueError as e:  # a bad rank, alpha, dropout or target name
-            raise UserError(f"{e} (check the --lora_* flags)") from None
+        if args.init_lora:  # an existing adapter, trained further
+            load_lora(raw_model, args.init_lora, dropout=args.lora_dropout)
+            check_init_lora_agrees(raw_model, args)
+        else:
+            try:
+                apply_lora(raw_model, args.lora_rank, args.lora_alpha, args.lora_dropout, args.lora_targets.split(","))
+            except ValueError as e:  # a bad rank, alpha, dropout or target name
+                raise UserError(f"{e} (check the --lora_* flags)") from None
         mark_only_lora_as_trainable(raw_model)
         rt.print(f"base {base}; " + trainable_parameters_report(raw_model))
 
@@ -104,6 +128,7 @@ def main(argv=None):
         scaler = rt.grad_scaler()
         # the frozen base is not in the resume file, so a --resume must find the very same --base file
         plan = training.run_plan(raw_model, data, rt, data_identity, args.max_seq_len, base=base)
+        plan["init_lora"] = training.file_sha256(args.init_lora) if args.init_lora else None
         start_step = training.load_resume(files.resume, raw_model, optimizer, scaler, plan, rt) if args.resume else 0
         model = training.wrap_model(raw_model, rt, args.compile)
         rt.print(f"{len(train_ds):,} training samples, {len(val_ds or []):,} for validation, {data.total_steps:,} "

@@ -372,8 +372,9 @@ def _few(items: list[str], n: int = 3) -> str:
     return ", ".join(items[:n]) + (f" and {len(items) - n} more" if len(items) > n else "")
 
 
-def load_lora(model: nn.Module, path: str | os.PathLike | dict) -> None:
-    """Load an adapter into `model`, adding the adapters first if the model has none.
+def load_lora(model: nn.Module, path: str | os.PathLike | dict, dropout: float = 0.0) -> None:
+    """Load an adapter into `model`, adding the adapters first if the model has none (with `dropout` on
+    their input, for training the loaded adapter further; a file does not record dropout).
 
     `path`: a file written by save_lora or by MiniMind2's save_lora (.pth or .safetensors, read by
     model.checkpoint.read_checkpoint), or such a dict already in memory.
@@ -451,7 +452,7 @@ def load_lora(model: nn.Module, path: str | os.PathLike | dict) -> None:
         raise CheckpointError(f"{where} does not fit this model: {'; '.join(problems)} ({hint})")
 
     if not existing:
-        apply_lora(bare, rank=rank, alpha=alpha, target_modules=targets)
+        apply_lora(bare, rank=rank, alpha=alpha, dropout=dropout, target_modules=targets)
     with torch.no_grad():
         for name, layer in _lora_layers(bare):
             # copy_ converts dtype and device: newer MiniMind saves adapters as float16.

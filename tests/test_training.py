@@ -355,6 +355,20 @@ def test_lora_run_changes_only_adapter_weights(pipeline):
     assert torch.allclose(base(X).logits, trained(X).logits, atol=1e-6)
 
 
+def test_init_lora_trains_an_existing_adapter_further(pipeline, data, tmp_path, capsys):
+    """Guards against --init_lora starting from a fresh adapter anyway (an imported or earlier adapter
+    then silently lost) or quietly changing its shape: the run's first validation loss is the given
+    adapter's last, and a --lora_rank other than the file's is refused."""
+    first = pipeline["lora"]
+    argv = [*FAST, "--max_seq_len", "128", "--out_dir", str(tmp_path), "--base", pipeline["sft"].weights,
+            "--lora_name", "again", "--data_path", data["lora"], "--epochs", "1", "--init_lora", first.weights]
+    assert "--lora_rank 4 disagrees with" in one_line_error(train_lora.main, [*argv, "--lora_rank", "4"], capsys)
+    again = train_lora.main([*argv, "--lora_rank", "8"])  # the file's own rank may be given
+    start = next(r["val_loss"] for r in training.read_metrics(tmp_path / "again_64_metrics.jsonl") if "val_loss" in r)
+    assert start == pytest.approx(first.val_loss, rel=1e-5)
+    assert again.val_loss < start
+
+
 def resume_case(kind, out, data, sft_weights=None):
     """argv for a small run that spans two epochs with gradient accumulation (a step crosses the
     epoch boundary), takes a validation loss every 3 steps (which must not disturb the run) and, for
