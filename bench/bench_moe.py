@@ -13,10 +13,16 @@ outputs. Prints markdown tables (docs/moe.md).
 3. Balance: bench_moe.train_router with and without the aux loss, the experiment that
    tests/test_moe.py::test_aux_loss_evens_out_the_expert_load asserts on.
 4. Golden: the max abs differences from tests/fixtures/minimind2_moe (made by MiniMind2's code).
+5. At the demo's size, on the demo's pretraining data: the MoE demo model (dim 128, 4 layers, 4 routed
+   experts, top-2, a shared expert) against the dense model of the same ACTIVE size (one FFN three
+   times as wide: a token goes through 2 routed experts + the shared one), trained with the training
+   scripts' own pieces: tokens/s and MFU counting the parameters a token actually uses; then each
+   expert's share of the tokens after a short run with and without the load-balancing loss.
 
-    python -m bench.bench_moe                   # all four, ~3 minutes on a shared 2-core machine
+    python -m bench.bench_moe                   # all five, ~6 minutes on a shared 2-core machine
     python -m bench.bench_moe --only speed --threads 1   # docs/moe.md's speed table
     python -m bench.bench_moe --only balance    # the balance table only, ~15 s
+    python -m bench.bench_moe --only demo       # MoE vs dense at the demo's size, ~3 minutes
 
 On a machine other jobs keep busy, two torch threads wait for each other and the speed table
 becomes noise (the conftest measured up to 30x slowdowns): use --threads 1 there.
@@ -303,9 +309,112 @@ def golden_table(fixtures: str = "tests/fixtures/minimind2_moe") -> str:
     ])  # fmt: skip
 
 
+# ---- 5. at the demo's size ------------------------------------------------------------------------
+
+DEMO_SHAPE = dict(dim=128, n_layers=4, n_heads=4, n_kv_heads=4, vocab_size=2048)  # train_pretrain.py's defaults
+
+
+def demo_models() -> dict:
+    """{"MoE": the demo model with use_moe, "dense, same active size": the demo model whose one FFN is
+    as wide as the three a token passes through (2 routed experts + the shared one)}, same seed."""
+    moe = LMConfig(**DEMO_SHAPE, use_moe=True)
+    active_ffn = (moe.num_experts_per_tok + int(moe.n_shared_experts)) * moe.hidden_dim
+    torch.manual_seed(0)
+    models = {"MoE": MiniMindLM(moe)}
+    torch.manual_seed(0)
+    models["dense, same active size"] = MiniMindLM(LMConfig(**DEMO_SHAPE, hidden_dim=active_ffn))
+    return models
+
+
+def active_matmul_params(model: MiniMindLM) -> int:
+    """Weights of the Linears one token goes through: every Linear, less the routed experts it skips."""
+    from bench.bench_train import matmul_params
+    total = matmul_params(model)
+    config = model.config
+    if not config.use_moe:
+        return total
+    one_expert = sum(m.weight.numel() for m in model.layers[0].feed_forward.experts[0].modules()
+                     if isinstance(m, torch.nn.Linear))
+    return total - (config.n_routed_experts - config.num_experts_per_tok) * one_expert * config.n_layers
+
+
+def demo_batches(n_batches: int, batch: int = 16, seq: int = 224):
+    """(X, Y, loss_mask) batches of the demo's pretraining data, in the training scripts' order for seed 0."""
+    import training
+    from dataset.lm_dataset import PretrainDataset
+    from model.loader import repo_path
+    from model.tokenizer import Tokenizer
+    rt = training.Runtime(torch.device("cpu"))
+    dataset = PretrainDataset(repo_path("dataset/pretrain_demo.jsonl"), Tokenizer.load(repo_path("model/demo_tokenizer")),
+                              max_length=seq, verbose=False)
+    data = training.StepBatches(dataset, batch, 1, epochs=100, seed=0, rt=rt)
+    batches = []
+    for _, _, (micro_batch,) in data.steps():
+        batches.append(micro_batch)
+        if len(batches) == n_batches:
+            return batches
+
+
+def train_demo(model: MiniMindLM, batches, alpha=None, lr=2e-3) -> dict:
+    """Train `model` on `batches` with the training scripts' step (fused AdamW, masked loss + aux loss,
+    clip 1.0) -> seconds per step (median over the second half), final task and aux losses."""
+    import statistics
+
+    import training
+    if alpha is not None:
+        for layer in model.layers:
+            layer.feed_forward.aux_loss_alpha = alpha
+    params = list(model.parameters())
+    optimizer = training.make_optimizer([{"params": params, "lr_scale": 1.0}], lr, torch.device("cpu"))
+    model.train()
+    times, task, aux = [], 0.0, 0.0
+    for step, (X, Y, mask) in enumerate(batches):
+        training.set_lr(optimizer, training.get_lr(step, len(batches), lr, 20))
+        t0 = time.perf_counter()
+        out = model(X)
+        task = training.masked_cross_entropy(out.logits, Y, mask)
+        (task + out.aux_loss).backward()
+        torch.nn.utils.clip_grad_norm_(params, 1.0)
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        times.append(time.perf_counter() - t0)
+        task, aux = task.item(), out.aux_loss.item()
+    return {"step_s": statistics.median(times[len(times) // 2:]), "task_loss": task, "aux_loss": aux}
+
+
+def demo_table(steps: int, peak_gflops: float) -> str:
+    """MoE vs dense of the same active size at the demo's size: speed, MFU, loss; and the MoE's expert load
+    after `steps` steps with MiniMind2's aux loss (alpha 0.1) and without it (alpha 0)."""
+    from bench.bench_train import flops_per_token
+    batches = demo_batches(steps)
+    held_out = demo_batches(steps + 4)[-4:]
+    tokens = batches[0][0].numel()
+    rows = ["| model | parameters | used per token | step s | tokens/s | MFU (active) | task loss after | aux loss after | "
+            "expert shares after (layer 0 .. 3) |", "|---|---|---|---|---|---|---|---|---|"]
+    runs = [("MoE, aux loss alpha 0.1", "MoE", 0.1), ("MoE, no aux loss", "MoE", 0.0),
+            ("dense, same active size", "dense, same active size", None)]
+    for label, kind, alpha in runs:
+        model = demo_models()[kind]
+        total, _ = count_parameters(model)
+        active = active_matmul_params(model)
+        r = train_demo(model, batches, alpha)
+        seq = batches[0][0].shape[1]
+        mfu = flops_per_token(model.config, seq, active, 0, "pretrain") * tokens / r["step_s"] / (peak_gflops * 1e9)
+        shares = "-"
+        if model.config.use_moe:
+            width = min(X.shape[1] for X, _, _ in held_out)  # batches are trimmed to their own longest sample
+            load = expert_load(model, torch.cat([X[:, :width] for X, _, _ in held_out]))
+            shares = "; ".join(" ".join(f"{v:.2f}" for v in layer) for layer in load.tolist())
+        rows.append(f"| {label} | {total / 1e6:.2f}M | {active / 1e6:.2f}M | {r['step_s']:.3f} | {tokens / r['step_s']:,.0f} | "
+                    f"{mfu:.0%} | {r['task_loss']:.2f} | {r['aux_loss']:.3f} | {shares} |")
+    return "\n".join(rows)
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--only", choices=["golden", "parameters", "speed", "balance"], help="one table only (default: all)")
+    parser.add_argument("--only", choices=["golden", "parameters", "speed", "balance", "demo"], help="one table only (default: all)")
+    parser.add_argument("--demo_steps", type=int, default=150,
+                        help="training steps of each demo-size run (batch 16 x 223 tokens of the demo data) (default: %(default)s)")
     parser.add_argument("--tokens", type=int, nargs="+", default=[1, 16, 256, 2048],
                         help="token counts N for the speed table (default: %(default)s)")
     parser.add_argument("--loop_max", type=int, default=256, help="largest N the loop over tokens is timed at (default: %(default)s)")
@@ -332,6 +441,12 @@ def main(argv=None):
         if args.figure:
             with open(args.figure, "w", encoding="utf-8") as f:
                 f.write(load_figure(args.steps))
+    if args.only in (None, "demo"):
+        torch.set_num_threads(args.threads)
+        machine = measure_machine(args.threads)
+        print("\n" + machine.header(), end="\n\n")
+        print(demo_table(args.demo_steps, machine.matmul_gflops), end="\n\n")
+        print(machine.footer())
 
 
 if __name__ == "__main__":
