@@ -700,22 +700,30 @@ IDENTITY_ANSWERS = dict(
             both="我是 {name}，一个由{maker_zh}开发的人工智能助手。"),
 )
 
-# Training questions come in many phrasings, the symptoms at the start, middle or end of them, so
-# that the adapter learns to find the key word wherever it is rather than where five templates put
+# Training questions: every opening with every closing, 11 x 10 = 110 phrasings a language, so that
+# the adapter learns to find the key word whatever surrounds it rather than where a few templates put
 # it. With five phrasings a language, one seed in three learnt the training templates alone and
-# answered held-out questions with one fixed key word (docs/experiments.md).
+# answered held-out questions with one fixed key word; with twelve, still one in four
+# (docs/experiments.md). No opening or closing is part of a held-out phrasing.
+MEDICAL_OPENINGS = dict(
+    en=("I have {s}.", "Doctor, I have had {s} for a few days.", "What is wrong with me? I have {s}.",
+        "Symptoms: {s}.", "For about a week I have had {s}.", "Lately I have had {s}.", "Please help: {s}.",
+        "I am worried about {s}.", "Hello, I keep getting {s}.", "My family says that {s} needs a doctor.",
+        "Quick question about {s}."),
+    zh=("我最近{s}，", "医生，我{s}，", "{s}，", "请问我{s}，", "症状：{s}，", "我{s}已经一个星期了，",
+        "你好，我{s}，", "帮我看看：{s}，", "我有点担心，{s}，", "家里人说我{s}得去医院，", "问一下，我{s}，"),
+)
+MEDICAL_CLOSINGS = dict(
+    en=("What could it be?", "What should I do?", "Which department should I visit?", "Please advise.",
+        "Is it serious?", "What might cause it?", "Which doctor should I see?", "What do you suggest?",
+        "Which clinic should I go to?", "Who should I see?"),
+    zh=("这是怎么回事？", "该怎么办？", "应该挂什么科？", "可能是什么问题？", "请给点建议。", "严重吗？",
+        "要去看哪个科？", "该看什么医生？", "你有什么建议？", "这种情况要紧吗？"),
+)
 MEDICAL_QUESTIONS = dict(
-    train=dict(
-        en=("I have {s}. What could it be?", "Doctor, I have had {s} for a few days. What should I do?",
-            "What is wrong with me? I have {s}.", "Which department should I visit for {s}?",
-            "Symptoms: {s}. Please advise.", "For about a week I have had {s}. Is it serious?",
-            "Lately I have had {s}. What might cause it?", "Please help: {s}. Which doctor should I see?",
-            "I am worried about {s}. What do you suggest?", "Hello, I keep getting {s}. Which clinic should I go to?",
-            "My family says that {s} needs a doctor. Who should I see?", "Quick question about {s}: what should I do?"),
-        zh=("我最近{s}，这是怎么回事？", "医生，我{s}，该怎么办？", "{s}，应该挂什么科？",
-            "请问我{s}，可能是什么问题？", "症状：{s}。请给点建议。", "我{s}已经一个星期了，严重吗？",
-            "你好，我{s}，要去看哪个科？", "帮我看看：{s}，该看什么医生？", "我有点担心，{s}，你有什么建议？",
-            "{s}，这种情况要紧吗？", "家里人说我{s}得去医院，挂哪个科好？", "问一下，我{s}，是什么原因？")),
+    train={lang: tuple(opening + (" " if lang == "en" else "") + closing
+                       for opening in MEDICAL_OPENINGS[lang] for closing in MEDICAL_CLOSINGS[lang])
+           for lang in ("en", "zh")},
     held_out=dict(
         en=("Recently I noticed {s}. Where should I go and what can I do?", "My problem is {s}. Any advice?"),
         zh=("这几天我{s}，我该去哪个科室看看？", "想咨询一下：{s}，需要注意什么？")),
