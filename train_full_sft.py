@@ -24,7 +24,10 @@ from model.run_lock import claim_out_dir
 def build_parser():
     parser = argparse.ArgumentParser(description="MiniMind full SFT: every weight learns the chat format.")
     training.add_common_args(parser, data_path="dataset/sft_demo.jsonl", epochs=4, batch_size=16,
-                             learning_rate=2e-3, warmup_iters=20, max_seq_len=160, save_interval=100)
+                             learning_rate=2e-3, warmup_iters=20, max_seq_len=160, save_interval=100,
+                             minimind2=dict(epochs=(1, f"over its sft_mini_512.jsonl (1.2 GB); {training.SMALL_DATA}"),
+                                            batch_size=(32, training.CPU_BATCH), learning_rate=(5e-5, training.SMALL_MODEL),
+                                            accumulation_steps=(1, "")))
     training.add_model_args(parser, from_checkpoint=True)
     parser.add_argument("--base", default=None, help="checkpoint to start from (default: OUT_DIR/pretrain_DIM.pth)")
     return parser

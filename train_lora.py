@@ -27,7 +27,11 @@ from model.run_lock import claim_out_dir
 def build_parser():
     parser = argparse.ArgumentParser(description="MiniMind LoRA: a small adapter learns one task, the model stays frozen.")
     training.add_common_args(parser, data_path="dataset/lora_medical.jsonl", epochs=4, batch_size=16,
-                             learning_rate=2e-3, warmup_iters=10, max_seq_len=224, save_interval=100)
+                             learning_rate=2e-3, warmup_iters=10, max_seq_len=224, save_interval=100,
+                             minimind2=dict(epochs=(50, "over its small lora_identity.jsonl; the demo's files are larger, and 4 "
+                                                             "passes reach its targets (docs/experiments.md)"),
+                                            batch_size=(16, ""), learning_rate=(5e-5, training.SMALL_MODEL),
+                                            accumulation_steps=(1, "")))
     training.add_model_args(parser, from_checkpoint=True)
     parser.add_argument("--base", default=None, help="checkpoint to adapt (default: OUT_DIR/full_sft_DIM.pth)")
     parser.add_argument("--lora_name", default="lora_medical", help="adapter name; saved as OUT_DIR/lora/{lora_name}_{dim}.pth (default: %(default)s)")

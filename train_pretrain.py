@@ -24,7 +24,10 @@ from model.run_lock import claim_out_dir
 def build_parser():
     parser = argparse.ArgumentParser(description="MiniMind pretraining: next-token prediction on raw text.")
     training.add_common_args(parser, data_path="dataset/pretrain_demo.jsonl", epochs=4, batch_size=16,
-                             learning_rate=2e-3, warmup_iters=20, max_seq_len=224, save_interval=100)
+                             learning_rate=2e-3, warmup_iters=20, max_seq_len=224, save_interval=100,
+                             minimind2=dict(epochs=(1, f"over its 1.6 GB pretrain_hq.jsonl; {training.SMALL_DATA}"),
+                                            batch_size=(32, training.CPU_BATCH), learning_rate=(5e-4, training.SMALL_MODEL),
+                                            accumulation_steps=(8, training.CPU_BATCH)))
     training.add_model_args(parser, from_checkpoint=False)
     return parser
 

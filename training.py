@@ -57,20 +57,36 @@ def run_main(main, argv=None) -> int:
 # demo: `python train_pretrain.py` with no flags trains exactly what `python run_demo.py` trains.
 
 
-def add_common_args(parser, *, data_path, epochs, batch_size, learning_rate, warmup_iters, max_seq_len, save_interval):
-    """The flags every stage shares. The defaults that differ per stage are passed in by the script."""
+# Why a default of the stages differs from MiniMind2's, for the flags' help (add_common_args' minimind2=).
+SMALL_DATA = "the demo's small file needs several passes"
+CPU_BATCH = "the demo's is sized for a CPU"
+SMALL_MODEL = "the demo's 1M-parameter model learns fastest there (docs/experiments.md)"
+
+
+def add_common_args(parser, *, data_path, epochs, batch_size, learning_rate, warmup_iters, max_seq_len, save_interval,
+                    minimind2):
+    """The flags every stage shares. The defaults that differ per stage are passed in by the script, with
+    minimind2: {flag: (MiniMind2's default for this stage, why ours differs)} for epochs, batch_size,
+    learning_rate and accumulation_steps, which each flag's help states beside ours."""
+    def versus(flag, ours):
+        theirs, why = minimind2[flag]
+        return f"as MiniMind2" if theirs == ours else f"MiniMind2: {theirs:g}; {why}"
+
     p = parser
     p.add_argument("--out_dir", default="out", help="directory for checkpoints, metrics and loss curves (default: %(default)s)")
     p.add_argument("--data_path", default=repo_path(data_path),
                    help=f"training data, jsonl (default: the repository's {data_path})")
-    p.add_argument("--epochs", type=int, default=epochs, help="passes over the data (default: %(default)s)")
-    p.add_argument("--batch_size", type=int, default=batch_size, help="sequences per micro-batch, per process (default: %(default)s)")
-    p.add_argument("--learning_rate", type=float, default=learning_rate, help="peak learning rate, reached after warmup (default: %(default)s)")
+    p.add_argument("--epochs", type=int, default=epochs,
+                   help=f"passes over the data (default: %(default)s, {versus('epochs', epochs)})")
+    p.add_argument("--batch_size", type=int, default=batch_size,
+                   help=f"sequences per micro-batch, per process (default: %(default)s, {versus('batch_size', batch_size)})")
+    p.add_argument("--learning_rate", type=float, default=learning_rate,
+                   help=f"peak learning rate, reached after warmup (default: %(default)s, {versus('learning_rate', learning_rate)})")
     p.add_argument("--warmup_iters", type=int, default=warmup_iters,
                    help="optimizer steps of linear warmup from ~0 to --learning_rate before the cosine decay (default: %(default)s)")
     p.add_argument("--accumulation_steps", type=int, default=1,
-                   help="micro-batches whose gradients are summed into one optimizer step; "
-                        "effective batch = batch_size x accumulation_steps x processes (default: %(default)s)")
+                   help="micro-batches whose gradients are summed into one optimizer step; effective batch = "
+                        f"batch_size x accumulation_steps x processes (default: %(default)s, {versus('accumulation_steps', 1)})")
     p.add_argument("--grad_clip", type=float, default=1.0, help="clip the gradient norm to this; inf disables clipping (default: %(default)s)")
     # The training window, not LMConfig.max_seq_len (the RoPE table size, 8192 as in MiniMind2, which
     # only bounds how long a sequence the model can ever read): MiniMind2 gives both the same name.
