@@ -1,23 +1,32 @@
-"""bfloat16 on the CPU (issue 18): where it is chosen, and that training under it changes nothing about
-the files.
+"""bfloat16 on the CPU (issue 18): where it is chosen, that training under it changes nothing about
+the files, and that decoding with bfloat16 weights gives float32's answers.
 
 Whether this machine has native bfloat16 must not decide what these tests check, so the CPU's
 answer (model.device.cpu_has_native_bfloat16) is mocked both ways; bfloat16 arithmetic itself runs
 on any CPU (emulated where it is not native), only more slowly.
 """
+import hashlib
 import json
 from pathlib import Path
 
 import pytest
 import torch
+import torch.nn.functional as F
 
+import eval_model
+import serve_openai_api
 import train_pretrain
 import training
 from model import device as device_module
 from model.device import DTYPES, cpu_has_native_bfloat16, pick_dtype
 from model.errors import UserError
+from model.LMConfig import LMConfig
+from model.loader import load_checkpoint
+from model.model import MiniMindLM, linear
+from model.model_lora import load_lora
 
 ROOT = Path(__file__).resolve().parent.parent
+FIXTURES = ROOT / "tests" / "fixtures" / "minimind2"
 CPU = torch.device("cpu")
 
 
@@ -79,6 +88,14 @@ def test_the_runtime_autocasts_prints_and_records_the_choice(native, has_it):
                            "1 process")
     with training.runtime("cpu", "auto") as rt:
         assert rt.autocast_dtype is None and str(rt).startswith("cpu, float32 (auto")
+
+
+def test_every_script_takes_one_dtype_flag():
+    """Guards against --dtype meaning one thing in training and another in evaluation or the server,
+    and against a default that would move the CPU demo off float32."""
+    for module in (train_pretrain, eval_model, serve_openai_api):
+        action = next(a for a in module.build_parser()._actions if "--dtype" in a.option_strings)
+        assert action.default == "auto" and tuple(action.choices) == DTYPES
 
 
 # ------------------------------------------------------------------------------------------------
@@ -144,3 +161,75 @@ def test_bfloat16_training_writes_the_float32_files_and_resume_refuses_a_change(
         run(tmp_path / "cut", data, "--dtype", "bfloat16", "--resume")
     native(True)
     assert run(tmp_path / "cut", data, "--dtype", "bfloat16", "--resume").final_loss == pytest.approx(bf16.final_loss, rel=1e-3)
+
+
+# ------------------------------------------------------------------------------------------------
+# Decoding with bfloat16 weights
+
+
+def fixture_model():
+    config = LMConfig.from_dict(json.loads((FIXTURES / "model_config.json").read_text()))
+    model = MiniMindLM(config).eval()
+    model.load_state_dict(torch.load(FIXTURES / "model.pth", weights_only=True))
+    return model
+
+
+def test_bfloat16_weights_decode_float32s_greedy_tokens():
+    """Guards against a bfloat16 decode that goes wrong rather than merely rounds (the RoPE table cast
+    too, a KV cache in another dtype than its keys, logits compared in bfloat16): on MiniMind2's
+    fixture model, bfloat16 weights give the greedy tokens MiniMind2's float32 code gave for the first
+    10 steps, and logits within 0.03 of float32's (they span +-2.3; bfloat16 keeps 8 significant bits,
+    and measured 0.017). Step 11 of the fixture is a near-tie (float32's two best logits are 0.01
+    apart), where a rounding may pick either."""
+    golden = torch.load(FIXTURES / "golden.pth", weights_only=True)
+    model = fixture_model().cast_weights(torch.bfloat16)
+    assert model.output.weight.dtype == torch.bfloat16 and model.rope.dtype == torch.float32
+    assert model.tok_embeddings.weight is model.output.weight  # still tied
+    prompt, want = golden["greedy_prompt"], golden["greedy_continuation"]
+    out = model.generate(prompt, max_new_tokens=10, temperature=0, eos_token_id=-1)
+    assert torch.equal(out[:, prompt.shape[1]:], want[:, :10])
+    with torch.inference_mode():
+        logits = model(golden["input_ids"]).logits
+    assert logits.dtype == torch.bfloat16
+    torch.testing.assert_close(logits.float(), golden["logits"], atol=0.03, rtol=0)
+
+
+def test_a_single_bfloat16_row_takes_the_matrix_vector_product():
+    """Guards against the decoding shortcut computing something other than F.linear (a transposed
+    weight, a lost batch dimension), or being taken where it must not: float32, several rows."""
+    torch.manual_seed(0)
+    w, x = torch.randn(48, 32), torch.randn(1, 1, 32)
+    want = F.linear(x, w)
+    got = linear(x.bfloat16(), w.bfloat16())
+    assert got.shape == (1, 1, 48) and got.dtype == torch.bfloat16
+    torch.testing.assert_close(got.float(), want, atol=0.1, rtol=0.02)  # bfloat16 inputs: ~3 digits
+    assert torch.equal(linear(x, w), want)  # float32: F.linear itself
+    rows = torch.randn(3, 1, 32).bfloat16()
+    assert torch.equal(linear(rows, w.bfloat16()), F.linear(rows, w.bfloat16()))
+
+
+def test_load_checkpoint_casts_the_weights_and_never_the_file(tmp_path):
+    """Guards against a dtype converted in each script instead of the one loader, a checkpoint file
+    touched by loading it in bfloat16, and an adapter loaded later in another dtype than the base."""
+    from model.checkpoint import save_model
+    from model.loader import checkpoint_meta
+    from model.model_lora import apply_lora, save_lora
+    from model.tokenizer import Tokenizer
+
+    tok = Tokenizer.load(FIXTURES / "tokenizer.json")
+    torch.manual_seed(0)
+    model = MiniMindLM(LMConfig(dim=32, n_layers=2, n_heads=4, n_kv_heads=2, vocab_size=tok.vocab_size, max_seq_len=64))
+    path = tmp_path / "full_sft_32.pth"
+    save_model(model, path, meta=checkpoint_meta("full_sft", FIXTURES / "tokenizer.json", tok))
+    apply_lora(model, rank=4)
+    save_lora(model, tmp_path / "adapter.pth")
+    before = hashlib.sha256(path.read_bytes()).hexdigest()
+
+    loaded = load_checkpoint(path, dtype=torch.bfloat16)
+    assert {p.dtype for p in loaded.model.parameters()} == {torch.bfloat16} and loaded.model.rope.dtype == torch.float32
+    assert hashlib.sha256(path.read_bytes()).hexdigest() == before
+    load_lora(loaded.model, tmp_path / "adapter.pth")
+    assert loaded.model.layers[0].attention.wq.lora.A.weight.dtype == torch.bfloat16
+    ids = torch.tensor([tok.encode("hello world")])
+    assert loaded.model.generate(ids, max_new_tokens=4, temperature=0).shape == (1, ids.shape[1] + 4)
+    assert {p.dtype for p in load_checkpoint(path).model.parameters()} == {torch.float32}  # the default: as today
