@@ -19,7 +19,8 @@ takes: F.linear, or torch.mv for one bfloat16 row), cycling through 256 MB of Mi
 shaped matrices so that none sits in a cache (the "kernel streams" figure, and a second bound
 computed from it). The gap between the two bounds is the kernel's; the gap between the second
 bound and the decode rate is everything else a step does (attention, norms, RoPE, sampling,
-Python and op-dispatch overhead): --profile splits a step's time between the two.
+Python and op-dispatch overhead): --profile times a step's matrix products alone, back to back,
+to split its time between the two, and counts its op calls.
 
 A second table asks what a LoRA adapter costs at decode time (batch 1): the base model, the same
 model with a rank-16 adapter on wq and wo left unmerged (each adapted layer does three matmuls:
@@ -106,24 +107,33 @@ def kernel_stream_gbs(batch: int, dtype, shape=(1408, 512), mbytes: int = 256, r
     return sum(w.numel() * w.element_size() for w in weights) / best / 1e9
 
 
-def decode_profile(model, batch: int, prompt_len: int, new_tokens: int) -> dict:
-    """Where a decode step's time goes (torch.profiler over new_tokens - 1 steps, prefill excluded), per
-    step: {"wall_ms": wall clock, "ops_ms": inside torch's ops, "matmul_ms": inside the matrix products
-    (mm, mv, addmm, bmm), "calls": aten op calls}. wall - ops is Python and dispatch outside the ops."""
+def matmuls_alone_ms(model, batch: int, repeats: int) -> float:
+    """ms for the matrix products of one decode step alone: model.linear on every Linear weight of the
+    model, in the model's order, with a (batch, 1, in) input, best of `repeats`. What a step would cost
+    if it did nothing else; the rest of a step (attention, norms, RoPE, sampling, Python and op
+    dispatch) is the step's time minus this."""
+    weights = [m.weight for m in model.modules() if isinstance(m, torch.nn.Linear)]
+    inputs = [torch.randn(batch, 1, w.shape[1]).to(w.dtype) for w in weights]
+    best = float("inf")
+    for _ in range(repeats + 1):  # the first pass is a warm-up
+        start = time.perf_counter()
+        for x, w in zip(inputs, weights):
+            linear(x, w)
+        best = min(best, time.perf_counter() - start)
+    return 1e3 * best
+
+
+def op_calls_per_step(model, batch: int, prompt_len: int, new_tokens: int) -> float:
+    """How many torch ops (aten calls, nested ones included) one decode step makes: torch.profiler,
+    prefill excluded. Only the count is taken: the profiler's own overhead distorts its timings."""
     from torch.profiler import ProfilerActivity, profile
 
     prompt = torch.randint(3, model.config.vocab_size, (batch, prompt_len), generator=torch.Generator().manual_seed(0))
     steps = model.generate(prompt, max_new_tokens=new_tokens, temperature=0, eos_token_id=-1, stream=True)
     next(steps)
-    start = time.perf_counter()
     with profile(activities=[ProfilerActivity.CPU]) as prof:
         n = sum(1 for _ in steps)
-    wall = time.perf_counter() - start
-    events = prof.key_averages()
-    matmul = sum(e.self_cpu_time_total for e in events if e.key in ("aten::mm", "aten::mv", "aten::addmm", "aten::bmm"))
-    total = sum(e.self_cpu_time_total for e in events)
-    return {"wall_ms": 1e3 * wall / n, "matmul_ms": matmul / 1e3 / n, "ops_ms": total / 1e3 / n,
-            "calls": sum(e.count for e in events if e.key.startswith("aten::")) / n}
+    return sum(e.count for e in prof.key_averages() if e.key.startswith("aten::")) / n
 
 
 def adapted_copies(model, rank: int) -> dict:
@@ -172,13 +182,15 @@ def main(argv=None):
     print("|---|---|---|---|---|---|---|---|---|---|---|")
     torch.manual_seed(0)
     models = {}  # (size, dtype) -> model: the same weights, stored in each precision
+    rates = {}  # (size, dtype, batch) -> decode tokens/s
     for name in args.sizes:
         config = LMConfig(**sizes[name], max_seq_len=args.prompt_len + args.new_tokens)
         base = MiniMindLM(config).eval()
         for dtype in dtypes:
             model = models[name, dtype] = copy.deepcopy(base).cast_weights(dtype)
             for batch in args.batches:
-                rate = decode_tokens_per_s(model, batch, args.prompt_len, args.new_tokens, args.repeats)
+                rate = rates[name, dtype, batch] = decode_tokens_per_s(model, batch, args.prompt_len, args.new_tokens,
+                                                                       args.repeats)
                 n_bytes = bytes_per_step(model, batch, args.prompt_len, args.new_tokens)
                 bound = batch * machine.read_gbs * 1e9 / n_bytes
                 kernel_bound = batch * stream[dtype, batch] * 1e9 / n_bytes
@@ -189,17 +201,17 @@ def main(argv=None):
                       f"{goal_cells}", flush=True)  # fmt: skip
 
     if args.profile:
-        print("\nWhere a decode step's time goes (torch.profiler, prefill excluded; the profiler's own overhead "
-              "inflates the op times a little)\n")
-        print("| model | precision | batch | ms per token (wall) | in matrix products | in the other ops | "
-              "op calls per token |")
+        print("\nWhere a decode step's time goes: the step (from the table above) against its matrix products "
+              "run alone, back to back (model.linear on every weight, in order)\n")
+        print("| model | precision | batch | ms per step | matrix products alone | everything else | op calls per step |")
         print("|---|---|---|---|---|---|---|")
-        for (name, dtype), model in models.items():
-            for batch in args.batches:
-                p = decode_profile(model, batch, args.prompt_len, args.new_tokens)
-                print(f"| {name} | {dtype_name(dtype)} | {batch} | {p['wall_ms']:.2f} | {p['matmul_ms']:.2f} ms | "
-                      f"{p['ops_ms'] - p['matmul_ms']:.2f} ms (+ Python: {p['wall_ms'] - p['ops_ms']:.2f} ms) | "
-                      f"{p['calls']:,.0f} |", flush=True)
+        for (name, dtype, batch), rate in rates.items():
+            model = models[name, dtype]
+            step_ms = 1e3 * batch / rate
+            alone = matmuls_alone_ms(model, batch, args.repeats)
+            calls = op_calls_per_step(model, batch, args.prompt_len, args.new_tokens)
+            print(f"| {name} | {dtype_name(dtype)} | {batch} | {step_ms:.2f} | {alone:.2f} ms ({alone / step_ms:.0%}) | "
+                  f"{step_ms - alone:.2f} ms | {calls:,.0f} |", flush=True)
 
     print(f"\nWhat an adapter costs at decode time: batch 1, best of {args.repeats} interleaved rounds\n")
     print("| model | precision | weights | decode tokens/s | vs base | goal | met? |")
