@@ -196,9 +196,10 @@ def step_mask(attention_mask, length: int):
 # Linear layers: y = x W^T, nn.Linear's parameter and state-dict key, without a bias (MiniMind2 has
 # none). One shortcut, for decoding with bfloat16 weights on a CPU (eval_model.py / the server with
 # --dtype bfloat16): a single token is ONE row, and the product is then a matrix-vector product.
-# torch.mv runs it with a kernel made for that, which reads the bfloat16 weight ~1.4x faster than
-# F.linear, whose oneDNN matrix-matrix kernel treats the row as a 1-row matrix (bench/bench_generate.py
-# measures both). float32 keeps F.linear: its kernel is no slower there, and on some CPUs faster.
+# torch.mv runs it with a kernel made for that, which reads a bfloat16 weight up to ~1.4x faster than
+# F.linear, whose oneDNN matrix-matrix kernel treats the row as a 1-row matrix (MiniMind2-Small's
+# w1, 2 Sapphire Rapids cores). float32 keeps F.linear: its kernel is no slower there, and on some
+# CPUs faster. (Even so, a bfloat16 row is no faster than a float32 one on that CPU: docs/benchmarks.md.)
 
 
 def linear(x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
