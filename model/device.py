@@ -118,7 +118,7 @@ def pick_dtype(device: torch.device, requested: str) -> tuple[torch.dtype, str]:
         return torch.float32, ""
     if requested == "auto":
         native = device.type == "cpu" and cpu_has_native_bfloat16()
-        return torch.float32, "auto" + ("; this CPU has native bfloat16: --dtype bfloat16 is faster" if native else "")
+        return torch.float32, "auto" + ("; --dtype bfloat16 would use this CPU's native bfloat16" if native else "")
     if requested == "bfloat16" and device.type == "cpu":
         if cpu_has_native_bfloat16():
             return torch.bfloat16, ""
