@@ -35,7 +35,7 @@ import torch
 import torch.nn.functional as F
 
 from dataset.lm_dataset import check_unicode, jsonl_lines, parse_line
-from model.device import DEVICE_HELP, pick_device
+from model.device import DEVICE_HELP, DTYPES, INFERENCE_DTYPE_HELP, pick_device, pick_dtype
 from model.errors import UserError, run_main
 from model.loader import (DEFAULT_DIM, adapter_path, check_adapter_name, checkpoint_path, list_adapters, load_checkpoint,
                           missing_adapter_message)
@@ -453,6 +453,7 @@ def build_parser():
     p.add_argument("--stream", action=argparse.BooleanOptionalAction, default=True,
                    help="print answers token by token as they are generated")
     p.add_argument("--device", default="auto", help=DEVICE_HELP)
+    p.add_argument("--dtype", default="auto", choices=DTYPES, help=INFERENCE_DTYPE_HELP)
     p.add_argument("--eval_data", nargs="+", default=None,
                    help="score these jsonl files ({question, answer, must_contain}) instead of chatting")
     p.add_argument("--compare", action="store_true",
@@ -494,6 +495,7 @@ def main(argv=None):
     args = build_parser().parse_args(argv)
     names = check_args(args)
     device = pick_device(args.device)
+    dtype, dtype_note = pick_dtype(device, args.dtype)
     torch.manual_seed(args.seed)
 
     eval_sets = {Path(f).stem: load_eval_set(f) for f in args.eval_data or []}  # a bad file fails before the model loads
@@ -501,12 +503,14 @@ def main(argv=None):
     ckpt = args.ckpt or checkpoint_path(args.out_dir, MODEL_MODES[args.model_mode], args.dim or DEFAULT_DIM, bool(args.use_moe))
     shape = {"dim": args.dim, "n_layers": args.n_layers, "n_heads": args.n_heads, "n_kv_heads": args.n_kv_heads,
              "use_moe": args.use_moe}
-    loaded = load_checkpoint(ckpt, tokenizer=args.tokenizer, shape=shape, max_seq_len=args.max_seq_len, device=device)
+    loaded = load_checkpoint(ckpt, tokenizer=args.tokenizer, shape=shape, max_seq_len=args.max_seq_len, device=device,
+                             dtype=dtype)
     model, tok = loaded.model, loaded.tokenizer
     context = args.max_seq_len or model.config.max_seq_len
     adapters = [(n, find_adapter(args.out_dir, n, model.config.dim)) for n in names]
-    print(f"model {ckpt}: {count_base_parameters(model) / 1e6:.2f}M parameters, tokenizer {loaded.tokenizer_path}",
-          file=sys.stderr, flush=True)
+    precision = str(dtype).removeprefix("torch.") + (f" ({dtype_note})" if dtype_note else "")
+    print(f"model {ckpt}: {count_base_parameters(model) / 1e6:.2f}M parameters in {precision}, tokenizer "
+          f"{loaded.tokenizer_path}", file=sys.stderr, flush=True)
 
     sampling = Sampling(args.max_new_tokens, args.temperature, args.top_p, args.seed)
     if args.eval_data:

@@ -40,7 +40,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from urllib.parse import unquote
 
 from eval_model import MODEL_MODES, build_parser as eval_model_parser
-from model.device import DEVICE_HELP, pick_device
+from model.device import DEVICE_HELP, DTYPES, INFERENCE_DTYPE_HELP, pick_device, pick_dtype
 from model.engine import Engine, EngineFull, EngineStopped, Request
 from model.errors import UserError, run_main
 from model.loader import (DEFAULT_DIM, adapter_path, check_adapter_name, checkpoint_path, load_checkpoint,
@@ -469,6 +469,7 @@ def open_server(args) -> ChatServer:
     Listening comes first, so a port that is taken fails before the model is loaded."""
     names = check_args(args)
     device = pick_device(args.device)
+    dtype, _ = pick_dtype(device, args.dtype)
     try:
         server = ChatServer((args.host, args.port), Handler)
     except OSError as e:
@@ -476,7 +477,7 @@ def open_server(args) -> ChatServer:
     try:
         ckpt = args.ckpt or checkpoint_path(args.out_dir, MODEL_MODES[args.model_mode], args.dim or DEFAULT_DIM)
         shape = {"dim": args.dim, "n_layers": args.n_layers, "n_heads": args.n_heads, "n_kv_heads": args.n_kv_heads}
-        loaded = load_checkpoint(ckpt, tokenizer=args.tokenizer, shape=shape, device=device)
+        loaded = load_checkpoint(ckpt, tokenizer=args.tokenizer, shape=shape, device=device, dtype=dtype)
         model, tok = loaded.model, loaded.tokenizer
         adapters = {}
         for name in names:
@@ -525,6 +526,7 @@ def build_parser():
     p.add_argument("--n_kv_heads", type=int, default=None,
                    help="key/value heads of a MiniMind2 file that has no sidecar (MiniMind2: 2)")
     p.add_argument("--device", default="auto", help=DEVICE_HELP)
+    p.add_argument("--dtype", default="auto", choices=DTYPES, help=INFERENCE_DTYPE_HELP)
     p.add_argument("--host", default="127.0.0.1",
                    help="address to listen on; 0.0.0.0 opens it to the network, with no authentication (default: %(default)s)")
     p.add_argument("--port", type=int, default=8998, help="port to listen on; 0 picks a free one (default: %(default)s, MiniMind2's)")
@@ -571,8 +573,9 @@ def main(argv=None):
     server = open_server(args)
     host, port = server.server_address[:2]
     names = server.service.names
-    print(f"serving {', '.join(names)} at http://{host}:{port}/v1 ({args.lora_mode} adapters, up to "
-          f"{args.max_batch_size} requests per batch); Ctrl-C stops", flush=True)
+    weights = str(server.service.engine.model.output.weight.dtype).removeprefix("torch.")
+    print(f"serving {', '.join(names)} at http://{host}:{port}/v1 ({weights} weights, {args.lora_mode} adapters, "
+          f"up to {args.max_batch_size} requests per batch); Ctrl-C stops", flush=True)
     try:
         server.serve_forever()
     finally:

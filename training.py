@@ -38,7 +38,7 @@ from tqdm import tqdm
 
 from model.atomic import WriteError, atomic_write_text
 from model.checkpoint import atomic_save
-from model.device import DEVICE_HELP, pick_device
+from model.device import DEVICE_HELP, DTYPES, TRAINING_DTYPE_HELP, pick_device, pick_dtype
 from model.errors import UserError, run_main as _run_main
 from model.LMConfig import LMConfig
 from model.loader import DEFAULT_DIM, check_positions, repo_path
@@ -102,8 +102,7 @@ def add_common_args(parser, *, data_path, epochs, batch_size, learning_rate, war
                    help="optimizer steps between validation losses; one is also taken before the first step and "
                         "after the last (default: %(default)s)")
     p.add_argument("--device", default="auto", help=DEVICE_HELP)
-    p.add_argument("--dtype", default="bfloat16", choices=["bfloat16", "float16", "float32"],
-                   help="autocast dtype on CUDA (float16 adds a GradScaler); CPU and MPS always train in float32 (default: %(default)s)")
+    p.add_argument("--dtype", default="auto", choices=DTYPES, help=TRAINING_DTYPE_HELP)
     p.add_argument("--compile", action="store_true", help="torch.compile the model (faster steps after a slow first one)")
     p.add_argument("--log_interval", type=int, default=10, help="optimizer steps between log lines (default: %(default)s)")
     p.add_argument("--save_interval", type=int, default=save_interval,
@@ -224,6 +223,7 @@ class Runtime:
     autocast_dtype: torch.dtype = None  # None: plain float32
     rank: int = 0
     world_size: int = 1
+    precision_note: str = ""  # why the precision is what it is, when --dtype did not say it outright
 
     @property
     def is_main(self) -> bool:
@@ -235,8 +235,11 @@ class Runtime:
         return self.world_size > 1
 
     def __str__(self):
-        """e.g. "cpu, float32, 1 process" or "cuda:0, bfloat16 autocast, 8 processes"."""
+        """e.g. "cpu, float32 (auto), 1 process", "cpu, bfloat16 autocast, 1 process" or
+        "cuda:0, bfloat16 autocast (auto), 8 processes"."""
         precision = "float32" if self.autocast_dtype is None else f"{str(self.autocast_dtype)[6:]} autocast"
+        if self.precision_note:
+            precision += f" ({self.precision_note})"
         return f"{self.device}, {precision}, {self.world_size} process{'es' if self.ddp else ''}"
 
     def print(self, *args):
@@ -244,7 +247,9 @@ class Runtime:
             print(*args, flush=True)
 
     def autocast(self):
-        """Matmuls in bfloat16/float16 on CUDA (weights, optimizer and reductions stay float32)."""
+        """Matmuls in bfloat16/float16 (on CUDA, or bfloat16 on a CPU that has it natively); weights,
+        optimizer and reductions stay float32. Autocast casts each matmul's inputs down as it runs it,
+        so the gradients reach the float32 weights as float32."""
         if self.autocast_dtype is None:
             return nullcontext()
         return torch.autocast(device_type=self.device.type, dtype=self.autocast_dtype)
@@ -279,8 +284,10 @@ class Runtime:
 
 
 @contextmanager
-def runtime(device="auto", dtype="bfloat16", seed=1337):
+def runtime(device="auto", dtype="auto", seed=1337):
     """Set up this process: device, autocast dtype, DDP process group (under torchrun), seed.
+
+    What --dtype means on each device is model.device.pick_dtype's to say (one place for every script).
 
     Under `torchrun --nproc_per_node N` each process reads RANK/LOCAL_RANK/WORLD_SIZE from the
     environment, takes GPU LOCAL_RANK on CUDA (nccl) or stays on the CPU (gloo). The process group
@@ -288,11 +295,9 @@ def runtime(device="auto", dtype="bfloat16", seed=1337):
     """
     rank, local_rank, world_size = (int(os.environ.get(k, d)) for k, d in (("RANK", 0), ("LOCAL_RANK", 0), ("WORLD_SIZE", 1)))
     device = pick_device(device)
-    autocast_dtype = None
-    if device.type == "cuda" and dtype != "float32":
-        autocast_dtype = torch.bfloat16 if dtype == "bfloat16" else torch.float16
-        if autocast_dtype == torch.bfloat16 and not torch.cuda.is_bf16_supported():
-            raise UserError("this GPU has no bfloat16; use --dtype float16")
+    chosen, note = pick_dtype(device, dtype)
+    autocast_dtype = None if chosen == torch.float32 else chosen
+    if device.type == "cuda" and autocast_dtype is not None:
         # TF32 matmuls for whatever stays float32: ~8x the float32 rate on Ampere and later.
         torch.backends.cuda.matmul.allow_tf32 = True
         torch.backends.cudnn.allow_tf32 = True
@@ -304,7 +309,7 @@ def runtime(device="auto", dtype="bfloat16", seed=1337):
     # Each rank gets its own dropout noise; DDP broadcasts rank 0's initial weights to all ranks.
     torch.manual_seed(seed + rank)
     try:
-        yield Runtime(device, autocast_dtype, rank, world_size)
+        yield Runtime(device, autocast_dtype, rank, world_size, note)
     finally:
         if world_size > 1 and dist.is_initialized():
             dist.destroy_process_group()

@@ -21,6 +21,9 @@ configurations; the gradients and optimizer state are where LoRA saves.
 Speed. The two configurations are timed in this process, their steps taking turns (full, LoRA,
 full, ...), as bench_train.py does: a shared machine's slow moments then fall on both alike.
 
+Precision: float32 by default; --dtypes float32 bfloat16 measures both (bfloat16 autocast, as the
+scripts' --dtype bfloat16 on a CPU with native bfloat16), side by side.
+
     python -m bench.bench_lora                         # demo and MiniMind2-Small, ~2 minutes
     python -m bench.bench_lora --sizes demo --steps 2  # a quick check
 """
@@ -30,8 +33,8 @@ import sys
 import torch
 
 from bench.bench_train import SIZES, build, make_batch, time_size, train_step
-from bench.machine import (add_quiet_args, add_step_args, add_threads_arg, measure_machine, measure_quietly,
-                           run_in_fresh_process, wait_until_quiet)
+from bench.machine import (add_dtypes_arg, add_quiet_args, add_step_args, add_threads_arg, cpu_dtypes, dtype_name,
+                           measure_machine, measure_quietly, run_in_fresh_process, wait_until_quiet)
 from model.errors import UserError, run_main
 
 MODES = ("full_sft", "lora")
@@ -57,7 +60,7 @@ def optimizer_state_bytes(optimizer) -> int:
     return sum(tensor_bytes(v for v in state.values() if torch.is_tensor(v)) for state in optimizer.state.values())
 
 
-def memory_of_configuration(size, mode, steps, lora_rank, threads, results):
+def memory_of_configuration(size, mode, steps, lora_rank, threads, dtype, results):
     """In a fresh process: build, train `steps` steps, put what it held on the `results` queue."""
     torch.set_num_threads(threads)
     fields, seq, batch = SIZES[size]
@@ -65,7 +68,7 @@ def memory_of_configuration(size, mode, steps, lora_rank, threads, results):
     X, Y, mask = make_batch(fields["vocab_size"], batch, seq, mode, torch.Generator().manual_seed(0))
     after_build = rss_mb()["VmRSS"]
     for _ in range(steps):  # the first step creates the optimizer state; the peak is reached by the second
-        train_step(model, optimizer, params, X, Y, mask)
+        train_step(model, optimizer, params, X, Y, mask, dtype=dtype)
     results.put({
         "total": sum(p.numel() for p in model.parameters()),
         "trainable": sum(p.numel() for p in params),
@@ -78,9 +81,9 @@ def memory_of_configuration(size, mode, steps, lora_rank, threads, results):
     })
 
 
-def measure_memory(size, mode, lora_rank, threads) -> dict:
+def measure_memory(size, mode, lora_rank, threads, dtype) -> dict:
     """Run one configuration in its own process and return what it reported."""
-    return run_in_fresh_process(memory_of_configuration, (size, mode, 2, lora_rank, threads))
+    return run_in_fresh_process(memory_of_configuration, (size, mode, 2, lora_rank, threads, dtype))
 
 
 def main(argv=None):
@@ -89,42 +92,47 @@ def main(argv=None):
     add_quiet_args(parser)
     parser.add_argument("--sizes", nargs="+", default=["demo", "MiniMind2-Small"], choices=list(SIZES),
                         help="model sizes (default: %(default)s)")
+    add_dtypes_arg(parser, default=("float32",))
     add_step_args(parser)
     args = parser.parse_args(argv)
     if args.steps < 1 or args.warmup < 0:
         raise UserError(f"--steps must be at least 1 and --warmup at least 0, got {args.steps} and {args.warmup}")
+    dtypes = cpu_dtypes(args.dtypes)
 
     if args.wait > 0:
         wait_until_quiet(args.wait)
     machine = measure_machine(args.threads)
-    measured = []  # (size, {mode: memory}, {mode: timing}, others' CPU share while timing)
+    measured = []  # (size, {(mode, dtype): memory}, {(mode, dtype): timing}, others' CPU share while timing)
     for size in args.sizes:
         print(f"measuring {size} ...", file=sys.stderr, flush=True)
-        memory = {mode: measure_memory(size, mode, args.lora_rank, args.threads) for mode in MODES}
-        timing, others = measure_quietly(lambda: time_size(size, MODES, args.steps, args.warmup, args.lora_rank), args)
+        memory = {(mode, dtype): measure_memory(size, mode, args.lora_rank, args.threads, dtype)
+                  for mode in MODES for dtype in dtypes}
+        timing, others = measure_quietly(lambda: time_size(size, MODES, args.steps, args.warmup, args.lora_rank, dtypes), args)
         measured.append((size, memory, timing, others))
 
     print(machine.header())
     print(f"\npeak memory: each configuration in a fresh process, 2 steps; speed: {args.warmup} warm-up + "
           f"{args.steps} timed steps, full SFT and LoRA taking turns; MB = 10^6 bytes\n")
-    print("| size | stage | trainable params | optimizer state | gradients | peak RSS | RSS after build | "
+    print("| size | stage | precision | trainable params | optimizer state | gradients | peak RSS | RSS after build | "
           "training adds | step s (median) | tokens/s | others' CPU |")
-    print("|---|---|---|---|---|---|---|---|---|---|---|")
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|")
     mb = 1e6
     for size, memory, timing, others in measured:
-        for mode in MODES:
-            m, t = memory[mode], timing[mode]
-            name = "full SFT" if mode == "full_sft" else f"LoRA r={args.lora_rank} (wq, wo)"
-            print(f"| {size} | {name} | {m['trainable']:,} ({m['trainable'] / m['total']:.2%}) | "
-                  f"{m['optimizer_bytes'] / mb:,.2f} MB | {m['grad_bytes'] / mb:,.2f} MB | {m['peak_mb']:,.0f} MB | "
-                  f"{m['after_build_mb']:,.0f} MB | {m['peak_mb'] - m['after_build_mb']:,.0f} MB | "
-                  f"{t['step_s']:.3f} | {t['tokens_per_s']:,.0f} | {others:.0%} |")  # fmt: skip
-        full, lora, fast = memory["full_sft"], memory["lora"], timing["lora"]["tokens_per_s"] / timing["full_sft"]["tokens_per_s"]
-        print(f"| {size} | **LoRA / full SFT** | {lora['trainable'] / full['trainable']:.2%} | "
-              f"{lora['optimizer_bytes'] / full['optimizer_bytes']:.2%} | {lora['grad_bytes'] / full['grad_bytes']:.2%} | "
-              f"{lora['peak_mb'] / full['peak_mb']:.2f}x | | "
-              f"{(lora['peak_mb'] - lora['after_build_mb']) / (full['peak_mb'] - full['after_build_mb']):.2f}x | | "
-              f"{fast:.2f}x | |")  # fmt: skip
+        for dtype in dtypes:
+            for mode in MODES:
+                m, t = memory[mode, dtype], timing[mode, dtype]
+                name = "full SFT" if mode == "full_sft" else f"LoRA r={args.lora_rank} (wq, wo)"
+                print(f"| {size} | {name} | {dtype_name(dtype)} | {m['trainable']:,} ({m['trainable'] / m['total']:.2%}) | "
+                      f"{m['optimizer_bytes'] / mb:,.2f} MB | {m['grad_bytes'] / mb:,.2f} MB | {m['peak_mb']:,.0f} MB | "
+                      f"{m['after_build_mb']:,.0f} MB | {m['peak_mb'] - m['after_build_mb']:,.0f} MB | "
+                      f"{t['step_s']:.3f} | {t['tokens_per_s']:,.0f} | {others:.0%} |")  # fmt: skip
+            full, lora = memory["full_sft", dtype], memory["lora", dtype]
+            fast = timing["lora", dtype]["tokens_per_s"] / timing["full_sft", dtype]["tokens_per_s"]
+            print(f"| {size} | **LoRA / full SFT** | {dtype_name(dtype)} | {lora['trainable'] / full['trainable']:.2%} | "
+                  f"{lora['optimizer_bytes'] / full['optimizer_bytes']:.2%} | {lora['grad_bytes'] / full['grad_bytes']:.2%} | "
+                  f"{lora['peak_mb'] / full['peak_mb']:.2f}x | | "
+                  f"{(lora['peak_mb'] - lora['after_build_mb']) / (full['peak_mb'] - full['after_build_mb']):.2f}x | | "
+                  f"{fast:.2f}x | |")  # fmt: skip
     print(f"\n{machine.footer()}")
 
 

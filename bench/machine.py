@@ -4,8 +4,9 @@ A tokens/s figure means little on its own: the same code is 10x faster on a bigg
 every bench script prints this header first and states its figures against two ceilings measured
 here, seconds before the figures themselves:
 
-    matmul peak (GFLOP/s)   the best a large float32 matrix multiply reaches on this machine:
-                            the ceiling for training, which is almost all matmuls (MFU divides by it)
+    matmul peak (GFLOP/s)   the best a large matrix multiply reaches on this machine, in float32 and
+                            in bfloat16: the ceiling for training, which is almost all matmuls (MFU
+                            divides by the peak of the precision the step ran in)
     memory bandwidth (GB/s) how fast large tensors stream through memory: the ceiling for decoding
                             at batch 1, which reads every weight once per token
 
@@ -21,7 +22,8 @@ Used by every bench script:
 
     from bench.machine import measure_machine
     machine = measure_machine(threads=2)
-    print(machine.header())          # a markdown table, e.g. | matmul peak (fp32) | 183 GFLOP/s ... |
+    print(machine.header())          # a markdown table, e.g. | fp32 matmul peak | 183 GFLOP/s ... |
+    machine.peak_gflops(torch.bfloat16)   # the ceiling a bfloat16 step's MFU divides by
     ...                              # the benchmark
     print(machine.footer())          # load average at the end, CPU share other processes took
 """
@@ -35,6 +37,7 @@ from dataclasses import dataclass
 
 import torch
 
+from model.device import cpu_has_native_bfloat16, pick_dtype
 from model.errors import UserError, run_main
 
 
@@ -126,14 +129,16 @@ def best_time(fn, repeats: int) -> float:
     return best
 
 
-def matmul_peak_gflops(n: int = 2048, repeats: int = 5) -> float:
-    """float32 GFLOP/s of an (n, n) @ (n, n) matmul, best of `repeats`: 2 n^3 FLOPs each.
+def matmul_peak_gflops(n: int = 2048, repeats: int = 5, dtype=torch.float32) -> float:
+    """GFLOP/s of an (n, n) @ (n, n) matmul in `dtype`, best of `repeats`: 2 n^3 FLOPs each.
 
-    At n = 2048 (17 GFLOP, a 16 MB operand) the BLAS kernel runs at its steady-state rate; this is
-    the ceiling a training step's matmuls can approach, and the denominator of MFU.
+    At n = 2048 (17 GFLOP, a 16 MB float32 operand) the BLAS kernel runs at its steady-state rate;
+    this is the ceiling a training step's matmuls can approach, and the denominator of MFU. In
+    bfloat16 it is the ceiling of a step under bfloat16 autocast: ~6x the float32 one on a CPU with
+    AMX (2 Sapphire Rapids cores), about the float32 one (or less) where bfloat16 is emulated.
     """
-    a, b = torch.randn(n, n), torch.randn(n, n)
-    out = torch.empty(n, n)
+    a, b = torch.randn(n, n, dtype=dtype), torch.randn(n, n, dtype=dtype)
+    out = torch.empty(n, n, dtype=dtype)
     seconds = best_time(lambda: torch.mm(a, b, out=out), repeats)
     return 2 * n**3 / seconds / 1e9
 
@@ -162,7 +167,9 @@ class Machine:
     python: str
     torch: str
     threads: int
-    matmul_gflops: float  # measured fp32 matmul peak, the denominator of MFU
+    matmul_gflops: float  # measured fp32 matmul peak, the denominator of a float32 step's MFU
+    bf16_matmul_gflops: float  # measured bf16 matmul peak, the denominator of a bfloat16 step's MFU
+    native_bf16: bool  # model.device.cpu_has_native_bfloat16(): whether bfloat16 runs natively or emulated
     matmul_n: int
     copy_gbs: float  # measured copy bandwidth, read + write counted
     read_gbs: float  # measured read bandwidth: the decode bound's
@@ -181,7 +188,12 @@ class Machine:
         copy_gbs, read_gbs = memory_bandwidth_gbs()
         self.copy_gbs, self.read_gbs = max(self.copy_gbs, copy_gbs), max(self.read_gbs, read_gbs)
         self.matmul_gflops = max(self.matmul_gflops, matmul_peak_gflops(self.matmul_n))
+        self.bf16_matmul_gflops = max(self.bf16_matmul_gflops, matmul_peak_gflops(self.matmul_n, dtype=torch.bfloat16))
         self.measurements += 1
+
+    def peak_gflops(self, dtype: torch.dtype) -> float:
+        """The measured matmul peak of `dtype` (float32 or bfloat16): what MFU divides by."""
+        return self.bf16_matmul_gflops if dtype == torch.bfloat16 else self.matmul_gflops
 
     def header(self) -> str:
         """A markdown table of the machine and its measured ceilings."""
@@ -191,6 +203,9 @@ class Machine:
             ("torch threads", str(self.threads)),
             ("fp32 matmul peak (measured)", f"{self.matmul_gflops:,.0f} GFLOP/s ({self.matmul_n}x{self.matmul_n} @ "
                                             f"{self.matmul_n}x{self.matmul_n}, best of 5 {self._when()})"),
+            ("bf16 matmul peak (measured)", f"{self.bf16_matmul_gflops:,.0f} GFLOP/s (the same, in bfloat16; "
+                                            f"{'native' if self.native_bf16 else 'emulated'}: this CPU "
+                                            f"{'has' if self.native_bf16 else 'lacks'} avx512_bf16/amx_bf16)"),
             ("memory bandwidth (measured)", f"{self.read_gbs:.1f} GB/s read (sum of 256 MB), "
                                             f"{self.copy_gbs:.1f} GB/s copy (read + write), best of 5 {self._when()}"),
             ("load average 1/5/15 min, at start", self.load_before),
@@ -217,6 +232,7 @@ def measure_machine(threads: int | None = None, matmul_n: int = 2048) -> Machine
     load_before, watch = load_average(), OthersWatch()
     copy_gbs, read_gbs = memory_bandwidth_gbs()
     matmul_gflops = matmul_peak_gflops(matmul_n)
+    bf16_matmul_gflops = matmul_peak_gflops(matmul_n, dtype=torch.bfloat16)
     return Machine(
         cpu=cpu_model(),
         cores=os.cpu_count(),
@@ -224,6 +240,8 @@ def measure_machine(threads: int | None = None, matmul_n: int = 2048) -> Machine
         torch=torch.__version__,
         threads=torch.get_num_threads(),
         matmul_gflops=matmul_gflops,
+        bf16_matmul_gflops=bf16_matmul_gflops,
+        native_bf16=cpu_has_native_bfloat16(),
         matmul_n=matmul_n,
         copy_gbs=copy_gbs,
         read_gbs=read_gbs,
@@ -248,6 +266,32 @@ def add_quiet_args(parser) -> None:
                              "--max_others of the CPU time during it (default: %(default)s)")
     parser.add_argument("--max_others", type=float, default=0.05,
                         help="share of the CPU time others may take during a row before it is measured again (default: %(default)s)")
+
+
+def add_dtypes_arg(parser, default=("float32", "bfloat16")) -> None:
+    """--dtypes: the precisions a benchmark measures, side by side."""
+    parser.add_argument("--dtypes", nargs="+", default=list(default), choices=["float32", "bfloat16"],
+                        help="precisions to measure; bfloat16 only where the CPU has it natively, as for the "
+                             f"scripts' --dtype bfloat16 (default: {' '.join(default)})")
+
+
+def cpu_dtypes(names) -> list:
+    """The precisions to measure, each name resolved by model.device.pick_dtype exactly as the scripts'
+    --dtype is on the CPU, duplicates dropped: ["float32", "bfloat16"] -> [torch.float32, torch.bfloat16]
+    on a CPU with native bfloat16, [torch.float32] on one without (saying so on stderr)."""
+    chosen = []
+    for name in names:
+        dtype, note = pick_dtype(torch.device("cpu"), name)
+        if dtype != getattr(torch, name):
+            print(f"--dtypes {name}: left out, {note}: the scripts would run float32", file=sys.stderr)
+        elif dtype not in chosen:
+            chosen.append(dtype)
+    return chosen
+
+
+def dtype_name(dtype: torch.dtype) -> str:
+    """torch.bfloat16 -> 'bfloat16'"""
+    return str(dtype).removeprefix("torch.")
 
 
 def add_step_args(parser) -> None:

@@ -173,7 +173,8 @@ class Loaded:
     meta: dict = field(default_factory=dict)  # the sidecar without its config ({} for a plain MiniMind2 file)
 
 
-def load_checkpoint(path, *, tokenizer=None, shape=None, max_seq_len=None, adapter=None, device="cpu") -> Loaded:
+def load_checkpoint(path, *, tokenizer=None, shape=None, max_seq_len=None, adapter=None, device="cpu",
+                    dtype=torch.float32) -> Loaded:
     """Load a checkpoint, its tokenizer and optionally an adapter -> Loaded(model, tokenizer, ...).
 
     path:      a .pth written by this project (with its .json sidecar) or by MiniMind2 (without one).
@@ -187,6 +188,9 @@ def load_checkpoint(path, *, tokenizer=None, shape=None, max_seq_len=None, adapt
                positions (config.max_seq_len, the RoPE table) is refused before the weights load.
     adapter:   a LoRA adapter file (or dict) to load onto the model (model_lora.load_lora).
     device:    where the model goes.
+    dtype:     the weights' dtype in memory, for inference: float32, or bfloat16 (half the bytes read
+               per decoded token; model.device.pick_dtype says where it is worth it). Files are unchanged:
+               read into float32 as always, then cast (MiniMindLM.cast_weights: the RoPE table stays float32).
     """
     path = str(path)
     if not os.path.isfile(path):
@@ -228,7 +232,7 @@ def load_checkpoint(path, *, tokenizer=None, shape=None, max_seq_len=None, adapt
     model, meta = load_model(path, config=config)  # the weights, checked tensor by tensor against the config
     if adapter is not None:
         load_lora(model, adapter)
-    model.to(device).eval()
+    model.to(device).cast_weights(dtype).eval()
     return Loaded(model, tok, str(tokenizer_path), path, meta)
 
 

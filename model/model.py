@@ -1,7 +1,7 @@
 """MiniMindLM: a small decoder-only transformer (Llama-style), readable top to bottom.
 
 The file follows the data, and nothing is used before it is defined: RMSNorm -> RoPE -> the
-KV cache -> attention masks -> attention (grouped-query) -> SwiGLU feed-forward -> mixture of
+KV cache -> attention masks -> Linear -> attention (grouped-query) -> SwiGLU feed-forward -> mixture of
 experts (the MoE feed-forward of use_moe=True, and its load-balancing loss) -> Block ->
 sampling -> MiniMindLM (embedding, blocks, final norm, tied output; generate) -> counting
 parameters. Every module's parameter names are MiniMind2's, so a MiniMind2 checkpoint loads here
@@ -66,7 +66,8 @@ def rope_table(head_dim: int, max_seq_len: int, theta: float) -> torch.Tensor:
     Precomputed once (MiniMind2's `pos_cis`), so a forward pass only looks positions up.
     Stored as real pairs, viewed as complex at use (torch.view_as_complex): `model.to(dtype)`
     would drop the imaginary part of a complex buffer. Train in bf16 with autocast, which leaves
-    this table (and the weights) in float32.
+    this table (and the weights) in float32; for bf16 inference MiniMindLM.cast_weights casts the
+    weights and leaves this table in float32 (bf16's 3 significant digits would blur the angles).
 
     >>> rope_table(head_dim=4, max_seq_len=2, theta=1e4)[1]   # position 1: angles 1 and 0.01
     tensor([[0.5403, 0.8415],
@@ -192,6 +193,39 @@ def step_mask(attention_mask, length: int):
 
 
 # ----------------------------------------------------------------------------------------------
+# Linear layers: y = x W^T, nn.Linear's parameter and state-dict key, without a bias (MiniMind2 has
+# none). One shortcut, for decoding with bfloat16 weights on a CPU (eval_model.py / the server with
+# --dtype bfloat16): a single token is ONE row, and the product is then a matrix-vector product.
+# torch.mv runs it with a kernel made for that, which reads a bfloat16 weight up to ~1.4x faster than
+# F.linear, whose oneDNN matrix-matrix kernel treats the row as a 1-row matrix (MiniMind2-Small's
+# w1, 2 Sapphire Rapids cores). float32 keeps F.linear: its kernel is no slower there, and on some
+# CPUs faster. (Even so, a bfloat16 row is no faster than a float32 one on that CPU: docs/benchmarks.md.)
+
+
+def linear(x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+    """x (..., in) @ weight (out, in)^T -> (..., out): F.linear(x, weight), but one bfloat16 row on the
+    CPU goes through torch.mv. The two add the same products in another order: equal up to rounding.
+
+    >>> linear(torch.ones(1, 1, 3), torch.tensor([[1., 2., 3.], [0., 0., 1.]]))
+    tensor([[[6., 1.]]])
+    """
+    if weight.dtype == x.dtype == torch.bfloat16 and x.device.type == "cpu" and x.numel() == x.shape[-1]:
+        return torch.mv(weight, x.reshape(-1)).view(*x.shape[:-1], weight.shape[0])  # (1, ..., 1, out)
+    return F.linear(x, weight)
+
+
+class Linear(nn.Linear):
+    """nn.Linear(in_features, out_features, bias=False) whose forward is `linear` above. Still an
+    nn.Linear (LoRA's apply_lora finds it, its weight is `...weight`), only faster to decode in bfloat16."""
+
+    def __init__(self, in_features: int, out_features: int):
+        super().__init__(in_features, out_features, bias=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return linear(x, self.weight)
+
+
+# ----------------------------------------------------------------------------------------------
 # Attention: each token builds a query, compares it with the keys of all visible tokens and
 # takes the softmax-weighted mix of their values. Grouped-query attention (GQA): n_heads query
 # heads but only n_kv_heads key/value heads; kv head j serves query heads j*n_rep ... j*n_rep +
@@ -216,10 +250,10 @@ class Attention(nn.Module):
         self.n_kv_heads = config.n_kv_heads
         self.n_rep = config.n_heads // config.n_kv_heads
         self.head_dim = config.head_dim
-        self.wq = nn.Linear(config.dim, config.n_heads * self.head_dim, bias=False)
-        self.wk = nn.Linear(config.dim, config.n_kv_heads * self.head_dim, bias=False)
-        self.wv = nn.Linear(config.dim, config.n_kv_heads * self.head_dim, bias=False)
-        self.wo = nn.Linear(config.n_heads * self.head_dim, config.dim, bias=False)
+        self.wq = Linear(config.dim, config.n_heads * self.head_dim)
+        self.wk = Linear(config.dim, config.n_kv_heads * self.head_dim)
+        self.wv = Linear(config.dim, config.n_kv_heads * self.head_dim)
+        self.wo = Linear(config.n_heads * self.head_dim, config.dim)
         self.attn_dropout = nn.Dropout(config.dropout)  # on the attention weights (explicit path)
         self.resid_dropout = nn.Dropout(config.dropout)  # on the output, before the residual add
         self.attn_dropout_p = config.dropout  # the same rate as a number, for the fused kernel
@@ -275,9 +309,9 @@ class Attention(nn.Module):
 class FeedForward(nn.Module):
     def __init__(self, config: LMConfig):
         super().__init__()
-        self.w1 = nn.Linear(config.dim, config.hidden_dim, bias=False)  # gate
-        self.w2 = nn.Linear(config.hidden_dim, config.dim, bias=False)  # down
-        self.w3 = nn.Linear(config.dim, config.hidden_dim, bias=False)  # up
+        self.w1 = Linear(config.dim, config.hidden_dim)  # gate
+        self.w2 = Linear(config.hidden_dim, config.dim)  # down
+        self.w3 = Linear(config.dim, config.hidden_dim)  # up
         self.dropout = nn.Dropout(config.dropout)
 
     def forward(self, x):
@@ -362,7 +396,7 @@ class MoEFeedForward(nn.Module):
         self.experts = nn.ModuleList([FeedForward(config) for _ in range(config.n_routed_experts)])
         # The router, a plain Linear (no bias): logit e = <gate.weight[e], x>, how well expert e
         # suits token x. MiniMind2 holds the same (E, dim) matrix as a bare Parameter, same key.
-        self.gate = nn.Linear(config.dim, config.n_routed_experts, bias=False)
+        self.gate = Linear(config.dim, config.n_routed_experts)
         self.shared_experts = FeedForward(config) if config.n_shared_experts else None
 
     def route(self, tokens: torch.Tensor):
@@ -532,7 +566,7 @@ class MiniMindLM(nn.Module):
         self.dropout = nn.Dropout(config.dropout)
         self.layers = nn.ModuleList([MiniMindBlock(i, config) for i in range(config.n_layers)])
         self.norm = RMSNorm(config.dim, eps=config.norm_eps)
-        self.output = nn.Linear(config.dim, config.vocab_size, bias=False)
+        self.output = Linear(config.dim, config.vocab_size)
         # Tied embeddings: reading a token in and scoring it out use ONE matrix (vocab, dim).
         # Saves vocab*dim parameters -- 3.3M of MiniMind2-Small's 25.8M.
         self.tok_embeddings.weight = self.output.weight
@@ -566,6 +600,19 @@ class MiniMindLM(nn.Module):
             elif isinstance(module, RMSNorm):
                 nn.init.ones_(module.weight)
         # tok_embeddings.weight IS output.weight, initialised above as a Linear weight.
+
+    @torch.no_grad()
+    def cast_weights(self, dtype: torch.dtype) -> "MiniMindLM":
+        """Store every parameter in `dtype` (e.g. bfloat16 for inference: half the bytes to read per
+        token) -> self. Not model.to(dtype), which would also round the RoPE table: its cos/sin stay
+        float32. The Parameter objects stay the same (only their data changes), so the tied
+        embedding/output matrix stays one tensor and an adapter's reference to its weight still holds.
+        Activations then follow the weights' dtype; RMSNorm's statistics, RoPE and the attention
+        softmax are computed in float32 whatever it is, and generate's KV cache takes the weights' dtype.
+        """
+        for p in self.parameters():
+            p.data = p.data.to(dtype)
+        return self
 
     def forward(
         self,

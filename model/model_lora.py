@@ -51,6 +51,7 @@ import torch.nn.functional as F
 from model.checkpoint import CheckpointError, clean_state_dict, read_checkpoint, save_weights, unwrap
 # Not LoRA concepts, but long imported from here (e.g. by train_lora.py): re-exported.
 from model.model import count_parameters, trainable_parameters_report  # noqa: F401
+from model.model import linear
 
 
 class LoRA(nn.Module):
@@ -120,13 +121,17 @@ class LoRALinear(nn.Linear):
         # nn.Identity when there is no dropout, so the default adds no work to the forward pass.
         self.dropout = nn.Dropout(dropout) if dropout > 0 else nn.Identity()
         self.merged = False
+        # The layer this one replaces (e.g. model.model.Linear), given back by to_linear. A plain
+        # reference, not a submodule: its weight is already this layer's, and must be saved once.
+        object.__setattr__(self, "base_layer", base)
 
     @property
     def scale(self) -> float:
         return self.alpha / self.rank
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        y = F.linear(x, self.weight, self.bias)  # the frozen base path: W x
+        # the frozen base path: W x (model.linear: F.linear, or torch.mv for one bfloat16 row on a CPU)
+        y = linear(x, self.weight) if self.bias is None else F.linear(x, self.weight, self.bias)
         if self.merged:
             if self.training and torch.is_grad_enabled() and self.lora.A.weight.requires_grad:
                 # A and B are not on the merged path, so they would get no gradient: an optimizer
@@ -156,11 +161,11 @@ class LoRALinear(nn.Linear):
             self.merged = False
 
     def to_linear(self) -> nn.Linear:
-        """A plain nn.Linear holding this layer's own weight (and bias) Parameters; the adapter is dropped."""
-        linear = nn.Linear(self.in_features, self.out_features, bias=self.bias is not None, device="meta")
-        linear.weight = self.weight
-        linear.bias = self.bias
-        return linear
+        """The layer apply_lora replaced, of its own class (model.model.Linear for MiniMind's layers),
+        holding this layer's own weight (and bias) Parameters; the adapter is dropped."""
+        self.base_layer.weight = self.weight
+        self.base_layer.bias = self.bias
+        return self.base_layer
 
     def extra_repr(self) -> str:
         return f"{super().extra_repr()}, rank={self.rank}, alpha={self.alpha}, merged={self.merged}"

@@ -34,6 +34,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from model.model import linear
 from model.model_lora import LoRALinear, load_lora, remove_lora
 
 
@@ -175,7 +176,7 @@ def lora_linear(x: torch.Tensor, weight: torch.Tensor, adapter=None) -> torch.Te
     >>> lora_linear(torch.tensor([[[1., 2.]]]), torch.tensor([[1., 1.]]), (down, up))
     tensor([[[13.]]])
     """
-    y = F.linear(x, weight)  # (n, T, out): the shared base product, one matmul for every row
+    y = linear(x, weight)  # (n, T, out): the shared base product, one matmul for every row
     if adapter is None:
         return y
     down, up = adapter

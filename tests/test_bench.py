@@ -5,9 +5,11 @@ so the counting is pinned down here on a tiny model, in well under a second.
 """
 import torch
 
+from bench.bench_generate import bytes_per_step
 from bench.bench_lora import optimizer_state_bytes
 from bench.bench_serve import percentile, workload
-from bench.bench_train import flops_per_token, lora_params, make_batch, matmul_params
+from bench.bench_train import bf16_speedup, flops_per_token, goal_cells, lora_params, make_batch, matmul_params
+from bench.machine import cpu_dtypes
 from model.LMConfig import LMConfig
 from model.model import MiniMindLM
 from model.model_lora import apply_lora, mark_only_lora_as_trainable
@@ -82,3 +84,37 @@ def test_serve_workload_cycles_models_and_prompts():
     nothing mixed): request i goes to model i mod k."""
     jobs = workload(["a", "b"], 5)
     assert [m for m, _ in jobs] == ["a", "b", "a", "b", "a"] and len({p for _, p in jobs}) == 5
+
+
+def test_decode_bytes_count_the_weights_in_their_dtype_and_each_rows_cache():
+    """Guards against a decode bound that assumes float32 for bfloat16 weights (it would halve the
+    bound and flatter the bfloat16 rows 2x), counts the tied matrix twice, or ignores the KV cache
+    that every row reads beside the weights."""
+    model = MiniMindLM(LMConfig(**CONFIG))
+    weights = sum(p.numel() for p in model.parameters())  # distinct tensors: the tied matrix once
+    per_position = 2 * 2 * 2 * 16  # K and V, 2 layers, 2 kv heads, head_dim 16
+    assert bytes_per_step(model, 1, 8, 8) == 4 * weights + 1 * 12 * per_position * 4  # mean position 8 + 8/2
+    model.cast_weights(torch.bfloat16)
+    assert bytes_per_step(model, 3, 8, 8) == 2 * weights + 3 * 12 * per_position * 2
+
+
+def test_benchmark_precisions_are_the_scripts_precisions(monkeypatch):
+    """Guards against a benchmark that times bfloat16 where the training scripts would not use it (a
+    CPU that only emulates it), or lists a precision twice."""
+    from model import device
+    for has_it, expected in ((True, [torch.float32, torch.bfloat16]), (False, [torch.float32])):
+        monkeypatch.setattr(device, "cpu_has_native_bfloat16", lambda cpuinfo=None, has_it=has_it: has_it)
+        assert cpu_dtypes(["float32", "bfloat16", "float32"]) == expected
+
+
+def test_bfloat16_rows_are_compared_with_float32_rows_of_their_stage():
+    """Guards against a speed-up taken against another stage's float32 row, and the MFU goal (set for
+    float32) applied to bfloat16 rows, whose MFU divides by a ~3x higher peak."""
+    row = lambda mode, dtype, tps: {"size": "MiniMind2-Small", "mode": mode, "dtype": dtype, "tokens_per_s": tps}  # noqa: E731
+    results = {("pretrain", torch.float32): row("pretrain", torch.float32, 100.0),
+               ("pretrain", torch.bfloat16): row("pretrain", torch.bfloat16, 170.0),
+               ("lora", torch.float32): row("lora", torch.float32, 1000.0)}
+    assert bf16_speedup(results["pretrain", torch.bfloat16], results) == 1.7
+    assert bf16_speedup(results["pretrain", torch.float32], results) is None
+    assert goal_cells(results["pretrain", torch.bfloat16], results, mfu=0.2) == ("tokens/s >= 1.6x float32", "yes")
+    assert goal_cells(results["pretrain", torch.float32], results, mfu=0.8) == ("MFU >= 75%", "yes")

@@ -449,7 +449,7 @@ def test_base_flags_are_eval_models(out):
     """Guards against the server and eval_model.py reading the same base checkpoint flags differently."""
     ours = {a.dest: a for a in serve.build_parser()._actions}
     theirs = {a.dest: a for a in eval_model.build_parser()._actions}
-    for flag in ("out_dir", "model_mode", "ckpt", "tokenizer", "dim", "n_layers", "n_heads", "n_kv_heads", "device"):
+    for flag in ("out_dir", "model_mode", "ckpt", "tokenizer", "dim", "n_layers", "n_heads", "n_kv_heads", "device", "dtype"):
         assert (ours[flag].default, ours[flag].help, ours[flag].choices) == \
                (theirs[flag].default, theirs[flag].help, theirs[flag].choices), flag
 
@@ -471,3 +471,44 @@ def test_ctrl_c_stops_the_server_cleanly(out):
     assert err.strip().endswith("serve_openai_api.py: interrupted")
     with pytest.raises(OSError):
         socket.create_connection(("127.0.0.1", port), timeout=5)
+
+
+
+def test_a_bfloat16_server_answers_as_eval_model_does_in_bfloat16(out, monkeypatch):
+    """Guards against --dtype reaching the server but not its engine (a float32 KV cache or adapter bank
+    beside bfloat16 weights, which fails or silently upcasts), and against a bfloat16 engine whose
+    per-row forward drifts from the model's own. On a CPU with native bfloat16 (mocked here; the
+    arithmetic is the same where it is emulated): the base model's greedy answers equal eval_model.py's
+    with --dtype bfloat16, token for token; an adapter's row, whose update the engine computes with
+    alpha/rank folded into B before rounding to bfloat16 (LoRALinear scales after), gives the logits of
+    the model with that adapter loaded within bfloat16's rounding (2% of their range)."""
+    from model import device as device_module
+    monkeypatch.setattr(device_module, "cpu_has_native_bfloat16", lambda cpuinfo="/proc/cpuinfo": True)
+    server, port = start_server(out, "--dtype", "bfloat16")
+    try:
+        engine = server.service.engine
+        assert engine.model.output.weight.dtype == engine.cache.keys[0].dtype == torch.bfloat16
+        loaded = load_checkpoint(out / "full_sft_32.pth", dtype=torch.bfloat16)
+        want = eval_model.generate_answers(loaded.model, loaded.tokenizer, QUESTIONS, 24, 1, 2048)
+        for question, answer in zip(QUESTIONS, want):
+            status, got = post(port, chat("minimind", question, temperature=0, max_tokens=24))
+            assert status == 200 and got["choices"][0]["message"]["content"] == answer, question
+    finally:
+        stop_server(server)
+    model, tok = loaded.model, loaded.tokenizer
+    bank = AdapterBank("minimind", {name: read_adapter(model, out / "lora" / f"{name}_32.pth") for name in ADAPTERS},
+                       dtype=torch.bfloat16)
+    rows = RowAdapters(bank, max_rows=3)
+    for row, name in enumerate(MODELS):
+        rows.wear(row, bank.index(name))
+    prompt = tok.apply_chat_template([{"role": "user", "content": QUESTIONS[0]}], tokenize=True)
+    cache = SlotKVCache(model.config, 3, len(prompt), dtype=torch.bfloat16)
+    logits = forward_rows(model, torch.tensor([prompt] * 3), cache, rows.rows(0, 3), slots=torch.arange(3),
+                          last=torch.tensor([len(prompt) - 1] * 3))
+    for row, name in enumerate(MODELS):
+        if name != "minimind":
+            load_lora(model, out / "lora" / f"{name}_32.pth")
+        with torch.inference_mode():
+            alone = model(torch.tensor([prompt])).logits[0, -1].float()
+        remove_lora(model)
+        torch.testing.assert_close(logits[row], alone, rtol=0, atol=0.02 * alone.abs().max().item())
