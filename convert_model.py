@@ -26,7 +26,7 @@ from model.checkpoint import load_weights, save_model
 from model.errors import UserError, run_main
 from model.hf_llama import (check_chat_template, read_llama_folder, read_peft_folder, save_llama_folder,
                             save_peft_folder)
-from model.loader import checkpoint_meta, load_checkpoint, load_tokenizer, path_for_sidecar
+from model.loader import add_shape_args, checkpoint_meta, load_checkpoint, load_tokenizer, path_for_sidecar, shape_from_args
 from model.model import MiniMindLM
 from model.model_lora import adapter_state, load_lora, merge_lora, remove_lora, save_lora
 
@@ -35,9 +35,11 @@ def to_hf(args) -> None:
     """Our checkpoint (and adapter) -> a Hugging Face folder (and a PEFT folder in it, or merged)."""
     if args.merge and not args.lora_path:
         raise UserError("--merge merges an adapter into the exported weights: name it with --lora_path")
-    shape = {"dim": args.dim, "n_layers": args.n_layers, "n_heads": args.n_heads, "n_kv_heads": args.n_kv_heads}
-    loaded = load_checkpoint(args.ckpt, tokenizer=args.tokenizer, shape=shape, adapter=args.lora_path)
+    loaded = load_checkpoint(args.ckpt, tokenizer=args.tokenizer, shape=shape_from_args(args), adapter=args.lora_path)
     model, tokenizer = loaded.model, loaded.tokenizer
+    if model.config.use_moe:  # LlamaForCausalLM has one feed-forward per block, not routed experts
+        raise UserError(f"{args.ckpt} is a mixture-of-experts model, which a Llama folder cannot hold; "
+                        "only dense models go to Hugging Face here")
     written = [f"{args.out_dir}: LlamaForCausalLM, tokenizer"]
     if args.lora_path:
         adapter = adapter_state(model)
@@ -102,12 +104,7 @@ def build_parser() -> argparse.ArgumentParser:
                      help="an adapter file to export too: as a PEFT folder OUT_DIR/adapter/, or merged with --merge")
     out.add_argument("--merge", action="store_true",
                      help="merge --lora_path into the weights and write one plain model instead of a PEFT folder")
-    out.add_argument("--tokenizer", default=None,
-                     help="the tokenizer a MiniMind2 .pth without a sidecar was trained with (default: the sidecar's)")
-    out.add_argument("--dim", type=int, default=None, help="width of a MiniMind2 .pth without a sidecar (MiniMind2-Small: 512)")
-    out.add_argument("--n_layers", type=int, default=None, help="layers of a MiniMind2 .pth without a sidecar (MiniMind2-Small: 8)")
-    out.add_argument("--n_heads", type=int, default=None, help="query heads of a MiniMind2 .pth without a sidecar (MiniMind2: 8)")
-    out.add_argument("--n_kv_heads", type=int, default=None, help="key/value heads of a MiniMind2 .pth without a sidecar (MiniMind2: 2)")
+    add_shape_args(out)  # a MiniMind2 .pth without a sidecar: its shape and tokenizer
     out.set_defaults(run=to_hf)
 
     into = sub.add_parser("from-hf", help="a Hugging Face Llama folder (+ PEFT folder) -> our checkpoint (+ adapter)",

@@ -37,8 +37,8 @@ import torch.nn.functional as F
 from dataset.lm_dataset import check_unicode, jsonl_lines, parse_line
 from model.device import DEVICE_HELP, DTYPES, INFERENCE_DTYPE_HELP, pick_device, pick_dtype
 from model.errors import UserError, run_main
-from model.loader import (DEFAULT_DIM, adapter_path, check_adapter_name, checkpoint_path, list_adapters, load_checkpoint,
-                          missing_adapter_message)
+from model.loader import (DEFAULT_DIM, add_shape_args, adapter_path, check_adapter_name, checkpoint_path, list_adapters,
+                          load_checkpoint, missing_adapter_message, shape_from_args)
 from model.model_lora import load_lora, lora_state_dict, remove_lora
 
 # --model_mode name -> checkpoint file prefix (MiniMind2's --model_mode chooses the stage the same way)
@@ -118,11 +118,11 @@ def attach_adapter(model, path):
     return sum(t.numel() for t in lora_state_dict(model).values())
 
 
-def find_adapter(out_dir, lora_name, dim):
+def find_adapter(out_dir, lora_name, dim, use_moe=False):
     """OUT_DIR/lora/{lora_name}_{dim}.pth, or a one-line UserError listing the adapters that exist."""
-    path = adapter_path(out_dir, lora_name, dim)
+    path = adapter_path(out_dir, lora_name, dim, use_moe)
     if not Path(path).is_file():
-        raise UserError(missing_adapter_message(out_dir, lora_name, dim))
+        raise UserError(missing_adapter_message(out_dir, lora_name, dim, use_moe))
     return path
 
 
@@ -159,7 +159,8 @@ def generate_answers(model, tok, questions, max_new_tokens, batch_size, max_seq_
         width = max(len(prompts[i]) for i in rows)
         input_ids = torch.tensor([[tok.pad_token_id] * (width - len(prompts[i])) + prompts[i] for i in rows])
         mask = torch.tensor([[0] * (width - len(prompts[i])) + [1] * len(prompts[i]) for i in rows])
-        out = model.generate(input_ids.to(device), eos_token_id=tok.eos_token_id, max_new_tokens=max_new_tokens,
+        room = min(max_new_tokens, max_seq_len - width)  # prompt + answer never longer than the context
+        out = model.generate(input_ids.to(device), eos_token_id=tok.eos_token_id, max_new_tokens=room,
                              temperature=0.0, pad_token_id=tok.pad_token_id, attention_mask=mask.to(device))
         for i, new in zip(rows, out[:, width:].tolist()):  # (B, new) -> the generated part of each row
             if tok.eos_token_id in new:
@@ -280,6 +281,7 @@ def reply(model, tok, messages, sampling, context, stream):
     device = next(model.parameters()).device
     max_new_tokens = min(sampling.max_new_tokens, context - 1)
     ids = torch.tensor([prompt_ids(tok, messages, context, max_new_tokens)], device=device)  # (1, T)
+    max_new_tokens = min(max_new_tokens, context - ids.shape[1])  # prompt + answer never longer than the context
     kwargs = dict(eos_token_id=tok.eos_token_id, max_new_tokens=max_new_tokens, temperature=sampling.temperature,
                   top_p=sampling.top_p, pad_token_id=tok.pad_token_id, seed=sampling.seed)
     if not stream:
@@ -373,7 +375,7 @@ def run_chat(model, tok, adapters, out_dir, sampling, context, history_cnt, stre
             history = []
             print("(history cleared)")
         elif line == "/lora":
-            print(f"adapter: {current or 'none'}; available: {', '.join(list_adapters(out_dir, dim)) or 'none'}")
+            print(f"adapter: {current or 'none'}; available: {', '.join(list_adapters(out_dir, dim, model.config.use_moe)) or 'none'}")
         elif line.startswith("/lora "):
             name = line.split(maxsplit=1)[1]
             try:
@@ -381,7 +383,7 @@ def run_chat(model, tok, adapters, out_dir, sampling, context, history_cnt, stre
                     remove_lora(model)
                     current, current_path = None, None
                 else:
-                    path = find_adapter(out_dir, name, dim)  # a wrong name changes nothing
+                    path = find_adapter(out_dir, name, dim, model.config.use_moe)  # a wrong name changes nothing
                     n_params = attach_adapter(model, path)  # removes the active adapter first
                     current, current_path = name, path
                     print(f"(adapter {name}: {n_params:,} parameters)")
@@ -427,19 +429,7 @@ def build_parser():
     p.add_argument("--out_dir", default="out", help="where the checkpoints and lora/ adapters are (default: %(default)s)")
     p.add_argument("--lora_name", nargs="+", default=None,
                    help="adapter(s) OUT_DIR/lora/NAME_DIM.pth; several only with --compare; 'None' = no adapter")
-    p.add_argument("--tokenizer", default=None,
-                   help="tokenizer folder (default: the one recorded in the checkpoint's sidecar; required for a "
-                        "MiniMind2 .pth without one)")
-    p.add_argument("--dim", type=int, default=None,
-                   help=f"model width: picks OUT_DIR/..._DIM.pth (DIM {DEFAULT_DIM} if not given), and sizes a MiniMind2 "
-                        "file that has no sidecar")
-    p.add_argument("--n_layers", type=int, default=None, help="layers of a MiniMind2 file that has no sidecar")
-    p.add_argument("--n_heads", type=int, default=None, help="query heads of a MiniMind2 file that has no sidecar (MiniMind2: 8)")
-    p.add_argument("--n_kv_heads", type=int, default=None,
-                   help="key/value heads of a MiniMind2 file that has no sidecar (MiniMind2: 2)")
-    p.add_argument("--use_moe", action="store_true", default=None,
-                   help="a mixture-of-experts model: picks OUT_DIR/..._DIM_moe.pth, and shapes a MiniMind2-MoE file "
-                        "that has no sidecar")
+    add_shape_args(p)
     p.add_argument("--max_seq_len", type=int, default=None,
                    help="context length: prompt + answer are cut to it (default: the model's max_seq_len)")
     p.add_argument("--max_new_tokens", type=int, default=256, help="longest answer, in tokens (default: %(default)s)")
@@ -501,13 +491,12 @@ def main(argv=None):
     eval_sets = {Path(f).stem: load_eval_set(f) for f in args.eval_data or []}  # a bad file fails before the model loads
 
     ckpt = args.ckpt or checkpoint_path(args.out_dir, MODEL_MODES[args.model_mode], args.dim or DEFAULT_DIM, bool(args.use_moe))
-    shape = {"dim": args.dim, "n_layers": args.n_layers, "n_heads": args.n_heads, "n_kv_heads": args.n_kv_heads,
-             "use_moe": args.use_moe}
+    shape = shape_from_args(args)
     loaded = load_checkpoint(ckpt, tokenizer=args.tokenizer, shape=shape, max_seq_len=args.max_seq_len, device=device,
                              dtype=dtype)
     model, tok = loaded.model, loaded.tokenizer
     context = args.max_seq_len or model.config.max_seq_len
-    adapters = [(n, find_adapter(args.out_dir, n, model.config.dim)) for n in names]
+    adapters = [(n, find_adapter(args.out_dir, n, model.config.dim, model.config.use_moe)) for n in names]
     precision = str(dtype).removeprefix("torch.") + (f" ({dtype_note})" if dtype_note else "")
     print(f"model {ckpt}: {count_base_parameters(model) / 1e6:.2f}M parameters in {precision}, tokenizer "
           f"{loaded.tokenizer_path}", file=sys.stderr, flush=True)

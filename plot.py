@@ -1,7 +1,7 @@
 """Line charts as SVG, by hand: no plotting library, a few dozen lines of markup.
 
-Training draws its loss curves with it (train and validation on one chart), and the experiments draw
-their figures (several runs on shared axes, a legend naming each):
+Training draws its loss curves with it: training and validation loss on shared axes, a legend
+naming each series (any number of them: several runs compare the same way):
 
     line_chart({"train": [(10, 7.9), (20, 6.1)], "validation": [(20, 6.3)]},
                "out/pretrain_128_loss.svg", title="pretrain_128: loss", x_label="optimizer step", y_label="loss")
@@ -28,22 +28,21 @@ def _span(values):
     return (low - 0.5, high + 0.5) if high == low else (low, high)
 
 
-def line_chart(series, path, title, x_label, y_label, width=640, height=360, log_x=False):
+def line_chart(series, path, title, x_label, y_label, width=640, height=360):
     """Draw {label: [(x, y), ...]} as lines on shared axes, with a legend when there is more than one,
     and write the SVG to `path` (atomically). Points with a non-finite y are left out.
 
-    The plot area is mapped linearly: x -> from left to right, y -> from bottom to top (log_x: log2 of x,
-    for a sweep over 1, 2, 4, ..., 64). A series with one point is drawn as a dot.
+    The plot area is mapped linearly: x -> from left to right, y -> from bottom to top. A series with
+    one point is drawn as a dot.
     """
     left, right, top, bottom = 64, 20, 36, 44  # margins, px: room for tick labels and the title
     series = {label: [(x, y) for x, y in points if math.isfinite(y)] for label, points in series.items()}
-    fx = (lambda v: math.log2(v)) if log_x else (lambda v: v)
-    x0, x1 = _span([fx(x) for points in series.values() for x, _ in points])
+    x0, x1 = _span([x for points in series.values() for x, _ in points])
     y0, y1 = _span([y for points in series.values() for _, y in points])
     plot_w, plot_h = width - left - right, height - top - bottom
 
     def px(x):
-        return left + (fx(x) - x0) / (x1 - x0) * plot_w
+        return left + (x - x0) / (x1 - x0) * plot_w
 
     def py(y):
         return top + (y1 - y) / (y1 - y0) * plot_h  # SVG's y grows downwards
@@ -54,11 +53,10 @@ def line_chart(series, path, title, x_label, y_label, width=640, height=360, log
            f'<text x="{width / 2}" y="20" text-anchor="middle" font-size="14">{xml_escape(title)}</text>']
     for i in range(5):  # 5 ticks per axis, with light grid lines
         xv, yv = x0 + (x1 - x0) * i / 4, y0 + (y1 - y0) * i / 4
-        x_tick = 2 ** xv if log_x else xv
         x_pos = left + i / 4 * plot_w
         svg.append(f'<line x1="{x_pos:.1f}" y1="{top}" x2="{x_pos:.1f}" y2="{top + plot_h}" stroke="#eee"/>')
         svg.append(f'<line x1="{left}" y1="{py(yv):.1f}" x2="{left + plot_w}" y2="{py(yv):.1f}" stroke="#eee"/>')
-        svg.append(f'<text x="{x_pos:.1f}" y="{top + plot_h + 16}" text-anchor="middle">{x_tick:.4g}</text>')
+        svg.append(f'<text x="{x_pos:.1f}" y="{top + plot_h + 16}" text-anchor="middle">{xv:.4g}</text>')
         svg.append(f'<text x="{left - 6}" y="{py(yv) + 4:.1f}" text-anchor="end">{yv:.3g}</text>')
     svg.append(f'<polyline fill="none" stroke="#888" points="{left},{top} {left},{top + plot_h} {left + plot_w},{top + plot_h}"/>')
     svg.append(f'<text x="{left + plot_w / 2}" y="{height - 8}" text-anchor="middle">{xml_escape(x_label)}</text>')

@@ -137,8 +137,18 @@ def build_parser():
     return parser
 
 
+def stage_out_dir(out_dir) -> str:
+    """--out_dir as the stages see it: they run in the repository, so a folder given relative to where
+    run_demo.py was started becomes relative to the repository ('out' stays 'out' when started there),
+    or absolute when it lies elsewhere."""
+    full = os.path.abspath(out_dir)
+    inside = full == str(ROOT) or full.startswith(str(ROOT) + os.sep)
+    return os.path.relpath(full, ROOT) if inside else full
+
+
 def main(argv=None):
     args = build_parser().parse_args(argv)
+    args.out_dir = stage_out_dir(args.out_dir)
     stages = demo_stages(args.out_dir, args.seed)
     times, start = {}, time.perf_counter()
     for number, (name, command) in enumerate(stages, 1):

@@ -43,8 +43,8 @@ from eval_model import MODEL_MODES, build_parser as eval_model_parser
 from model.device import DEVICE_HELP, DTYPES, INFERENCE_DTYPE_HELP, pick_device, pick_dtype
 from model.engine import Engine, EngineFull, EngineStopped, Request
 from model.errors import UserError, run_main
-from model.loader import (DEFAULT_DIM, adapter_path, check_adapter_name, checkpoint_path, load_checkpoint,
-                          missing_adapter_message)
+from model.loader import (DEFAULT_DIM, add_shape_args, adapter_path, check_adapter_name, checkpoint_path, load_checkpoint,
+                          missing_adapter_message, shape_from_args)
 from model.multi_lora import AdapterBank, read_adapter
 
 BASE_NAME = "minimind"  # what "model" names the base model as; adapters go by their own names
@@ -475,21 +475,18 @@ def open_server(args) -> ChatServer:
     except OSError as e:
         raise UserError(f"cannot listen on {args.host}:{args.port}: {e.strerror or e}; pass another --port") from None
     try:
-        ckpt = args.ckpt or checkpoint_path(args.out_dir, MODEL_MODES[args.model_mode], args.dim or DEFAULT_DIM)
-        shape = {"dim": args.dim, "n_layers": args.n_layers, "n_heads": args.n_heads, "n_kv_heads": args.n_kv_heads}
-        loaded = load_checkpoint(ckpt, tokenizer=args.tokenizer, shape=shape, device=device, dtype=dtype)
+        ckpt = args.ckpt or checkpoint_path(args.out_dir, MODEL_MODES[args.model_mode], args.dim or DEFAULT_DIM,
+                                            bool(args.use_moe))
+        loaded = load_checkpoint(ckpt, tokenizer=args.tokenizer, shape=shape_from_args(args), max_seq_len=args.max_seq_len,
+                                 device=device, dtype=dtype)
         model, tok = loaded.model, loaded.tokenizer
         adapters = {}
         for name in names:
-            path = adapter_path(args.out_dir, name, model.config.dim)
+            path = adapter_path(args.out_dir, name, model.config.dim, model.config.use_moe)
             if not os.path.isfile(path):
-                raise UserError(missing_adapter_message(args.out_dir, name, model.config.dim))
+                raise UserError(missing_adapter_message(args.out_dir, name, model.config.dim, model.config.use_moe))
             adapters[name] = read_adapter(model, path)  # through model_lora.load_lora, which checks the fit
-        context = model.config.max_seq_len
-        if args.max_seq_len is not None:
-            if args.max_seq_len > context:
-                raise UserError(f"--max_seq_len {args.max_seq_len} is more than the model's {context} positions")
-            context = args.max_seq_len
+        context = args.max_seq_len or model.config.max_seq_len  # load_checkpoint refused a longer one
         bank = AdapterBank(BASE_NAME, adapters, device=device, dtype=model.output.weight.dtype)
         engine = Engine(model, tok.eos_token_id, bank, args.lora_mode, args.max_batch_size, args.max_waiting)
         server.service = Service(engine, tok, bank.names, context, args.max_body_bytes, args.log_requests, int(time.time()))
@@ -515,16 +512,7 @@ def build_parser():
     p.add_argument("--lora_name", nargs="+", default=[],
                    help="adapters OUT_DIR/lora/NAME_DIM.pth to serve, each under its NAME beside the base "
                         f"('{BASE_NAME}')")
-    p.add_argument("--tokenizer", default=None,
-                   help="tokenizer folder (default: the one recorded in the checkpoint's sidecar; required for a "
-                        "MiniMind2 .pth without one)")
-    p.add_argument("--dim", type=int, default=None,
-                   help=f"model width: picks OUT_DIR/..._DIM.pth (DIM {DEFAULT_DIM} if not given), and sizes a MiniMind2 "
-                        "file that has no sidecar")
-    p.add_argument("--n_layers", type=int, default=None, help="layers of a MiniMind2 file that has no sidecar")
-    p.add_argument("--n_heads", type=int, default=None, help="query heads of a MiniMind2 file that has no sidecar (MiniMind2: 8)")
-    p.add_argument("--n_kv_heads", type=int, default=None,
-                   help="key/value heads of a MiniMind2 file that has no sidecar (MiniMind2: 2)")
+    add_shape_args(p)
     p.add_argument("--device", default="auto", help=DEVICE_HELP)
     p.add_argument("--dtype", default="auto", choices=DTYPES, help=INFERENCE_DTYPE_HELP)
     p.add_argument("--host", default="127.0.0.1",

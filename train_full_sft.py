@@ -16,7 +16,7 @@ import torch
 import training
 from dataset.lm_dataset import SFTDataset
 from model.checkpoint import save_model
-from model.loader import DEFAULT_DIM, checkpoint_meta, checkpoint_path, load_checkpoint, run_files
+from model.loader import DEFAULT_DIM, checkpoint_meta, checkpoint_path, load_checkpoint, run_files, shape_from_args
 from model.model import trainable_parameters_report
 from model.run_lock import claim_out_dir
 
@@ -41,7 +41,7 @@ def main(argv=None):
     # one run per output folder (model/run_lock.py), claimed before anything loads
     with claim_out_dir(args.out_dir), training.runtime(args.device, args.dtype, args.seed) as rt:
         # ---- the model: the pretrained checkpoint, config and tokenizer from its sidecar
-        loaded = load_checkpoint(base, tokenizer=args.tokenizer, shape=training.shape_flags(args),
+        loaded = load_checkpoint(base, tokenizer=args.tokenizer, shape=shape_from_args(args),
                                  max_seq_len=args.max_seq_len, device=rt.device)
         raw_model, tokenizer = loaded.model, loaded.tokenizer
         files = run_files(args.out_dir, checkpoint_path(args.out_dir, "full_sft", raw_model.config.dim, raw_model.config.use_moe))

@@ -19,9 +19,13 @@ import torch
 import training
 from dataset.lm_dataset import SFTDataset
 from model.errors import UserError
-from model.loader import DEFAULT_DIM, adapter_path, check_adapter_name, checkpoint_path, load_checkpoint, run_files
+from model.loader import DEFAULT_DIM, adapter_path, check_adapter_name, checkpoint_path, load_checkpoint, run_files, shape_from_args
 from model.model_lora import apply_lora, load_lora, mark_only_lora_as_trainable, save_lora, trainable_parameters_report
 from model.run_lock import claim_out_dir
+
+
+DEFAULT_RANK = 16  # MiniMind2's
+DEFAULT_TARGETS = "wq,wk,wv,wo,w1,w2,w3,output"  # every Linear and the tied embedding: what the demo's tasks need
 
 
 def build_parser():
@@ -35,38 +39,40 @@ def build_parser():
     training.add_model_args(parser, from_checkpoint=True)
     parser.add_argument("--base", default=None, help="checkpoint to adapt (default: OUT_DIR/full_sft_DIM.pth)")
     parser.add_argument("--lora_name", default="lora_medical", help="adapter name; saved as OUT_DIR/lora/{lora_name}_{dim}.pth (default: %(default)s)")
-    parser.add_argument("--lora_rank", type=int, default=16, help="rank r of the update B A (default: %(default)s)")
+    parser.add_argument("--lora_rank", type=int, default=None,
+                        help=f"rank r of the update B A (default: {DEFAULT_RANK}, as MiniMind2; with --init_lora, the file's)")
     parser.add_argument("--lora_alpha", type=float, default=None,
                         help="the update is scaled by alpha / rank (default: alpha = rank, scale 1, as MiniMind2)")
     parser.add_argument("--lora_dropout", type=float, default=0.0, help="dropout on the adapter's input (default: %(default)s)")
-    parser.add_argument("--lora_targets", default="wq,wk,wv,wo,w1,w2,w3,output",
+    parser.add_argument("--lora_targets", default=None,
                         help="comma-separated Linear names to adapt; 'output' also adapts tok_embeddings, its tied weight "
-                             "(default: %(default)s: every Linear and the tied embedding, which the demo's tasks need; "
-                             "MiniMind2 adapts the square ones only, wq,wo)")
+                             f"(default: {DEFAULT_TARGETS}: every Linear and the tied embedding, which the demo's tasks "
+                             "need; MiniMind2 adapts the square ones only, wq,wo; with --init_lora, the file's)")
     parser.add_argument("--lora_plus_ratio", type=float, default=16.0,
                         help="LoRA+: B's learning rate is this times A's (default: %(default)s, LoRA+'s suggestion; "
                              "1 = plain LoRA, as MiniMind2)")
     parser.add_argument("--init_lora", default=None,
                         help="train this adapter further instead of starting a new one (e.g. one imported with "
                              "convert_model.py from-hf): its file gives the rank, alpha and targets, so --lora_rank, "
-                             "--lora_alpha and --lora_targets stay at their defaults or must match it")
+                             "--lora_alpha and --lora_targets are left out or must match it")
     return parser
 
 
-# The Linear layers of MiniMindLM, by name ('output' is the one tied to tok_embeddings); what --lora_targets takes.
-LINEAR_NAMES = ("wq", "wk", "wv", "wo", "w1", "w2", "w3", "output")
+# The Linear layers of MiniMindLM, by name ('output' is the one tied to tok_embeddings; 'gate' is a
+# mixture of experts' router, docs/moe.md); what --lora_targets takes.
+LINEAR_NAMES = ("wq", "wk", "wv", "wo", "w1", "w2", "w3", "output", "gate")
 
 
 def check_lora_args(args):
     """The --lora_* flags, checked before anything loads (apply_lora would refuse them only once the base is loaded)."""
     check_adapter_name(args.lora_name)
-    if args.lora_rank < 1:
+    if args.lora_rank is not None and args.lora_rank < 1:
         raise UserError(f"--lora_rank must be at least 1, got {args.lora_rank}")
     if args.lora_alpha is not None and not (math.isfinite(args.lora_alpha) and args.lora_alpha > 0):
         raise UserError(f"--lora_alpha must be a positive number, got {args.lora_alpha}")
     if not 0 <= args.lora_dropout < 1:
         raise UserError(f"--lora_dropout must be in [0, 1), got {args.lora_dropout}")
-    unknown = [t for t in args.lora_targets.split(",") if t not in LINEAR_NAMES]
+    unknown = [t for t in (args.lora_targets or DEFAULT_TARGETS).split(",") if t not in LINEAR_NAMES]
     if unknown:
         raise UserError(f"--lora_targets: {', '.join(map(repr, unknown))} is not a Linear of the model; "
                         f"choose from {','.join(LINEAR_NAMES)}")
@@ -74,18 +80,17 @@ def check_lora_args(args):
         raise UserError(f"--lora_plus_ratio must be a positive number (1 = plain LoRA), got {args.lora_plus_ratio}")
     if args.init_lora is not None and not os.path.isfile(args.init_lora):
         raise UserError(f"--init_lora {args.init_lora} not found (an adapter file, .pth or .safetensors)")
+    # (that --init_lora is not the file this run writes is checked once the output name is known, in main)
 
 
-def check_init_lora_agrees(model, args):
-    """With --init_lora the file defines the adapter; a --lora_rank/--lora_alpha/--lora_targets set away from
-    its default must say the same, or the user asked for an adapter other than the one being trained."""
+def check_init_lora_agrees(model, init_lora, rank, alpha, targets):
+    """With --init_lora the file defines the adapter; a --lora_rank/--lora_alpha/--lora_targets given as
+    well (not None) must say the same, or the user asked for another adapter than the one trained."""
     settings = training.lora_settings(model)  # {"rank", "alpha", "dropout", "targets"} of the loaded adapter
-    defaults = build_parser().parse_args([])
-    given = {"rank": args.lora_rank, "alpha": args.lora_alpha, "targets": sorted(args.lora_targets.split(","))}
-    default = {"rank": defaults.lora_rank, "alpha": defaults.lora_alpha, "targets": sorted(defaults.lora_targets.split(","))}
-    for key in given:
-        if given[key] != default[key] and given[key] != settings[key]:
-            raise UserError(f"--lora_{key} {given[key]} disagrees with {args.init_lora} ({key} {settings[key]}); "
+    given = {"rank": rank, "alpha": alpha, "targets": sorted(targets.split(",")) if targets else None}
+    for key, value in given.items():
+        if value is not None and value != settings[key]:
+            raise UserError(f"--lora_{key} {value} disagrees with {init_lora} ({key} {settings[key]}); "
                             "drop the flag: the adapter file gives it")
 
 
@@ -98,19 +103,24 @@ def main(argv=None):
     # one run per output folder (model/run_lock.py), claimed before anything loads
     with claim_out_dir(args.out_dir, also=["lora"]), training.runtime(args.device, args.dtype, args.seed) as rt:
         # ---- the model: the SFT checkpoint, config and tokenizer from its sidecar
-        loaded = load_checkpoint(base, tokenizer=args.tokenizer, shape=training.shape_flags(args),
+        loaded = load_checkpoint(base, tokenizer=args.tokenizer, shape=shape_from_args(args),
                                  max_seq_len=args.max_seq_len, device=rt.device)
         raw_model, tokenizer = loaded.model, loaded.tokenizer
-        files = run_files(args.out_dir, adapter_path(args.out_dir, args.lora_name, raw_model.config.dim))
+        files = run_files(args.out_dir, adapter_path(args.out_dir, args.lora_name, raw_model.config.dim, raw_model.config.use_moe))
         training.check_no_unfinished_run(files.resume, args.resume)
         # LoRA: adapters beside the chosen Linears (B = 0, so the model is still exactly the base), then
         # freeze everything else: frozen weights get no gradients and no optimizer state
+        if args.init_lora and os.path.exists(files.weights) and os.path.samefile(args.init_lora, files.weights):
+            raise UserError(f"--init_lora {args.init_lora} is the file this run saves to (its first save would "
+                            "overwrite where it started, and --resume could no longer check it): give the run "
+                            "another --lora_name")
         if args.init_lora:  # an existing adapter, trained further
             load_lora(raw_model, args.init_lora, dropout=args.lora_dropout)
-            check_init_lora_agrees(raw_model, args)
+            check_init_lora_agrees(raw_model, args.init_lora, args.lora_rank, args.lora_alpha, args.lora_targets)
         else:
             try:
-                apply_lora(raw_model, args.lora_rank, args.lora_alpha, args.lora_dropout, args.lora_targets.split(","))
+                apply_lora(raw_model, args.lora_rank or DEFAULT_RANK, args.lora_alpha, args.lora_dropout,
+                           (args.lora_targets or DEFAULT_TARGETS).split(","))
             except ValueError as e:  # a bad rank, alpha, dropout or target name
                 raise UserError(f"{e} (check the --lora_* flags)") from None
         mark_only_lora_as_trainable(raw_model)

@@ -16,7 +16,7 @@ import torch
 import training
 from dataset.lm_dataset import PretrainDataset
 from model.checkpoint import save_model
-from model.loader import checkpoint_meta, checkpoint_path, load_tokenizer, run_files
+from model.loader import checkpoint_meta, checkpoint_path, load_tokenizer, run_files, shape_from_args
 from model.model import MiniMindLM, trainable_parameters_report
 from model.run_lock import claim_out_dir
 
@@ -42,7 +42,7 @@ def main(argv=None):
         training.check_no_unfinished_run(files.resume, args.resume)
         # ---- the model: built from the flags, vocabulary size from the tokenizer
         tokenizer = load_tokenizer(args.tokenizer)
-        config = training.model_config(training.shape_flags(args), tokenizer.vocab_size, args.max_seq_len)
+        config = training.model_config(shape_from_args(args), tokenizer.vocab_size, args.max_seq_len)
         raw_model = MiniMindLM(config).to(rt.device)
         rt.print(trainable_parameters_report(raw_model))
 

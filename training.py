@@ -41,7 +41,7 @@ from model.checkpoint import atomic_save
 from model.device import DEVICE_HELP, DTYPES, TRAINING_DTYPE_HELP, pick_device, pick_dtype
 from model.errors import UserError, run_main as _run_main
 from model.LMConfig import LMConfig
-from model.loader import DEFAULT_DIM, check_positions, repo_path
+from model.loader import DEFAULT_DIM, add_shape_args, check_positions, repo_path
 from model.model_lora import LoRALinear
 from plot import line_chart
 
@@ -142,23 +142,7 @@ def add_model_args(parser, *, from_checkpoint):
         p.add_argument("--tokenizer", default=repo_path("model/demo_tokenizer"),
                        help="tokenizer directory or tokenizer.json (default: the repository's model/demo_tokenizer)")
         return
-    side = "only for a plain MiniMind2 .pth without a .json sidecar, whose shape the sidecar would give"
-    p.add_argument("--dim", type=int, default=None,
-                   help=f"model width: picks the default --base file (OUT_DIR/..._DIM.pth, DIM {DEFAULT_DIM} if not given); "
-                        f"{side} (MiniMind2-Small 512, MiniMind2 768)")
-    p.add_argument("--n_layers", type=int, default=None, help=f"transformer blocks; {side} (MiniMind2-Small 8, MiniMind2 16)")
-    p.add_argument("--n_heads", type=int, default=None, help=f"attention query heads; {side} (MiniMind2: 8)")
-    p.add_argument("--n_kv_heads", type=int, default=None, help=f"key/value heads; {side} (MiniMind2: 2)")
-    p.add_argument("--use_moe", action="store_true", default=None,
-                   help=f"a mixture-of-experts model: names the default --base file (..._moe.pth); {side} (MiniMind2-MoE)")
-    p.add_argument("--tokenizer", default=None,
-                   help="tokenizer directory or tokenizer.json (default: the one recorded in the base checkpoint's sidecar; "
-                        "required for a plain MiniMind2 .pth)")
-
-
-def shape_flags(args) -> dict:
-    """The model-shape flags as LMConfig fields: {"dim": 512, "n_layers": None, ...} (None: not given)."""
-    return {k: getattr(args, k) for k in ("dim", "n_layers", "n_heads", "n_kv_heads", "use_moe")}
+    add_shape_args(p)
 
 
 def check_args(args):
@@ -551,7 +535,10 @@ class Validation:
         if self.rt.ddp:
             dist.all_reduce(sums)
         loss, tokens = sums.tolist()
-        return loss / max(tokens, 1.0)
+        if tokens == 0:  # 0 / 0 would read as a perfect score
+            raise UserError("the validation samples have no trained token within --max_seq_len (every reply is cut "
+                            "off): raise --max_seq_len, or give other --val_data")
+        return loss / tokens
 
 
 # ------------------------------------------------------------------------------------------------
@@ -701,7 +688,12 @@ def load_resume(path, model, optimizer, scaler, plan, rt) -> int:
         raise UserError(f"--resume: {path} holds other parameters (or shapes) than this run trains; "
                             "was it made by another script or with other --lora_* flags?")
     model.load_state_dict(state["trainable"], strict=False)
+    # The optimizer's state brings back each group's saved settings too; keep this run's lr_scale
+    # (LoRA+'s ratio), like its learning rate: both may change when a diverged run is continued.
+    scales = [group["lr_scale"] for group in optimizer.param_groups]
     optimizer.load_state_dict(state["optimizer"])
+    for group, scale in zip(optimizer.param_groups, scales):
+        group["lr_scale"] = scale
     scaler.load_state_dict(state["scaler"])
     rng = state["rng"][rt.rank]
     torch.set_rng_state(rng["cpu"])

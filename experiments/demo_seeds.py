@@ -35,7 +35,8 @@ def build_parser():
 
 
 def run_folder(out_dir, seed):
-    return Path(out_dir) / f"seed_{seed}"
+    """Where the run with `seed` goes, as an absolute path (run_demo.py runs its stages in the repository)."""
+    return Path(out_dir).resolve() / f"seed_{seed}"
 
 
 def row(results):

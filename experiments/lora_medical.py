@@ -77,7 +77,9 @@ def write_data(rehearsal, folder):
                                      demo.TEMPLATES, demo.file_rng(DEMO_SEED, "medical"), rehearsal_share=rehearsal)
     path = Path(folder) / f"lora_medical_rehearsal{rehearsal:g}.jsonl"
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_bytes(demo.to_jsonl(records))
+    data = demo.to_jsonl(records)
+    if not path.is_file() or path.read_bytes() != data:  # rewritten, it would be "other data" to a --resume
+        path.write_bytes(data)
     return path, len(records)
 
 
@@ -105,7 +107,8 @@ def main(argv=None):
     used = train_lora.build_parser().parse_args(command)  # what actually ran: defaults + overrides
     steps = max(r["step"] for r in training.read_metrics(run_files(folder, result.weights).metrics))
     rehearsal = 0.5 if args.rehearsal is None else args.rehearsal
-    print(f"| {used.lora_targets} | {used.lora_rank} | {rehearsal:.0%} | {used.epochs} | {used.seed} | {steps} "
+    print(f"| {used.lora_targets or train_lora.DEFAULT_TARGETS} | {used.lora_rank or train_lora.DEFAULT_RANK} | "
+          f"{rehearsal:.0%} | {used.epochs} | {used.seed} | {steps} "
           f"| {scores['eval_medical']:.1%} | {scores['eval_general']:.1%} |")
 
 

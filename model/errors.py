@@ -6,7 +6,7 @@ wrong and how to fix it -- not a 40-line traceback. Every module raises `UserErr
 that names the kind: `CheckpointError`, `DataError`, ...) for such problems, and every script's
 `__main__` goes through `run_main`, which prints
 
-    train_lora.py: error: out/full_sft_128.pth not found: make it with `python train_full_sft.py`
+    train_lora.py: error: out/full_sft_128.pth not found: make it with `python train_full_sft.py --dim 128`
 
 on stderr and exits with code 2: the form and the code argparse itself uses for a bad flag, so a
 caller sees one convention whatever went wrong. Anything else (a bug) keeps its traceback.

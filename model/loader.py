@@ -27,6 +27,7 @@ from pathlib import Path
 import torch
 
 from model.checkpoint import clean_state_dict, config_flags, load_model, read_checkpoint, read_sidecar, sidecar_path
+from model.device import pick_device
 from model.errors import UserError
 from model.LMConfig import LMConfig
 from model.model import MiniMindLM  # noqa: F401  (the type load_checkpoint returns)
@@ -52,23 +53,29 @@ def checkpoint_path(out_dir, stage: str, dim: int, use_moe: bool = False) -> str
 
 def check_adapter_name(name: str) -> str:
     """An adapter name becomes a file name (out/lora/{name}_{dim}.pth), so it must be a plain name:
-    letters, digits, `_`, `.`, `-`, starting with a letter or digit, at most 100 characters."""
+    letters, digits, `_`, `.`, `-`, starting with a letter or digit, at most 100 characters; and not a
+    stage's name, whose run files (out/pretrain_128_metrics.jsonl, ...) an adapter's would share."""
     if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,99}", name or ""):
         raise UserError(f"adapter name {name!r} must be a plain name such as lora_medical (letters, digits, _ . -, "
                         "at most 100 characters, no path separators): it is saved as OUT_DIR/lora/NAME_DIM.pth")
+    if name in STAGE_SCRIPTS:
+        raise UserError(f"adapter name {name!r} is a stage's name, whose files in OUT_DIR the adapter's run would "
+                        "share; pick another, e.g. lora_medical")
     return name
 
 
-def adapter_path(out_dir, lora_name: str, dim: int) -> str:
-    """adapter_path("out", "lora_medical", 128) -> 'out/lora/lora_medical_128.pth'"""
-    return os.path.join(out_dir, "lora", f"{check_adapter_name(lora_name)}_{dim}.pth")
+def adapter_path(out_dir, lora_name: str, dim: int, use_moe: bool = False) -> str:
+    """adapter_path("out", "lora_medical", 128) -> 'out/lora/lora_medical_128.pth'; an adapter for a
+    mixture-of-experts model gets the checkpoints' '_moe' too, so it never lands on a dense model's
+    of the same width: adapter_path("out", "lora_medical", 640, use_moe=True) -> 'out/lora/lora_medical_640_moe.pth'"""
+    return os.path.join(out_dir, "lora", f"{check_adapter_name(lora_name)}_{dim}{'_moe' if use_moe else ''}.pth")
 
 
-def list_adapters(out_dir, dim: int) -> list:
-    """The names of the adapters for models of width `dim` in out_dir/lora/, e.g. ['lora_identity', 'lora_medical']:
-    exactly what adapter_path (and so --lora_name) takes."""
+def list_adapters(out_dir, dim: int, use_moe: bool = False) -> list:
+    """The names of the adapters for models of width `dim` (and kind) in out_dir/lora/, e.g.
+    ['lora_identity', 'lora_medical']: exactly what adapter_path (and so --lora_name) takes."""
     folder = Path(out_dir) / "lora"
-    suffix = f"_{dim}.pth"
+    suffix = f"_{dim}{'_moe' if use_moe else ''}.pth"
     return sorted(p.name[:-len(suffix)] for p in folder.glob(f"*{suffix}") if p.is_file())
 
 
@@ -103,7 +110,7 @@ def path_for_sidecar(path) -> str:
     With the repository at /home/me/minimind, run from there or from anywhere else:
       'model/demo_tokenizer' -> 'model/demo_tokenizer';  '/data/tok' -> '/data/tok'
     """
-    full = os.path.abspath(path)
+    full = os.path.realpath(path)  # realpath, as REPO_ROOT is resolved: a symlinked checkout is still inside
     if full.startswith(str(REPO_ROOT) + os.sep):
         return os.path.relpath(full, REPO_ROOT).replace(os.sep, "/")
     return full
@@ -126,14 +133,15 @@ def missing_checkpoint_message(path) -> str:
     return f"{path} not found: make it with `python {STAGE_SCRIPTS[match[1]]}{flags}`"
 
 
-def missing_adapter_message(out_dir, lora_name: str, dim: int) -> str:
+def missing_adapter_message(out_dir, lora_name: str, dim: int, use_moe: bool = False) -> str:
     """One line for an adapter that is not there: the adapters that exist, and how to train this one."""
-    existing = list_adapters(out_dir, dim)
+    existing = list_adapters(out_dir, dim, use_moe)
     folder = os.path.join(out_dir, "lora")
     have = f"adapters for dim {dim} in {folder}: {', '.join(existing)}" if existing else f"{folder} has no adapters for dim {dim}"
     out = "" if os.path.normpath(out_dir) == "out" else f" --out_dir {out_dir}"
-    return (f"{adapter_path(out_dir, lora_name, dim)} not found ({have}); train it with "
-            f"`python train_lora.py --lora_name {lora_name} --data_path dataset/{lora_name}.jsonl --dim {dim}{out}`")
+    return (f"{adapter_path(out_dir, lora_name, dim, use_moe)} not found ({have}); train it with "
+            f"`python train_lora.py --lora_name {lora_name} --data_path dataset/{lora_name}.jsonl --dim {dim}"
+            f"{' --use_moe' if use_moe else ''}{out}`")
 
 
 def checkpoint_meta(stage: str, tokenizer_path, tokenizer: Tokenizer, base=None) -> dict:
@@ -144,6 +152,37 @@ def checkpoint_meta(stage: str, tokenizer_path, tokenizer: Tokenizer, base=None)
     if base is not None:
         meta["base"] = path_for_sidecar(base)
     return meta
+
+
+# ------------------------------------------------------------------------------------------------
+# The flags that say which checkpoint to load and, for a plain MiniMind2 .pth, its shape: the same in
+# every script that loads a model (train_full_sft.py, train_lora.py, eval_model.py, the server, the converter).
+
+SHAPE_FLAGS = ("dim", "n_layers", "n_heads", "n_kv_heads", "use_moe")
+
+
+def add_shape_args(parser) -> None:
+    """--dim/--n_layers/--n_heads/--n_kv_heads/--use_moe and --tokenizer for loading a checkpoint. All default to
+    None (not given): a checkpoint with a .json sidecar knows its own shape and tokenizer, and a flag given
+    must agree with it; a plain MiniMind2 .pth needs them. --dim and --use_moe also name the default file."""
+    plain = "for a plain MiniMind2 .pth, whose shape a sidecar would give"
+    p = parser
+    p.add_argument("--dim", type=int, default=None,
+                   help=f"model width: names the default checkpoint file (..._DIM.pth, DIM {DEFAULT_DIM} if not given); "
+                        f"and {plain} (MiniMind2-Small 512, MiniMind2 768)")
+    p.add_argument("--n_layers", type=int, default=None, help=f"transformer blocks, {plain} (MiniMind2-Small 8, MiniMind2 16)")
+    p.add_argument("--n_heads", type=int, default=None, help=f"attention query heads, {plain} (MiniMind2: 8)")
+    p.add_argument("--n_kv_heads", type=int, default=None, help=f"key/value heads, {plain} (MiniMind2: 2)")
+    p.add_argument("--use_moe", action="store_true", default=None,
+                   help=f"a mixture-of-experts model: names the default file (..._DIM_moe.pth); and {plain} (MiniMind2-MoE)")
+    p.add_argument("--tokenizer", default=None,
+                   help="tokenizer directory or tokenizer.json (default: the one the checkpoint's sidecar records; "
+                        "required for a plain MiniMind2 .pth)")
+
+
+def shape_from_args(args) -> dict:
+    """The shape flags as LMConfig fields, e.g. {"dim": 512, "n_layers": None, ...} (None: not given)."""
+    return {name: getattr(args, name, None) for name in SHAPE_FLAGS}
 
 
 # ------------------------------------------------------------------------------------------------
@@ -187,7 +226,7 @@ def load_checkpoint(path, *, tokenizer=None, shape=None, max_seq_len=None, adapt
     max_seq_len: the longest sequence the caller will feed it (--max_seq_len); more than the model's
                positions (config.max_seq_len, the RoPE table) is refused before the weights load.
     adapter:   a LoRA adapter file (or dict) to load onto the model (model_lora.load_lora).
-    device:    where the model goes.
+    device:    where the model goes: a torch.device, or a --device name ('auto' = cuda, else mps, else cpu).
     dtype:     the weights' dtype in memory, for inference: float32, or bfloat16 (half the bytes read
                per decoded token; model.device.pick_dtype says where it is worth it). Files are unchanged:
                read into float32 as always, then cast (MiniMindLM.cast_weights: the RoPE table stays float32).
@@ -211,8 +250,9 @@ def load_checkpoint(path, *, tokenizer=None, shape=None, max_seq_len=None, adapt
         if tokenizer is None or not shape:
             state_dict = clean_state_dict(read_checkpoint(path))
             if state_dict and all(".lora." in key for key in state_dict if key != "lora_config"):
-                raise UserError(f"{path} is a LoRA adapter, not a model: load its base model and name the adapter "
-                                "(--lora_name NAME, or adapter= in Python)")
+                raise UserError(f"{path} is a LoRA adapter, not a model: give its base model here, and the adapter "
+                                "where adapters go (eval_model.py --lora_name, train_lora.py --init_lora, "
+                                "convert_model.py --lora_path; adapter= in Python)")
             implied = config_flags(state_dict)
             flags = " ".join(f"--{k} {implied[k]}" for k in ("dim", "n_layers") if k in implied)
             if any(".experts." in key for key in state_dict):
@@ -232,6 +272,8 @@ def load_checkpoint(path, *, tokenizer=None, shape=None, max_seq_len=None, adapt
     model, meta = load_model(path, config=config)  # the weights, checked tensor by tensor against the config
     if adapter is not None:
         load_lora(model, adapter)
+    if isinstance(device, str):  # a --device value: 'auto' means what it means everywhere (model/device.py)
+        device = pick_device(device)
     model.to(device).cast_weights(dtype).eval()
     return Loaded(model, tok, str(tokenizer_path), path, meta)
 

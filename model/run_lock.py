@@ -50,7 +50,8 @@ def make_out_dir(folder, flag="--out_dir"):
     """Create `folder` if needed, or a UserError saying why it cannot be one (a file has its name, the
     name is too long, no permission). Also for tools that write a folder without locking it."""
     if os.path.exists(folder) and not os.path.isdir(folder):
-        raise UserError(f"{flag} {folder} is a file, not a folder; pass a folder (it is created if missing)")
+        raise UserError(f"{flag} {folder} is a file, not a folder; move the file away, or pass another --out_dir "
+                        "(a folder is created if missing)")
     try:
         os.makedirs(folder, exist_ok=True)
     except OSError as e:
@@ -92,8 +93,9 @@ def claim_out_dir(out_dir, also=(), is_main=None):
         yield
         return
     out_dir = os.fspath(out_dir)
-    for folder in [out_dir] + [os.path.join(out_dir, sub) for sub in also]:
-        make_out_dir(folder)
+    make_out_dir(out_dir)
+    for sub in also:
+        make_out_dir(os.path.join(out_dir, sub), flag=f"OUT_DIR/{sub} of --out_dir")
     path = os.path.join(out_dir, LOCK_NAME)
     try:
         fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o666)

@@ -142,6 +142,15 @@ def test_a_different_tokenizer_than_the_recorded_one_is_refused(checkpoint, tmp_
     assert load_checkpoint(checkpoint, tokenizer=TOKENIZER).tokenizer.vocab_size == 2048  # the same one is fine
 
 
+def test_load_checkpoint_takes_a_device_name(checkpoint):
+    """Guards against a --device value passed on unchanged ('auto' is not a torch device: the
+    experiment script crashed after training with it)."""
+    loaded = load_checkpoint(checkpoint, device="auto")
+    assert loaded.model.output.weight.device == pick_device("auto")
+    with pytest.raises(errors.UserError, match="--device 'nonsense' is not a device"):
+        load_checkpoint(checkpoint, device="nonsense")
+
+
 def test_shape_flags_must_agree_with_the_sidecar(checkpoint):
     """Guards against a shape flag that is silently ignored because the sidecar wins."""
     with pytest.raises(errors.UserError, match="--n_layers 3 disagrees with .*n_layers=2"):

@@ -520,9 +520,12 @@ def test_11_pretraining_checks_the_window_against_the_models_positions(tmp_path,
 
 
 def test_11_lora_targets_name_the_models_linears():
-    """Guards against train_lora.LINEAR_NAMES (checked before the model exists) drifting from the model."""
-    model = MiniMindLM(LMConfig(dim=32, n_layers=1, n_heads=4, n_kv_heads=2, vocab_size=300))
-    linears = {n.rsplit(".", 1)[-1] for n, m in model.named_modules() if isinstance(m, torch.nn.Linear)}
+    """Guards against train_lora.LINEAR_NAMES (checked before the model exists) drifting from the model,
+    dense or a mixture of experts (whose router, 'gate', is a Linear too)."""
+    linears = set()
+    for use_moe in (False, True):
+        model = MiniMindLM(LMConfig(dim=32, n_layers=1, n_heads=4, n_kv_heads=2, vocab_size=300, use_moe=use_moe))
+        linears |= {n.rsplit(".", 1)[-1] for n, m in model.named_modules() if isinstance(m, torch.nn.Linear)}
     assert linears == set(train_lora.LINEAR_NAMES)
 
 

@@ -436,7 +436,7 @@ def test_merged_mode_serves_one_adapter_at_a_time_with_the_same_answers(out, ref
     (["--lora_name", "../x"], "must be a plain name"),
     (["--max_batch_size", "0"], "--max_batch_size must be at least 1"),
     (["--dim", "32", "--lora_name", "lora_c"], "lora_c_32.pth not found"),
-    (["--dim", "32", "--max_seq_len", "4096"], "more than the model's 2048 positions"),
+    (["--dim", "32", "--max_seq_len", "4096"], "--max_seq_len 4096 is more than the 2048 positions of"),
 ])
 def test_bad_flags_are_one_line_user_errors(out, argv, message, capsys):
     """Guards against a bad flag ending in a traceback, or being found only after the model loaded."""

@@ -7,6 +7,7 @@ processes train under torchrun, and user mistakes end in one clear line. Every s
 runs in-process and writes only under tmp_path.
 """
 import contextlib
+import dataclasses
 import hashlib
 import importlib
 import math
@@ -216,6 +217,20 @@ def test_loss_curve_svg_is_well_formed_and_plots_every_point(tmp_path):
     ET.parse(tmp_path / "empty.svg")
 
 
+def test_the_loss_svg_draws_training_and_validation_with_a_legend(tmp_path):
+    """Guards against validation lines in the metrics log that never reach the picture (or reach it as a
+    second, unlabelled line a reader takes for the training loss)."""
+    records = [{"step": s, "loss": 8.0 / s} for s in range(1, 21)] + [{"step": s, "val_loss": 9.0 / (s + 1)} for s in (0, 10, 20)]
+    path = tmp_path / "loss.svg"
+    training.write_loss_svg(records, path, "run")
+    root = ET.parse(path).getroot()
+    ns = "{http://www.w3.org/2000/svg}"
+    curves = [e for e in root.iter(f"{ns}polyline") if e.get("stroke") not in ("#888", None)]
+    assert [len(c.get("points").split()) for c in curves] == [20, 3]  # every training point, every validation one
+    assert curves[0].get("stroke") != curves[1].get("stroke")
+    assert {"training", "validation"} <= {t.text for t in root.iter(f"{ns}text")}
+
+
 def test_a_failed_metrics_or_svg_write_keeps_the_previous_file(tmp_path, monkeypatch):
     """Guards against writing the loss curve and the metrics log in place: a write that fails part
     way (a full disk; here the fsync that makes the bytes durable fails) must leave the previous file
@@ -326,10 +341,18 @@ def test_a_mixture_of_experts_trains_through_every_stage_with_one_flag(tmp_path,
     records = [r for r in training.read_metrics(f"{out}/pretrain_32_moe_metrics.jsonl") if "loss" in r]
     # the aux loss is logged on its own; a balanced router sits at alpha x layers = 0.1 x 2, an unbalanced one above
     assert all(0.15 < r["aux_loss"] < 1.0 for r in records), records
+    # ... and it is trained on: without it (alpha 0) the routers end up elsewhere, everything else equal
+    real_config = training.model_config
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(training, "model_config", lambda *a, **k: dataclasses.replace(real_config(*a, **k), aux_loss_alpha=0.0))
+        unbalanced = train_pretrain.main([*SHAPE, *common, "--out_dir", str(tmp_path / "alpha0"), "--use_moe",
+                                          "--tokenizer", str(TOKENIZER), "--data_path", data["pretrain"]])
+    gate = "layers.0.feed_forward.gate.weight"
+    assert not torch.equal(pre.model.state_dict()[gate], unbalanced.model.state_dict()[gate])
     sft = train_full_sft.main([*common, "--dim", "32", "--use_moe", "--data_path", data["sft"]])
     assert sft.weights == f"{out}/full_sft_32_moe.pth"
     lora = train_lora.main([*common, "--dim", "32", "--use_moe", "--data_path", data["lora"], "--lora_name", "lora_moe"])
-    assert lora.weights == f"{out}/lora/lora_moe_32.pth"
+    assert lora.weights == f"{out}/lora/lora_moe_32_moe.pth"  # never on a dense model's adapter of the same width
     adapted = {name.rsplit(".lora.", 1)[0] for name in torch.load(lora.weights, weights_only=True) if ".lora." in name}
     assert "layers.0.feed_forward.experts.3.w2" in adapted and "layers.0.feed_forward.shared_experts.w1" in adapted
 
@@ -460,18 +483,23 @@ def test_interrupted_run_resumes_to_the_same_weights(kind, tmp_path, data, pipel
         assert script.main(argv).final_loss == pytest.approx(straight.final_loss, abs=1e-6)
 
 
-def test_measuring_validation_loss_changes_nothing_and_measures_the_held_out_samples(tmp_path, data):
+def test_measuring_validation_loss_changes_nothing_and_measures_the_held_out_samples(tmp_path, data, pipeline):
     """Guards against a validation pass that disturbs training (dropout or data-loader seeds drawn from
     the global RNG, the model left in eval mode) and against a wrong number: measured every step or only
-    at the ends, the run trains the same weights, and its last validation loss is the trained model's
-    mean loss over exactly the held-out samples, which it never trained on."""
-    argv = [*SHAPE, *FAST, "--tokenizer", str(TOKENIZER), "--data_path", data["pretrain"], "--epochs", "1"]
-    rarely = train_pretrain.main([*argv, "--out_dir", str(tmp_path / "a"), "--eval_interval", "1000"])
-    often = train_pretrain.main([*argv, "--out_dir", str(tmp_path / "b"), "--eval_interval", "1"])
+    at the ends, a LoRA run with dropout (whose noise comes from the global RNG, in training mode only)
+    trains the same weights, and a run's last validation loss is the trained model's mean loss over
+    exactly the held-out samples, which it never trained on."""
+    argv = [*FAST, "--max_seq_len", "128", "--base", pipeline["sft"].weights, "--data_path", data["lora"],
+            "--epochs", "1", "--lora_dropout", "0.1", "--lora_name", "v"]
+    rarely = train_lora.main([*argv, "--out_dir", str(tmp_path / "a"), "--eval_interval", "1000"])
+    often = train_lora.main([*argv, "--out_dir", str(tmp_path / "b"), "--eval_interval", "1"])
     for key, value in rarely.model.state_dict().items():
         assert torch.equal(value, often.model.state_dict()[key]), key
-    records = training.read_metrics(tmp_path / "b" / "pretrain_32_metrics.jsonl")
-    assert [r["step"] for r in records if "val_loss" in r] == list(range(0, 29))  # 224 samples / 8 = 28 steps
+    records = training.read_metrics(tmp_path / "b" / "v_64_metrics.jsonl")
+    assert [r["step"] for r in records if "val_loss" in r] == list(range(0, 24))  # 184 samples / 8 = 23 steps
+
+    argv = [*SHAPE, *FAST, "--tokenizer", str(TOKENIZER), "--data_path", data["pretrain"], "--epochs", "1"]
+    often = train_pretrain.main([*argv, "--out_dir", str(tmp_path / "c"), "--eval_interval", "1"])
 
     tokenizer = Tokenizer.load(TOKENIZER)
     full = PretrainDataset(data["pretrain"], tokenizer, max_length=64, verbose=False)
