@@ -57,7 +57,7 @@ MERGED_GOAL = 0.98
 def model_sizes() -> dict:
     """name -> LMConfig fields of the sizes this benchmark times."""
     return {
-        "demo": dict(dim=256, n_layers=4, n_heads=8, n_kv_heads=2, vocab_size=2048),
+        "demo": dict(dim=128, n_layers=4, n_heads=4, n_kv_heads=4, vocab_size=2048),  # run_demo.py's model
         "MiniMind2-Small": dict(dim=512, n_layers=8, n_heads=8, n_kv_heads=2, vocab_size=6400),
     }
 

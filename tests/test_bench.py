@@ -118,3 +118,20 @@ def test_bfloat16_rows_are_compared_with_float32_rows_of_their_stage():
     assert bf16_speedup(results["pretrain", torch.float32], results) is None
     assert goal_cells(results["pretrain", torch.bfloat16], results, mfu=0.2) == ("tokens/s >= 1.6x float32", "yes")
     assert goal_cells(results["pretrain", torch.float32], results, mfu=0.8) == ("MFU >= 75%", "yes")
+
+
+def test_the_benchmarks_demo_size_is_the_model_the_demo_trains():
+    """Guards against the benchmarks' "demo" drifting from the training scripts' defaults (it once
+    named an older dim-256 model while run_demo.py trained dim 128, so the tables timed a model no
+    one trained)."""
+    import train_pretrain
+    from bench.bench_generate import model_sizes
+    from bench.bench_train import SIZES
+    from model.loader import load_tokenizer
+
+    args = train_pretrain.build_parser().parse_args([])
+    trained = dict(dim=args.dim, n_layers=args.n_layers, n_heads=args.n_heads, n_kv_heads=args.n_kv_heads,
+                   vocab_size=load_tokenizer(args.tokenizer).vocab_size)
+    fields, _, batch = SIZES["demo"]
+    assert fields == trained and batch == args.batch_size
+    assert model_sizes()["demo"] == trained
