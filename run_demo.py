@@ -20,7 +20,8 @@ targets checked under it, printed and written to OUT_DIR/demo_results.md (every 
 OUT_DIR/demo_results.json). The tokenizer stage rewrites the committed model/demo_tokenizer with the
 same bytes: training it is deterministic.
 
-`--seed N` passes --seed N to every training stage; `--out_dir DIR` sends every stage's files there.
+`--seed N` passes --seed N to every training stage, `--dtype D` passes --dtype D to them (evaluation
+stays float32); `--out_dir DIR` sends every stage's files there.
 experiments/demo_seeds.py runs the demo over several seeds and reports the spread.
 """
 import argparse
@@ -32,6 +33,7 @@ import sys
 import time
 from pathlib import Path
 
+from model.device import DTYPES
 from model.errors import UserError, run_main
 
 ROOT = Path(__file__).resolve().parent
@@ -41,9 +43,9 @@ ADAPTERS = ["lora_medical", "lora_identity"]
 TRAINING_STAGES = ("pretrain", "SFT", "LoRA lora_medical", "LoRA lora_identity")
 
 
-def demo_stages(out_dir="out", seed=None):
-    """The pipeline as [(stage, command)]: the scripts with their defaults, plus --out_dir and --seed
-    when they are not the defaults. What the stages train, and why, is in each script's flag help."""
+def demo_stages(out_dir="out", seed=None, dtype=None):
+    """The pipeline as [(stage, command)]: the scripts with their defaults, plus --out_dir, --seed and
+    --dtype when they are given. What the stages train, and why, is in each script's flag help."""
     stages = [
         ("tokenizer", ["train_tokenizer.py"]),
         ("pretrain", ["train_pretrain.py"]),
@@ -58,6 +60,8 @@ def demo_stages(out_dir="out", seed=None):
             command += ["--out_dir", out_dir]
         if name in TRAINING_STAGES and seed is not None:
             command += ["--seed", str(seed)]
+        if name in TRAINING_STAGES and dtype is not None:  # evaluation stays float32, so scores compare
+            command += ["--dtype", dtype]
     return stages
 
 
@@ -134,6 +138,9 @@ def build_parser():
     parser.add_argument("--out_dir", default="out", help="where every stage writes (default: %(default)s)")
     parser.add_argument("--seed", type=int, default=None,
                         help="--seed for every training stage (default: the scripts' own, 1337)")
+    parser.add_argument("--dtype", choices=DTYPES, default=None,
+                        help="--dtype for every training stage, e.g. bfloat16 on a CPU that has it natively "
+                             "(default: the scripts' own, auto, which is float32 on a CPU; evaluation stays float32)")
     return parser
 
 
@@ -149,7 +156,7 @@ def stage_out_dir(out_dir) -> str:
 def main(argv=None):
     args = build_parser().parse_args(argv)
     args.out_dir = stage_out_dir(args.out_dir)
-    stages = demo_stages(args.out_dir, args.seed)
+    stages = demo_stages(args.out_dir, args.seed, args.dtype)
     times, start = {}, time.perf_counter()
     for number, (name, command) in enumerate(stages, 1):
         times[name], stdout = run_stage(number, len(stages), name, command, capture=name == "evaluation")
@@ -162,7 +169,7 @@ def main(argv=None):
               + f"\n\nMade by `{command}` in {time.perf_counter() - start:.0f} s wall time.\n")
     out = ROOT / args.out_dir
     (out / "demo_results.md").write_text(report, encoding="utf-8")
-    (out / "demo_results.json").write_text(json.dumps({"times_s": times, "seed": args.seed, "targets": checks, **results},
+    (out / "demo_results.json").write_text(json.dumps({"times_s": times, "seed": args.seed, "dtype": args.dtype, "targets": checks, **results},
                                                       ensure_ascii=False, indent=1), encoding="utf-8")
     print("\n" + report + f"(written to {args.out_dir}/demo_results.md; every answer in {args.out_dir}/demo_results.json)")
 

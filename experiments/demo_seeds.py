@@ -14,6 +14,7 @@ every run meets every target:
 """
 import argparse
 import json
+import shlex
 import subprocess
 import sys
 from pathlib import Path
@@ -21,6 +22,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from model.device import DTYPES  # noqa: E402
 from model.errors import UserError, run_main  # noqa: E402
 from run_demo import target_checks  # noqa: E402
 
@@ -29,6 +31,8 @@ def build_parser():
     p = argparse.ArgumentParser(description="Run the demo with several seeds and print the spread of its results.")
     p.add_argument("--seeds", type=int, nargs="+", default=[1337, 1, 2], help="seeds to run (default: %(default)s)")
     p.add_argument("--out_dir", default="out/demo_seeds", help="one folder per seed goes here (default: %(default)s)")
+    p.add_argument("--dtype", choices=DTYPES, default=None,
+                   help="passed to run_demo.py: --dtype for every training stage (default: the scripts' own)")
     p.add_argument("--table_only", action="store_true",
                    help="run nothing: read the seeds' demo_results.json written by earlier runs and print the table")
     return p
@@ -75,8 +79,9 @@ def main(argv=None):
     for seed in args.seeds:
         folder = run_folder(args.out_dir, seed)
         if not args.table_only:
-            command = [sys.executable, "run_demo.py", "--seed", str(seed), "--out_dir", str(folder)]
-            print(f"$ python run_demo.py --seed {seed} --out_dir {folder}", flush=True)
+            flags = ["--seed", str(seed), "--out_dir", str(folder)] + (["--dtype", args.dtype] if args.dtype else [])
+            print(f"$ python run_demo.py {shlex.join(flags)}", flush=True)
+            command = [sys.executable, "run_demo.py", *flags]
             if subprocess.run(command, cwd=ROOT).returncode != 0:
                 raise UserError(f"the demo with --seed {seed} failed; its output is above")
         results_file = folder / "demo_results.json"

@@ -19,13 +19,13 @@ DTYPES = ("auto", "bfloat16", "float16", "float32")  # what --dtype takes (float
 TRAINING_DTYPE_HELP = (
     "precision of the forward's matmuls (autocast; weights and optimizer state stay float32): auto = bfloat16 "
     "on a CUDA GPU (float16 + loss scaling on one without bfloat16), float32 on CPU and MPS; bfloat16 also on a "
-    "CPU with native bfloat16 (AVX512-BF16/AMX: 2.4-2.8x the float32 tokens/s at MiniMind2-Small, 1.1-1.2x at "
+    "CPU with native bfloat16 (AVX512-BF16/AMX: 2.2-2.8x the float32 tokens/s at MiniMind2-Small, 1.1-1.2x at "
     "the demo's size), float32 on one without; the run's summary line says which (default: %(default)s, which "
     "keeps the CPU demo in float32)")
 INFERENCE_DTYPE_HELP = (
     "the weights' dtype in memory (the files stay float32): auto = bfloat16 on a CUDA GPU, float32 on CPU and "
     "MPS; bfloat16 also on a CPU with native bfloat16 (AVX512-BF16/AMX): half the memory, faster decoding of "
-    "batches (1.1x at 8 rows at MiniMind2-Small) but slower one token at a time (0.8x), float32 on one without "
+    "batches (1.1x at 8 rows at MiniMind2-Small) but slower one token at a time (0.8-0.9x), float32 on one without "
     "(default: %(default)s)")
 
 
@@ -57,7 +57,7 @@ def pick_device(name: str) -> torch.device:
 # Precision. bfloat16 keeps float32's 8 exponent bits and only 8 of its 24 significand bits: the
 # same range (no loss scaling), a third of the digits, half the bytes. Whether it is also FASTER
 # depends on the hardware: a CPU that multiplies bfloat16 in hardware does several times the float32
-# matmul rate (a 2048x2048 matmul: 2,145 against 358 GFLOP/s on 2 Sapphire Rapids cores, with AMX);
+# matmul rate (a 2048x2048 matmul: 2,446 against 419 GFLOP/s on 2 Sapphire Rapids cores, with AMX);
 # one that has to convert each number to float32 first gains nothing and loses the digits.
 
 # x86's CPU flags for bfloat16 arithmetic: AVX512-BF16 (dot products of bfloat16 pairs; Cooper Lake,

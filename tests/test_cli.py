@@ -50,13 +50,17 @@ def test_run_demo_runs_the_bare_stage_commands():
     assert evaluation.lora_name == ["lora_medical", "lora_identity"] and evaluation.compare
 
 
-def test_run_demo_flags_only_say_where_and_which_seed():
-    """Guards against run_demo's --out_dir or --seed changing anything else in the stages' commands."""
-    plain, moved = dict(run_demo.demo_stages("out")), dict(run_demo.demo_stages("elsewhere", seed=3))
+def test_run_demo_flags_only_say_where_which_seed_and_which_precision():
+    """Guards against run_demo's --out_dir, --seed or --dtype changing anything else in the stages'
+    commands, and against --dtype reaching the evaluation (its scores must stay comparable)."""
+    plain = dict(run_demo.demo_stages("out"))
+    moved = dict(run_demo.demo_stages("elsewhere", seed=3, dtype="bfloat16"))
     for stage, command in moved.items():
         extra = command[len(plain[stage]):]
         assert command[:len(plain[stage])] == plain[stage]
-        expected = ([] if stage == "tokenizer" else ["--out_dir", "elsewhere"]) + (["--seed", "3"] if stage in TRAINING_SCRIPTS else [])
+        training = stage in TRAINING_SCRIPTS
+        expected = (([] if stage == "tokenizer" else ["--out_dir", "elsewhere"])
+                    + (["--seed", "3", "--dtype", "bfloat16"] if training else []))
         assert extra == expected, (stage, extra)
 
 
