@@ -21,7 +21,7 @@ OUT_DIR/demo_results.json). The tokenizer stage rewrites the committed model/dem
 same bytes: training it is deterministic.
 
 `--seed N` passes --seed N to every training stage, `--dtype D` passes --dtype D to them (evaluation
-stays float32); `--out_dir DIR` sends every stage's files there.
+keeps its own default: float32 on a CPU); `--out_dir DIR` sends every stage's files there.
 experiments/demo_seeds.py runs the demo over several seeds and reports the spread.
 """
 import argparse
@@ -60,7 +60,7 @@ def demo_stages(out_dir="out", seed=None, dtype=None):
             command += ["--out_dir", out_dir]
         if name in TRAINING_STAGES and seed is not None:
             command += ["--seed", str(seed)]
-        if name in TRAINING_STAGES and dtype is not None:  # evaluation stays float32, so scores compare
+        if name in TRAINING_STAGES and dtype is not None:  # evaluation keeps its default, so scores compare
             command += ["--dtype", dtype]
     return stages
 
@@ -135,12 +135,13 @@ def target_checks(results):
 def build_parser():
     parser = argparse.ArgumentParser(description="Run tokenizer -> pretrain -> SFT -> 2 LoRA adapters -> "
                                                  "evaluation on the demo data, and print the results table.")
-    parser.add_argument("--out_dir", default="out", help="where every stage writes (default: %(default)s)")
+    parser.add_argument("--out_dir", default="out",
+                        help="where every stage writes, relative to the current directory (default: %(default)s)")
     parser.add_argument("--seed", type=int, default=None,
                         help="--seed for every training stage (default: the scripts' own, 1337)")
     parser.add_argument("--dtype", choices=DTYPES, default=None,
                         help="--dtype for every training stage, e.g. bfloat16 on a CPU that has it natively "
-                             "(default: the scripts' own, auto, which is float32 on a CPU; evaluation stays float32)")
+                             "(default: the scripts' own, auto, which is float32 on a CPU; evaluation keeps its own default)")
     return parser
 
 

@@ -480,6 +480,9 @@ def open_server(args) -> ChatServer:
         loaded = load_checkpoint(ckpt, tokenizer=args.tokenizer, shape=shape_from_args(args), max_seq_len=args.max_seq_len,
                                  device=device, dtype=dtype)
         model, tok = loaded.model, loaded.tokenizer
+        if model.config.use_moe:  # the engine's per-row adapter products read each block's one feed-forward
+            raise UserError(f"{ckpt} is a mixture-of-experts model; the server batches dense models only "
+                            "(chat with it through eval_model.py --use_moe)")
         adapters = {}
         for name in names:
             path = adapter_path(args.out_dir, name, model.config.dim, model.config.use_moe)

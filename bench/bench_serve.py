@@ -63,10 +63,11 @@ from model.engine import SlotKVCache, forward_rows
 from model.model_lora import apply_lora, remove_lora, save_lora
 from model.multi_lora import AdapterBank, RowAdapters, read_adapter
 from model.tokenizer import Tokenizer
+from train_lora import DEFAULT_TARGETS
 
 ROOT = Path(__file__).resolve().parent.parent
 DEMO_SHAPE = dict(dim=128, n_layers=4, n_heads=4, n_kv_heads=4)  # train_pretrain.py's defaults
-DEMO_TARGETS = ["wq", "wk", "wv", "wo", "w1", "w2", "w3", "output"]  # train_lora.py's --lora_targets
+DEMO_TARGETS = DEFAULT_TARGETS.split(",")  # train_lora.py's --lora_targets
 
 
 # ----------------------------------------------------------------------------------------------

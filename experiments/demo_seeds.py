@@ -87,8 +87,14 @@ def main(argv=None):
         results_file = folder / "demo_results.json"
         if not results_file.is_file():
             raise UserError(f"{results_file} not found: run without --table_only to make it")
-        rows[seed] = row(json.loads(results_file.read_text(encoding="utf-8")))
+        results = json.loads(results_file.read_text(encoding="utf-8"))
+        if results.get("dtype") != args.dtype:  # a bfloat16 spread must not pass for a float32 one
+            raise UserError(f"{results_file} was made with --dtype {results.get('dtype') or '(default)'}, not "
+                            f"{args.dtype or '(default)'}: pass the --dtype it was made with")
+        rows[seed] = row(results)
     table = spread_table(rows)
+    if args.dtype:
+        table = f"training stages with --dtype {args.dtype}\n\n{table}"
     print("\n" + table)
     (Path(args.out_dir) / "spread.md").write_text(table + "\n", encoding="utf-8")
 

@@ -25,7 +25,7 @@ TRAINING_DTYPE_HELP = (
 INFERENCE_DTYPE_HELP = (
     "the weights' dtype in memory (the files stay float32): auto = bfloat16 on a CUDA GPU, float32 on CPU and "
     "MPS; bfloat16 also on a CPU with native bfloat16 (AVX512-BF16/AMX): half the memory, faster decoding of "
-    "batches (1.1x at 8 rows at MiniMind2-Small) but slower one token at a time (0.8-0.9x), float32 on one without "
+    "batches (1.1x at 8 rows at MiniMind2-Small) but no faster one token at a time (0.8-1.0x), float32 on one without "
     "(default: %(default)s)")
 
 

@@ -445,6 +445,19 @@ def test_bad_flags_are_one_line_user_errors(out, argv, message, capsys):
     assert code == 2 and message in err[-1] and "Traceback" not in "\n".join(err), err
 
 
+def test_a_mixture_of_experts_model_is_refused_before_serving(tmp_path):
+    """Guards against the server taking an MoE checkpoint and failing on the first request (the engine's
+    per-row adapter products read each block's one feed-forward, which an MoE block does not have)."""
+    tok = Tokenizer.load(TOKENIZER)
+    model = MiniMindLM(LMConfig(dim=32, n_layers=1, n_heads=4, n_kv_heads=2, vocab_size=tok.vocab_size, use_moe=True))
+    save_model(model, tmp_path / "full_sft_32_moe.pth", meta=checkpoint_meta("full_sft", TOKENIZER, tok))
+    args = serve.build_parser().parse_args(["--out_dir", str(tmp_path), "--dim", "32", "--use_moe", "--port", "0",
+                                            "--device", "cpu"])
+    with pytest.raises(errors.UserError, match="is a mixture-of-experts model") as refused:
+        serve.open_server(args).server_close()  # closed at once if it was wrongly opened, so the test fails, never hangs
+    assert "eval_model.py --use_moe" in str(refused.value)
+
+
 def test_base_flags_are_eval_models(out):
     """Guards against the server and eval_model.py reading the same base checkpoint flags differently."""
     ours = {a.dest: a for a in serve.build_parser()._actions}
