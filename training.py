@@ -294,6 +294,10 @@ def runtime(device="auto", dtype="auto", seed=1337):
     torch.manual_seed(seed + rank)
     try:
         yield Runtime(device, autocast_dtype, rank, world_size, note)
+        if world_size > 1:
+            # Every rank finishes its last collective before any rank tears its connections down:
+            # gloo aborts a process whose peer hangs up while a message is still on its way.
+            dist.barrier()
     finally:
         if world_size > 1 and dist.is_initialized():
             dist.destroy_process_group()
