@@ -2,6 +2,7 @@
 
     python experiments/demo_seeds.py --seeds 1337 1 2 3 4      # five whole demos, ~5 minutes each
     python experiments/demo_seeds.py --seeds 1337 1 2 --table_only   # just re-read what those runs wrote
+    python experiments/demo_seeds.py --seeds 1337 1 2 3 --dtype bfloat16 --out_dir out/demo_seeds_bf16   # training in bfloat16
 
 A tiny model's accuracy on 52 questions moves 1.9 points per question, and two CPUs round floats
 differently, so their runs of the same demo diverge step by step into different (equally valid)
@@ -10,7 +11,7 @@ seeds does. Each seed runs `python run_demo.py --seed S --out_dir OUT_DIR/seed_S
 stage gets --seed S), then one table gives each run's numbers, the worst, mean and best, and whether
 every run meets every target:
 
-    | seed | SFT eval_general | + lora_medical: eval_medical | + lora_identity: eval_identity | largest eval_general drop | time |
+    | seed | SFT eval_general | + lora_medical: eval_medical | + lora_identity: eval_identity | largest eval_general drop | time | every target met |
 """
 import argparse
 import json
