@@ -141,7 +141,8 @@ def build_parser():
                         help="--seed for every training stage (default: the scripts' own, 1337)")
     parser.add_argument("--dtype", choices=DTYPES, default=None,
                         help="--dtype for every training stage, e.g. bfloat16 on a CPU that has it natively "
-                             "(default: the scripts' own, auto, which is float32 on a CPU; evaluation keeps its own default)")
+                             "(default: the scripts' own, auto, which is float32 on a CPU; evaluation keeps "
+                             "its own default)")
     return parser
 
 
@@ -170,8 +171,8 @@ def main(argv=None):
               + f"\n\nMade by `{command}` in {time.perf_counter() - start:.0f} s wall time.\n")
     out = ROOT / args.out_dir
     (out / "demo_results.md").write_text(report, encoding="utf-8")
-    (out / "demo_results.json").write_text(json.dumps({"times_s": times, "seed": args.seed, "dtype": args.dtype, "targets": checks, **results},
-                                                      ensure_ascii=False, indent=1), encoding="utf-8")
+    record = {"times_s": times, "seed": args.seed, "dtype": args.dtype, "targets": checks, **results}
+    (out / "demo_results.json").write_text(json.dumps(record, ensure_ascii=False, indent=1), encoding="utf-8")
     print("\n" + report + f"(written to {args.out_dir}/demo_results.md; every answer in {args.out_dir}/demo_results.json)")
 
 
