@@ -49,12 +49,13 @@ def main(argv=None):
         rt.print(f"base {base}; " + trainable_parameters_report(raw_model))
 
         # ---- the data, and the optimizer over every parameter
-        train_ds, val_ds, data_identity = training.load_data(
+        train_ds, val_ds, data_identity, also_ds = training.load_data(
             SFTDataset, tokenizer, rt, data_path=args.data_path, max_seq_len=args.max_seq_len,
-            skip_bad_lines=args.skip_bad_lines, cache_dir=args.cache_dir, val_data=args.val_data, val_samples=args.val_samples)
+            skip_bad_lines=args.skip_bad_lines, cache_dir=args.cache_dir, val_data=args.val_data, val_samples=args.val_samples,
+            val_also=args.val_also)
         data = training.StepBatches(train_ds, args.batch_size, args.accumulation_steps, args.epochs, args.seed, rt,
                                     args.num_workers)
-        validation = training.Validation(val_ds, args.batch_size, args.eval_interval, data.total_steps, rt)
+        validation = training.Validation(val_ds, args.batch_size, args.eval_interval, data.total_steps, rt, also_ds)
         params = list(raw_model.parameters())
         optimizer = training.make_optimizer([{"params": params, "lr_scale": 1.0}], args.learning_rate, rt.device)
         scaler = rt.grad_scaler()

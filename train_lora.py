@@ -20,7 +20,9 @@ import training
 from dataset.lm_dataset import SFTDataset
 from model.errors import UserError
 from model.loader import DEFAULT_DIM, adapter_path, check_adapter_name, checkpoint_path, load_checkpoint, run_files, shape_from_args
-from model.model_lora import apply_lora, load_lora, mark_only_lora_as_trainable, save_lora, trainable_parameters_report
+from model.model_lora import (INITS, SCALINGS, apply_lora, load_lora, mark_only_lora_as_trainable, save_lora,
+                              trainable_parameters_report)
+from model.predecessors import METHODS, apply_method, save_method
 from model.run_lock import claim_out_dir
 
 
@@ -48,9 +50,21 @@ def build_parser():
                         help="comma-separated Linear names to adapt; 'output' also adapts tok_embeddings, its tied weight "
                              f"(default: {DEFAULT_TARGETS}: every Linear and the tied embedding, which the demo's tasks "
                              "need; MiniMind2 adapts the square ones only, wq,wo; with --init_lora, the file's)")
+    parser.add_argument("--lora_init", choices=INITS, default="standard",
+                        help="how A and B start: standard (A random, B = 0, as MiniMind2), swapped (A = 0, B random), "
+                             "zeros (nothing ever trains: a demonstration), pissa (W's principal singular directions; "
+                             "saved as the rank-2r adapter it amounts to) (default: %(default)s)")
+    parser.add_argument("--lora_scaling", choices=SCALINGS, default=None,
+                        help="the update's scale: standard = alpha / rank, rslora = alpha / sqrt(rank) "
+                             "(default: standard; with --init_lora, the file's)")
     parser.add_argument("--lora_plus_ratio", type=float, default=16.0,
                         help="LoRA+: B's learning rate is this times A's (default: %(default)s, LoRA+'s suggestion; "
                              "1 = plain LoRA, as MiniMind2)")
+    parser.add_argument("--method", choices=("lora",) + METHODS, default="lora",
+                        help="lora, or one of its predecessors as a baseline (model/predecessors.py): adapter "
+                             "(Houlsby's bottleneck layers, width --lora_rank) or prefix (Li & Liang's trained "
+                             "keys/values, --lora_rank of them per layer); these train all their parameters at one "
+                             "learning rate and save a file only the LoRA lab reads (default: %(default)s)")
     parser.add_argument("--init_lora", default=None,
                         help="train this adapter further instead of starting a new one (e.g. one imported with "
                              "convert_model.py from-hf): its file gives the rank, alpha and targets, so --lora_rank, "
@@ -78,16 +92,23 @@ def check_lora_args(args):
                         f"choose from {','.join(LINEAR_NAMES)}")
     if not (math.isfinite(args.lora_plus_ratio) and args.lora_plus_ratio > 0):
         raise UserError(f"--lora_plus_ratio must be a positive number (1 = plain LoRA), got {args.lora_plus_ratio}")
+    lora_only = {"--init_lora": args.init_lora, "--lora_alpha": args.lora_alpha, "--lora_targets": args.lora_targets,
+                 "--lora_scaling": args.lora_scaling, "--lora_init": None if args.lora_init == "standard" else args.lora_init}
+    given = [flag for flag, value in lora_only.items() if value is not None]
+    if args.method != "lora" and given:
+        raise UserError(f"--method {args.method} has no {given[0]}: it takes --lora_rank as its size, nothing else of LoRA's")
+    if args.init_lora is not None and args.lora_init != "standard":
+        raise UserError(f"--lora_init {args.lora_init} starts a new adapter and --init_lora continues one: give one of them")
     if args.init_lora is not None and not os.path.isfile(args.init_lora):
         raise UserError(f"--init_lora {args.init_lora} not found (an adapter file, .pth or .safetensors)")
     # (that --init_lora is not the file this run writes is checked once the output name is known, in main)
 
 
-def check_init_lora_agrees(model, init_lora, rank, alpha, targets):
-    """With --init_lora the file defines the adapter; a --lora_rank/--lora_alpha/--lora_targets given as
-    well (not None) must say the same, or the user asked for another adapter than the one trained."""
-    settings = training.lora_settings(model)  # {"rank", "alpha", "dropout", "targets"} of the loaded adapter
-    given = {"rank": rank, "alpha": alpha, "targets": sorted(targets.split(",")) if targets else None}
+def check_init_lora_agrees(model, init_lora, rank, alpha, targets, scaling):
+    """With --init_lora the file defines the adapter; a --lora_rank/--lora_alpha/--lora_targets/--lora_scaling
+    given as well (not None) must say the same, or the user asked for another adapter than the one trained."""
+    settings = training.lora_settings(model)  # {"rank", "alpha", "scaling", "dropout", "targets", ...} of the loaded adapter
+    given = {"rank": rank, "alpha": alpha, "targets": sorted(targets.split(",")) if targets else None, "scaling": scaling}
     for key, value in given.items():
         if value is not None and value != settings[key]:
             raise UserError(f"--lora_{key} {value} disagrees with {init_lora} ({key} {settings[key]}); "
@@ -114,35 +135,42 @@ def main(argv=None):
             raise UserError(f"--init_lora {args.init_lora} is the file this run saves to (its first save would "
                             "overwrite where it started, and --resume could no longer check it): give the run "
                             "another --lora_name")
-        if args.init_lora:  # an existing adapter, trained further
+        if args.method != "lora":  # a baseline: its own trainable parts, everything else frozen
+            apply_method(raw_model, args.method, args.lora_rank or DEFAULT_RANK)
+        elif args.init_lora:  # an existing adapter, trained further
             load_lora(raw_model, args.init_lora, dropout=args.lora_dropout)
-            check_init_lora_agrees(raw_model, args.init_lora, args.lora_rank, args.lora_alpha, args.lora_targets)
+            check_init_lora_agrees(raw_model, args.init_lora, args.lora_rank, args.lora_alpha, args.lora_targets,
+                                   args.lora_scaling)
         else:
             try:
                 apply_lora(raw_model, args.lora_rank or DEFAULT_RANK, args.lora_alpha, args.lora_dropout,
-                           (args.lora_targets or DEFAULT_TARGETS).split(","))
+                           (args.lora_targets or DEFAULT_TARGETS).split(","), args.lora_init, args.lora_scaling or "standard")
             except ValueError as e:  # a bad rank, alpha, dropout or target name
                 raise UserError(f"{e} (check the --lora_* flags)") from None
-        mark_only_lora_as_trainable(raw_model)
+        if args.method == "lora":
+            mark_only_lora_as_trainable(raw_model)
         rt.print(f"base {base}; " + trainable_parameters_report(raw_model))
 
         # ---- the data, and the optimizer over the adapters only
-        train_ds, val_ds, data_identity = training.load_data(
+        train_ds, val_ds, data_identity, also_ds = training.load_data(
             SFTDataset, tokenizer, rt, data_path=args.data_path, max_seq_len=args.max_seq_len,
-            skip_bad_lines=args.skip_bad_lines, cache_dir=args.cache_dir, val_data=args.val_data, val_samples=args.val_samples)
+            skip_bad_lines=args.skip_bad_lines, cache_dir=args.cache_dir, val_data=args.val_data, val_samples=args.val_samples,
+            val_also=args.val_also)
         data = training.StepBatches(train_ds, args.batch_size, args.accumulation_steps, args.epochs, args.seed, rt,
                                     args.num_workers)
-        validation = training.Validation(val_ds, args.batch_size, args.eval_interval, data.total_steps, rt)
+        validation = training.Validation(val_ds, args.batch_size, args.eval_interval, data.total_steps, rt, also_ds)
         # LoRA+ (Hayou et al., 2024): B, which starts at zero, learns lora_plus_ratio times faster than A
-        a_params = [p for n, p in raw_model.named_parameters() if p.requires_grad and n.endswith(".lora.A.weight")]
+        # (a baseline's parameters are all in the first group)
         b_params = [p for n, p in raw_model.named_parameters() if p.requires_grad and n.endswith(".lora.B.weight")]
+        a_params = [p for p in raw_model.parameters() if p.requires_grad and all(p is not b for b in b_params)]
         params = a_params + b_params
-        optimizer = training.make_optimizer([{"params": a_params, "lr_scale": 1.0},
-                                             {"params": b_params, "lr_scale": args.lora_plus_ratio}], args.learning_rate, rt.device)
+        groups = [{"params": a_params, "lr_scale": 1.0}] + ([{"params": b_params, "lr_scale": args.lora_plus_ratio}] if b_params else [])
+        optimizer = training.make_optimizer(groups, args.learning_rate, rt.device)
         scaler = rt.grad_scaler()
         # the frozen base is not in the resume file, so a --resume must find the very same --base file
         plan = training.run_plan(raw_model, data, rt, data_identity, args.max_seq_len, base=base)
         plan["init_lora"] = training.file_sha256(args.init_lora) if args.init_lora else None
+        plan["method"] = args.method
         start_step = training.load_resume(files.resume, raw_model, optimizer, scaler, plan, rt) if args.resume else 0
         model = training.wrap_model(raw_model, rt, args.compile)
         rt.print(f"{len(train_ds):,} training samples, {len(val_ds or []):,} for validation, {data.total_steps:,} "
@@ -182,7 +210,7 @@ def main(argv=None):
             if done % args.save_interval == 0 or done == data.total_steps:
                 progress.check_finite(done)  # never replace the last good checkpoint with NaN weights
                 if rt.is_main:
-                    save_lora(raw_model, files.weights)  # the adapter alone: the base file is not touched
+                    save_lora(raw_model, files.weights) if args.method == "lora" else save_method(raw_model, files.weights)  # not the base
                 training.save_resume(files.resume, raw_model, optimizer, scaler, done, plan, rt)
         training.remove_resume(files.resume, rt)  # finished: nothing to resume, a rerun starts afresh
         progress.close(files.svg, f"{files.weights}: loss")

@@ -98,6 +98,9 @@ def add_common_args(parser, *, data_path, epochs, batch_size, learning_rate, war
                         "that file); 0 = none (default: %(default)s)")
     p.add_argument("--val_data", default=None,
                    help="a held-out jsonl in the training format to take the validation loss on, instead of --val_samples")
+    p.add_argument("--val_also", default=None,
+                   help="a second held-out jsonl in the training format whose loss is logged too (val_also_loss), "
+                        "e.g. general conversations while a task is learned: forgetting, watched as it happens")
     p.add_argument("--eval_interval", type=int, default=50,
                    help="optimizer steps between validation losses; one is also taken before the first step and "
                         "after the last (default: %(default)s)")
@@ -165,7 +168,7 @@ def check_args(args):
         raise UserError(f"--val_samples must be 0 or more, got {args.val_samples}")
     if args.num_workers < 0:
         raise UserError(f"--num_workers must be 0 or more, got {args.num_workers}")
-    for flag, path in (("--data_path", args.data_path), ("--val_data", args.val_data)):
+    for flag, path in (("--data_path", args.data_path), ("--val_data", args.val_data), ("--val_also", args.val_also)):
         if path is not None and os.path.isdir(path):
             raise UserError(f"{flag} {path} is a directory; pass a jsonl file")
         if path is not None and not os.path.isfile(path):
@@ -331,8 +334,9 @@ def sync_gradients(model, last):
 # The data: micro-batches in a shuffled order fixed by (seed, epoch), grouped into optimizer steps.
 
 
-def load_data(dataset_class, tokenizer, rt, *, data_path, max_seq_len, skip_bad_lines, cache_dir, val_data, val_samples):
-    """-> (training set, validation set or None, what identifies them for --resume).
+def load_data(dataset_class, tokenizer, rt, *, data_path, max_seq_len, skip_bad_lines, cache_dir, val_data, val_samples,
+              val_also=None):
+    """-> (training set, validation set or None, what identifies them for --resume, the --val_also set or None).
 
     dataset_class: PretrainDataset or SFTDataset, read through the token cache (dataset/token_cache.py).
     The validation set is --val_data when given, else --val_samples samples held out of --data_path:
@@ -346,12 +350,15 @@ def load_data(dataset_class, tokenizer, rt, *, data_path, max_seq_len, skip_bad_
 
     dataset = open_dataset(data_path)
     identity = {"data": dataset.cache_key}  # the file's content, tokenizer and window, e.g. 'x.jsonl.sft.len256.3f2a...'
+    also = open_dataset(val_also) if val_also is not None else None
+    if also is not None:
+        identity["val_also"] = also.cache_key
     if val_data is not None:
         validation = open_dataset(val_data)
         identity["validation"] = validation.cache_key
-        return dataset, validation, identity
+        return dataset, validation, identity, also
     if val_samples == 0:
-        return dataset, None, identity
+        return dataset, None, identity, also
     if val_samples >= len(dataset):
         raise UserError(f"--val_samples {val_samples} would leave no training data: {data_path} has {len(dataset)} "
                         "samples (lower --val_samples, or pass --val_data)")
@@ -359,7 +366,7 @@ def load_data(dataset_class, tokenizer, rt, *, data_path, max_seq_len, skip_bad_
     held_out = sorted(order[:val_samples])
     kept = sorted(order[val_samples:])
     identity["validation"] = f"{val_samples} held out"
-    return Subset(dataset, kept), Subset(dataset, held_out), identity
+    return Subset(dataset, kept), Subset(dataset, held_out), identity, also
 
 
 def collate_trimmed(samples, multiple=16):
@@ -510,26 +517,32 @@ class Validation:
     Under DDP each process measures every world_size-th sample and the sums are added up.
     """
 
-    def __init__(self, dataset, batch_size, interval, total_steps, rt):
+    def __init__(self, dataset, batch_size, interval, total_steps, rt, also=None):
         self.interval, self.total_steps, self.rt = interval, total_steps, rt
-        self.loader = None
-        if dataset is not None:
-            mine = list(range(rt.rank, len(dataset), rt.world_size))  # no padding: each sample counted once
-            self.loader = DataLoader(Subset(dataset, mine), batch_size=batch_size, collate_fn=collate_trimmed,
-                                     generator=torch.Generator().manual_seed(0))
+        # {"val_loss": loader, "val_also_loss": loader}: the held-out set, and --val_also's if given
+        self.loaders = {}
+        for name, data in (("val_loss", dataset), ("val_also_loss", also)):
+            if data is not None:
+                mine = list(range(rt.rank, len(data), rt.world_size))  # no padding: each sample counted once
+                self.loaders[name] = DataLoader(Subset(data, mine), batch_size=batch_size, collate_fn=collate_trimmed,
+                                                generator=torch.Generator().manual_seed(0))
 
     def due(self, done) -> bool:
         """Is a validation loss due after `done` optimizer steps?"""
-        return self.loader is not None and (done % self.interval == 0 or done == self.total_steps)
+        return bool(self.loaders) and (done % self.interval == 0 or done == self.total_steps)
+
+    def loss(self, model) -> dict:
+        """{"val_loss": ..., "val_also_loss": ...}: the mean loss on each held-out set (see _mean_loss)."""
+        return {name: self._mean_loss(model, loader) for name, loader in self.loaders.items()}
 
     @torch.no_grad()
-    def loss(self, model) -> float:
+    def _mean_loss(self, model, loader) -> float:
         """Mean cross-entropy over every trained (loss_mask = 1) token of the held-out samples.
         model: the bare model (not the DDP wrapper, whose forward would take part in its collectives)."""
         was_training = model.training
         model.eval()
         sums = torch.zeros(2, device=self.rt.device)  # (summed loss, tokens)
-        for X, Y, loss_mask in self.loader:
+        for X, Y, loss_mask in loader:
             X, Y, loss_mask = (t.to(self.rt.device) for t in (X, Y, loss_mask))
             with self.rt.autocast():
                 logits = model(X).logits  # (B, T, vocab_size)
@@ -560,14 +573,14 @@ def file_sha256(path):
 
 
 def lora_settings(model):
-    """The adapters' rank, alpha, dropout and target Linears, or None for a model without LoRA.
-    e.g. {"rank": 16, "alpha": 16.0, "dropout": 0.0, "targets": ["wo", "wq"]}"""
+    """The adapters' rank, alpha, scaling, init, dropout and target Linears, or None for a model without LoRA.
+    e.g. {"rank": 16, "alpha": 16.0, "scaling": "standard", "init": "standard", "dropout": 0.0, "targets": ["wo", "wq"]}"""
     layers = {name.rsplit(".", 1)[-1]: m for name, m in model.named_modules() if isinstance(m, LoRALinear)}
     if not layers:
         return None
     first = next(iter(layers.values()))
-    return {"rank": first.rank, "alpha": float(first.alpha), "dropout": getattr(first.dropout, "p", 0.0),
-            "targets": sorted(layers)}
+    return {"rank": first.rank, "alpha": float(first.alpha), "scaling": first.scaling, "init": first.init,
+            "dropout": getattr(first.dropout, "p", 0.0), "targets": sorted(layers)}
 
 
 def run_plan(model, data, rt, data_identity, max_seq_len, base=None):
@@ -814,10 +827,11 @@ class Progress:
         self._reset()
         return record
 
-    def log_validation(self, step, val_loss):
-        """Write a validation line and show the value beside the training loss on the bar."""
-        self.last_val_loss = val_loss
-        self._write({"step": step, "val_loss": val_loss, "time": round(time.time(), 3)})
+    def log_validation(self, step, losses: dict):
+        """Write a validation line ({"step", "val_loss"[, "val_also_loss"], "time"}) and show the
+        held-out loss beside the training loss on the bar."""
+        self.last_val_loss = losses.get("val_loss")
+        self._write({"step": step, **losses, "time": round(time.time(), 3)})
         self._show()
 
     def _show(self):
@@ -855,7 +869,8 @@ def read_metrics(path) -> list:
 def write_loss_svg(records, path, title):
     """Training and validation loss against the optimizer step, from a run's metrics records, as one SVG."""
     series = {"training": [(r["step"], r["loss"]) for r in records if "loss" in r]}
-    validation = [(r["step"], r["val_loss"]) for r in records if "val_loss" in r]
-    if validation:
-        series["validation"] = validation
+    for key, name in (("val_loss", "validation"), ("val_also_loss", "validation (--val_also)")):
+        points = [(r["step"], r[key]) for r in records if key in r]
+        if points:
+            series[name] = points
     line_chart(series, path, title, x_label="optimizer step", y_label="loss")

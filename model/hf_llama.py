@@ -322,7 +322,8 @@ PEFT_OPTIONS_REFUSED = {
 
 
 def peft_config(lora_config: dict) -> dict:
-    """adapter_config.json for our lora_config {rank, alpha, targets, dim}; targets must have Llama names."""
+    """adapter_config.json for our lora_config {rank, alpha, targets, dim, scaling}; targets must have Llama
+    names. rsLoRA's scale alpha / sqrt(r) is PEFT's use_rslora."""
     alpha = lora_config["alpha"]
     return {
         "peft_type": "LORA",
@@ -333,7 +334,7 @@ def peft_config(lora_config: dict) -> dict:
         "target_modules": sorted(TARGET_NAMES[t] for t in lora_config["targets"]),
         "lora_dropout": 0.0,  # dropout is a training setting; the file does not record it
         "bias": "none",
-        "use_rslora": False,
+        "use_rslora": lora_config.get("scaling", "standard") == "rslora",
         "use_dora": False,
         "fan_in_fan_out": False,
         "modules_to_save": None,
@@ -363,8 +364,7 @@ def to_peft_weights(adapter: dict, config: LMConfig) -> dict:
 def adapter_from_peft(cfg: dict, tensors: dict, config: LMConfig, where: str) -> dict:
     """A PEFT LoRA (adapter_config.json as a dict, and its tensors) -> our adapter dict, for load_lora.
 
-    rsLoRA (use_rslora: scale lora_alpha / sqrt(r)) is expressed exactly in our scale alpha / r by
-    alpha = lora_alpha * sqrt(r).
+    rsLoRA (use_rslora: scale lora_alpha / sqrt(r)) is our scaling "rslora", with the same alpha.
     """
     if cfg.get("peft_type") != "LORA":
         raise ConversionError(f"{where}: peft_type {cfg.get('peft_type')!r} is not LORA; only LoRA adapters can be converted")
@@ -374,7 +374,7 @@ def adapter_from_peft(cfg: dict, tensors: dict, config: LMConfig, where: str) ->
     rank, lora_alpha = cfg.get("r"), cfg.get("lora_alpha")
     if not (isinstance(rank, int) and rank > 0 and isinstance(lora_alpha, (int, float)) and lora_alpha > 0):
         raise ConversionError(f"{where}: r={rank!r} and lora_alpha={lora_alpha!r} must be positive numbers")
-    alpha = lora_alpha * math.sqrt(rank) if cfg.get("use_rslora") else lora_alpha
+    scaling = "rslora" if cfg.get("use_rslora") else "standard"
     from_llama = {llama: ours for ours, llama in TARGET_NAMES.items()}
     targets = cfg.get("target_modules")
     if isinstance(targets, list):  # a string is a regex; then the tensors' names below say what it matched
@@ -402,7 +402,7 @@ def adapter_from_peft(cfg: dict, tensors: dict, config: LMConfig, where: str) ->
         out[f"{module}.lora.{ab}.weight"] = halves_to_interleaved(t, heads) if heads else t
     if not out:
         raise ConversionError(f"{where}: the adapter holds no lora_A/lora_B tensors")
-    out["lora_config"] = {"rank": rank, "alpha": alpha, "dim": config.dim,
+    out["lora_config"] = {"rank": rank, "alpha": lora_alpha, "dim": config.dim, "scaling": scaling, "init": "standard",
                           "targets": sorted({k.split(".lora.")[0].rsplit(".", 1)[-1] for k in out})}
     return out
 

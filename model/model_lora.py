@@ -42,6 +42,7 @@ Typical use (this is what train_lora.py does):
     ...train, optimising [p for p in model.parameters() if p.requires_grad]...
     save_lora(model, "out/lora/lora_medical_512.pth")
 """
+import math
 import os
 
 import torch
@@ -52,6 +53,10 @@ from model.checkpoint import CheckpointError, clean_state_dict, read_checkpoint,
 # Not LoRA concepts, but long imported from here (e.g. by train_lora.py): re-exported.
 from model.model import count_parameters, trainable_parameters_report  # noqa: F401
 from model.model import linear
+
+
+INITS = ("standard", "swapped", "zeros", "pissa")  # how A and B start: LoRALinear.initialise
+SCALINGS = ("standard", "rslora")  # alpha / rank, or rsLoRA's alpha / sqrt(rank): LoRALinear.scale
 
 
 class LoRA(nn.Module):
@@ -108,7 +113,8 @@ class LoRALinear(nn.Linear):
     of the base layer (no extra latency at inference). `unmerge()` subtracts it again.
     """
 
-    def __init__(self, base: nn.Linear, rank: int, alpha: float | None = None, dropout: float = 0.0):
+    def __init__(self, base: nn.Linear, rank: int, alpha: float | None = None, dropout: float = 0.0,
+                 init: str = "standard", scaling: str = "standard"):
         # device="meta" allocates nothing: the placeholder weight/bias are replaced just below by the
         # base layer's own Parameters, so no memory is copied and W stays the very same tensor.
         super().__init__(base.in_features, base.out_features, bias=base.bias is not None, device="meta")
@@ -116,8 +122,12 @@ class LoRALinear(nn.Linear):
         self.bias = base.bias
         self.rank = rank
         self.alpha = rank if alpha is None else alpha
+        self.scaling = scaling
         # The adapter lives where W lives, in W's dtype, so x can flow through both paths.
         self.lora = LoRA(base.in_features, base.out_features, rank).to(base.weight.device, base.weight.dtype)
+        self.init = init
+        self.pissa_start = None  # PiSSA: (A0, B0), the principal part taken out of W (see initialise)
+        self.initialise(init)
         # nn.Identity when there is no dropout, so the default adds no work to the forward pass.
         self.dropout = nn.Dropout(dropout) if dropout > 0 else nn.Identity()
         self.merged = False
@@ -127,7 +137,42 @@ class LoRALinear(nn.Linear):
 
     @property
     def scale(self) -> float:
-        return self.alpha / self.rank
+        """alpha / rank ("standard"), or rsLoRA's alpha / sqrt(rank) ("rslora", Kalajdzievski 2023).
+
+        Why rsLoRA: with A and B trained, B·A·x is a sum of `rank` terms whose sizes are about equal
+        and not all aligned, so it grows like sqrt(rank), not like rank. Dividing by rank then shrinks
+        the update (and its gradients) as the rank grows, and a large rank learns slower than a small
+        one at the same learning rate; dividing by sqrt(rank) keeps its size steady across ranks.
+        docs/lora_lab.md measures both over ranks 1 to 64."""
+        return self.alpha / (math.sqrt(self.rank) if self.scaling == "rslora" else self.rank)
+
+    @torch.no_grad()
+    def initialise(self, init: str) -> None:
+        """Set A and B for a new adapter; every choice but PiSSA makes B·A = 0, so the model starts as the base.
+
+        "standard": A ~ normal(0, 0.02), B = 0 (Hu et al. 2021, MiniMind2): B gets a gradient at once.
+        "swapped":  A = 0, B ~ normal(0, 0.02): also starts at the base; A is trained first instead.
+        "zeros":    A = B = 0: both gradients are zero (see LoRA's docstring), so nothing ever trains.
+        "pissa":    the top-`rank` singular directions of W itself (Meng et al. 2024): W = U S Vᵀ,
+                    scale·B·A = U_r S_r V_rᵀ, and W keeps only the rest, W - scale·B·A. The output is
+                    unchanged at step 0, but the adapter starts on W's principal part instead of at 0.
+        """
+        if init == "standard":
+            return  # LoRA's own initialisation
+        if init == "swapped":
+            nn.init.zeros_(self.lora.A.weight)
+            nn.init.normal_(self.lora.B.weight, mean=0.0, std=0.02)
+        elif init == "zeros":
+            nn.init.zeros_(self.lora.A.weight)
+        elif init == "pissa":
+            U, S, Vh = torch.linalg.svd(self.weight.float(), full_matrices=False)  # W (out, in) = U diag(S) Vh
+            root = (S[: self.rank] / self.scale).sqrt()  # scale·B·A = U_r diag(S_r) Vh_r
+            self.lora.A.weight.copy_(root[:, None] * Vh[: self.rank])  # (r, in)
+            self.lora.B.weight.copy_(U[:, : self.rank] * root[None, :])  # (out, r)
+            self.pissa_start = (self.lora.A.weight.clone(), self.lora.B.weight.clone())
+            self.weight.sub_(self.delta_weight().to(self.weight.dtype))  # W <- W_res: the output is unchanged
+        else:
+            raise ValueError(f"init must be one of {', '.join(INITS)}, got {init!r}")
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         # the frozen base path: W x (model.linear: F.linear, or torch.mv for one bfloat16 row on a CPU)
@@ -160,15 +205,36 @@ class LoRALinear(nn.Linear):
             self.weight.sub_(self.delta_weight())
             self.merged = False
 
+    def saved_factors(self) -> tuple:
+        """(A, B, rank, alpha) as an adapter file holds them. For every init but PiSSA that is simply A
+        and B. PiSSA trained W_res + scale·B·A where W_res = W - scale·B0·A0, so the change to the
+        untouched base W is scale·(B·A - B0·A0): one adapter of rank 2r, A' = [A; A0], B' = [B, -B0]
+        (PEFT saves PiSSA the same way), with alpha chosen so the scale is the same. The file is then
+        an ordinary adapter: load_lora, merging and MiniMind2's loader need to know nothing of PiSSA."""
+        A, B = self.lora.A.weight.detach(), self.lora.B.weight.detach()
+        if self.pissa_start is None:
+            return A, B, self.rank, self.alpha
+        A0, B0 = self.pissa_start
+        rank = 2 * self.rank
+        alpha = self.scale * (math.sqrt(rank) if self.scaling == "rslora" else rank)
+        return torch.cat([A, A0]), torch.cat([B, -B0], dim=1), rank, alpha
+
     def to_linear(self) -> nn.Linear:
         """The layer apply_lora replaced, of its own class (model.model.Linear for MiniMind's layers),
-        holding this layer's own weight (and bias) Parameters; the adapter is dropped."""
+        holding this layer's own weight (and bias) Parameters; the adapter is dropped. A PiSSA layer
+        that is not merged puts W's principal part back first, so W is the base again (up to rounding)."""
+        if self.pissa_start is not None and not self.merged:
+            with torch.no_grad():
+                A0, B0 = self.pissa_start
+                self.weight.add_((self.scale * (B0 @ A0)).to(self.weight.dtype))
+            self.pissa_start = None
         self.base_layer.weight = self.weight
         self.base_layer.bias = self.bias
         return self.base_layer
 
     def extra_repr(self) -> str:
-        return f"{super().extra_repr()}, rank={self.rank}, alpha={self.alpha}, merged={self.merged}"
+        return (f"{super().extra_repr()}, rank={self.rank}, alpha={self.alpha}, scaling={self.scaling}, "
+                f"init={self.init}, merged={self.merged}")
 
 
 class LoRAEmbedding(nn.Embedding):
@@ -266,7 +332,7 @@ def _tied_embeddings(model: nn.Module, chosen: dict[str, nn.Linear]) -> dict[str
 
 
 def apply_lora(model: nn.Module, rank: int = 16, alpha: float | None = None, dropout: float = 0.0,
-               target_modules: list[str] | None = None) -> None:
+               target_modules: list[str] | None = None, init: str = "standard", scaling: str = "standard") -> None:
     """Put a LoRA adapter beside chosen nn.Linear layers of `model`, in place.
 
     target_modules=None: every square Linear, MiniMind2's rule. In MiniMind2-Small (dim 512, 8 heads,
@@ -286,6 +352,8 @@ def apply_lora(model: nn.Module, rank: int = 16, alpha: float | None = None, dro
     adapter holds rank·(E + dim) numbers, more than the gate's own E·dim from rank 4 at E = 4, dim = 640.
     alpha: None means alpha = rank, i.e. scale 1, identical to MiniMind2.
     dropout: on the adapter's input only (see LoRALinear).
+    init: how A and B start, one of INITS (LoRALinear.initialise); "standard" is MiniMind2's.
+    scaling: "standard" (alpha / rank) or "rslora" (alpha / sqrt(rank)), see LoRALinear.scale.
 
     Adapters start with B = 0, so the model's outputs do not change until training moves B.
     Call it on the bare model before wrapping it in DDP or torch.compile.
@@ -300,6 +368,10 @@ def apply_lora(model: nn.Module, rank: int = 16, alpha: float | None = None, dro
         raise ValueError(f"alpha must be positive (or None for alpha = rank), got {alpha!r}")
     if not 0.0 <= dropout < 1.0:
         raise ValueError(f"dropout must be in [0, 1), got {dropout!r}")
+    if init not in INITS:
+        raise ValueError(f"init must be one of {', '.join(INITS)}, got {init!r}")
+    if scaling not in SCALINGS:
+        raise ValueError(f"scaling must be one of {', '.join(SCALINGS)}, got {scaling!r}")
     if _lora_layers(model):
         raise ValueError("the model already has LoRA adapters; call remove_lora(model) first to replace them")
 
@@ -307,7 +379,7 @@ def apply_lora(model: nn.Module, rank: int = 16, alpha: float | None = None, dro
     tied = _tied_embeddings(model, chosen)
     for name, linear in chosen.items():
         # .train(...): a new module starts in training mode; keep the replaced layer's (eval stays eval)
-        _replace(model, name, LoRALinear(linear, rank, alpha, dropout).train(linear.training))
+        _replace(model, name, LoRALinear(linear, rank, alpha, dropout, init, scaling).train(linear.training))
     for emb_name, linear_name in tied.items():
         embedding = model.get_submodule(emb_name)
         _replace(model, emb_name, LoRAEmbedding(embedding, model.get_submodule(linear_name)).train(embedding.training))
@@ -334,17 +406,23 @@ def mark_only_lora_as_trainable(model: nn.Module) -> None:
 
 def lora_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
     """The adapter tensors only, with MiniMind2's keys and no wrapper prefixes:
-    {"layers.0.attention.wq.lora.A.weight": (rank, in), "layers.0.attention.wq.lora.B.weight": (out, rank), ...}"""
-    return {f"{name}.lora.{key}": tensor
-            for name, layer in _lora_layers(model)
-            for key, tensor in layer.lora.state_dict().items()}
+    {"layers.0.attention.wq.lora.A.weight": (rank, in), "layers.0.attention.wq.lora.B.weight": (out, rank), ...}
+    (a PiSSA-initialised adapter as the rank-2r adapter it amounts to, LoRALinear.saved_factors)"""
+    state = {}
+    for name, layer in _lora_layers(model):
+        A, B, _, _ = layer.saved_factors()
+        state[f"{name}.lora.A.weight"], state[f"{name}.lora.B.weight"] = A, B
+    return state
 
 
 def adapter_state(model: nn.Module) -> dict:
     """The model's adapter as the dict an adapter file holds: the lora_state_dict tensors (on the CPU) plus
     one entry
-        "lora_config": {"rank": 16, "alpha": 16, "targets": ["wo", "wq"], "dim": 512}
-    that load_lora uses to rebuild the adapters and to refuse a model of another size. load_lora takes
+        "lora_config": {"rank": 16, "alpha": 16, "targets": ["wo", "wq"], "dim": 512,
+                        "scaling": "standard", "init": "standard"}
+    that load_lora uses to rebuild the adapters (with the scale they were trained under) and to refuse
+    a model of another size. "init" is a record of how training started; a PiSSA adapter is saved as
+    the ordinary rank-2r adapter it amounts to (LoRALinear.saved_factors), so rank and alpha are its. load_lora takes
     this dict back as it is; convert_model.py turns it into a PEFT folder. The tensors are the adapter's
     own (not copies) when the model is on the CPU.
     """
@@ -353,11 +431,15 @@ def adapter_state(model: nn.Module) -> dict:
         raise ValueError("the model has no LoRA adapters to save; call apply_lora(model) first")
     config = getattr(unwrap(model), "config", None)
     state = {key: tensor.cpu() for key, tensor in lora_state_dict(model).items()}
+    first = layers[0][1]
+    _, _, rank, alpha = first.saved_factors()
     state["lora_config"] = {
-        "rank": layers[0][1].rank,
-        "alpha": layers[0][1].alpha,
+        "rank": rank,
+        "alpha": alpha,
         "targets": sorted({name.rsplit(".", 1)[-1] for name, _ in layers}),
         "dim": getattr(config, "dim", None),
+        "scaling": first.scaling,
+        "init": first.init,
     }
     return state
 
@@ -385,7 +467,8 @@ def load_lora(model: nn.Module, path: str | os.PathLike | dict, dropout: float =
     model.checkpoint.read_checkpoint), or such a dict already in memory.
     A MiniMind2 file carries no "lora_config": its rank is read from the tensors' shapes (A is
     (rank, in)), its targets from the key names, and alpha = rank (MiniMind2 does not scale).
-    The file's alpha replaces the one the model's adapters were made with: A and B only mean
+    The file's alpha and scaling (alpha / rank, or rsLoRA's alpha / sqrt(rank); files without one
+    are alpha / rank) replace those the model's adapters were made with: A and B only mean
     something together with the scale they were trained under.
 
     A file that does not fit is refused with a CheckpointError naming what is wrong (an adapter made
@@ -409,15 +492,18 @@ def load_lora(model: nn.Module, path: str | os.PathLike | dict, dropout: float =
     if meta is not None:
         try:
             rank, alpha, targets, dim = meta["rank"], meta["alpha"], list(meta["targets"]), meta.get("dim")
+            scaling = meta.get("scaling", "standard")  # files from before rsLoRA: alpha / rank
         except (KeyError, TypeError):
             raise CheckpointError(f"{where} has a malformed lora_config {meta!r}; expected {{rank, alpha, targets, dim}}") from None
+        if scaling not in SCALINGS:
+            raise CheckpointError(f"{where}: lora_config scaling {scaling!r} is none of {', '.join(SCALINGS)}")
     else:  # a MiniMind2 file: rank from A (rank, in) / B (out, rank), targets from the key names
         ranks = {t.shape[0] if key.endswith("A.weight") else t.shape[-1] for key, t in state.items()}
         if len(ranks) != 1:
             raise CheckpointError(f"{where}: its tensors disagree on the LoRA rank (found ranks {sorted(ranks)})")
         rank = alpha = ranks.pop()
         targets = sorted({key.split(".lora.")[0].rsplit(".", 1)[-1] for key in state})
-        dim = None
+        dim, scaling = None, "standard"
 
     bare = unwrap(model)
     model_dim = getattr(getattr(bare, "config", None), "dim", None)
@@ -457,13 +543,16 @@ def load_lora(model: nn.Module, path: str | os.PathLike | dict, dropout: float =
         raise CheckpointError(f"{where} does not fit this model: {'; '.join(problems)} ({hint})")
 
     if not existing:
-        apply_lora(bare, rank=rank, alpha=alpha, dropout=dropout, target_modules=targets)
+        apply_lora(bare, rank=rank, alpha=alpha, dropout=dropout, target_modules=targets, scaling=scaling)
+    elif any(layer.pissa_start is not None for layer in existing.values()):
+        raise CheckpointError("the model's adapters were PiSSA-initialised (their W was changed); "
+                              "call remove_lora(model) before loading another adapter")
     with torch.no_grad():
         for name, layer in _lora_layers(bare):
             # copy_ converts dtype and device: newer MiniMind saves adapters as float16.
             layer.lora.A.weight.copy_(state[f"{name}.lora.A.weight"])
             layer.lora.B.weight.copy_(state[f"{name}.lora.B.weight"])
-            layer.alpha = alpha
+            layer.alpha, layer.scaling = alpha, scaling
 
 
 def merge_lora(model: nn.Module) -> None:

@@ -15,7 +15,7 @@ import eval_model
 import model.hf_llama as hf_llama
 from model import errors
 from model.checkpoint import load_weights, read_checkpoint, save_model
-from model.hf_llama import (ConversionError, adapter_from_peft, halves_order, halves_to_interleaved,
+from model.hf_llama import (ConversionError, adapter_from_peft, peft_config, halves_order, halves_to_interleaved,
                             interleaved_to_halves, lm_config_from_hf, read_llama_folder, read_peft_folder,
                             save_llama_folder, save_peft_folder)
 from model.LMConfig import LMConfig
@@ -96,7 +96,8 @@ def test_imported_peft_adapter_gives_the_golden_adapted_logits(golden):
     B swapped, or a non-square target (k/v/gate/up/down) oriented the wrong way: PEFT's own output."""
     model = imported_model()
     adapter = read_peft_folder(HF_ADAPTER, model.config)
-    assert adapter["lora_config"] == {"rank": 4, "alpha": 8, "dim": 64, "targets": ["w1", "w2", "w3", "wk", "wo", "wq", "wv"]}
+    assert adapter["lora_config"] == {"rank": 4, "alpha": 8, "dim": 64, "targets": ["w1", "w2", "w3", "wk", "wo", "wq", "wv"],
+                                      "scaling": "standard", "init": "standard"}
     load_lora(model, adapter)
     with torch.no_grad():
         assert (model(golden["input_ids"]).logits - golden["logits_with_peft_lora"]).abs().max().item() < 1e-5
@@ -106,13 +107,14 @@ def test_imported_peft_adapter_gives_the_golden_adapted_logits(golden):
 
 def test_rslora_scale_is_expressed_exactly(golden):
     """Guards against rsLoRA adapters imported with PEFT's plain scale: use_rslora means lora_alpha / sqrt(r),
-    which we express as alpha = lora_alpha * sqrt(r). The fixture's scale is 8 / 4 = 2; rsLoRA gets the same
-    2 from lora_alpha = 4 (4 / sqrt(4)), so it must give the same golden logits."""
+    our scaling "rslora" with the same alpha. The fixture's scale is 8 / 4 = 2; rsLoRA gets the same 2 from
+    lora_alpha = 4 (4 / sqrt(4)), so it must give the same golden logits, and export must say use_rslora again."""
     model = imported_model()
     cfg = json.loads((HF_ADAPTER / "adapter_config.json").read_text())
     cfg.update(use_rslora=True, lora_alpha=4)
     adapter = adapter_from_peft(cfg, load_file(HF_ADAPTER / "adapter_model.safetensors")[0], model.config, "cfg")
-    assert adapter["lora_config"]["alpha"] == 4 * math.sqrt(4)
+    assert (adapter["lora_config"]["alpha"], adapter["lora_config"]["scaling"]) == (4, "rslora")
+    assert peft_config(adapter["lora_config"])["use_rslora"] is True
     load_lora(model, adapter)
     with torch.no_grad():
         assert (model(golden["input_ids"]).logits - golden["logits_with_peft_lora"]).abs().max().item() < 1e-5

@@ -511,7 +511,8 @@ def test_save_load_round_trip(tmp_path, ids):
     save_lora(model, path)
 
     saved = torch.load(path, weights_only=True)
-    assert saved.pop("lora_config") == {"rank": 4, "alpha": 12, "targets": ["w2", "wq"], "dim": 64}
+    assert saved.pop("lora_config") == {"rank": 4, "alpha": 12, "targets": ["w2", "wq"], "dim": 64,
+                                      "scaling": "standard", "init": "standard"}
     assert saved.keys() == lora_state_dict(model).keys()
     assert all(re.fullmatch(r"layers\.\d\.(attention\.wq|feed_forward\.w2)\.lora\.[AB]\.weight", k) for k in saved)
 

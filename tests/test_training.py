@@ -503,7 +503,7 @@ def test_measuring_validation_loss_changes_nothing_and_measures_the_held_out_sam
 
     tokenizer = Tokenizer.load(TOKENIZER)
     full = PretrainDataset(data["pretrain"], tokenizer, max_length=64, verbose=False)
-    train_set, val_set, _ = training.load_data(PretrainDataset, tokenizer, training.Runtime(torch.device("cpu")),
+    train_set, val_set, _, _ = training.load_data(PretrainDataset, tokenizer, training.Runtime(torch.device("cpu")),
                                                data_path=data["pretrain"], max_seq_len=64, skip_bad_lines=False,
                                                cache_dir=None, val_data=None, val_samples=16)
     assert len(val_set) == 16 and not set(val_set.indices) & set(train_set.indices)
