@@ -362,11 +362,16 @@ def load_data(dataset_class, tokenizer, rt, *, data_path, max_seq_len, skip_bad_
     if val_samples >= len(dataset):
         raise UserError(f"--val_samples {val_samples} would leave no training data: {data_path} has {len(dataset)} "
                         "samples (lower --val_samples, or pass --val_data)")
-    order = torch.randperm(len(dataset), generator=torch.Generator().manual_seed(0)).tolist()
-    held_out = sorted(order[:val_samples])
-    kept = sorted(order[val_samples:])
+    held_out, kept = held_out_split(len(dataset), val_samples)
     identity["validation"] = f"{val_samples} held out"
     return Subset(dataset, kept), Subset(dataset, held_out), identity, also
+
+
+def held_out_split(n_samples, val_samples):
+    """(held-out indices, kept indices) of n_samples: a random choice seeded 0, whatever --seed, so
+    every run on one file holds out the same samples (the LoRA lab reads SFT's held-out ones too)."""
+    order = torch.randperm(n_samples, generator=torch.Generator().manual_seed(0)).tolist()
+    return sorted(order[:val_samples]), sorted(order[val_samples:])
 
 
 def collate_trimmed(samples, multiple=16):
