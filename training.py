@@ -70,7 +70,7 @@ def add_common_args(parser, *, data_path, epochs, batch_size, learning_rate, war
     learning_rate and accumulation_steps, which each flag's help states beside ours."""
     def versus(flag, ours):
         theirs, why = minimind2[flag]
-        return f"as MiniMind2" if theirs == ours else f"MiniMind2: {theirs:g}; {why}"
+        return "as MiniMind2" if theirs == ours else f"MiniMind2: {theirs:g}; {why}"
 
     p = parser
     p.add_argument("--out_dir", default="out", help="directory for checkpoints, metrics and loss curves (default: %(default)s)")

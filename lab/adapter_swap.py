@@ -24,6 +24,7 @@ import torch  # noqa: E402
 
 import train_lora  # noqa: E402
 from bench.bench_generate import model_sizes  # noqa: E402
+from model.errors import run_main  # noqa: E402
 from lab.lab import Finding, run_alone, table  # noqa: E402
 from model.checkpoint import load_model, read_checkpoint, save_model  # noqa: E402
 from model.LMConfig import LMConfig  # noqa: E402
@@ -93,5 +94,9 @@ def run(lab) -> Finding:
                    verdict, details, [], "adapter_swap")
 
 
+def main(argv=None):
+    run_alone("adapter_swap", run, argv)
+
+
 if __name__ == "__main__":
-    sys.exit(run_alone("adapter_swap", run))
+    sys.exit(run_main(main))

@@ -17,7 +17,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from lab.lab import Finding, mean, run_alone, spread, table  # noqa: E402
+from model.errors import run_main  # noqa: E402
+from lab.lab import Finding, run_alone, spread, table  # noqa: E402
 from plot import line_chart  # noqa: E402
 
 RANKS = (1, 2, 4, 8, 16, 32, 64)
@@ -55,18 +56,27 @@ def run(lab) -> Finding:
                + f"\n\nSeed noise at r = {noise_rank} (the three rules' common point), seeds "
                f"{', '.join(map(str, lab.seeds))}: {spread(noise, '{:.3f}')}, a range of {noise_span:.3f}. "
                "Range of each rule's loss over the ranks: " + "; ".join(f"{rule} {span[rule]:.3f}" for rule in RULES) + ".\n\n"
-               "Why: with Adam, each update's size is about the learning rate whatever the gradient's scale, so the "
-               "scale multiplies how far B·A moves per step. alpha / r shrinks it 64-fold from r = 1 to r = 64, "
-               "while the sum B·A·x grows only about like sqrt(r): large ranks learn slower. Scale 1 lets the update "
-               "grow with r; rsLoRA's 1/sqrt(r) is designed to cancel that growth.")
+               "What the rules trade: with Adam every entry of A and B moves by about the learning rate per step, "
+               "whatever its gradient's size, so the scale sets how far B·A moves per step, and a larger rank has more "
+               "entries moving at once. Scale 1 lets the update grow with r; alpha / r shrinks the scale as 1/r; "
+               "rsLoRA's 1/sqrt(r) sits between, chosen to keep the update's size steady as r grows. A flat column "
+               "would mean \"change r, keep the learning rate\". "
+               + ("No rule is flat here: at this many steps a larger rank also means more capacity in use, so every "
+                  "rule's loss falls with r, " if all(loss[rule, ranks[0]] > loss[rule, ranks[-1]] for rule in RULES) else "")
+               + f"and the flattest is {steadiest}, with a range {span[steadiest] / max(noise_span, 1e-9):.0f}x the seed noise.")
     verdict = "holds" if steadiest.startswith("rsLoRA") and span[steadiest] <= noise_span * 2 else "holds with a caveat"
     return Finding(9, "alpha / r as a learning-rate scale", "Scaling the update by alpha / r lets you change the rank "
                    "without retuning the learning rate; rsLoRA: only alpha / sqrt(r) does.",
                    f"Over r = {ranks[0]}..{ranks[-1]}, the loss moved {span['alpha / r, alpha = 16']:.3f} under alpha / r, "
                    f"{span['rsLoRA alpha / sqrt(r), alpha = 4']:.3f} under rsLoRA and {span['alpha = r (scale 1)']:.3f} at "
-                   f"scale 1 (seed noise {noise_span:.3f}); steadiest: {steadiest}.",
+                   f"scale 1 (seed noise {noise_span:.3f}): no rule keeps the result steady across ranks; the steadiest "
+                   f"is {steadiest}" + ("" if steadiest.startswith("rsLoRA") else ", not rsLoRA") + ".",
                    verdict, details, ["lora_alpha_scaling.svg"], "alpha_scaling")
 
 
+def main(argv=None):
+    run_alone("alpha_scaling", run, argv)
+
+
 if __name__ == "__main__":
-    sys.exit(run_alone("alpha_scaling", run))
+    sys.exit(run_main(main))

@@ -2,11 +2,12 @@
 2019, bottleneck layers in series) and Prefix Tuning (Li & Liang 2021, trained key/value prefixes).
 
 Each trains on lora_medical's full task with train_lora.py --method, every seed, from the demo's SFT
-model at the demo's learning rate: the adapter with bottleneck 96 (198,912 parameters, LoRA's
-198,656 to within 0.2%), the prefix with 16 vectors per layer (16,384: a prefix as large as LoRA
-would be 194 tokens of a 256-token context). LoRA's own runs are lab/forgetting.py's. Then: task
-accuracy, general accuracy with each on (forgetting), and decode speed (batch 1, greedy) of the
-trained models against the SFT model and merged LoRA.
+model: the adapter with bottleneck 96 (198,912 parameters, LoRA's 198,656 to within 0.2%), the
+prefix with 16 vectors per layer (16,384: a prefix as large as LoRA would be 194 tokens of a
+256-token context). Their learning rate is their own, picked from LR_CHOICES by the validation loss
+on the sweep task (LoRA's was tuned for the demo, docs/experiments.md). LoRA's own runs are
+lab/forgetting.py's. Then: task accuracy, general accuracy with each on (forgetting), and decode
+speed (batch 1, greedy) of the trained models against the SFT model and merged LoRA.
 
     python lab/baselines.py
 """
@@ -16,11 +17,14 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+import train_lora  # noqa: E402
 from bench.bench_generate import decode_tokens_per_s  # noqa: E402
+from model.errors import run_main  # noqa: E402
 from lab.lab import Finding, mean, run_alone, spread, table  # noqa: E402
-from model.model_lora import merge_lora  # noqa: E402
+from model.model_lora import merge_lora, remove_lora  # noqa: E402
 from plot import bar_chart  # noqa: E402
 
+LR_CHOICES = (2e-3, 8e-3, 3.2e-2)  # the demo's LoRA rate, and 4x, 16x it
 METHODS = {"LoRA (r=16, merged)": dict(), "Adapter Tuning (bottleneck 96)": dict(method="adapter", lora_rank=96),
            "Prefix Tuning (16 vectors)": dict(method="prefix", lora_rank=16)}
 
@@ -28,19 +32,25 @@ METHODS = {"LoRA (r=16, merged)": dict(), "Adapter Tuning (bottleneck 96)": dict
 def run(lab) -> Finding:
     sft = lab.base()["sft"]
     methods = {name: (dict(s, lora_rank=4) if "lora_rank" in s and lab.quick else s) for name, s in METHODS.items()}
+    probes = [(name, lr) for name in list(methods)[1:] for lr in LR_CHOICES]
+    probed = lab.train_all([lab.lora_job(lab.sweep_task(), learning_rate=lr, **methods[name]) for name, lr in probes])
+    rate = {name: min(LR_CHOICES, key=lambda lr: probed[probes.index((name, lr))].final("val_loss")) for name in list(methods)[1:]}
+    methods = {name: dict(s, learning_rate=rate[name]) if name in rate else s for name, s in methods.items()}
     configs = [(name, seed) for name in methods for seed in lab.seeds]
     made = dict(zip(configs, lab.train_all([lab.lora_job(lab.full_task(), seed=seed, **methods[name]) for name, seed in configs])))
     sft_general = lab.score(sft, sets=("eval_general",))["eval_general"]
     rows, speeds, scores = [], {}, {}
-    new_tokens, rounds = (8, 1) if lab.quick else (64, 5)
+    new_tokens, rounds = (8, 1) if lab.quick else (128, 9)
     models = {"SFT alone": lab.load(sft)[0]}
     for name in methods:
         s = [lab.score(sft, made[name, seed].weights) for seed in lab.seeds]
         scores[name] = s
         model = lab.load(sft, made[name, lab.seeds[0]].weights)[0]
-        if name.startswith("LoRA"):
+        if name.startswith("LoRA"):  # merged and made plain, as a merged model is shipped (claim 5)
             model = copy.deepcopy(model)
             merge_lora(model)
+            trainable_lora = sum(p.numel() for n, p in model.named_parameters() if ".lora." in n)
+            remove_lora(model)
         models[name] = model
     for name in models:
         speeds[name] = 0.0
@@ -49,10 +59,11 @@ def run(lab) -> Finding:
             speeds[name] = max(speeds[name], decode_tokens_per_s(model, 1, 32, new_tokens, 1))
     for name in methods:
         model = models[name]
-        trainable = sum(p.numel() for n, p in model.named_parameters() if ".lora." in n or "prefix_" in n
-                        or ".down." in n or ".up." in n)
+        trainable = trainable_lora if name.startswith("LoRA") else \
+            sum(p.numel() for n, p in model.named_parameters() if "prefix_" in n or ".down." in n or ".up." in n)
         medical, general = [x["eval_medical"] for x in scores[name]], [x["eval_general"] for x in scores[name]]
-        rows.append([name, f"{trainable:,}", spread(medical), spread(general), f"{sft_general - mean(general):+.1%}".replace("+-", "-"),
+        lr = methods[name].get("learning_rate", train_lora.build_parser().parse_args([]).learning_rate)
+        rows.append([name, f"{lr:g}", f"{trainable:,}", spread(medical), spread(general), f"{sft_general - mean(general):+.1%}",
                      f"{speeds[name]:,.0f} ({speeds[name] / speeds['SFT alone']:.0%})",
                      f"{mean(made[name, s].seconds for s in lab.seeds):.0f} s"])
     bar_chart({name: (mean(x["eval_medical"] for x in scores[name]), min(x["eval_medical"] for x in scores[name]),
@@ -64,11 +75,14 @@ def run(lab) -> Finding:
     details = (f"lora_medical's full task, seeds {', '.join(map(str, lab.seeds))}; eval_general of the SFT model alone "
                f"{sft_general:.1%}; decode tokens/s at batch 1 ({new_tokens} new tokens, best of {rounds}; SFT alone "
                f"{speeds['SFT alone']:,.0f}, in brackets the share of it):\n\n"
-               + table(["method", "trainable", "eval_medical", "eval_general", "general drop", "decode tokens/s", "time"], rows)
+               + table(["method", "learning rate", "trainable", "eval_medical", "eval_general", "general drop",
+                        "decode tokens/s", "time"], rows)
+               + "\n\nThe predecessors' learning rates, picked on the sweep task (final validation loss): " + "; ".join(
+                   f"{name}: " + ", ".join(f"{lr:g} -> {probed[probes.index((name, lr))].final('val_loss'):.3f}" for lr in LR_CHOICES)
+                   for name in rate) + "."
                + "\n\nThe adapter adds two small layers in series per block, which every token must pass through: "
                "it cannot be merged away. The prefix adds 16 keys and values to every attention layer (taking 16 "
-               "positions of attention at every step). Merged LoRA is the SFT model's own computation. All three "
-               "ran at the demo's LoRA learning rate; the predecessors were not tuned separately.")
+               "positions of attention at every step). Merged LoRA is the SFT model's own computation.")
     verdict = "holds" if acc[lora] >= max(acc[adapter], acc[prefix]) and speeds[lora] >= 0.95 * speeds["SFT alone"] \
         and speeds[adapter] < speeds[lora] else "holds with a caveat"
     return Finding(13, "LoRA vs its predecessors", "LoRA matches or beats Adapter Tuning and Prefix Tuning at a "
@@ -80,5 +94,9 @@ def run(lab) -> Finding:
                    verdict, details, ["lora_vs_predecessors.svg"], "baselines")
 
 
+def main(argv=None):
+    run_alone("baselines", run, argv)
+
+
 if __name__ == "__main__":
-    sys.exit(run_alone("baselines", run))
+    sys.exit(run_main(main))

@@ -20,6 +20,7 @@ import torch  # noqa: E402
 import train_lora  # noqa: E402
 import training  # noqa: E402
 from dataset.lm_dataset import SFTDataset  # noqa: E402
+from model.errors import run_main  # noqa: E402
 from lab.lab import Finding, mean, run_alone, spread, table  # noqa: E402
 from model.model_lora import INITS, apply_lora, mark_only_lora_as_trainable  # noqa: E402
 from plot import line_chart  # noqa: E402
@@ -74,5 +75,9 @@ def run(lab) -> Finding:
                    verdict, details, ["lora_init_loss.svg"], "initialisation")
 
 
+def main(argv=None):
+    run_alone("initialisation", run, argv)
+
+
 if __name__ == "__main__":
-    sys.exit(run_alone("initialisation", run))
+    sys.exit(run_main(main))

@@ -20,6 +20,7 @@ Two tasks:
 quick=True shrinks everything (a dim-32 model, 64-line data, a few steps, 6 questions per set): the
 tests run every experiment's code path that way in seconds. Its numbers mean nothing.
 """
+import argparse
 import contextlib
 import hashlib
 import json
@@ -78,22 +79,27 @@ class Run:
     script: str
     flags: list
     folder: Path
-    weights: str
+    weights: str  # None for a run that diverged (its loss became NaN or inf and the script stopped)
     seconds: float  # wall time of the run when it was made
 
     @property
     def command(self) -> str:
         return "python " + " ".join([self.script, *self.flags])
 
+    @property
+    def diverged(self) -> bool:
+        return self.weights is None
+
     def records(self) -> list:
-        return training.read_metrics(run_files(self.folder, self.weights).metrics)
+        return [] if self.diverged else training.read_metrics(run_files(self.folder, self.weights).metrics)
 
     def curve(self, key="val_loss") -> list:
         """[(step, value)] of one metric: "loss" (training), "val_loss" or "val_also_loss"."""
         return [(r["step"], r[key]) for r in self.records() if key in r]
 
     def final(self, key="val_loss") -> float:
-        return self.curve(key)[-1][1]
+        """The last value of a metric; inf for a run that diverged (a sweep's too-large learning rate)."""
+        return self.curve(key)[-1][1] if not self.diverged else float("inf")
 
 
 @dataclass
@@ -109,6 +115,7 @@ class Finding:
     figures: list = field(default_factory=list)  # file names under the figures folder
     module: str = ""  # lab/<module>.py, the command that measures it
     seconds: float = 0.0  # what it costs alone, from the base checkpoints (its runs' recorded times included)
+    lab_seconds: float = 0.0  # what it took in this run of the lab (runs another claim made first not counted)
 
     def __post_init__(self):
         if self.verdict not in VERDICTS:
@@ -117,7 +124,8 @@ class Finding:
     def section(self) -> str:
         figures = "".join(f"\n![{name}](figures/{name})\n" for name in self.figures)
         return (f"## {self.number}. {self.title}\n\n> {self.claim}\n\n**Verdict: {self.verdict}.** {self.measured}\n\n"
-                f"{self.details.strip()}\n{figures}\n`python lab/{self.module}.py` ({self.seconds / 60:.1f} min)\n")
+                f"{self.details.strip()}\n{figures}\n`python lab/{self.module}.py`: {self.lab_seconds / 60:.1f} min in the "
+                f"lab's run, {self.seconds / 60:.1f} min alone from the base checkpoints\n")
 
 
 class Lab:
@@ -136,6 +144,7 @@ class Lab:
         self.made_now = 0  # training runs made by this process
         self.reused_now = 0  # finished runs handed back (each time one is asked for)
         self.base_seconds = 0.0  # what the base checkpoints took to make
+        self.base_wall_seconds = 0.0  # how long this process spent making (or finding) them
 
     # ---- data
 
@@ -203,7 +212,7 @@ class Lab:
             key = self._key(script, flags)
             folder = self._folder(script, key)
             saved = json.loads((folder / "run.json").read_text()) if (folder / "run.json").is_file() else {}
-            if saved.get("key") == key and Path(saved["weights"]).is_file():
+            if saved.get("key") == key and (saved["weights"] is None or Path(saved["weights"]).is_file()):
                 self.reused_seconds += saved["seconds"]
                 self.reused_now += 1
                 runs[i] = Run(script, flags, folder, saved["weights"], saved["seconds"])
@@ -236,8 +245,13 @@ class Lab:
             shutil.rmtree(folder)
         print(f"$ python {script} {' '.join(flags)} --out_dir {folder}", file=sys.stderr, flush=True)
         start = time.perf_counter()
-        result = SCRIPTS[script].main([*flags, "--out_dir", str(folder)])
-        return self._record(script, flags, key, result.weights, time.perf_counter() - start)
+        try:
+            weights = SCRIPTS[script].main([*flags, "--out_dir", str(folder)]).weights
+        except UserError as e:
+            if not diverged(str(e)):
+                raise
+            weights = None
+        return self._record(script, flags, key, weights, time.perf_counter() - start)
 
     def _run_in_processes(self, todo) -> dict:
         """{job index: Run}: the jobs run `self.workers` at a time, each its own process with one thread
@@ -262,22 +276,23 @@ class Lab:
                 running.remove(job)
                 log.close()
                 folder = self._folder(script, key)
-                if process.returncode != 0:
+                tail = " ".join((folder / "log.txt").read_text(errors="replace").strip().splitlines()[-1:])
+                if process.returncode != 0 and not diverged(tail):
                     for other in running:
                         other[4].kill()
-                    tail = (folder / "log.txt").read_text(errors="replace").strip().splitlines()[-1:]
-                    raise UserError(f"python {script} failed (exit {process.returncode}): {' '.join(tail)} "
+                    raise UserError(f"python {script} failed (exit {process.returncode}): {tail} "
                                     f"(its output: {folder / 'log.txt'})")
-                weights = [p for p in folder.rglob("*.pth") if "resume" not in p.name]
-                made[i] = self._record(script, flags, key, str(weights[0]), time.perf_counter() - start)
+                weights = [str(p) for p in folder.rglob("*.pth") if "resume" not in p.name] if process.returncode == 0 else [None]
+                made[i] = self._record(script, flags, key, weights[0], time.perf_counter() - start)
         return made
 
     def base(self) -> dict:
         """The demo's pretraining and SFT checkpoints, by run_demo's own commands: {"pretrain": path, "sft": path}.
         Made (or found) once per Lab; an experiment's cost leaves them out (every experiment starts from them)."""
         if self._base is None:
-            reused = self.reused_seconds
+            reused, start = self.reused_seconds, time.perf_counter()
             self._base = self._make_base()
+            self.base_wall_seconds = time.perf_counter() - start  # left out of the experiment that asked first
             self.base_seconds = self.reused_seconds - reused + self.training_seconds
             self.reused_seconds = reused
         return self._base
@@ -346,11 +361,12 @@ class Lab:
     def cost(self, finding_box: list):
         """Time one experiment as if run alone from the base checkpoints: its wall time, with the
         recorded times of the runs it reused in place of the moments it took to hand them back."""
-        start, reused = time.perf_counter(), self.reused_seconds
+        start, reused, base = time.perf_counter(), self.reused_seconds, self.base_wall_seconds
         yield
-        seconds = time.perf_counter() - start + (self.reused_seconds - reused)
+        wall = time.perf_counter() - start - (self.base_wall_seconds - base)
         for finding in finding_box:
-            finding.seconds = seconds
+            finding.lab_seconds = wall
+            finding.seconds = wall + (self.reused_seconds - reused)
 
     def figure(self, name) -> str:
         """The path to write figure `name` to (docs/figures, or out/lab/figures when quick)."""
@@ -359,6 +375,12 @@ class Lab:
 
 
 # ---- small helpers the experiments share
+
+
+def diverged(error_line: str) -> bool:
+    """Did a training script stop because its loss or gradient norm became NaN or inf (training.Progress)?
+    A sweep's largest learning rates may do that: a result (it diverges), not a failure of the lab."""
+    return " became " in error_line and " by step " in error_line
 
 
 def canonical_flags(parser, settings: dict) -> list:
@@ -401,22 +423,18 @@ def table(header: list, rows: list) -> str:
 
 
 def run_alone(module_name, run, argv=None):
-    """What `python lab/<module>.py` does: measure one claim and print its section of the report."""
-    import argparse
-
-    from model.errors import run_main
-
-    def main(argv=None):
-        p = argparse.ArgumentParser(description=f"The LoRA lab, one claim: {module_name} (docs/lora_lab.md).")
-        p.add_argument("--out_dir", default="out/lab", help="where the lab's checkpoints and runs live (default: %(default)s)")
-        p.add_argument("--quick", action="store_true", help="a tiny model and a few steps: checks the code path in seconds, "
-                                                            "its numbers mean nothing (figures go to OUT_DIR/figures)")
-        args = p.parse_args(argv)
-        lab = Lab(args.out_dir, quick=args.quick)
-        finding = measure(lab, run)
-        print(finding.section())
-
-    return run_main(main, argv)
+    """What `python lab/<module>.py` does: measure one claim and print its section of the report
+    (docs/lora_lab.md is rewritten by lab/run_lab.py only)."""
+    p = argparse.ArgumentParser(description=f"The LoRA lab, one claim: lab/{module_name}.py (docs/lora_lab.md).")
+    p.add_argument("--out_dir", default="out/lab", help="where the lab's checkpoints and runs live (default: %(default)s)")
+    p.add_argument("--workers", type=int, default=2, help="training runs at a time, one thread each (default: %(default)s)")
+    p.add_argument("--quick", action="store_true", help="a tiny model and a few steps: checks the code path in seconds, "
+                                                        "its numbers mean nothing (figures go to OUT_DIR/figures)")
+    args = p.parse_args(argv)
+    if args.workers < 1:
+        raise UserError(f"--workers must be at least 1, got {args.workers}")
+    finding = measure(Lab(args.out_dir, quick=args.quick, workers=args.workers), run)
+    print(finding.section())
 
 
 def measure(lab, run) -> Finding:

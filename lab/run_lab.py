@@ -47,7 +47,21 @@ def report(findings: list, header: str) -> str:
     return "\n\n".join([header, "\n".join(card), *(f.section() for f in findings)]).rstrip() + "\n"
 
 
-def header(lab, seconds_now, made_now, reused) -> str:
+def history(runs: dict) -> str:
+    """How this page was made: the last full run, and any --only runs since."""
+    full = runs.get("full")
+    if full is None:
+        return "(the whole lab's time was not recorded)"
+    text = f"{full['minutes']:.0f} min for the whole lab, " + (
+        f"from nothing ({full['made']} training runs made, the base checkpoints included)" if full["from_nothing"] else
+        f"{full['made']} training runs made and the others reused")
+    for only in runs.get("only", []):
+        text += (f"; then `--only {' '.join(only['names'])}` re-measured those claims in {only['minutes']:.1f} min "
+                 f"({only['made']} runs made)")
+    return text
+
+
+def header(lab, runs) -> str:
     return f"""# The LoRA lab: every claim about LoRA, measured
 
 What the LoRA write-ups say, tested on the demo's own model (dim 128, 4 layers, 1.1M parameters,
@@ -58,11 +72,11 @@ this page and its figures:
     python lab/run_lab.py
 
 This page was made by that command on {cpu_model()} ({torch.get_num_threads()} threads, torch
-{torch.__version__}, Python {platform.python_version()}): {seconds_now / 60:.0f} min this time
-({made_now} training runs made, {reused} reused), the base checkpoints included. Each section ends
-with its module's command and what it costs alone from the base checkpoints (its training runs'
-recorded times included); the base checkpoints (pretraining + SFT) took {lab.base_seconds / 60:.1f} min.
-Training runs go two at a time, one thread each.
+{torch.__version__}, Python {platform.python_version()}): {history(runs)}. The base checkpoints
+(pretraining + SFT, the demo's own commands) took {lab.base_seconds / 60:.1f} min of it. Each section
+ends with its module's command, the minutes it took in the lab's run (a training run shared with
+an earlier claim is counted there) and what it costs alone from the base checkpoints (its runs'
+recorded times included). Training runs go two at a time, one thread each.
 
 How to read it: accuracies are on the demo's 52-question sets, where one question is 1.9 points, so
 they are given as the mean and range over seeds {', '.join(map(str, lab.seeds))}. Sweeps (many runs
@@ -89,11 +103,13 @@ def main(argv=None):
     lab = Lab(args.out_dir, quick=args.quick, workers=args.workers)
     store = lab.out / "findings.json"
     saved = json.loads(store.read_text()) if store.is_file() and args.only else {}
+    runs = saved.pop("__runs__", {})
     missing = [n for n in NAMES if n not in (args.only or NAMES) and n not in saved]
     if missing:
         raise UserError(f"--only: no earlier finding for {', '.join(missing)} in {store}; run the whole lab once first")
 
     start = time.perf_counter()
+    from_nothing = not (lab.out / "runs").exists()
     findings = {}
     for name, module in zip(NAMES, EXPERIMENTS):
         if args.only and name not in args.only:
@@ -101,12 +117,19 @@ def main(argv=None):
             continue
         print(f"\n=== claim {NAMES.index(name) + 1}: lab/{name}.py", file=sys.stderr, flush=True)
         findings[name] = measure(lab, module.run)
-        print(f"--> {findings[name].verdict}: {findings[name].measured} ({findings[name].seconds / 60:.1f} min)",
-              file=sys.stderr, flush=True)
-        atomic_write_text(store, json.dumps({n: asdict(f) for n, f in findings.items()} | {k: v for k, v in saved.items() if k not in findings},
-                                            indent=1, ensure_ascii=False) + "\n")
+        print(f"--> {findings[name].verdict}: {findings[name].measured} ({findings[name].lab_seconds / 60:.1f} min; "
+              f"alone {findings[name].seconds / 60:.1f})", file=sys.stderr, flush=True)
+        atomic_write_text(store, json.dumps({n: asdict(f) for n, f in findings.items()} | {k: v for k, v in saved.items() if k not in findings}
+                                            | {"__runs__": runs}, indent=1, ensure_ascii=False) + "\n")
     seconds = time.perf_counter() - start
-    text = report(list(findings.values()), header(lab, seconds, lab.made_now, lab.reused_now))
+    this = {"minutes": round(seconds / 60, 2), "made": lab.made_now, "from_nothing": from_nothing}
+    if args.only:
+        runs.setdefault("only", []).append({"names": args.only, **this})
+    else:
+        runs = {"full": this}
+    atomic_write_text(store, json.dumps({n: asdict(f) for n, f in findings.items()} | {"__runs__": runs},
+                                        indent=1, ensure_ascii=False) + "\n")
+    text = report(list(findings.values()), header(lab, runs))
     target = (lab.out if args.quick else ROOT / "docs") / "lora_lab.md"
     atomic_write_text(target, text)
     print(f"wrote {target} ({seconds / 60:.1f} min)" + ("" if seconds <= HOUR or args.quick else

@@ -13,6 +13,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import torch  # noqa: E402
 
+from model.errors import run_main  # noqa: E402
 from lab.lab import Finding, run_alone, table  # noqa: E402
 from model.LMConfig import LMConfig  # noqa: E402
 from model.model import MiniMindLM, count_parameters  # noqa: E402
@@ -70,5 +71,9 @@ def run(lab) -> Finding:
                    "holds with a caveat", details, ["lora_trainable_share.svg"], "trainable_share")
 
 
+def main(argv=None):
+    run_alone("trainable_share", run, argv)
+
+
 if __name__ == "__main__":
-    sys.exit(run_alone("trainable_share", run))
+    sys.exit(run_main(main))

@@ -16,6 +16,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import torch  # noqa: E402
 
+from model.errors import run_main  # noqa: E402
 from lab.lab import Finding, mean, run_alone, spread, table  # noqa: E402
 from model.LMConfig import LMConfig  # noqa: E402
 from model.model import MiniMindLM  # noqa: E402
@@ -70,5 +71,9 @@ def run(lab) -> Finding:
                    verdict, details, ["lora_targets.svg"], "which_matrices")
 
 
+def main(argv=None):
+    run_alone("which_matrices", run, argv)
+
+
 if __name__ == "__main__":
-    sys.exit(run_alone("which_matrices", run))
+    sys.exit(run_main(main))

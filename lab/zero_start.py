@@ -18,6 +18,7 @@ import torch  # noqa: E402
 
 import train_lora  # noqa: E402
 from eval_model import prompt_ids  # noqa: E402
+from model.errors import run_main  # noqa: E402
 from lab.lab import Finding, run_alone, table  # noqa: E402
 from model.model_lora import INITS, apply_lora  # noqa: E402
 
@@ -52,5 +53,9 @@ def run(lab) -> Finding:
                    f"PiSSA: {changes['pissa']:.1g} (rounding).", verdict, details, [], "zero_start")
 
 
+def main(argv=None):
+    run_alone("zero_start", run, argv)
+
+
 if __name__ == "__main__":
-    sys.exit(run_alone("zero_start", run))
+    sys.exit(run_main(main))

@@ -17,7 +17,6 @@ convert_model.py is the command line around it. Everything that cannot be expres
 one ConversionError line naming it; nothing is silently dropped or changed.
 """
 import json
-import math
 import os
 import re
 

@@ -2,7 +2,6 @@
 transformers 4.57 and PEFT 0.21 wrote themselves (tests/fixtures/hf_llama/), so neither is needed here."""
 import doctest
 import json
-import math
 import shutil
 import tempfile
 from pathlib import Path

@@ -221,7 +221,8 @@ def test_checkpoints_and_adapters_load_the_same_from_safetensors(model_and_adapt
     with torch.no_grad():
         assert torch.equal(st_logits, model(ids).logits)
     assert read_checkpoint(tmp_path / "a.safetensors")["lora_config"] == {"rank": 4, "alpha": 6, "dim": 32,
-                                                                         "targets": ["output", "w2", "wk", "wq"]}
+                                                                         "targets": ["output", "w2", "wk", "wq"],
+                                                                         "scaling": "standard", "init": "standard"}
 
 
 def test_a_safetensors_model_keeps_its_tie(model_and_adapter, tmp_path):
