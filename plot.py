@@ -1,10 +1,14 @@
-"""Line charts as SVG, by hand: no plotting library, a few dozen lines of markup.
+"""Line and bar charts as SVG, by hand: no plotting library, a few dozen lines of markup.
 
 Training draws its loss curves with it: training and validation loss on shared axes, a legend
 naming each series (any number of them: several runs compare the same way):
 
     line_chart({"train": [(10, 7.9), (20, 6.1)], "validation": [(20, 6.3)]},
                "out/pretrain_128_loss.svg", title="pretrain_128: loss", x_label="optimizer step", y_label="loss")
+
+The LoRA lab (lab/) draws its figures with the same function, on log axes where ranks or learning
+rates double (log_x=True) and with the range over seeds (spread=...), and with bar_chart for
+side-by-side comparisons.
 
 An SVG is a text file any browser shows; GitHub renders it inline in markdown.
 """

@@ -176,8 +176,8 @@ class Lab:
 
     def full_task(self, name="lora_medical") -> list:
         """train_lora.py/train_full_sft.py flags for the demo's task `name` at the demo's settings,
-        with the general validation loss logged beside the task's."""
-        return ["--data_path", self.data(name), "--val_also", self.general_validation()]
+        with the general validation loss logged beside the task's every 100 steps."""
+        return ["--data_path", self.data(name), "--val_also", self.general_validation(), "--eval_interval", "100"]
 
     def sweep_task(self) -> list:
         """The sweeps' short task: the first 832 samples of lora_medical.jsonl, one epoch (52 steps)."""
@@ -287,7 +287,8 @@ class Lab:
         return made
 
     def base(self) -> dict:
-        """The demo's pretraining and SFT checkpoints, by run_demo's own commands: {"pretrain": path, "sft": path}.
+        """The demo's checkpoints, by run_demo's own commands: {"pretrain": path, "sft": path} and its two
+        adapters, seed 1337 (what lora_job(full_task(name)) gives, claims 7, 8 and 13 use them).
         Made (or found) once per Lab; an experiment's cost leaves them out (every experiment starts from them)."""
         if self._base is None:
             reused, start = self.reused_seconds, time.perf_counter()
@@ -303,7 +304,10 @@ class Lab:
         extra = quick if self.quick else {"pretrain": [], "SFT": []}
         pretrain = self.train(stages["pretrain"][0], stages["pretrain"][1:] + extra["pretrain"])
         sft = self.train(stages["SFT"][0], stages["SFT"][1:] + ["--base", pretrain.weights] + extra["SFT"])
-        return {"pretrain": pretrain.weights, "sft": sft.weights}
+        self._base = {"pretrain": pretrain.weights, "sft": sft.weights}  # what lora_job below builds on
+        # the demo's two adapters: train_lora.py's defaults on each task (plus --val_also, which changes no weight)
+        self.train_all([self.lora_job(self.full_task(name)) for name in ("lora_medical", "lora_identity")])
+        return self._base
 
     def lora_job(self, task, **settings) -> tuple:
         """("train_lora.py", flags) on the demo's SFT model: `task` (full_task() or sweep_task()) and
@@ -422,19 +426,26 @@ def table(header: list, rows: list) -> str:
     return "\n".join(lines)
 
 
+def add_lab_args(p) -> None:
+    """--out_dir, --workers and --quick: the flags of lab/run_lab.py and of every experiment run alone."""
+    p.add_argument("--out_dir", default="out/lab", help="where the lab's checkpoints and runs live (default: %(default)s)")
+    p.add_argument("--workers", type=int, default=2, help="training runs at a time, one thread each (default: %(default)s)")
+    p.add_argument("--quick", action="store_true", help="a tiny model and a few steps: checks the code path in seconds, "
+                                                        "its numbers mean nothing (figures and report go to OUT_DIR)")
+
+
+def lab_from_args(args) -> "Lab":
+    if args.workers < 1:
+        raise UserError(f"--workers must be at least 1, got {args.workers}")
+    return Lab(args.out_dir, quick=args.quick, workers=args.workers)
+
+
 def run_alone(module_name, run, argv=None):
     """What `python lab/<module>.py` does: measure one claim and print its section of the report
     (docs/lora_lab.md is rewritten by lab/run_lab.py only)."""
     p = argparse.ArgumentParser(description=f"The LoRA lab, one claim: lab/{module_name}.py (docs/lora_lab.md).")
-    p.add_argument("--out_dir", default="out/lab", help="where the lab's checkpoints and runs live (default: %(default)s)")
-    p.add_argument("--workers", type=int, default=2, help="training runs at a time, one thread each (default: %(default)s)")
-    p.add_argument("--quick", action="store_true", help="a tiny model and a few steps: checks the code path in seconds, "
-                                                        "its numbers mean nothing (figures go to OUT_DIR/figures)")
-    args = p.parse_args(argv)
-    if args.workers < 1:
-        raise UserError(f"--workers must be at least 1, got {args.workers}")
-    finding = measure(Lab(args.out_dir, quick=args.quick, workers=args.workers), run)
-    print(finding.section())
+    add_lab_args(p)
+    print(measure(lab_from_args(p.parse_args(argv)), run).section())
 
 
 def measure(lab, run) -> Finding:

@@ -27,7 +27,7 @@ import torch  # noqa: E402
 from bench.machine import cpu_model  # noqa: E402
 from lab import (adapter_swap, alpha_scaling, baselines, forgetting, initialisation, learning_rate, lora_plus,  # noqa: E402
                  low_rank, memory, merged_latency, trainable_share, which_matrices, zero_start)
-from lab.lab import ROOT, Finding, Lab, measure  # noqa: E402
+from lab.lab import ROOT, Finding, add_lab_args, lab_from_args, measure  # noqa: E402
 from model.atomic import atomic_write_text  # noqa: E402
 from model.errors import UserError, run_main  # noqa: E402
 
@@ -72,8 +72,8 @@ this page and its figures:
     python lab/run_lab.py
 
 This page was made by that command on {cpu_model()} ({torch.get_num_threads()} threads, torch
-{torch.__version__}, Python {platform.python_version()}): {history(runs)}. The base checkpoints
-(pretraining + SFT, the demo's own commands) took {lab.base_seconds / 60:.1f} min of it. Each section
+{torch.__version__}, Python {platform.python_version()}): {history(runs)}. The demo's checkpoints
+(pretraining, SFT and its two adapters, by the demo's own commands) took {lab.base_seconds / 60:.1f} min of it. Each section
 ends with its module's command, the minutes it took in the lab's run (a training run shared with
 an earlier claim is counted there) and what it costs alone from the base checkpoints (its runs'
 recorded times included). Training runs go two at a time, one thread each.
@@ -91,16 +91,11 @@ Small models diverge between CPUs: rerun on yours and expect the same verdicts, 
 
 def main(argv=None):
     p = argparse.ArgumentParser(description="Run the LoRA lab and write docs/lora_lab.md with its figures.")
-    p.add_argument("--out_dir", default="out/lab", help="where the lab's checkpoints and runs live (default: %(default)s)")
+    add_lab_args(p)
     p.add_argument("--only", nargs="+", choices=NAMES, help="run only these claims; the others' sections come from "
                                                              "OUT_DIR/findings.json (a full run must have made them)")
-    p.add_argument("--workers", type=int, default=2, help="training runs at a time, one thread each (default: %(default)s)")
-    p.add_argument("--quick", action="store_true", help="tiny model, few steps: the code path only; the report goes to "
-                                                        "OUT_DIR/lora_lab.md, never over docs/")
     args = p.parse_args(argv)
-    if args.workers < 1:
-        raise UserError(f"--workers must be at least 1, got {args.workers}")
-    lab = Lab(args.out_dir, quick=args.quick, workers=args.workers)
+    lab = lab_from_args(args)
     store = lab.out / "findings.json"
     saved = json.loads(store.read_text()) if store.is_file() and args.only else {}
     runs = saved.pop("__runs__", {})
