@@ -2,7 +2,7 @@
 2019, bottleneck layers in series) and Prefix Tuning (Li & Liang 2021, trained key/value prefixes).
 
 Each trains on lora_medical's full task with train_lora.py --method, every seed, from the demo's SFT
-model: the adapter with bottleneck 96 (198,912 parameters, LoRA's 198,656 to within 0.2%), the
+model: the adapter with bottleneck 96 (198,400 parameters, LoRA's 198,656 to within 0.2%), the
 prefix with 16 vectors per layer (16,384: a prefix as large as LoRA would be 194 tokens of a
 256-token context). Their learning rate is their own, picked from LR_CHOICES by the validation loss
 on the sweep task (LoRA's was tuned for the demo, docs/experiments.md). LoRA's own runs are

@@ -1,21 +1,25 @@
 """The LoRA lab's workbench: what every experiment of lab/ shares (the report is docs/lora_lab.md).
 
     lab = Lab()                        # everything under out/lab, made once and reused
-    base = lab.base()                  # {"pretrain": path, "sft": path}: the demo's first two stages
-    run = lab.train("train_lora.py", ["--base", base["sft"], "--lora_rank", "8", *lab.sweep_task()])
+    base = lab.base()                  # {"pretrain": path, "sft": path}: the demo's checkpoints
+    run = lab.lora(lab.sweep_task(), lora_rank=8)           # train_lora.py --lora_rank 8 on the sweep task
+    runs = lab.train_all([lab.lora_job(lab.full_task(), seed=s) for s in lab.seeds])   # two at a time
     lab.score(base["sft"], run.weights)    # {"eval_medical": 0.115, "eval_general": 0.635}
 
 Every training run is a command of this repository's own scripts (train_pretrain.py, train_full_sft.py,
-train_lora.py), run in this process, into a folder of its own named by a key of its *content*: the
-script, its flags, the bytes of every file a flag names (data, base checkpoint) and of the code that
-trains. A run whose folder holds a finished record with that key is not run again. Change a stage
-(its code, its data or a flag) and its key changes, so it and everything trained from it is made
-afresh: nothing stale is ever reused, and nothing is rebuilt for nothing.
+train_lora.py), into a folder of its own named by a key of its *content*: the script, its flags, the
+bytes of every file a flag names (data, base checkpoint) and of the code that trains. A run whose
+folder holds a finished record with that key is not run again. Change a stage (its code, its data or
+a flag) and its key changes, so it and everything trained from it is made afresh: nothing stale is
+ever reused, and nothing is rebuilt for nothing. Several runs asked for at once go `workers` at a
+time, each a process of its own with one thread (a lone run, or --quick, runs in this process).
 
 Two tasks:
-    the full task    lora_medical.jsonl at the demo's settings (4 epochs, 416 steps): accuracies
-    the sweep task   its first half, one epoch (52 steps): sweeps of many runs compare validation
-                     losses after the same short training (said so in the report, beside each sweep)
+    the full task    lora_medical.jsonl (or lora_identity.jsonl) at the demo's settings (4 epochs,
+                     416 steps on lora_medical): accuracies, mean and range over seeds
+    the sweep task   lora_medical's first 832 samples, one epoch (48 steps): sweeps of many runs
+                     compare validation losses after the same short training (said so in the
+                     report, beside each sweep)
 
 quick=True shrinks everything (a dim-32 model, 64-line data, a few steps, 6 questions per set): the
 tests run every experiment's code path that way in seconds. Its numbers mean nothing.
@@ -114,7 +118,7 @@ class Finding:
     details: str  # markdown: the tables and notes of the section
     figures: list = field(default_factory=list)  # file names under the figures folder
     module: str = ""  # lab/<module>.py, the command that measures it
-    seconds: float = 0.0  # what it costs alone, from the base checkpoints (its runs' recorded times included)
+    seconds: float = 0.0  # what it costs alone from the SFT model (the recorded times of the runs it reuses included)
     lab_seconds: float = 0.0  # what it took in this run of the lab (runs another claim made first not counted)
 
     def __post_init__(self):
@@ -125,7 +129,7 @@ class Finding:
         figures = "".join(f"\n![{name}](figures/{name})\n" for name in self.figures)
         return (f"## {self.number}. {self.title}\n\n> {self.claim}\n\n**Verdict: {self.verdict}.** {self.measured}\n\n"
                 f"{self.details.strip()}\n{figures}\n`python lab/{self.module}.py`: {self.lab_seconds / 60:.1f} min in the "
-                f"lab's run, {self.seconds / 60:.1f} min alone from the base checkpoints\n")
+                f"lab's run, {self.seconds / 60:.1f} min alone from the SFT model\n")
 
 
 class Lab:

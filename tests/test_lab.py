@@ -113,6 +113,15 @@ def test_one_configuration_is_one_run_whoever_asks():
     assert canonical_flags(parser, {"seed": 1, "lora_rank": 8}) == canonical_flags(parser, {"lora_rank": 8, "seed": 1})
 
 
+def test_report_only_rewrites_the_same_page_from_the_findings(quick_lab):
+    """Guards --report_only (used after a wording change) writing another page than the measuring run did."""
+    out, _ = quick_lab
+    before = (out / "lora_lab.md").read_text()
+    (out / "lora_lab.md").unlink()
+    run_lab.main(["--quick", "--out_dir", str(out), "--report_only"])
+    assert (out / "lora_lab.md").read_text() == before
+
+
 def test_only_needs_an_earlier_full_run(tmp_path):
     """Guards --only writing a report with holes: the other claims' findings must exist."""
     with pytest.raises(UserError, match="run the whole lab once first"):
