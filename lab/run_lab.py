@@ -56,12 +56,13 @@ def history(runs: dict) -> str:
         f"from nothing ({full['made']} training runs made, the base checkpoints included)" if full["from_nothing"] else
         f"{full['made']} training runs made and the others reused")
     for only in runs.get("only", []):
-        text += (f"; then `--only {' '.join(only['names'])}` re-measured those claims in {only['minutes']:.1f} min "
-                 f"({only['made']} runs made)")
+        text += (f"; then `--only {' '.join(only['names'])}` re-measured {'it' if len(only['names']) == 1 else 'them'} "
+                 f"in {only['minutes']:.1f} min ({only['made']} runs made)")
     return text
 
 
 def header(lab, runs) -> str:
+    base_minutes = (runs["full"]["base_seconds"] if "full" in runs else lab.base_seconds) / 60  # the full run's
     return f"""# The LoRA lab: every claim about LoRA, measured
 
 What the LoRA write-ups say, tested on the demo's own model (dim 128, 4 layers, 1.1M parameters,
@@ -75,7 +76,7 @@ This page was made by that command on {cpu_model()} ({torch.get_num_threads()} t
 {torch.__version__}, Python {platform.python_version()}):
 {history(runs)}.
 The demo's checkpoints (pretraining, SFT and its two adapters, by the demo's own commands) took
-{lab.base_seconds / 60:.1f} min of it. Each section ends with its module's command, the minutes it took in the lab's run (a training run shared with
+{base_minutes:.1f} min of it. Each section ends with its module's command, the minutes it took in the lab's run (a training run shared with
 an earlier claim, or one of the demo's adapters, is counted there) and what it would cost alone
 from the SFT model (the recorded times of the runs it reuses included). Training runs go two at a
 time, one thread each.
@@ -106,7 +107,6 @@ def main(argv=None):
     if args.report_only:
         if not runs or any(n not in saved for n in NAMES):
             raise UserError(f"--report_only: {store} lacks findings; run the whole lab once first")
-        lab.base_seconds = runs["full"]["base_seconds"]
         return write_report(lab, [Finding(**saved[n]) for n in NAMES], runs)
     missing = [n for n in NAMES if n not in (args.only or NAMES) and n not in saved]
     if missing:
