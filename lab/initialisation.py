@@ -5,7 +5,7 @@ Two measurements:
   step 0    one batch of the sweep task through the demo's SFT model with fresh adapters; the
             gradient norms of all A's and all B's. dL/dB = g·(A x)ᵀ and dL/dA = Bᵀ·g·xᵀ, so with
             B = 0 only B moves at first, with A = 0 only A, and with both zero neither, ever.
-  training  train_lora.py --lora_init X on the sweep task (52 steps), every seed: the training loss
+  training  train_lora.py --lora_init X on the sweep task (48 steps), every seed: the training loss
             over the steps and the final validation loss.
 
     python lab/initialisation.py

@@ -2,7 +2,7 @@
 
     lab = Lab()                        # everything under out/lab, made once and reused
     base = lab.base()                  # {"pretrain": path, "sft": path}: the demo's checkpoints
-    run = lab.lora(lab.sweep_task(), lora_rank=8)           # train_lora.py --lora_rank 8 on the sweep task
+    run = lab.train(*lab.lora_job(lab.sweep_task(), lora_rank=8))   # train_lora.py --lora_rank 8, sweep task
     runs = lab.train_all([lab.lora_job(lab.full_task(), seed=s) for s in lab.seeds])   # two at a time
     lab.score(base["sft"], run.weights)    # {"eval_medical": 0.115, "eval_general": 0.635}
 
@@ -87,10 +87,6 @@ class Run:
     seconds: float  # wall time of the run when it was made
 
     @property
-    def command(self) -> str:
-        return "python " + " ".join([self.script, *self.flags])
-
-    @property
     def diverged(self) -> bool:
         return self.weights is None
 
@@ -146,7 +142,6 @@ class Lab:
         self.reused_seconds = 0.0  # recorded times of the reused runs it was handed
         self._base = None
         self.made_now = 0  # training runs made by this process
-        self.reused_now = 0  # finished runs handed back (each time one is asked for)
         self.base_seconds = 0.0  # what the base checkpoints took to make
         self.base_wall_seconds = 0.0  # how long this process spent making (or finding) them
 
@@ -184,7 +179,7 @@ class Lab:
         return ["--data_path", self.data(name), "--val_also", self.general_validation(), "--eval_interval", "100"]
 
     def sweep_task(self) -> list:
-        """The sweeps' short task: the first 832 samples of lora_medical.jsonl, one epoch (52 steps)."""
+        """The sweeps' short task: the first 832 samples of lora_medical.jsonl, one epoch (48 steps: 64 of them are held out for validation)."""
         return ["--data_path", self.data("lora_medical", 832), "--epochs", "1", "--eval_interval", "26", "--log_interval", "2"]
 
     # ---- training runs, made once
@@ -218,7 +213,6 @@ class Lab:
             saved = json.loads((folder / "run.json").read_text()) if (folder / "run.json").is_file() else {}
             if saved.get("key") == key and (saved["weights"] is None or Path(saved["weights"]).is_file()):
                 self.reused_seconds += saved["seconds"]
-                self.reused_now += 1
                 runs[i] = Run(script, flags, folder, saved["weights"], saved["seconds"])
             else:
                 todo.setdefault(folder, (i, script, flags, key))  # the same job twice in one list: run once
@@ -328,12 +322,6 @@ class Lab:
         flags = [part for name, value in same.items() for part in (f"--{name}", str(value))]
         return "train_full_sft.py", ["--base", self.base()["sft"], *flags, *task,
                                      *canonical_flags(train_full_sft.build_parser(), settings)]
-
-    def lora(self, task, **settings) -> Run:
-        return self.train(*self.lora_job(task, **settings))
-
-    def full_ft(self, task, **settings) -> Run:
-        return self.train(*self.full_job(task, **settings))
 
     # ---- measuring
 
