@@ -27,11 +27,36 @@ def test_files_named_in_the_readme_tree_exist():
     assert not missing, f"files named in the README tree but absent: {missing}"
 
 
-def test_requirements_list_exactly_the_run_time_dependencies():
-    """Guards against a missing or drifting requirements.txt, which breaks the README's set-up command."""
-    lines = (ROOT / "requirements.txt").read_text().splitlines()
-    names = {re.split(r"[=<>!~ ]", l.strip())[0].lower() for l in lines if l.strip() and not l.startswith("#")}
-    assert names == {"torch", "numpy", "tqdm", "pytest"}
+def _pins(name) -> dict:
+    """{package: version} of a requirements-style file's `name==version` lines (lower-case names)."""
+    lines = (ROOT / name).read_text().splitlines()
+    pins = {}
+    for line in lines:
+        line = line.split("#")[0].strip()
+        if line and not line.startswith("-"):
+            package, sep, version = line.partition("==")
+            assert sep and version, f"{name}: {line!r} is not pinned to one version (package==version)"
+            pins[package.strip().lower()] = version.strip()
+    return pins
+
+
+def test_requirements_pin_exactly_the_run_time_dependencies():
+    """Guards against a missing or loose requirements.txt: `pytest>=8.0` let a fresh install resolve
+    pytest 9.2, which failed tests that CI (with an older pytest already installed) passed."""
+    direct = _pins("requirements.txt")
+    assert set(direct) == {"torch", "numpy", "tqdm", "pytest"}
+    assert "-c constraints.txt" in (ROOT / "requirements.txt").read_text().splitlines()
+    locked = _pins("constraints.txt")
+    assert all(locked.get(name) == version for name, version in direct.items()), (direct, locked)
+
+
+def test_ci_installs_into_a_fresh_virtual_environment():
+    """Guards against CI installing into the machine's own Python, where packages already present
+    hide what a newcomer's fresh install resolves."""
+    lines = [l.strip() for l in (ROOT / ".ci" / "run").read_text().splitlines() if l.strip() and not l.strip().startswith("#")]
+    made = next(i for i, l in enumerate(lines) if l.startswith("python -m venv"))
+    activated = next(i for i, l in enumerate(lines) if "bin/activate" in l)
+    assert made < activated < lines.index(_ci_command())
 
 
 def test_the_readme_stages_are_the_commands_run_demo_runs():
