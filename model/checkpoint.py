@@ -30,7 +30,9 @@ the format Hugging Face tools exchange: read_checkpoint and save_weights choose 
 file's suffix, so every script that takes a --base, --ckpt or adapter path takes either.
 """
 
+import hashlib
 import json
+import math
 import os
 import pickle
 import re
@@ -169,6 +171,41 @@ def unwrap(model):
             return model
 
 
+def weights_fingerprint(model) -> str:
+    """'sha256:3f2a9c0d1b7e4a55': a digest of a model's own weights (each tensor's name, shape and
+    float32 values, in name order; adapters' tensors left out), so that an adapter can record which
+    base it was trained on and refuse another (model_lora.load_lora).
+
+    The digest is of float32 values, as checkpoints store them. A model whose weights were cast for
+    inference (MiniMindLM.cast_weights: bfloat16 rounds them) keeps the digest of the float32 weights
+    it was cast from, since the rounded ones can no longer say it."""
+    model = unwrap(model)
+    state = {k: v for k, v in model.state_dict().items() if ".lora." not in k}
+    if any(t.is_meta for t in state.values()):
+        raise ValueError("the model is on the meta device: it has shapes but no weights to fingerprint")
+    if any(t.dtype != torch.float32 for t in state.values() if t.is_floating_point()):
+        if getattr(model, "float32_fingerprint", None) is None:
+            raise ValueError("the model's weights are not float32 and it does not know the fingerprint of the "
+                             "float32 weights they were cast from: load adapters before casting")
+        return model.float32_fingerprint
+    digest = hashlib.sha256()
+    for key in sorted(state):
+        t = state[key].detach()
+        digest.update(f"{key}{tuple(t.shape)}".encode())
+        digest.update(t.to("cpu", torch.float32).contiguous().numpy().tobytes())
+    return "sha256:" + digest.hexdigest()[:16]
+
+
+def check_finite(tensors: dict, where: str) -> None:
+    """Refuse weights holding NaN or infinity (a run that diverged and was saved anyway, a damaged
+    file): a model with them answers garbage, or NaN, and nothing else would say why."""
+    bad = [k for k, t in tensors.items() if isinstance(t, torch.Tensor) and t.is_floating_point() and not torch.isfinite(t).all()]
+    if bad:
+        raise CheckpointError(f"{where} holds NaN or infinite values in {len(bad)} tensor(s) ({', '.join(bad[:3])}"
+                              f"{', ...' if len(bad) > 3 else ''}): the run that made it diverged, or the file is "
+                              "damaged; use an earlier checkpoint")
+
+
 def config_flags(state_dict: dict) -> dict:
     """What LMConfig fields a (cleaned) state dict's shapes imply, e.g. {"dim": 768, "n_layers": 16}.
 
@@ -199,11 +236,13 @@ def _flag_hint(state_dict: dict, config: LMConfig) -> str:
 
 
 def _heads_hint(state_dict: dict, config: LMConfig) -> str:
-    """ "--n_kv_heads 2 (with n_heads 8) or --n_heads 32 (with n_kv_heads 8)" when wk's shape says so.
+    """What wk's shape says about the heads, when it disagrees with the config -- and no more.
 
     wk is (n_kv_heads * head_dim, dim) = (dim * n_kv_heads / n_heads, dim): its shape fixes only the
-    RATIO n_kv_heads / n_heads. So keep one of the two from the config and solve for the other;
-    offer each answer that makes a valid config.
+    RATIO n_kv_heads / n_heads. Many head counts have that ratio and load without an error, yet only
+    the ones the model was trained with give sensible answers (the heads split every vector into
+    other pieces), so no particular count is suggested: the user must know it (this project's
+    checkpoints record it in their sidecar).
     """
     wk = state_dict.get("layers.0.attention.wk.weight")
     if not (isinstance(wk, torch.Tensor) and wk.dim() == 2):
@@ -211,26 +250,19 @@ def _heads_hint(state_dict: dict, config: LMConfig) -> str:
     kv_rows, dim = wk.shape
     if kv_rows * config.n_heads == config.n_kv_heads * dim:
         return ""  # wk fits the config's heads (any mismatch is elsewhere)
-    options = []
-    if (kv_rows * config.n_heads) % dim == 0:
-        n_kv = kv_rows * config.n_heads // dim
-        if n_kv >= 1 and config.n_heads % n_kv == 0:
-            options.append(f"--n_kv_heads {n_kv} (with n_heads {config.n_heads})")
-    if kv_rows and (config.n_kv_heads * dim) % kv_rows == 0:
-        n_heads = config.n_kv_heads * dim // kv_rows
-        if dim % n_heads == 0 and (dim // n_heads) % 2 == 0 and n_heads % config.n_kv_heads == 0:
-            options.append(f"--n_heads {n_heads} (with n_kv_heads {config.n_kv_heads})")
-    if not options:
-        return ""
-    return f"its wk/wv are {tuple(wk.shape)}, i.e. n_kv_heads/n_heads = {kv_rows}/{dim}: pass " + " or ".join(options)
+    ratio = math.gcd(kv_rows, dim)
+    return (f"its wk/wv are {tuple(wk.shape)}, i.e. n_kv_heads/n_heads = {kv_rows // ratio}/{dim // ratio}: "
+            "pass the --n_heads and --n_kv_heads it was trained with (a plain .pth does not record them, and "
+            "other counts with that ratio load but answer garbage)")
 
 
 def _shape(t) -> str:
     return str(tuple(t.shape)) if isinstance(t, torch.Tensor) else type(t).__name__
 
 
-def load_weights(model, state_dict: dict) -> None:
-    """Load a state dict into model strictly, or raise CheckpointError saying exactly what differs.
+def load_weights(model, state_dict: dict, where: str = "the checkpoint") -> None:
+    """Load a state dict into model strictly, or raise CheckpointError saying exactly what differs
+    (or that it holds NaN or infinite values: check_finite). `where` names it in the error.
 
     The dict is cleaned first (clean_state_dict). Tied embeddings: a file holding only one of
     tok_embeddings.weight / output.weight is fine, the other is the same tensor.
@@ -251,6 +283,7 @@ def load_weights(model, state_dict: dict) -> None:
     missing = [k for k in expected if k not in state_dict]
     unexpected = [k for k in state_dict if k not in expected]
     if not (problems or missing or unexpected):
+        check_finite(state_dict, where)
         model.load_state_dict(state_dict, strict=True)
         return
 
@@ -269,7 +302,7 @@ def load_weights(model, state_dict: dict) -> None:
         parts.append(heads)
     if any(".lora." in k for k in unexpected):
         parts.append("it holds LoRA adapter tensors: load it with load_lora, or merge_lora + remove_lora before saving")
-    raise CheckpointError("checkpoint does not fit the model: " + " | ".join(parts))
+    raise CheckpointError(f"{where} does not fit the model: " + " | ".join(parts))
 
 
 def sidecar_path(path) -> str:
@@ -348,5 +381,5 @@ def load_model(path, config: LMConfig = None, device="cpu"):
             f"(--dim/--n_layers...; from its shapes: {flags or 'unknown'})"
         )
     model = MiniMindLM(config).to(device)
-    load_weights(model, state_dict)
+    load_weights(model, state_dict, path)
     return model, meta

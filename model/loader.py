@@ -26,7 +26,8 @@ from pathlib import Path
 
 import torch
 
-from model.checkpoint import clean_state_dict, config_flags, load_model, read_checkpoint, read_sidecar, sidecar_path
+from model.checkpoint import (clean_state_dict, config_flags, load_model, read_checkpoint, read_sidecar, sidecar_path,
+                              weights_fingerprint)
 from model.device import pick_device
 from model.errors import UserError
 from model.LMConfig import LMConfig
@@ -274,6 +275,8 @@ def load_checkpoint(path, *, tokenizer=None, shape=None, max_seq_len=None, adapt
         load_lora(model, adapter)
     if isinstance(device, str):  # a --device value: 'auto' means what it means everywhere (model/device.py)
         device = pick_device(device)
+    if dtype != torch.float32:  # rounded weights can no longer say which base they are: remember it first
+        model.float32_fingerprint = weights_fingerprint(model)
     model.to(device).cast_weights(dtype).eval()
     return Loaded(model, tok, str(tokenizer_path), path, meta)
 

@@ -49,7 +49,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from model.checkpoint import CheckpointError, clean_state_dict, read_checkpoint, save_weights, unwrap
+from model.checkpoint import (CheckpointError, check_finite, clean_state_dict, read_checkpoint, save_weights, unwrap,
+                              weights_fingerprint)
 # Not LoRA concepts, but long imported from here (e.g. by train_lora.py): re-exported.
 from model.model import count_parameters, trainable_parameters_report  # noqa: F401
 from model.model import linear
@@ -377,6 +378,9 @@ def apply_lora(model: nn.Module, rank: int = 16, alpha: float | None = None, dro
 
     chosen = _select_linears(model, target_modules)
     tied = _tied_embeddings(model, chosen)
+    # Which weights the adapter is born on (before PiSSA changes any W): its file records it, and
+    # load_lora refuses to put it on other weights.
+    model.lora_base = _fingerprint_or_none(model)
     for name, linear in chosen.items():
         # .train(...): a new module starts in training mode; keep the replaced layer's (eval stays eval)
         _replace(model, name, LoRALinear(linear, rank, alpha, dropout, init, scaling).train(linear.training))
@@ -419,9 +423,10 @@ def adapter_state(model: nn.Module) -> dict:
     """The model's adapter as the dict an adapter file holds: the lora_state_dict tensors (on the CPU) plus
     one entry
         "lora_config": {"rank": 16, "alpha": 16, "targets": ["wo", "wq"], "dim": 512,
-                        "scaling": "standard", "init": "standard"}
+                        "scaling": "standard", "init": "standard", "base": "sha256:3f2a9c0d1b7e4a55"}
     that load_lora uses to rebuild the adapters (with the scale they were trained under) and to refuse
-    a model of another size. "init" is a record of how training started; a PiSSA adapter is saved as
+    a model of another size, or other weights than the base it was trained on ("base", the
+    fingerprint apply_lora took). "init" is a record of how training started; a PiSSA adapter is saved as
     the ordinary rank-2r adapter it amounts to (LoRALinear.saved_factors), so rank and alpha are its. load_lora takes
     this dict back as it is; convert_model.py turns it into a PEFT folder. The tensors are the adapter's
     own (not copies) when the model is on the CPU.
@@ -440,6 +445,7 @@ def adapter_state(model: nn.Module) -> dict:
         "dim": getattr(config, "dim", None),
         "scaling": first.scaling,
         "init": first.init,
+        "base": getattr(unwrap(model), "lora_base", None),
     }
     return state
 
@@ -459,21 +465,16 @@ def _few(items: list[str], n: int = 3) -> str:
     return ", ".join(items[:n]) + (f" and {len(items) - n} more" if len(items) > n else "")
 
 
-def load_lora(model: nn.Module, path: str | os.PathLike | dict, dropout: float = 0.0) -> None:
-    """Load an adapter into `model`, adding the adapters first if the model has none (with `dropout` on
-    their input, for training the loaded adapter further; a file does not record dropout).
+def read_lora_file(path: str | os.PathLike | dict) -> tuple[dict, dict]:
+    """An adapter file (or such a dict in memory) -> (its tensors, its settings), checked:
 
-    `path`: a file written by save_lora or by MiniMind2's save_lora (.pth or .safetensors, read by
-    model.checkpoint.read_checkpoint), or such a dict already in memory.
-    A MiniMind2 file carries no "lora_config": its rank is read from the tensors' shapes (A is
-    (rank, in)), its targets from the key names, and alpha = rank (MiniMind2 does not scale).
-    The file's alpha and scaling (alpha / rank, or rsLoRA's alpha / sqrt(rank); files without one
-    are alpha / rank) replace those the model's adapters were made with: A and B only mean
-    something together with the scale they were trained under.
+        settings = {"rank": 16, "alpha": 16.0, "targets": ["wo", "wq"], "dim": 512,
+                    "scaling": "standard", "base": "sha256:3f2a9c0d1b7e4a55" or None}
 
-    A file that does not fit is refused with a CheckpointError naming what is wrong (an adapter made
-    for another dim, missing or unexpected keys, wrong shapes), and the model is left unchanged.
-    See the module docstring for switching between several adapters.
+    A file of this project carries them in its "lora_config". A MiniMind2 file carries none: its rank
+    is read from the tensors' shapes (A is (rank, in)), its targets from the key names, alpha = rank
+    (MiniMind2 does not scale), and no base is recorded. A file that is not an adapter, a malformed
+    lora_config, or tensors holding NaN or infinity are refused with a one-line CheckpointError.
     """
     where = "the adapter" if isinstance(path, dict) else str(path)
     if isinstance(path, dict):
@@ -484,49 +485,100 @@ def load_lora(model: nn.Module, path: str | os.PathLike | dict, dropout: float =
         state = read_checkpoint(path)  # a file that is not a torch.save'd dict: CheckpointError
     meta = state.pop("lora_config", None)
     state = clean_state_dict(state)  # strips module./_orig_mod., e.g. from MiniMind2 saving a DDP model
-
-    not_lora = sorted(key for key in state if ".lora." not in key)
+    not_lora = sorted(key for key in state if ".lora." not in key or not isinstance(state[key], torch.Tensor))
     if not_lora or not state:
         raise CheckpointError(f"{where} is not a LoRA adapter: it holds {_few(not_lora) or 'no tensors'} "
                               "(adapter keys look like layers.0.attention.wq.lora.A.weight; a full model loads with load_model)")
-    if meta is not None:
-        try:
-            rank, alpha, targets, dim = meta["rank"], meta["alpha"], list(meta["targets"]), meta.get("dim")
-            scaling = meta.get("scaling", "standard")  # files from before rsLoRA: alpha / rank
-        except (KeyError, TypeError):
-            raise CheckpointError(f"{where} has a malformed lora_config {meta!r}; expected {{rank, alpha, targets, dim}}") from None
-        if scaling not in SCALINGS:
-            raise CheckpointError(f"{where}: lora_config scaling {scaling!r} is none of {', '.join(SCALINGS)}")
-    else:  # a MiniMind2 file: rank from A (rank, in) / B (out, rank), targets from the key names
+    check_finite(state, where)
+    if meta is None:  # a MiniMind2 file: rank from A (rank, in) / B (out, rank), targets from the key names
         ranks = {t.shape[0] if key.endswith("A.weight") else t.shape[-1] for key, t in state.items()}
         if len(ranks) != 1:
             raise CheckpointError(f"{where}: its tensors disagree on the LoRA rank (found ranks {sorted(ranks)})")
-        rank = alpha = ranks.pop()
+        rank = ranks.pop()
         targets = sorted({key.split(".lora.")[0].rsplit(".", 1)[-1] for key in state})
-        dim, scaling = None, "standard"
+        return state, {"rank": rank, "alpha": float(rank), "targets": targets, "dim": None, "scaling": "standard", "base": None}
+    return state, _checked_lora_config(meta, where)
 
+
+def _checked_lora_config(meta, where: str) -> dict:
+    """A file's lora_config, each field checked (a file can come from anywhere): the settings of read_lora_file."""
+    def number(x):  # a real number: not a bool, not a string, finite
+        return isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x)
+
+    if not isinstance(meta, dict):
+        raise CheckpointError(f"{where} has a malformed lora_config (a {type(meta).__name__}, not a JSON object)")
+    rank, alpha, targets = meta.get("rank"), meta.get("alpha"), meta.get("targets")
+    dim, scaling, base = meta.get("dim"), meta.get("scaling", "standard"), meta.get("base")  # older files: no scaling, no base
+    problems = []
+    if not (isinstance(rank, int) and not isinstance(rank, bool) and rank > 0):
+        problems.append(f"rank {rank!r} is not a positive integer")
+    if not (number(alpha) and alpha > 0):
+        problems.append(f"alpha {alpha!r} is not a positive number")
+    if not (isinstance(targets, list) and targets and all(isinstance(t, str) and t for t in targets)):
+        problems.append(f"targets {targets!r} is not a list of layer names")
+    if dim is not None and not (isinstance(dim, int) and not isinstance(dim, bool) and dim > 0):
+        problems.append(f"dim {dim!r} is not a positive integer")
+    if scaling not in SCALINGS:
+        problems.append(f"scaling {scaling!r} is none of {', '.join(SCALINGS)}")
+    if base is not None and not isinstance(base, str):
+        problems.append(f"base {base!r} is not a fingerprint")
+    if problems:
+        raise CheckpointError(f"{where} has a malformed lora_config: {'; '.join(problems)}")
+    return {"rank": rank, "alpha": float(alpha), "targets": sorted(targets), "dim": dim, "scaling": scaling, "base": base}
+
+
+def load_lora(model: nn.Module, path: str | os.PathLike | dict, dropout: float = 0.0,
+              allow_other_base: bool = False) -> None:
+    """Put the adapter in `path` on `model`: the file says what it is, and the model's adapters become
+    exactly those (its rank, alpha, scaling and target layers; `dropout` on their input, for training
+    the loaded adapter further, since a file does not record dropout).
+
+    `path`: a file written by save_lora or by MiniMind2's save_lora (.pth or .safetensors, read by
+    model.checkpoint.read_checkpoint), or such a dict already in memory (read_lora_file says what is
+    read from each). Adapters the model already wears are replaced -- their weights W are untouched
+    (unmerged), so this is switching adapters -- which is why MiniMind2's usage,
+
+        apply_lora(model, rank=16); load_lora(model, "out/lora/lora_medical_512.pth")
+
+    loads any adapter, whatever rank and layers apply_lora chose.
+
+    Refused with a one-line CheckpointError, the model left unchanged: a file that does not fit the
+    model (another dim, missing or unexpected keys, wrong shapes), a malformed file, NaN or infinite
+    values, a model whose adapters are merged (or PiSSA-initialised, whose W was changed), and an
+    adapter trained on another base model: the file records the fingerprint of the weights it was
+    trained on (model.checkpoint.weights_fingerprint), and A and B only mean something on top of
+    those. allow_other_base=True loads it anyway.
+    """
+    where = "the adapter" if isinstance(path, dict) else str(path)
+    state, config = read_lora_file(path)
     bare = unwrap(model)
     model_dim = getattr(getattr(bare, "config", None), "dim", None)
-    if dim is not None and model_dim is not None and dim != model_dim:
-        raise CheckpointError(f"{where} is an adapter for a model with dim={dim}, but this model has dim={model_dim}; "
-                              f"load it onto the base model it was trained on (e.g. --dim {dim})")
-
-    # The shapes the file must have: from the adapters already there, or from the ones we would add.
+    if config["dim"] is not None and model_dim is not None and config["dim"] != model_dim:
+        raise CheckpointError(f"{where} is an adapter for a model with dim={config['dim']}, but this model has dim={model_dim}; "
+                              f"load it onto the base model it was trained on")
     existing = dict(_lora_layers(bare))
     if any(layer.merged for layer in existing.values()):
         raise CheckpointError("the model's adapters are merged into its weights; call unmerge_lora(model) before loading another adapter")
-    if existing:
-        planned = {name: (layer.rank, layer) for name, layer in existing.items()}
-    else:
-        try:
-            planned = {name: (rank, linear) for name, linear in _select_linears(bare, targets).items()}
-        except ValueError as e:
-            raise CheckpointError(f"{where}: {e}") from None
-    expected = {}
-    for name, (r, linear) in planned.items():
-        expected[f"{name}.lora.A.weight"] = (r, linear.in_features)
-        expected[f"{name}.lora.B.weight"] = (linear.out_features, r)
+    if any(layer.pissa_start is not None for layer in existing.values()):
+        raise CheckpointError("the model's adapters were PiSSA-initialised (their W was changed); "
+                              "call remove_lora(model) before loading another adapter")
+    if config["base"] is not None and not allow_other_base:
+        mine = getattr(bare, "lora_base", None) if existing else _fingerprint_or_none(bare)
+        if mine is not None and mine != config["base"]:
+            raise CheckpointError(f"{where} was trained on another base model (weights {config['base']}; this model's are "
+                                  f"{mine}): its A and B only mean something on that base. Load the checkpoint it was "
+                                  "trained on (or allow_other_base=True, --allow_other_base, to load it anyway)")
 
+    # The layers the file adapts, on this model, and the shapes their A and B must have there.
+    try:
+        planned = {name: layer for name, layer in _select_linears(bare, config["targets"]).items() if ".lora." not in name}
+    except ValueError as e:
+        raise CheckpointError(f"{where}: {e}") from None
+    rank = config["rank"]
+    expected = {}
+    for name, linear in planned.items():
+        expected[f"{name}.lora.A.weight"] = (rank, linear.in_features)
+        expected[f"{name}.lora.B.weight"] = (linear.out_features, rank)
     missing = sorted(expected.keys() - state.keys())
     unexpected = sorted(state.keys() - expected.keys())
     wrong = [f"{key} is {tuple(state[key].shape)} in the file but {expected[key]} in the model"
@@ -535,24 +587,27 @@ def load_lora(model: nn.Module, path: str | os.PathLike | dict, dropout: float =
                ([f"unexpected {_few(unexpected)}"] if unexpected else []) + \
                ([f"wrong shape: {_few(wrong, 2)}"] if wrong else [])
     if problems:
-        if existing and next(iter(existing.values())).rank != rank:
-            hint = (f"the model's adapters have rank {next(iter(existing.values())).rank} and the file's rank {rank}: "
-                    "call remove_lora(model) and let load_lora add adapters of the file's rank")
-        else:
-            hint = "was it trained on a model with another dim/n_layers, or with other target_modules?"
-        raise CheckpointError(f"{where} does not fit this model: {'; '.join(problems)} ({hint})")
+        raise CheckpointError(f"{where} does not fit this model: {'; '.join(problems)} "
+                              "(was it trained on a model with another dim/n_layers?)")
 
-    if not existing:
-        apply_lora(bare, rank=rank, alpha=alpha, dropout=dropout, target_modules=targets, scaling=scaling)
-    elif any(layer.pissa_start is not None for layer in existing.values()):
-        raise CheckpointError("the model's adapters were PiSSA-initialised (their W was changed); "
-                              "call remove_lora(model) before loading another adapter")
+    remove_lora(bare)  # the file decides the adapters; the ones there (unmerged) leave W as it was
+    apply_lora(bare, rank=rank, alpha=config["alpha"], dropout=dropout, target_modules=config["targets"],
+               scaling=config["scaling"])
     with torch.no_grad():
         for name, layer in _lora_layers(bare):
             # copy_ converts dtype and device: newer MiniMind saves adapters as float16.
             layer.lora.A.weight.copy_(state[f"{name}.lora.A.weight"])
             layer.lora.B.weight.copy_(state[f"{name}.lora.B.weight"])
-            layer.alpha, layer.scaling = alpha, scaling
+
+
+def _fingerprint_or_none(model: nn.Module):
+    """weights_fingerprint(model), or None for a model cast to another dtype by hand (which cannot say
+    which float32 weights it came from) or one on the meta device (shapes only, e.g. to count memory):
+    its adapters then record no base, as MiniMind2's never do."""
+    try:
+        return weights_fingerprint(model)
+    except ValueError:
+        return None
 
 
 def merge_lora(model: nn.Module) -> None:
@@ -589,6 +644,7 @@ def remove_lora(model: nn.Module) -> None:
     A model without adapters is left as it is.
     """
     bare = unwrap(model)
+    bare.__dict__.pop("lora_base", None)  # apply_lora's record of the base: no adapter, no record
     for name, layer in list(bare.named_modules()):
         if isinstance(layer, LoRALinear):
             _replace(bare, name, layer.to_linear().train(layer.training))

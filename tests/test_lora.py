@@ -11,13 +11,14 @@ import pytest
 import torch
 import torch.nn as nn
 
-from model.checkpoint import CheckpointError, load_model, save_model
+from model.checkpoint import CheckpointError, load_model, save_model, weights_fingerprint
 from model.LMConfig import LMConfig
 from model.model import MiniMindLM
 from model.model_lora import (
     LoRA,
     LoRAEmbedding,
     LoRALinear,
+    adapter_state,
     apply_lora,
     count_parameters,
     load_lora,
@@ -512,7 +513,7 @@ def test_save_load_round_trip(tmp_path, ids):
 
     saved = torch.load(path, weights_only=True)
     assert saved.pop("lora_config") == {"rank": 4, "alpha": 12, "targets": ["w2", "wq"], "dim": 64,
-                                      "scaling": "standard", "init": "standard"}
+                                      "scaling": "standard", "init": "standard", "base": weights_fingerprint(base_model())}
     assert saved.keys() == lora_state_dict(model).keys()
     assert all(re.fullmatch(r"layers\.\d\.(attention\.wq|feed_forward\.w2)\.lora\.[AB]\.weight", k) for k in saved)
 
@@ -593,11 +594,29 @@ def test_adapter_with_wrong_keys_is_refused(tmp_path):
         load_lora(model, FIXTURES / "model.pth")
     assert not lora_layers(model)
 
-    apply_lora(model, rank=8)  # adapters of another rank already there
-    with pytest.raises(CheckpointError, match=r"rank 8 and the file's rank 4.*remove_lora"):
-        load_lora(model, FIXTURES / "lora.pth")
+    apply_lora(model, rank=8)
     with pytest.raises(CheckpointError, match="nowhere.pth not found"):
         load_lora(model, tmp_path / "nowhere.pth")
+    assert {layer.rank for layer in lora_layers(model).values()} == {8}  # a refused file leaves the model as it was
+
+
+def test_the_file_decides_the_adapters_whatever_apply_lora_chose(tmp_path, ids):
+    """Guards against the write-ups' usage, apply_lora(model, rank=16) then load_lora(model, path), failing
+    on an adapter of another rank or other layers ("does not fit this model: unexpected ...w1.lora.A"):
+    the file records its rank, alpha, scaling and targets, and loading follows it."""
+    trained = base_model()
+    apply_lora(trained, rank=4, alpha=6, target_modules=["wq", "wk", "w1", "output"], scaling="rslora")
+    fill_B(trained, seed=3)
+    save_lora(trained, tmp_path / "lora_any_64.pth")
+    expected = logits_of(trained, ids)
+
+    model = base_model()
+    apply_lora(model, rank=16)  # MiniMind2's usage: square layers (wq, wo), rank 16
+    load_lora(model, tmp_path / "lora_any_64.pth")
+    layers = lora_layers(model)
+    assert layers.keys() == lora_layers(trained).keys()
+    assert {(layer.rank, layer.alpha, layer.scaling) for layer in layers.values()} == {(4, 6, "rslora")}
+    assert torch.equal(logits_of(model, ids), expected)
 
 
 # --- using adapters ----------------------------------------------------------------------------
@@ -711,3 +730,109 @@ def test_lora_module_keys_match_minimind2():
     """Guards against renaming A/B or adding biases, which would change the adapter file's keys."""
     lora = LoRA(in_features=6, out_features=10, rank=2)
     assert {k: tuple(v.shape) for k, v in lora.state_dict().items()} == {"A.weight": (2, 6), "B.weight": (10, 2)}
+
+
+# --- the write-ups' usage ----------------------------------------------------------------------
+
+def test_the_write_ups_usage_snippet_loads_a_default_train_lora_adapter(tmp_path, monkeypatch):
+    """Guards against the usage example of write-up 002 failing on the project's own adapters: it runs
+    apply_lora(model, rank=16) (wq and wo only) then load_lora on a file that train_lora.py wrote with its
+    defaults (every Linear and the tied embedding), which load_lora refused as "unexpected ...w1.lora.A".
+    The snippet runs verbatim (tests/fixtures/writeups), from a folder holding out/rlhf_512.pth (here the
+    SFT checkpoint the adapter was trained on, under MiniMind2's later stage name)."""
+    import random
+
+    import train_lora
+    from model.loader import checkpoint_meta
+    from model.tokenizer import Tokenizer
+    from train_tokenizer import count_chunks, train_bpe
+
+    # A tokenizer of LMConfig's default 6,400 tokens (the snippet's model), learnt from random words.
+    rng = random.Random(0)
+    words = ["".join(rng.choice("abcdefghijklmnopqrstuvwxyz") for _ in range(rng.randint(2, 7))) for _ in range(40_000)]
+    tokenizer_dir = tmp_path / "tokenizer"
+    train_bpe(count_chunks([" ".join(words)]), 6400, max_token_length=None).save(tokenizer_dir)
+    out = tmp_path / "out"
+    torch.manual_seed(0)
+    sft = MiniMindLM(LMConfig(dim=512, n_layers=8))  # MiniMind2-Small, the snippet's model
+    save_model(sft, out / "full_sft_512.pth", checkpoint_meta("full_sft", tokenizer_dir, Tokenizer.load(tokenizer_dir)))
+    data = tmp_path / "lora_medical.jsonl"
+    lines = (Path(__file__).parent.parent / "dataset" / "lora_medical.jsonl").read_text(encoding="utf-8").splitlines(True)
+    data.write_text("".join(lines[:8]), encoding="utf-8")
+    result = train_lora.main(["--dim", "512", "--out_dir", str(out), "--data_path", str(data), "--epochs", "1",
+                              "--batch_size", "4", "--max_seq_len", "48", "--val_samples", "0"])
+    assert result.weights == str(out / "lora" / "lora_medical_512.pth")
+    trained = lora_layers(result.model)
+    assert {name.rsplit(".", 1)[-1] for name in trained} == {"wq", "wk", "wv", "wo", "w1", "w2", "w3", "output"}
+    (out / "rlhf_512.pth").write_bytes((out / "full_sft_512.pth").read_bytes())
+
+    monkeypatch.chdir(tmp_path)
+    snippet = (Path(__file__).parent / "fixtures" / "writeups" / "usage_snippet_002.py").read_text(encoding="utf-8")
+    namespace = {"torch": torch}  # the one name the snippet uses without importing it
+    exec(compile(snippet, "usage_snippet_002.py", "exec"), namespace)
+    model = namespace["model"]
+    assert lora_layers(model).keys() == trained.keys()
+    ids = torch.randint(0, 6400, (1, 12), generator=torch.Generator().manual_seed(1))
+    result.model.eval()
+    assert torch.equal(logits_of(model.eval(), ids), logits_of(result.model, ids))  # the trained adapter, exactly
+
+
+def test_an_adapter_is_refused_on_another_base_unless_allowed(tmp_path, ids):
+    """Guards against an adapter trained on one checkpoint (full_sft_128) loading onto another of the same
+    shape (pretrain_128) without a word: its A and B only mean something on the weights they were trained on.
+    The file records the base's fingerprint; allow_other_base=True loads it anyway; MiniMind2's files, which
+    record none, load as before."""
+    model = base_model()
+    apply_lora(model, rank=4)
+    fill_B(model, seed=0)
+    save_lora(model, tmp_path / "a.pth")
+
+    other = base_model()
+    with torch.no_grad():
+        other.layers[0].feed_forward.w2.weight.mul_(1.01)  # another base: same shapes, other weights
+    with pytest.raises(CheckpointError, match=r"a.pth was trained on another base model.*allow_other_base"):
+        load_lora(other, tmp_path / "a.pth")
+    assert not lora_layers(other)  # refused: the model is left as it was
+    load_lora(other, tmp_path / "a.pth", allow_other_base=True)
+    assert lora_layers(other)
+    load_lora(other, FIXTURES / "lora.pth")  # MiniMind2's adapter records no base
+
+    same = base_model()
+    load_lora(same, tmp_path / "a.pth")  # the base it was trained on: loads
+    assert torch.equal(logits_of(same, ids), logits_of(model, ids))
+
+
+@pytest.mark.parametrize("bad, message", [
+    ({"alpha": float("nan")}, "alpha nan is not a positive number"),
+    ({"alpha": "16"}, "alpha '16' is not a positive number"),
+    ({"rank": True}, "rank True is not a positive integer"),
+    ({"targets": "wq"}, "targets 'wq' is not a list of layer names"),
+    ({"scaling": "cubic"}, "scaling 'cubic' is none of"),
+])
+def test_a_malformed_lora_config_is_one_line(tmp_path, bad, message):
+    """Guards against a lora_config with alpha NaN or a string (or another broken field) ending in a
+    traceback deep inside apply_lora, or loading with a NaN scale that makes every output NaN."""
+    model = base_model()
+    apply_lora(model, rank=4)
+    state = adapter_state(model)
+    state["lora_config"].update(bad)
+    with pytest.raises(CheckpointError, match=re.escape(message)):
+        load_lora(base_model(), state)
+
+
+def test_weights_holding_nan_are_refused_on_load(tmp_path):
+    """Guards against serving or evaluating an adapter (or a checkpoint) holding NaN -- a diverged run
+    saved anyway, a damaged file -- which answers garbage with no error."""
+    model = base_model()
+    apply_lora(model, rank=4)
+    state = adapter_state(model)
+    state["layers.0.attention.wq.lora.B.weight"][0, 0] = float("nan")
+    with pytest.raises(CheckpointError, match=r"NaN or infinite values in 1 tensor\(s\) \(layers.0.attention.wq.lora.B.weight\)"):
+        load_lora(base_model(), state)
+
+    broken = base_model()
+    with torch.no_grad():
+        broken.norm.weight[0] = float("inf")
+    save_model(broken, tmp_path / "full_sft_64.pth")
+    with pytest.raises(CheckpointError, match=r"full_sft_64.pth holds NaN or infinite values in 1 tensor\(s\) \(norm.weight\)"):
+        load_model(tmp_path / "full_sft_64.pth")
