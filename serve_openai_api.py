@@ -30,15 +30,17 @@ import argparse
 import json
 import os
 import queue
-import select
+import selectors
 import socket
 import sys
 import time
+import traceback
 import uuid
 from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from urllib.parse import unquote
 
+from dataset.lm_dataset import DataError, check_unicode
 from eval_model import MODEL_MODES, build_parser as eval_model_parser
 from model.device import DEVICE_HELP, DTYPES, INFERENCE_DTYPE_HELP, pick_device, pick_dtype
 from model.engine import Engine, EngineFull, EngineStopped, Request
@@ -46,6 +48,7 @@ from model.errors import UserError, run_main
 from model.loader import (DEFAULT_DIM, add_shape_args, adapter_path, check_adapter_name, checkpoint_path, load_checkpoint,
                           missing_adapter_message, shape_from_args)
 from model.multi_lora import AdapterBank, read_adapter
+from model.untrusted_json import JSONError, loads
 
 BASE_NAME = "minimind"  # what "model" names the base model as; adapters go by their own names
 # A request that leaves out temperature, top_p or max_tokens is answered as eval_model.py answers
@@ -141,6 +144,30 @@ def check_messages(messages) -> list:
     return checked
 
 
+def refuse_lone_surrogates(value, param: str = "") -> None:
+    """An ApiError naming the field if any string or key in the parsed body holds a lone surrogate.
+
+    JSON can spell one ("\\ud800"), json.loads gives it back as it is, and it is not text: it can be
+    neither tokenized nor written into an error message as UTF-8.
+    refuse_lone_surrogates({"messages": [{"content": "\\ud800"}]}) -> ApiError naming 'messages[0].content'
+    """
+    def check(text, what):
+        try:
+            check_unicode(text, "the body", what)
+        except DataError as e:
+            raise ApiError(400, str(e), param or None, "invalid_value") from None
+
+    if isinstance(value, dict):
+        for key, item in value.items():
+            check(key, f"a key of '{param}'" if param else "a key")
+            refuse_lone_surrogates(item, f"{param}.{key}" if param else key)
+    elif isinstance(value, list):
+        for i, item in enumerate(value):
+            refuse_lone_surrogates(item, f"{param}[{i}]")
+    elif isinstance(value, str):
+        check(value, f"'{param}'")
+
+
 def parse_chat_request(body: bytes, names: list, tokenizer, context: int) -> ChatRequest:
     """A POST /v1/chat/completions body -> ChatRequest, or the ApiError to answer with.
 
@@ -148,11 +175,12 @@ def parse_chat_request(body: bytes, names: list, tokenizer, context: int) -> Cha
     parse_chat_request(b'{"model": "nope", ...}', ["minimind"], ...) -> ApiError 404 model_not_found
     """
     try:
-        data = json.loads(body)
-    except (UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise ApiError(400, f"the body is not valid JSON ({e})", None, "invalid_json") from None
+        data = loads(body, "the body")  # depth-limited: [[[[...]]]] is an error, not a RecursionError
+    except JSONError as e:
+        raise ApiError(400, str(e), None, "invalid_json") from None
     if not isinstance(data, dict):
         raise ApiError(400, "the body must be a JSON object", None, "invalid_json")
+    refuse_lone_surrogates(data)
     unknown = [key for key, value in data.items() if key not in FIELDS and value is not None]
     if unknown:
         raise ApiError(400, f"unsupported parameter '{unknown[0]}'; this server reads {', '.join(FIELDS)}",
@@ -163,6 +191,14 @@ def parse_chat_request(body: bytes, names: list, tokenizer, context: int) -> Cha
     if model not in names:
         raise ApiError(404, f"the model '{model}' does not exist; this server has: {', '.join(names)}", "model", "model_not_found")
     messages = check_messages(data.get("messages"))
+    # Messages of more bytes than the context's tokens could hold are refused before the tokenizer
+    # spends time on them: no token stands for more than max_token_bytes bytes, so such a prompt is
+    # longer than the context for certain, and would be refused after tokenizing anyway.
+    size, most = sum(len(m["content"].encode("utf-8")) for m in messages), context * tokenizer.max_token_bytes
+    if size > most:
+        raise ApiError(400, f"the messages are {size} bytes; this model's context is {context} tokens, which hold at "
+                            f"most {most} bytes ({tokenizer.max_token_bytes} per token)", "messages",
+                       "context_length_exceeded")
     temperature = _number(data, "temperature", EVAL_DEFAULTS.temperature, 0, 2)
     top_p = _number(data, "top_p", EVAL_DEFAULTS.top_p, 0, 1, low_open=True)
     if data.get("n") not in (None, 1):
@@ -186,13 +222,14 @@ def parse_chat_request(body: bytes, names: list, tokenizer, context: int) -> Cha
     key = "max_completion_tokens" if data.get("max_completion_tokens") is not None else "max_tokens"
     max_tokens = data.get(key)
     if max_tokens is None:
-        max_tokens = min(EVAL_DEFAULTS.max_new_tokens, context - len(prompt))
-    elif isinstance(max_tokens, bool) or not isinstance(max_tokens, int) or max_tokens < 1:
+        max_tokens = EVAL_DEFAULTS.max_new_tokens
+    if isinstance(max_tokens, bool) or not isinstance(max_tokens, int) or max_tokens < 1:
         raise ApiError(400, f"'{key}' must be an integer of at least 1, got {json.dumps(max_tokens)}", key, "invalid_value")
-    elif len(prompt) + max_tokens > context:
-        raise ApiError(400, f"this model's context is {context} tokens, but {len(prompt) + max_tokens} were requested "
-                            f"({len(prompt)} in the messages, {max_tokens} in the answer); ask for a shorter answer "
-                            f"with '{key}'", key, "context_length_exceeded")
+    if max_tokens > context:
+        raise ApiError(400, f"'{key}' is {max_tokens}, but this model's context is {context} tokens, prompt and answer "
+                            "together", key, "invalid_value")
+    # An answer cannot outgrow the context: one that reaches its end stops there, finish_reason "length".
+    max_tokens = min(max_tokens, context - len(prompt))
     return ChatRequest(model, names.index(model), prompt, max_tokens, temperature, top_p, seed, stream,
                        options.get("include_usage", False))
 
@@ -227,16 +264,27 @@ def server_sent_event(data) -> bytes:
     return f"data: {text}\n\n".encode("utf-8")
 
 
-def client_gone(connection: socket.socket) -> bool:
-    """True if the client closed its end: the socket reads as at end of file (or is broken).
+def client_state(connection: socket.socket) -> str:
+    """How the client's end of the connection stands, read without taking anything from it:
 
-    A client waiting for its answer sends nothing, so its socket is readable only once it hangs up
-    (recv then returns b''). MSG_PEEK leaves any bytes that did arrive (a next request) in place."""
+    "here"  nothing to read (a client waiting for its answer sends nothing), or a next request;
+    "shut"  it sent FIN: it closed the connection, or only its sending half (shutdown(SHUT_WR), as
+            `nc -N` does) and still reads. TCP shows both alike until something is written to them:
+            a closed socket then answers with a reset, a half-closed one takes the bytes;
+    "gone"  the socket is reset or broken. After a FIN, recv reports end of file even once a reset
+            has come, so the socket's pending error (SO_ERROR) is what tells.
+    MSG_PEEK leaves any bytes that did arrive in place. A selector, not select.select, which cannot
+    watch a socket numbered 1024 or more (a busy server's sockets are)."""
     try:
-        readable, _, _ = select.select([connection], [], [], 0)
-        return bool(readable) and connection.recv(1, socket.MSG_PEEK) == b""
+        if connection.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR):
+            return "gone"
+        with selectors.DefaultSelector() as selector:
+            selector.register(connection, selectors.EVENT_READ)
+            if selector.select(timeout=0) and connection.recv(1, socket.MSG_PEEK) == b"":
+                return "shut"
+        return "here"
     except (OSError, ValueError):
-        return True
+        return "gone"
 
 
 # ----------------------------------------------------------------------------------------------
@@ -260,7 +308,15 @@ class Handler(BaseHTTPRequestHandler):
         if self.server.service.log_requests:
             super().log_message(format, *args)
 
+    def parse_request(self) -> bool:
+        self.body_read = False  # per request: a keep-alive connection carries many
+        return super().parse_request()
+
     def send_json(self, status: int, obj: dict, close: bool = False) -> None:
+        """Answer with a JSON body. A request body that no one read is read first (or, when it cannot
+        be, the connection closes): left in the socket, it would be parsed as the next request."""
+        if not close:
+            close = not self.drain_body()
         body = json.dumps(obj, ensure_ascii=False).encode("utf-8")
         self.send_response(status)
         self.send_header("Content-Type", "application/json")
@@ -325,6 +381,13 @@ class Handler(BaseHTTPRequestHandler):
         except EngineStopped as e:
             self.send_api_error(ApiError(503, str(e), None, "shutting_down"), close=True)
             return
+        except OSError:  # the client left while sending its request: nobody to answer
+            raise
+        except Exception:  # a bug: the log gets the traceback, the client still gets an answer
+            traceback.print_exc()
+            self.send_api_error(ApiError(500, "the server failed on this request; see its log", None, "server_error"),
+                                close=True)
+            return
         request_id, created = f"chatcmpl-{uuid.uuid4().hex}", int(time.time())
         try:
             if chat.stream:
@@ -337,6 +400,7 @@ class Handler(BaseHTTPRequestHandler):
 
     def read_body(self) -> bytes:
         """The request body, or an ApiError for a body we will not read (no length, too long)."""
+        self.body_read = True
         if "chunked" in self.headers.get("Transfer-Encoding", "").lower():
             self.close_connection = True
             raise ApiError(411, "send the body with a Content-Length header, not chunked", None, "length_required")
@@ -353,18 +417,37 @@ class Handler(BaseHTTPRequestHandler):
                            None, "request_too_large")
         return self.rfile.read(n)
 
-    def events(self, request: Request):
+    def drain_body(self) -> bool:
+        """Read and drop the body of a request answered without it (a POST to an unknown path, a GET
+        with a body), so that the next request is parsed from its start. False if the connection
+        must close instead: the body has no length, or one longer than any we read."""
+        if self.body_read or ("Content-Length" not in self.headers and "Transfer-Encoding" not in self.headers):
+            return True
+        try:
+            self.read_body()
+        except ApiError:
+            return False
+        return True
+
+    def events(self, request: Request, probe):
         """The engine's events for `request`, checking every POLL_S seconds that the client is still
-        there (a client waiting for a whole answer writes nothing we could fail on)."""
-        checked = time.monotonic()
+        there (a client waiting for a whole answer, or for its first token, writes nothing we could
+        fail on). Once the client has shut its end, `probe()` writes something it ignores: a client
+        that only half-closed reads it, a closed socket answers with a reset, which the next check
+        sees as "gone". probe=None: EOF decides nothing, the answer is generated to its end."""
+        checked, probed = time.monotonic(), False
         while True:
             try:
                 event = request.events.get(timeout=self.POLL_S)
             except queue.Empty:
                 event = None
             if time.monotonic() - checked >= self.POLL_S:
-                if client_gone(self.connection):
+                state = client_state(self.connection)
+                if state == "gone":
                     raise ConnectionAbortedError("the client closed the connection")
+                if state == "shut" and probe is not None and not probed:
+                    probe()
+                    probed = True
                 checked = time.monotonic()
             if event is None:
                 continue
@@ -372,9 +455,16 @@ class Handler(BaseHTTPRequestHandler):
             if event[0] != "token":
                 return
 
+    def send_continue(self) -> None:
+        """An interim "100 Continue": HTTP/1.1 clients read past any number of 1xx answers (RFC 9110,
+        15.2), so it can probe a client waiting for a whole answer; HTTP/1.0 ones must never get one."""
+        self.send_response_only(100)
+        self.end_headers()
+
     def whole_answer(self, chat, request, request_id, created) -> None:
         tokens, eos = [], self.server.service.tokenizer.eos_token_id
-        for kind, value in self.events(request):
+        probe = self.send_continue if self.request_version != "HTTP/1.0" else None
+        for kind, value in self.events(request, probe):
             if kind == "token":
                 tokens.append(value)
             elif kind == "end":
@@ -399,7 +489,8 @@ class Handler(BaseHTTPRequestHandler):
         self.end_headers()
         self.write_chunk(server_sent_event(chunk(request_id, created, chat, {"role": "assistant", "content": ""})))
         decoder, generated, text = tok.stream_decoder(skip_special_tokens=True), 0, ""
-        for kind, value in self.events(request):
+        probe = lambda: self.write_chunk(b": keep-alive\n\n")  # an SSE comment, which clients skip
+        for kind, value in self.events(request, probe):
             if kind == "token":
                 generated += 1
                 text += decoder.push(value)
@@ -461,6 +552,13 @@ class ChatServer(ThreadingHTTPServer):
         if self.service is not None:
             self.service.engine.stop()  # waiting and running requests are told the server is stopping
         self.server_close()
+
+    def handle_error(self, request, client_address) -> None:
+        """A client that left or went silent (a broken pipe, a reset connection, a timeout) is no fault
+        of the server: no traceback for it, hundreds of which would bury the real ones. Anything else
+        is a bug, and shows its traceback."""
+        if not isinstance(sys.exc_info()[1], (ConnectionError, TimeoutError)):
+            super().handle_error(request, client_address)
 
 
 def open_server(args) -> ChatServer:

@@ -17,6 +17,8 @@ Each request has a KV cache of its own: one row ("slot") of buffers shared by th
 different lengths, so a decode step writes each row's new key at that row's own position and
 masks each row's attention to its own positions; all rows still attend in ONE call, reading the
 buffers in place. Rows are kept contiguous: when row i leaves, the last row moves into slot i.
+The capacity follows the longest running row, as a dynamic array does: doubled when a row needs
+more, halved when the rows need a quarter of it, so one long request does not keep every row long.
 
 Each row also wears its own LoRA adapter (model/multi_lora.py), so requests for different adapters
 share the batch. The alternative, lora_mode="merged", folds one adapter into the base weights and
@@ -58,25 +60,36 @@ class SlotKVCache:
         shape = (max_rows, config.n_kv_heads, capacity, config.head_dim)
         self.keys = [torch.zeros(shape, device=device, dtype=dtype) for _ in range(config.n_layers)]
         self.values = [torch.zeros(shape, device=device, dtype=dtype) for _ in range(config.n_layers)]
+        self.smallest = capacity  # trim() never goes below the capacity it started with
+        self.largest = max(capacity, config.max_seq_len)  # no row holds more positions than the model has
 
     @property
     def capacity(self) -> int:
         return self.keys[0].shape[2]
 
     def reserve(self, positions: int) -> None:
-        """Make room for `positions` per row: at least double the capacity, copying what is there
-        (doubling keeps the copying linear in the longest request's length)."""
-        if positions <= self.capacity:
-            return
-        capacity = max(positions, 2 * self.capacity)
+        """Make room for `positions` per row: at least double the capacity (up to the model's
+        max_seq_len), copying what is there; doubling keeps the copying linear in the longest row."""
+        if positions > self.capacity:
+            self._resize(max(positions, min(2 * self.capacity, self.largest)))
 
-        def grow(t):  # (max_rows, K, old capacity, D) -> (max_rows, K, capacity, D)
-            bigger = t.new_zeros(t.shape[0], t.shape[1], capacity, t.shape[3])
-            bigger[:, :, : t.shape[2]] = t
-            return bigger
+    def trim(self, positions: int) -> None:
+        """Give memory back once the rows need at most a quarter of the capacity: halve it (or more),
+        keeping the first `positions` of every row. Every row has the same capacity, so one long
+        request enlarges all of them; without this they would stay that large for good. A quarter,
+        not a half, so that a row growing and shrinking around one size does not copy at every step."""
+        if 4 * positions <= self.capacity and self.capacity > self.smallest:
+            self._resize(max(self.smallest, 2 * positions))
 
-        self.keys = [grow(t) for t in self.keys]
-        self.values = [grow(t) for t in self.values]
+    def _resize(self, capacity: int) -> None:
+        def resized(t):  # (max_rows, K, old capacity, D) -> (max_rows, K, capacity, D), positions kept
+            kept = min(capacity, t.shape[2])
+            new = t.new_zeros(t.shape[0], t.shape[1], capacity, t.shape[3])
+            new[:, :, :kept] = t[:, :, :kept]
+            return new
+
+        self.keys = [resized(t) for t in self.keys]
+        self.values = [resized(t) for t in self.values]
 
     def write_prompts(self, layer: int, slots: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> None:
         """Prefill: k, v (m, K, P, D) of m prompts go to positions [0, P) of rows `slots` (m,)."""
@@ -308,6 +321,7 @@ class Engine:
                 for request in {id(r): r for r in self.running + joining}.values():
                     request.events.put(("error", "the engine failed while generating; see the server's log"))
                 self.running = []
+                self.cache.trim(0)
                 self._switch_merged(0)
         with self.lock:
             abandoned = list(self.waiting) + self.running
@@ -376,8 +390,8 @@ class Engine:
             else:
                 generator.manual_seed(request.seed)
             request.generator = generator
-        self.cache.reserve(max(len(r.prompt) + r.max_new_tokens for r in joining))
         width = max(len(r.prompt) for r in joining)
+        self.cache.reserve(width)  # room for the prompts; decode steps make room as rows grow
         ids = torch.tensor([r.prompt + [0] * (width - len(r.prompt)) for r in joining], device=self.device)  # (m, P)
         last = torch.tensor([len(r.prompt) - 1 for r in joining], device=self.device)
         slots = torch.arange(first, first + len(joining), device=self.device)
@@ -391,6 +405,7 @@ class Engine:
         n = len(self.running)
         ids = torch.tensor([[r.last_token] for r in self.running], device=self.device)  # (n, 1)
         lengths = torch.tensor([r.length for r in self.running], device=self.device)  # (n,)
+        self.cache.reserve(max(r.length for r in self.running) + 1)  # the longest row's new token goes at its length
         logits = forward_rows(self.model, ids, self.cache, self._adapters(0, n), lengths=lengths)  # (n, V)
         for request in self.running:
             request.length += 1
@@ -424,7 +439,12 @@ class Engine:
         self._leave(leaving)
 
     def _drop_cancelled(self) -> None:
-        """Rows whose client went away leave the batch before the next step spends work on them."""
+        """Requests whose client went away leave before the next step spends work on them: running
+        ones free their row, waiting ones their place in the queue (which counts toward max_waiting)."""
+        with self.lock:
+            waiting = len(self.waiting)
+            self.waiting = collections.deque(r for r in self.waiting if not r.cancelled.is_set())
+            self.stats["cancelled"] += waiting - len(self.waiting)
         gone = [r for r in self.running if r.cancelled.is_set()]
         self.stats["cancelled"] += len(gone)
         self._leave(gone)
@@ -443,3 +463,4 @@ class Engine:
                 self.stats["moved"] += 1
             self.running.pop()
             request.row = -1
+        self.cache.trim(max((r.length for r in self.running), default=0) + 1)

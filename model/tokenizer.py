@@ -24,6 +24,7 @@ import bisect
 import codecs
 import functools
 import hashlib
+import heapq
 import itertools
 import json
 import multiprocessing
@@ -205,14 +206,20 @@ class _ChunkCache(dict):
 
     Text repeats itself: the same words come back again and again, so caching per chunk turns most of
     the encoding into dictionary lookups done inside C (`map(cache.__getitem__, chunks)`).
+    A chunk longer than LONGEST characters is merged but not kept: real words are far shorter, and
+    keeping every long one a client sends would let a server's cache grow to gigabytes.
     """
+
+    LONGEST = 64
 
     def __init__(self, bpe):
         super().__init__()
         self._bpe = bpe
 
     def __missing__(self, chunk):
-        merged = self[chunk] = self._bpe(chunk)
+        merged = self._bpe(chunk)
+        if len(chunk) <= self.LONGEST:
+            self[chunk] = merged
         return merged
 
 
@@ -260,6 +267,7 @@ class Tokenizer:
         if missing:
             raise ValueError(f"token ids must be contiguous from 0; id {missing[0]} has no token")
         self._token_bytes = token_bytes
+        self._max_token_bytes = max(map(len, token_bytes))
         # id -> token string as tokenizer.json spells it, for showing tokens to people
         self._token_strings = [None] * size
         for token, i in self.vocab.items():
@@ -333,6 +341,12 @@ class Tokenizer:
         """Number of token ids (= rows of the model's embedding table), added tokens included."""
         return len(self._token_bytes)
 
+    @property
+    def max_token_bytes(self):
+        """UTF-8 bytes of the longest token (9 in the demo tokenizer). A text of more than
+        n * max_token_bytes bytes encodes to more than n tokens: a caller can tell before encoding."""
+        return self._max_token_bytes
+
     # -- BPE merges --------------------------------------------------------------------------------
 
     def _bpe(self, chunk):
@@ -340,28 +354,45 @@ class Tokenizer:
 
         Like Hugging Face: among all adjacent pairs take the one with the lowest merge rank (the
         leftmost if it occurs twice), merge it, repeat until no adjacent pair is a listed merge.
-        `ranks[i]` holds the rank of the pair (parts[i], parts[i+1]); min() and index() scan it
-        in C, and a merge only changes the ranks of the two pairs touching the new token.
 
         With merges [(a,a), (a,b), (aa,ab)]: "aaabdaaabac" -> aa a b d aa a b a c
             -> aa ab d aa ab a c -> aaab d aaab a c
+
+        Scanning every pair for the lowest rank at each merge costs O(n) per merge, O(n^2) per chunk;
+        a chunk is one word, and a client can send a "word" of 100,000 letters (22 s that way). So,
+        as HF does, the candidate pairs wait in a heap keyed by (rank, position) and the parts form a
+        doubly linked list, making a merge O(log n): pop the lowest pair, join its two parts, push
+        the two pairs the new part makes with its neighbours. The pairs the two old parts made are
+        not searched out of the heap but skipped when they come up: the pair now at that position
+        has another rank (one rank names one pair), or none. A part keeps the position of its first
+        byte, so positions stay in left-to-right order and (rank, position) pops the leftmost of the
+        lowest pairs, exactly as the full scan would.
         """
         parts = list(chunk.encode("utf-8").decode("latin-1").translate(self._bytes_to_ids))
-        rank_of, no_merge = self._merge_rank, len(self._merge_by_rank)
-        ranks = list(map(rank_of.get, map(operator.add, parts, parts[1:]), itertools.repeat(no_merge)))
-        while ranks:
-            rank = min(ranks)
-            if rank == no_merge:
-                break
-            i = ranks.index(rank)
-            new = self._merge_by_rank[rank]
-            parts[i:i + 2] = [new]  # (B, C) -> X in  A B C D  gives  A X D
-            del ranks[i]
-            if i < len(ranks):  # the pair (X, D)
-                ranks[i] = rank_of.get(new + parts[i + 1], no_merge)
-            if i > 0:  # the pair (A, X)
-                ranks[i - 1] = rank_of.get(parts[i - 1] + new, no_merge)
-        return "".join(parts)
+        rank_of, merged = self._merge_rank, self._merge_by_rank
+        after = list(range(1, len(parts))) + [-1]  # after[i]: the position of the part that follows part i
+        before = list(range(-1, len(parts) - 1))  # before[i]: the one that precedes it (-1: none)
+        heap = [(rank_of[pair], i) for i, pair in enumerate(map(operator.add, parts, parts[1:])) if pair in rank_of]
+        heapq.heapify(heap)
+        while heap:
+            rank, i = heapq.heappop(heap)
+            j = after[i]
+            if parts[i] is None or j < 0 or rank_of.get(parts[i] + parts[j]) != rank:
+                continue  # a pair some earlier merge ended
+            parts[i], parts[j] = merged[rank], None  # (B, C) -> X in  A B C D  gives  A X D
+            after[i] = k = after[j]
+            if k >= 0:  # the pair (X, D)
+                before[k] = i
+                self._push_pair(heap, i, parts[i] + parts[k])
+            if before[i] >= 0:  # the pair (A, X)
+                self._push_pair(heap, before[i], parts[before[i]] + parts[i])
+        return "".join(filter(None, parts))
+
+    def _push_pair(self, heap, position, pair):
+        """Add the pair starting at `position` to the heap, if it is a listed merge."""
+        rank = self._merge_rank.get(pair)
+        if rank is not None:
+            heapq.heappush(heap, (rank, position))
 
     def _encode_ordinary(self, text):
         """Text without special tokens -> id-characters, via the per-chunk cache."""

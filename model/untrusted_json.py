@@ -14,6 +14,7 @@ sidecars, tokenizer.json, adapter_config.json, the token cache's meta.json, safe
 Standard library only.
 """
 import json
+import sys
 
 from model.errors import UserError
 
@@ -62,6 +63,8 @@ def loads(text, what: str = "the JSON text", max_depth: int = MAX_DEPTH):
         return json.loads(text)
     except json.JSONDecodeError as e:
         raise JSONError(f"{what} is not valid JSON (line {e.lineno}, column {e.colno}: {e.msg})") from None
+    except ValueError:  # Python refuses to convert an integer of more than 4,300 digits (sys.get_int_max_str_digits)
+        raise JSONError(f"{what} holds an integer of more than {sys.get_int_max_str_digits()} digits") from None
 
 
 def load_file(path, what: str = None, max_depth: int = MAX_DEPTH):

@@ -7,6 +7,7 @@ process on a free port and is called over HTTP with the standard library, as any
 import http.client
 import json
 import os
+import resource
 import signal
 import socket
 import subprocess
@@ -22,7 +23,7 @@ import eval_model
 import serve_openai_api as serve
 from model import errors
 from model.checkpoint import save_model
-from model.engine import SlotKVCache, forward_rows
+from model.engine import Engine, Request, SlotKVCache, forward_rows
 from model.LMConfig import LMConfig
 from model.loader import checkpoint_meta, load_checkpoint
 from model.model import MiniMindLM
@@ -404,6 +405,186 @@ def test_a_client_that_disconnects_is_dropped_and_the_others_go_on(server, refer
     status, answer = post(port, chat("minimind", QUESTIONS[2], temperature=0, max_tokens=24))
     assert status == 200 and answer["choices"][0]["message"]["content"] == references["minimind"][QUESTIONS[2]]
     wait_until(lambda: engine.stats["cancelled"] >= before + 2 and engine.idle())
+
+
+def test_a_cancelled_request_leaves_the_queue_without_waiting_for_a_row(out):
+    """Guards against a request whose client left keeping its place in the queue (counted toward
+    --max_waiting, so that others are turned away with 503) until a row frees up, which behind long
+    answers can take minutes: it leaves at the next step, while the request ahead still runs."""
+    loaded = load_checkpoint(out / "full_sft_32.pth")
+    engine = Engine(loaded.model, loaded.tokenizer.eos_token_id, AdapterBank("minimind", {}), max_batch_size=1)
+    prompt = loaded.tokenizer.apply_chat_template([{"role": "user", "content": QUESTIONS[0]}], tokenize=True)
+    ahead, behind = Request(prompt, max_new_tokens=2048 - len(prompt)), Request(prompt, max_new_tokens=8)
+    engine.start()
+    try:
+        engine.submit(ahead)
+        assert ahead.events.get(timeout=30)[0] == "token"  # ahead holds the one row
+        engine.submit(behind)
+        behind.cancelled.set()
+        wait_until(lambda: not engine.waiting)
+        assert engine.running == [ahead] and engine.stats["cancelled"] == 1 and behind.events.empty()
+    finally:
+        ahead.cancelled.set()
+        engine.stop()
+
+
+def test_a_long_max_tokens_is_clamped_and_the_kv_cache_shrinks_back_after_it(server, monkeypatch):
+    """Guards against one request with a large max_tokens growing the KV cache of every row to that
+    length at once and keeping it so for good (about 1 GB more memory at MiniMind2's size, long after
+    the request ended), and against a max_tokens that overruns the context failing the request instead
+    of ending the answer at the context's end: the cache grows only as the row does, never past the
+    model's context, and is back to its first size once the batch is empty."""
+    server, port = server
+    cache = server.service.engine.cache
+    wait_until(lambda: cache.capacity == cache.smallest)
+    capacities, reserve = [], cache.reserve
+    monkeypatch.setattr(cache, "reserve", lambda positions: (reserve(positions), capacities.append(cache.capacity)))
+    status, answer = post(port, chat("lora_a", QUESTIONS[0], temperature=0, max_tokens=2048))
+    assert status == 200 and answer["choices"][0]["finish_reason"] == "length", answer
+    assert answer["usage"]["total_tokens"] == 2048  # the prompt and the answer fill the context exactly
+    assert capacities[0] == cache.smallest  # the prompt's prefill reserved room for the prompt, not for 2,048
+    assert max(capacities) == 2048  # doubled as the row grew, up to the model's context and no further
+    wait_until(lambda: cache.capacity == cache.smallest)
+
+
+def test_a_half_closed_client_still_gets_its_whole_answer(server, references):
+    """Guards against a client that shuts its sending side once its request is sent (shutdown(SHUT_WR),
+    as `nc -N` does) being taken for one that left: its request was cancelled and it got no answer.
+    Both a whole answer (probed with a "100 Continue", which HTTP/1.1 clients skip) and a streamed one
+    (probed with an SSE comment) come back complete; each takes longer than the disconnect check."""
+    _, port = server
+    head = b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: %d\r\n\r\n"
+    for stream_it in (False, True):
+        body = json.dumps(chat("lora_a", QUESTIONS[0], temperature=0, max_tokens=LONG_TOKENS, stream=stream_it)).encode()
+        with socket.create_connection(("127.0.0.1", port), timeout=60) as s:
+            s.sendall(head % len(body) + body)
+            s.shutdown(socket.SHUT_WR)
+            response = http.client.HTTPResponse(s)
+            response.begin()  # skips any 100 Continue
+            assert response.status == 200
+            data = response.read().decode("utf-8")
+        if stream_it:
+            events = [json.loads(line[len("data: "):]) for line in data.split("\n")
+                      if line.startswith("data: ") and line != "data: [DONE]"]
+            assert streamed_text(events + ["[DONE]"]) == references["LONG"]
+        else:
+            assert json.loads(data)["choices"][0]["message"]["content"] == references["LONG"]
+
+
+def test_client_state_tells_a_half_close_from_a_departure():
+    """Guards against the disconnect check taking a half-closed client (FIN, still reading) for one that
+    left, and missing one that did leave: after a FIN, recv reads end of file even once the peer has
+    reset, so only the socket's pending error tells a closed client (reset by what we wrote) from a
+    half-closed one."""
+    with socket.create_server(("127.0.0.1", 0)) as listener:
+        for how in ("half-close", "close"):
+            client = socket.create_connection(listener.getsockname())
+            conn, _ = listener.accept()
+            with conn:
+                assert serve.client_state(conn) == "here"
+                client.shutdown(socket.SHUT_WR) if how == "half-close" else client.close()
+                wait_until(lambda: serve.client_state(conn) != "here")
+                assert serve.client_state(conn) == "shut"
+                conn.sendall(b"HTTP/1.1 100 Continue\r\n\r\n")  # the probe
+                if how == "close":
+                    wait_until(lambda: serve.client_state(conn) == "gone")
+                else:
+                    assert client.recv(100).startswith(b"HTTP/1.1 100") and serve.client_state(conn) == "shut"
+            client.close()
+
+
+HIGH_FD = 1500
+
+
+@pytest.mark.skipif(resource.getrlimit(resource.RLIMIT_NOFILE)[0] <= HIGH_FD, reason="no file descriptors that high")
+def test_client_state_watches_sockets_numbered_past_1024():
+    """Guards against the disconnect check using select.select, which raises ValueError for a socket
+    numbered 1024 or more: a busy server's later connections were all taken for departed clients
+    and cancelled a quarter of a second after they started."""
+    with socket.create_server(("127.0.0.1", 0)) as listener, socket.create_connection(listener.getsockname()) as client:
+        conn, _ = listener.accept()
+        os.dup2(conn.fileno(), HIGH_FD)
+        conn.close()
+        with socket.socket(fileno=HIGH_FD) as high:
+            assert serve.client_state(high) == "here"
+            client.shutdown(socket.SHUT_WR)
+            wait_until(lambda: serve.client_state(high) == "shut")
+
+
+def test_a_post_no_route_reads_leaves_the_keep_alive_connection_usable(server, references):
+    """Guards against the body of a request answered without reading it (a POST to an unknown path, a
+    GET with a body) staying in the socket and being parsed as the next request on the connection:
+    the openai client's completions.create, then chat.completions.create, got a 501."""
+    _, port = server
+    connection = http.client.HTTPConnection("127.0.0.1", port, timeout=60)
+    for method, path in (("POST", "/v1/completions"), ("GET", "/v1/models")):
+        connection.request(method, path, body=json.dumps({"model": "minimind", "prompt": "hi"}).encode(),
+                           headers={"Content-Type": "application/json"})
+        response = connection.getresponse()
+        response.read()
+        assert response.status in (200, 404) and not response.will_close
+        sock = connection.sock
+        connection.request("POST", "/v1/chat/completions", body=json.dumps(chat("minimind", QUESTIONS[3], temperature=0,
+                                                                                max_tokens=24)).encode())
+        response = connection.getresponse()
+        assert response.status == 200 and connection.sock is sock  # answered on the same connection
+        assert json.loads(response.read())["choices"][0]["message"]["content"] == references["minimind"][QUESTIONS[3]]
+    connection.close()
+
+
+UNREADABLE = [  # (body, param, what the message says): valid JSON, or nearly, that is not a request we can read
+    (b'{"model": "minimind", "messages": [{"role": "user", "content": "hi \\ud800"}]}', "messages[0].content",
+     "lone surrogate"),
+    (b'{"model": "\\udfff", "messages": [{"role": "user", "content": "hi"}]}', "model", "lone surrogate"),
+    (b'{"model": "minimind", "messages": [{"role": "user", "content": [{"type": "text", "text": "\\udc00"}]}]}',
+     "messages[0].content[0].text", "lone surrogate"),
+    (b'{"\\ud800": 1, "model": "minimind", "messages": [{"role": "user", "content": "hi"}]}', None, "lone surrogate"),
+    (b"[" * 100_000 + b"]" * 100_000, None, "nested 100000 levels deep"),
+    (b'{"model": "minimind", "messages": ' + b"[" * 1000 + b"]" * 1000 + b"}", None, "nested"),
+    (b'{"model": "minimind", "seed": ' + b"7" * 5000 + b', "messages": [{"role": "user", "content": "hi"}]}', None,
+     "more than 4300 digits"),
+]
+
+
+@pytest.mark.parametrize("body, param, message", UNREADABLE, ids=lambda v: repr(v)[:40])
+def test_a_lone_surrogate_or_deep_nesting_gets_a_400_not_a_dropped_connection(server, body, param, message):
+    """Guards against valid JSON that is not text (a lone surrogate escaped as "\\ud800", which can be
+    neither tokenized nor written into an error message) or that nests deeper than Python's json can
+    recurse, or holds an integer Python will not convert, ending in a traceback and a connection
+    closed without any answer: each gets a 400 with OpenAI's error object, naming the field."""
+    _, port = server
+    status, answer = post(port, body)
+    assert status == 400 and answer["error"]["param"] == param and message in answer["error"]["message"], answer
+    assert answer["error"]["type"] == "invalid_request_error"
+
+
+def test_a_prompt_of_more_bytes_than_the_context_holds_is_refused_before_tokenizing(server, monkeypatch):
+    """Guards against the tokenizer spending its time on a prompt that cannot fit the context whatever
+    its tokens (a few such requests occupied the server for minutes): no token is longer than
+    max_token_bytes, so more bytes than context * max_token_bytes is refused at once, with a 400."""
+    server, port = server
+    tokenizer = server.service.tokenizer
+    most = server.service.context * tokenizer.max_token_bytes
+    monkeypatch.setattr(tokenizer, "apply_chat_template", lambda *a, **k: pytest.fail("the prompt was tokenized"))
+    status, answer = post(port, {"model": "minimind", "messages": [{"role": "system", "content": "a" * (most // 2)},
+                                                                   {"role": "user", "content": "b" * (most // 2 + 1)}]})
+    assert status == 400 and answer["error"]["code"] == "context_length_exceeded", answer
+    assert f"{most + 1} bytes" in answer["error"]["message"] and answer["error"]["param"] == "messages"
+
+
+def test_a_client_that_leaves_is_not_logged_as_an_error_but_a_bug_is(server, capsys):
+    """Guards against every client that leaves (a broken pipe, a reset connection) printing a traceback
+    in the server's log, hundreds of which bury the real ones, and against silencing real bugs too."""
+    server, _ = server
+    for error in (BrokenPipeError(32, "Broken pipe"), ConnectionResetError(104, "Connection reset by peer"),
+                  RuntimeError("a real bug")):
+        try:
+            raise error
+        except Exception:
+            server.handle_error(None, ("127.0.0.1", 1))
+    err = capsys.readouterr().err
+    assert "RuntimeError: a real bug" in err and "Traceback" in err
+    assert "BrokenPipeError" not in err and "ConnectionResetError" not in err
 
 
 def test_merged_mode_serves_one_adapter_at_a_time_with_the_same_answers(out, references):

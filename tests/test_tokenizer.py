@@ -1,6 +1,7 @@
 """Tests for model/tokenizer.py and train_tokenizer.py: exactness against MiniMind2's golden ids,
 round trips, special tokens, the streaming decoder, file I/O and the BPE trainer."""
 import collections
+import heapq
 import json
 import os
 import pickle
@@ -10,6 +11,7 @@ import sys
 
 import pytest
 
+from model import tokenizer as tokenizer_module
 from model.tokenizer import (DEFAULT_SYSTEM_PROMPT, MINIMIND2_CHAT_TEMPLATE, Tokenizer, bytes_to_unicode,
                              gpt2_split_pattern, split_chunks)
 from train_tokenizer import count_chunks, train_bpe
@@ -239,6 +241,80 @@ def test_cache_does_not_change_results(tok):
     fresh.CACHE_LIMIT = 3  # empties the cache on nearly every call
     text = "the cat sat on the mat, 猫坐在垫子上。the cat"
     assert fresh.encode(text) == fresh.encode(text) == tok.encode(text)
+
+
+def full_scan_bpe(tok, chunk):
+    """The plain BPE loop, O(n^2) in the chunk's length: scan all pairs for the lowest rank, merge its
+    leftmost occurrence, repeat. The reference that Tokenizer._bpe's heap must agree with."""
+    parts = list(chunk.encode("utf-8").decode("latin-1").translate(tok._bytes_to_ids))
+    while True:
+        ranks = [tok._merge_rank.get(a + b) for a, b in zip(parts, parts[1:])]
+        known = [r for r in ranks if r is not None]
+        if not known:
+            return "".join(parts)
+        i = ranks.index(min(known))
+        parts[i:i + 2] = [tok._merge_by_rank[ranks[i]]]
+
+
+def random_word(rng, letters, n):
+    return "".join(rng.choice(letters) for _ in range(n))
+
+
+@pytest.mark.parametrize("path", [FIXTURES, os.path.join(REPO, "model", "demo_tokenizer")])
+def test_bpe_of_long_words_equals_the_full_scan(path):
+    """Guards against the heap-based merge loop giving other tokens than the plain one: a pair some
+    merge ended taken as still there, ties between equal ranks broken other than leftmost first, the
+    pairs a merge creates with its neighbours not queued. Long single words (up to 3,000 bytes) of
+    letters, runs of one letter (overlapping pairs), CJK, spaces, digits."""
+    tok = Tokenizer.load(path)
+    rng = random.Random(0)
+    words = [random_word(rng, "etaoinshrdlucmfw", n) for n in (2, 17, 300, 3000)]
+    words += ["a" * 1001, "ab" * 700, "aaab" * 300, " " * 517, "0" * 999, "你好世界" * 200,
+              random_word(rng, "的一是不了人我在有他这中大来上国", 600), random_word(rng, "ab", 2000)]
+    for word in words:
+        for chunk in split_chunks(word):
+            assert tok._bpe(chunk) == full_scan_bpe(tok, chunk), (path, chunk[:20], len(chunk))
+
+
+def test_bpe_work_is_linear_in_the_length_of_a_word(tok, monkeypatch):
+    """Guards against a merge loop quadratic in one word's length (a full scan of the pairs per merge:
+    a 100 KB word took 21 s, a 200 KB one 95 s, and a server spent that on one request). The heap
+    operations are counted, not timed, each O(log n): fewer than n pairs to start with, two pushed per
+    merge (fewer than n merges), each popped at most once, so under 6 per byte whatever the word's
+    length. A 200 KB word is then encoded and decoded whole."""
+    counts = collections.Counter()
+
+    class CountingHeapq:
+        def heapify(heap):
+            counts["ops"] += len(heap)
+            heapq.heapify(heap)
+
+        def heappush(heap, item):
+            counts["ops"] += 1
+            heapq.heappush(heap, item)
+
+        def heappop(heap):
+            counts["ops"] += 1
+            return heapq.heappop(heap)
+
+    monkeypatch.setattr(tokenizer_module, "heapq", CountingHeapq, raising=False)
+    rng = random.Random(0)
+    for n in (1_000, 10_000, 50_000):
+        counts.clear()
+        tok._bpe(random_word(rng, "etaoinshrdlu", n))  # frequent letters: many merges
+        assert 0 < counts["ops"] < 6 * n, (n, counts)
+    word = random_word(rng, "etaoinshrdlu", 200_000)
+    assert tok.decode(tok.encode(word)) == word
+
+
+def test_long_chunks_are_merged_but_not_cached():
+    """Guards against the chunk cache keeping every long word it is given: a server tokenizes what
+    clients send, and 500,000 cached 100 KB "words" are 50 GB."""
+    fresh = Tokenizer.load(FIXTURES)
+    long_word = "x" * 1000
+    assert fresh.encode(long_word) == fresh.encode(long_word)
+    fresh.encode("hello world")
+    assert long_word not in fresh._cache and "hello" in fresh._cache
 
 
 # ---- training
