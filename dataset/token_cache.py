@@ -49,6 +49,7 @@ import numpy as np
 from tqdm import tqdm
 
 from model.errors import UserError
+from model.untrusted_json import JSONError, loads
 
 # Bump when the layout or the meaning of the cached arrays changes: old caches are then never read.
 # 2: SFT conversations are tokenized whole (a reply starting with whitespace used to be tokenized apart
@@ -391,15 +392,16 @@ def cache_problem(folder, checksums=True):
     cache_problem(folder) -> None, or e.g. 'tokens.bin has 1,000 bytes, 25,594 expected'
     """
     try:
-        with open(os.path.join(folder, "meta.json"), encoding="utf-8") as f:
-            meta = json.load(f)
+        meta = read_meta(folder)
         recorded = {name: (meta["files"][name]["size"], meta["files"][name]["sha256"]) for name in CACHE_FILES}
         for key in ("samples", "spans", "dtype", "skipped", "no_trained_tokens"):  # what the readers use
             meta[key]
+        if not all(type(size) is int for size, _ in recorded.values()):
+            raise TypeError("a size that is not a number of bytes")
         sizes = {name: os.path.getsize(os.path.join(folder, name)) for name in CACHE_FILES}
     except FileNotFoundError as e:
         return f"{os.path.basename(e.filename)} is missing"
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+    except (OSError, JSONError) as e:
         return f"meta.json is unreadable ({e})"
     except (KeyError, TypeError):  # a cache made before checksums were recorded, or a hand-edited meta.json
         return "meta.json lacks the sizes and checksums of the files (made by an older version?)"
@@ -411,6 +413,13 @@ def cache_problem(folder, checksums=True):
             if file_sha256(os.path.join(folder, name)) != sha256:
                 return f"{name} does not have the sha256 recorded in meta.json"
     return None
+
+
+def read_meta(folder) -> dict:
+    """A cache folder's meta.json, parsed with limits (model/untrusted_json.py): like every file in the cache,
+    anyone may have changed it, and a deeply nested one must be a damaged cache, not a RecursionError."""
+    with open(os.path.join(folder, "meta.json"), "rb") as f:
+        return loads(f.read(), "meta.json")
 
 
 def discard_cache(folder, problem):
@@ -467,8 +476,7 @@ class TokenCache:
         self._open()
 
     def _open(self):
-        with open(os.path.join(self.folder, "meta.json"), encoding="utf-8") as f:
-            self.meta = json.load(f)
+        self.meta = read_meta(self.folder)
         n, path = self.meta["samples"], self.folder
         self.tokens_path, self.token_dtype = os.path.join(path, "tokens.bin"), np.dtype(self.meta["dtype"])
         self.offsets = open_array(os.path.join(path, "offsets.bin"), np.int64, (n + 1,))

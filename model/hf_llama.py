@@ -17,8 +17,10 @@ convert_model.py is the command line around it. Everything that cannot be expres
 one ConversionError line naming it; nothing is silently dropped or changed.
 """
 import json
+import math
 import os
 import re
+from itertools import islice
 
 import torch
 
@@ -26,8 +28,10 @@ from model.atomic import atomic_write_text
 from model.checkpoint import read_checkpoint
 from model.errors import UserError
 from model.LMConfig import LMConfig
+from model.model import MiniMindLM
 from model.safetensors import save_file
 from model.tokenizer import MINIMIND2_CHAT_TEMPLATE
+from model.untrusted_json import load_file as load_json
 
 
 class ConversionError(UserError):
@@ -174,6 +178,33 @@ def hf_config(config: LMConfig, bos_token_id: int, eos_token_id: int, pad_token_
 LLAMA_DEFAULTS = {"rms_norm_eps": 1e-6, "rope_theta": 10000.0, "max_position_embeddings": 2048,
                   "hidden_act": "silu", "tie_word_embeddings": False, "attention_bias": False, "mlp_bias": False}
 
+# MiniMindLM allocates its RoPE table, max_position_embeddings rows of head_dim numbers, when it is built --
+# before any weight is read -- so a config.json saying 10^12 positions would exhaust memory instead of being
+# refused. Llamas say 2k to 128k; 2^21 positions (a 1 GiB table at head_dim 128) is the most accepted.
+MAX_POSITIONS = 2**21
+
+# JSON's types as config.json means them: `true` is no number and `"false"` no boolean (Python would read
+# the string as true), and a number may be written 10000 or 1e4.
+JSON_TYPES = {bool: "true or false", int: "an integer", float: "a finite number"}
+
+
+def _is_a(value, kind) -> bool:
+    """_is_a(1e4, float) -> True, _is_a(True, int) -> False, _is_a("false", bool) -> False"""
+    if isinstance(value, bool):
+        return kind is bool
+    if kind is float:
+        return isinstance(value, (int, float)) and math.isfinite(value)
+    return isinstance(value, kind)
+
+
+def _field(hf: dict, key: str, kind, where: str):
+    """hf[key] -- or transformers' default when config.json leaves it out -- if it is of JSON type `kind`
+    (bool, int or float); else a ConversionError naming the field."""
+    value = hf.get(key, LLAMA_DEFAULTS.get(key))
+    if not _is_a(value, kind):
+        raise ConversionError(f"{where}: {key} is {value!r}, not {JSON_TYPES[kind]}")
+    return value
+
 
 def _rope_theta(hf: dict, where: str) -> float:
     """rope_theta, refusing any RoPE variant other than plain RoPE (transformers 4: rope_theta + rope_scaling;
@@ -189,11 +220,14 @@ def _rope_theta(hf: dict, where: str) -> float:
         theta = scaling.get("rope_theta", theta)
     elif scaling is not None:
         raise ConversionError(f"{where}: rope_scaling {scaling!r} cannot be converted: MiniMindLM's RoPE is plain")
+    if not (_is_a(theta, float) and theta > 0):
+        raise ConversionError(f"{where}: rope_theta is {theta!r}, not a positive number (RoPE's base)")
     return float(theta)
 
 
 def lm_config_from_hf(hf: dict, where: str) -> LMConfig:
-    """The LMConfig of a Llama config.json, or a ConversionError naming the first thing MiniMindLM cannot do.
+    """The LMConfig of a Llama config.json, or a ConversionError naming the first thing MiniMindLM cannot do
+    (or the first field that is not of its type: rope_theta "abc", tie_word_embeddings "false").
 
     where: the file's name, for the messages.
     """
@@ -205,8 +239,11 @@ def lm_config_from_hf(hf: dict, where: str) -> LMConfig:
     if architectures != ["LlamaForCausalLM"]:
         raise ConversionError(f"{where}: architectures {architectures} is not ['LlamaForCausalLM'] (a language-model head)")
     for key in ("vocab_size", "hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads"):
-        if not isinstance(hf.get(key), int):
+        if not _is_a(hf.get(key), int):
             raise ConversionError(f"{where} has no integer {key!r}; it does not describe a Llama model")
+    for key in ("num_key_value_heads", "head_dim"):  # null or absent: derived from the heads and the width
+        if hf.get(key) is not None:
+            _field(hf, key, int, where)
     if hf.get("quantization_config"):
         raise ConversionError(f"{where}: quantized weights (quantization_config) cannot be converted; convert the "
                               "unquantized model")
@@ -214,27 +251,34 @@ def lm_config_from_hf(hf: dict, where: str) -> LMConfig:
     if act != "silu":
         raise ConversionError(f"{where}: hidden_act {act!r} cannot be converted: MiniMindLM's feed-forward is SwiGLU (silu)")
     for key, what in (("attention_bias", "biases in the attention projections"), ("mlp_bias", "biases in the MLP")):
-        if hf.get(key, LLAMA_DEFAULTS[key]):
+        if _field(hf, key, bool, where):
             raise ConversionError(f"{where}: {key}=true ({what}) cannot be converted: MiniMindLM has no biases")
-    if not hf.get("tie_word_embeddings", LLAMA_DEFAULTS["tie_word_embeddings"]):
+    if not _field(hf, "tie_word_embeddings", bool, where):
         raise ConversionError(f"{where}: untied embeddings (tie_word_embeddings is false or absent, so lm_head is its own "
                               "matrix) cannot be converted: MiniMindLM's output layer is its embedding matrix")
-    dim, n_heads = hf["hidden_size"], hf["num_attention_heads"]
+    dim, n_heads, n_kv_heads = hf["hidden_size"], hf["num_attention_heads"], hf.get("num_key_value_heads")
     head_dim = hf.get("head_dim")
     if head_dim is not None and n_heads and head_dim * n_heads != dim:
         raise ConversionError(f"{where}: head_dim {head_dim} is not hidden_size / num_attention_heads = {dim} / {n_heads}; "
                               "MiniMindLM's heads split the width exactly")
+    positions = _field(hf, "max_position_embeddings", int, where)
+    if positions > MAX_POSITIONS:
+        raise ConversionError(f"{where}: max_position_embeddings {positions:,} is more than the {MAX_POSITIONS:,} accepted "
+                              "(MiniMindLM builds a RoPE table of that many rows before reading any weight)")
+    norm_eps = _field(hf, "rms_norm_eps", float, where)
+    if norm_eps < 0:
+        raise ConversionError(f"{where}: rms_norm_eps is {norm_eps!r}; RMSNorm adds it under a square root, so it cannot be negative")
     theta = _rope_theta(hf, where)
     try:
         return LMConfig(
             dim=dim,
             n_layers=hf["num_hidden_layers"],
             n_heads=n_heads,
-            n_kv_heads=hf.get("num_key_value_heads") or n_heads,  # absent: one kv head per query head
+            n_kv_heads=n_heads if n_kv_heads is None else n_kv_heads,  # absent: one kv head per query head
             vocab_size=hf["vocab_size"],
             hidden_dim=hf["intermediate_size"],
-            norm_eps=float(hf.get("rms_norm_eps", LLAMA_DEFAULTS["rms_norm_eps"])),
-            max_seq_len=hf.get("max_position_embeddings", LLAMA_DEFAULTS["max_position_embeddings"]),
+            norm_eps=float(norm_eps),
+            max_seq_len=positions,
             rope_theta=theta,
         )
     except (TypeError, ValueError) as e:
@@ -257,7 +301,8 @@ def to_llama_weights(state_dict: dict, config: LMConfig) -> dict:
 
 
 def from_llama_weights(llama_state: dict, config: LMConfig, where: str) -> dict:
-    """Llama's state dict -> ours (q/k rows back in interleaved order), refusing any tensor we have no place for."""
+    """Llama's state dict -> ours (q/k rows back in interleaved order), refusing any tensor we have no place for
+    and any shape other than the one `config` gives it."""
     out, unknown = {}, []
     for key, t in llama_state.items():
         if key == "lm_head.weight":
@@ -270,25 +315,55 @@ def from_llama_weights(llama_state: dict, config: LMConfig, where: str) -> dict:
         if ours is None:
             unknown.append(key)
             continue
-        heads = _heads_of(ours.rsplit(".", 1)[0], config)
-        out[ours] = halves_to_interleaved(t, heads) if heads else t
+        out[ours] = t
     if unknown:
         bias = [k for k in unknown if k.endswith(".bias")]
         what = "biases" if bias else "tensors"
         raise ConversionError(f"{where} holds {what} MiniMindLM has no place for: {', '.join((bias or unknown)[:3])}"
                               f"{' and more' if len(bias or unknown) > 3 else ''}")
-    expected = {llama_key(k) for k in _our_keys(config)}
-    missing = sorted(k for k in expected if our_key(k) not in out)
-    if missing:
-        raise ConversionError(f"{where} lacks {', '.join(missing[:3])}{' and more' if len(missing) > 3 else ''} "
-                              f"(its config.json says {config.n_layers} layers)")
+    _check_shapes(out, config, where)
+    for key, t in out.items():
+        heads = _heads_of(key.rsplit(".", 1)[0], config)
+        if heads:
+            out[key] = halves_to_interleaved(t, heads)
     return out
 
 
-def _our_keys(config: LMConfig) -> list:
-    """Every key of MiniMindLM(config)'s state dict except output.weight (tied), without building the model."""
-    per_layer = [f"layers.{i}.{name}.weight" for i in range(config.n_layers) for name in LAYER_NAMES]
-    return ["tok_embeddings.weight", *per_layer, "norm.weight"]
+def _check_shapes(state: dict, config: LMConfig, where: str) -> None:
+    """Refuse a state dict that is not exactly MiniMindLM(config)'s (output.weight aside: it is tied), before
+    the model is built: a config.json whose sizes do not match its weights -- hidden_size 10^6 beside 64-wide
+    tensors -- would otherwise allocate a model of its own sizes first and compare shapes after."""
+    # Missing keys first, found lazily: a config claiming 10^9 layers is refused at the first absent one.
+    missing = list(islice((k for k in _our_keys(config) if k not in state), 4))
+    if missing:
+        raise ConversionError(f"{where} lacks {', '.join(llama_key(k) for k in missing[:3])}{' and more' if len(missing) > 3 else ''} "
+                              f"(its config.json says {config.n_layers} layers)")
+    expected = model_shapes(config)
+    del expected["output.weight"]
+    extra = sorted(set(state) - set(expected))
+    if extra:
+        raise ConversionError(f"{where} holds {llama_key(extra[0])}, but its config.json says {config.n_layers} layers")
+    wrong = [k for k in expected if tuple(state[k].shape) != expected[k]]
+    if wrong:
+        k = wrong[0]
+        raise ConversionError(f"{where}: {llama_key(k)} has shape {tuple(state[k].shape)}, but config.json's sizes make "
+                              f"it {expected[k]}{f' (and {len(wrong) - 1} more differ)' if len(wrong) > 1 else ''}")
+
+
+def model_shapes(config: LMConfig) -> dict:
+    """{key: shape} of MiniMindLM(config)'s state dict, e.g. {'tok_embeddings.weight': (320, 64), ...}, without
+    allocating it: built on the meta device, whose tensors have shapes but no storage."""
+    with torch.device("meta"):
+        return {k: tuple(t.shape) for k, t in MiniMindLM(config).state_dict().items()}
+
+
+def _our_keys(config: LMConfig):
+    """Every key of MiniMindLM(config)'s state dict except output.weight (tied), in order, one at a time."""
+    yield "tok_embeddings.weight"
+    for i in range(config.n_layers):
+        for name in LAYER_NAMES:
+            yield f"layers.{i}.{name}.weight"
+    yield "norm.weight"
 
 
 # ------------------------------------------------------------------------------------------------
@@ -317,7 +392,20 @@ PEFT_OPTIONS_REFUSED = {
     "alora_invocation_tokens": "activated LoRA (alora_invocation_tokens)",
     "use_qalora": "QA-LoRA (use_qalora)",
     "use_bdlora": "block-diagonal LoRA (use_bdlora)",
+    "kasa_config": "KaSA (kasa_config) puts learned singular values between A and B and truncates the base weight",
+    "velora_config": "VeLoRA (velora_config), a LoRA variant LoRALinear does not implement",
+    "monteclora_config": "MonteCLoRA (monteclora_config) samples its adapters",
+    "arrow_config": "Arrow (arrow_config) routes between several adapters",
 }
+
+# init_lora_weights says how training started. Most inits only choose the first A and B, which the saved
+# tensors replace: the file is then an ordinary LoRA, W + scale·B·A. Checked by hand with PEFT 0.21.2 on
+# the golden fixture (tests/fixtures/hf_llama/README.md): these give PEFT's plain-LoRA logits exactly.
+PEFT_PLAIN_INITS = ("gaussian", "eva", "orthogonal", "mica")  # and true, false
+# These instead train on W - scale·B0·A0, B0·A0 computed from W (PiSSA's principal part, OLoRA's QR, CorDA's,
+# LoftQ's quantization, LoRA-GA's gradients), and PEFT subtracts it again when it loads the adapter (on the
+# fixture: logits 0.5 away from the plain LoRA's). An adapter file here holds no change to W.
+PEFT_INITS_CHANGING_W = ("pissa", "olora", "corda", "loftq", "lora_ga")
 
 
 def peft_config(lora_config: dict) -> dict:
@@ -370,12 +458,19 @@ def adapter_from_peft(cfg: dict, tensors: dict, config: LMConfig, where: str) ->
     for option, why in PEFT_OPTIONS_REFUSED.items():
         if cfg.get(option) not in (None, False, {}, [], "none"):
             raise ConversionError(f"{where}: {option}={cfg[option]!r} cannot be converted: {why}")
+    _check_init(cfg.get("init_lora_weights"), where)
     rank, lora_alpha = cfg.get("r"), cfg.get("lora_alpha")
-    if not (isinstance(rank, int) and rank > 0 and isinstance(lora_alpha, (int, float)) and lora_alpha > 0):
+    if not (_is_a(rank, int) and rank > 0 and _is_a(lora_alpha, float) and lora_alpha > 0):
         raise ConversionError(f"{where}: r={rank!r} and lora_alpha={lora_alpha!r} must be positive numbers")
-    scaling = "rslora" if cfg.get("use_rslora") else "standard"
+    rslora = cfg.get("use_rslora", False)
+    if not _is_a(rslora, bool):  # the string "false" would be true to Python: the other scale, silently
+        raise ConversionError(f"{where}: use_rslora is {rslora!r}, not true or false")
+    scaling = "rslora" if rslora else "standard"
     from_llama = {llama: ours for ours, llama in TARGET_NAMES.items()}
     targets = cfg.get("target_modules")
+    if not (targets is None or isinstance(targets, str)
+            or isinstance(targets, list) and all(isinstance(t, str) for t in targets)):
+        raise ConversionError(f"{where}: target_modules is {targets!r}, not a list of module names (or a pattern)")
     if isinstance(targets, list):  # a string is a regex; then the tensors' names below say what it matched
         outside = sorted(set(targets) - set(from_llama))
         if outside:
@@ -383,7 +478,7 @@ def adapter_from_peft(cfg: dict, tensors: dict, config: LMConfig, where: str) ->
                                   f"Linear layers {sorted(from_llama)} have counterparts (an adapter on "
                                   "embed_tokens or lm_head is not the shared one our 'output' target is)")
 
-    out = {}
+    out, shapes = {}, model_shapes(config)
     for key, t in tensors.items():
         match = re.fullmatch(r"base_model\.model\.(?:model\.)?layers\.(\d+)\.(self_attn|mlp)\.(\w+)\.lora_([AB])\.weight", key)
         if not match or match[3] not in from_llama:
@@ -393,10 +488,14 @@ def adapter_from_peft(cfg: dict, tensors: dict, config: LMConfig, where: str) ->
         module = our_key(f"model.layers.{layer}.{match[2]}.{match[3]}.weight")  # None for e.g. mlp.q_proj
         if module is None:
             raise ConversionError(f"{where}: tensor {key} names no layer of a Llama model")
+        if module not in shapes:
+            raise ConversionError(f"{where}: tensor {key} is for layer {layer}, but the model has {config.n_layers} layers")
+        out_features, in_features = shapes[module]
+        expected = (rank, in_features) if ab == "A" else (out_features, rank)
+        if tuple(t.shape) != expected:  # before the rows of B are permuted, which needs whole heads
+            raise ConversionError(f"{where}: {key} has shape {tuple(t.shape)}, not {expected} (rank r={rank} on "
+                                  f"a {out_features}x{in_features} layer)")
         module = module.removesuffix(".weight")
-        r = t.shape[0] if ab == "A" else t.shape[-1]
-        if t.dim() != 2 or r != rank:
-            raise ConversionError(f"{where}: {key} has shape {tuple(t.shape)}, not rank r={rank}")
         heads = _heads_of(name, config) if ab == "B" else None
         out[f"{module}.lora.{ab}.weight"] = halves_to_interleaved(t, heads) if heads else t
     if not out:
@@ -404,6 +503,19 @@ def adapter_from_peft(cfg: dict, tensors: dict, config: LMConfig, where: str) ->
     out["lora_config"] = {"rank": rank, "alpha": lora_alpha, "dim": config.dim, "scaling": scaling, "init": "standard",
                           "targets": sorted({k.split(".lora.")[0].rsplit(".", 1)[-1] for k in out})}
     return out
+
+
+def _check_init(init, where: str) -> None:
+    """Refuse an init_lora_weights whose adapter is not an ordinary LoRA once loaded (see PEFT_PLAIN_INITS)."""
+    if init is None or isinstance(init, bool) or init in PEFT_PLAIN_INITS:  # null, true, false: A and B at random or 0
+        return
+    if isinstance(init, str) and init.lower().startswith(PEFT_INITS_CHANGING_W):  # also "pissa_niter_16"
+        raise ConversionError(f"{where}: init_lora_weights={init!r} cannot be converted: the adapter was trained on base "
+                              "weights PEFT changed at its start (W - scale·B0·A0), which an adapter file here cannot "
+                              "hold; in PEFT, save it with save_pretrained(DIR, path_initial_model_for_weight_conversion="
+                              "INIT_DIR), which makes it an ordinary LoRA, and convert that")
+    raise ConversionError(f"{where}: init_lora_weights={init!r} cannot be converted: it is none of the inits PEFT is known "
+                          f"to load as an ordinary LoRA (true, false, {', '.join(map(repr, PEFT_PLAIN_INITS))})")
 
 
 # ------------------------------------------------------------------------------------------------
@@ -415,16 +527,36 @@ def _write_json(path, obj) -> None:
 
 
 def _read_json(path) -> dict:
-    try:
-        with open(path, encoding="utf-8") as f:
-            obj = json.load(f)
-    except FileNotFoundError:
-        raise ConversionError(f"{path} not found: a Hugging Face folder has one") from None
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise ConversionError(f"{path} cannot be read as JSON ({e})") from None
+    """A JSON object from a folder someone shared: parsed with limits (model/untrusted_json.py)."""
+    if not os.path.isfile(path):
+        raise ConversionError(f"{path} not found: a Hugging Face folder has one")
+    obj = load_json(path)
     if not isinstance(obj, dict):
         raise ConversionError(f"{path} is not a JSON object")
     return obj
+
+
+# What an export may have left in a folder: our files, and the rest of a Hugging Face folder that transformers,
+# PEFT or vLLM read -- an earlier save_pretrained's shards and their index, a chat_template.jinja (which
+# transformers prefers to tokenizer_config.json's template), other tokenizer files. Exporting over an earlier
+# export (--force) removes these first: left beside the new files, they would be read as part of the model.
+EXPORT_FILES = re.compile(r"config\.json|generation_config\.json|model(-\d+-of-\d+)?\.safetensors|model\.safetensors\.index\.json"
+                          r"|pytorch_model(-\d+-of-\d+)?\.bin|pytorch_model\.bin\.index\.json|tokenizer(_config)?\.json"
+                          r"|tokenizer\.model|special_tokens_map\.json|added_tokens\.json|chat_template\.(jinja|json)"
+                          r"|vocab\.json|merges\.txt")
+PEFT_FILES = re.compile(r"adapter_config\.json|adapter_model\.(safetensors|bin)")
+PEFT_SUBFOLDER = "adapter"  # where to_hf puts a PEFT folder beside the model
+
+
+def earlier_export_files(out_dir) -> list:
+    """The files in out_dir, and in its adapter/ subfolder, that an export may have written, e.g.
+    ['hf/chat_template.jinja', 'hf/model.safetensors', 'hf/adapter/adapter_config.json']. Others are not listed."""
+    found = []
+    for folder, pattern in ((out_dir, EXPORT_FILES), (os.path.join(out_dir, PEFT_SUBFOLDER), PEFT_FILES)):
+        if os.path.isdir(folder):
+            found += [os.path.join(folder, name) for name in sorted(os.listdir(folder))
+                      if pattern.fullmatch(name) and os.path.isfile(os.path.join(folder, name))]
+    return found
 
 
 def save_llama_folder(out_dir, model, tokenizer) -> None:
@@ -458,7 +590,7 @@ def read_llama_folder(hf_dir) -> tuple:
         state, where = read_checkpoint(single), single
     elif os.path.isfile(index):
         state, where = {}, index
-        for shard in sorted(set(_read_json(index).get("weight_map", {}).values())):
+        for shard in _shard_names(index):
             state.update(read_checkpoint(os.path.join(hf_dir, shard)))
     elif os.path.isfile(legacy):
         state, where = read_checkpoint(legacy), legacy
@@ -467,23 +599,41 @@ def read_llama_folder(hf_dir) -> tuple:
     return config, from_llama_weights(state, config, where)
 
 
+def _shard_names(index) -> list:
+    """The shard files model.safetensors.index.json names, e.g. ['model-00001-of-00002.safetensors', ...].
+    Only plain file names: a shard "../../elsewhere.safetensors" would be read from outside the folder."""
+    weight_map = _read_json(index).get("weight_map")
+    if not (isinstance(weight_map, dict) and weight_map
+            and all(isinstance(name, str) for name in weight_map.values())):
+        raise ConversionError(f"{index}: its weight_map is {str(weight_map)[:60]}, not an object mapping each "
+                              "tensor to the shard file holding it")
+    shards = sorted(set(weight_map.values()))
+    for shard in shards:
+        if os.path.basename(shard) != shard or shard in ("", ".", "..") or os.path.isabs(shard):
+            raise ConversionError(f"{index} names the shard {shard!r}, which is not a file in its folder; "
+                                  "shards are read from the model's folder only")
+    return shards
+
+
 def check_chat_template(hf_dir) -> None:
     """Refuse a tokenizer whose chat template is not MiniMind2's: this project renders only that one, so the
     model would be prompted in a format it was not trained on. A folder without a template is fine."""
     config_path, jinja_path = os.path.join(hf_dir, "tokenizer_config.json"), os.path.join(hf_dir, "chat_template.jinja")
     template = _read_json(config_path).get("chat_template") if os.path.isfile(config_path) else None
     if os.path.isfile(jinja_path):  # newer transformers save the template in a file of its own
-        with open(jinja_path, encoding="utf-8") as f:
-            template = f.read()
+        try:
+            with open(jinja_path, encoding="utf-8") as f:
+                template = f.read()
+        except (OSError, UnicodeDecodeError) as e:
+            raise ConversionError(f"{jinja_path} cannot be read as text ({e})") from None
     if template is not None and template != MINIMIND2_CHAT_TEMPLATE:
         raise ConversionError(f"{hf_dir}: its chat template is not MiniMind2's, and this project renders only "
                               "MiniMind2's (model/tokenizer.py): the model would be prompted in a format it was not trained on")
 
 
-def save_peft_folder(out_dir, adapter: dict, config: LMConfig) -> None:
-    """Write a PEFT LoRA folder (adapter_config.json + adapter_model.safetensors) from our adapter dict."""
-    targets = adapter["lora_config"]["targets"]
-    if "output" in targets:
+def check_peft_adapter(adapter: dict) -> None:
+    """Refuse an adapter of ours that PEFT cannot hold as it is (one on the tied embedding), before anything is written."""
+    if "output" in adapter["lora_config"]["targets"]:
         # PEFT would need two adapters, on embed_tokens and lm_head, over one tied matrix: PEFT 0.21 then
         # saves the whole embedding matrix in the adapter file, and its merge_and_unload adds the update to
         # the tied matrix twice (measured by hand: logits off by hundreds). Merged, ΔE is exact.
@@ -491,6 +641,11 @@ def save_peft_folder(out_dir, adapter: dict, config: LMConfig) -> None:
                               "(embed_tokens and lm_head) on one tied matrix, which PEFT's merge adds twice: add --merge "
                               "to export the adapted model as a plain Hugging Face folder, or train with --lora_targets "
                               "wq,wk,wv,wo,w1,w2,w3 for an adapter PEFT and vLLM can load")
+
+
+def save_peft_folder(out_dir, adapter: dict, config: LMConfig) -> None:
+    """Write a PEFT LoRA folder (adapter_config.json + adapter_model.safetensors) from our adapter dict."""
+    check_peft_adapter(adapter)
     os.makedirs(out_dir, exist_ok=True)
     save_file(to_peft_weights(adapter, config), os.path.join(out_dir, "adapter_model.safetensors"))
     _write_json(os.path.join(out_dir, "adapter_config.json"), peft_config(adapter["lora_config"]))

@@ -27,6 +27,7 @@ Under torchrun only rank 0 claims the folder (the other ranks write nothing). Ac
 share the folder over NFS the lock holds too: Linux emulates flock there with a whole-file fcntl lock.
 Without fcntl (Windows) the folder is checked and cleaned but not locked.
 """
+import errno
 import json
 import os
 import shlex
@@ -37,6 +38,7 @@ from contextlib import contextmanager
 
 from model.atomic import stale_temporaries
 from model.errors import UserError
+from model.untrusted_json import loads
 
 try:
     import fcntl
@@ -61,10 +63,29 @@ def make_out_dir(folder, flag="--out_dir"):
 def _holder(fd) -> str:
     """What the lock file says about the run holding it, e.g. 'pid 4242 on gpu1, since ...: train_lora.py ...'."""
     try:
-        info = json.loads(os.pread(fd, 4096, 0).decode("utf-8"))
+        info = loads(os.pread(fd, 4096, 0), "the lock file")  # JSONError is a ValueError
         return f"pid {info['pid']} on {info['host']}, since {info['started']}: {info['command']}"
     except (OSError, ValueError, KeyError, TypeError):  # empty: that run is writing it right now
         return "starting up"
+
+
+def _write_holder(fd, path) -> None:
+    """Write who holds the lock into its file, or a UserError (a full disk) that leaves the file empty: a run
+    that cannot write a few bytes here could not save a checkpoint either, so it stops before it trains."""
+    command = shlex.join([os.path.basename(sys.argv[0])] + sys.argv[1:])[:300]
+    info = {"pid": os.getpid(), "host": socket.gethostname(), "command": command,
+            "started": time.strftime("%Y-%m-%d %H:%M:%S")}
+    data = (json.dumps(info) + "\n").encode("utf-8")
+    try:
+        os.ftruncate(fd, 0)
+        if os.pwrite(fd, data, 0) != len(data):  # a short write: the disk filled up part way
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+    except OSError as e:
+        try:
+            os.ftruncate(fd, 0)  # no half a note: _holder reads an empty file as "starting up"
+        except OSError:
+            pass
+        raise UserError(f"cannot write {path}: {e.strerror or e}; free some space, or pass another --out_dir") from None
 
 
 def _remove_stale_temporaries(folders) -> None:
@@ -108,11 +129,7 @@ def claim_out_dir(out_dir, also=(), is_main=None):
             except BlockingIOError:
                 raise UserError(f"{out_dir} is in use by another run ({_holder(fd)}); wait for it to finish, "
                                 "or pass another --out_dir (one run per output folder)") from None
-        command = shlex.join([os.path.basename(sys.argv[0])] + sys.argv[1:])[:300]
-        info = {"pid": os.getpid(), "host": socket.gethostname(), "command": command,
-                "started": time.strftime("%Y-%m-%d %H:%M:%S")}
-        os.ftruncate(fd, 0)
-        os.pwrite(fd, (json.dumps(info) + "\n").encode("utf-8"), 0)
+        _write_holder(fd, path)
         _remove_stale_temporaries([out_dir, os.path.join(out_dir, "lora")])
         yield
     finally:

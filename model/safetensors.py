@@ -38,6 +38,7 @@ import torch
 
 from model.atomic import atomic_write
 from model.errors import UserError
+from model.untrusted_json import loads
 
 # safetensors' dtype names -> torch dtypes, in the order the reference writer lays tensors out (its
 # dtype enum, descending: element sizes never grow along it). Unsigned types wider than a byte and the
@@ -50,6 +51,7 @@ DTYPES = {
 }
 DTYPE_NAMES = {dtype: name for name, dtype in DTYPES.items()}
 MAX_HEADER_BYTES = 100 * 1024 * 1024  # the reference implementation's limit: a larger "length" is a broken file
+MAX_TENSOR_BYTES = 2**63 - 1  # torch counts bytes and strides in int64: a larger shape cannot even be made empty
 
 
 class SafetensorsError(UserError):
@@ -133,6 +135,10 @@ def _check_entry(name, entry) -> tuple:
             and all(isinstance(o, int) and not isinstance(o, bool) for o in offsets) and 0 <= offsets[0] <= offsets[1]):
         raise ValueError(f"tensor {name!r} has data_offsets {offsets!r}; expected [begin, end] with 0 <= begin <= end")
     begin, end = offsets
+    # A zero anywhere makes a shape's size 0, which any offsets [b, b] match; torch would still overflow
+    # building [0, 2**70] (its strides multiply the other dims), so the dims without the zeros must fit too.
+    if math.prod(d or 1 for d in shape) * DTYPES[dtype].itemsize > MAX_TENSOR_BYTES:
+        raise ValueError(f"tensor {name!r} has shape {shape}, larger than any tensor can be (2**63 bytes)")
     needed = math.prod(shape) * DTYPES[dtype].itemsize
     if end - begin != needed:
         raise ValueError(f"tensor {name!r} of shape {shape} and dtype {dtype} needs {needed} bytes, "
@@ -154,10 +160,7 @@ def read_header(f, file_size: int) -> tuple:
     if header_len > MAX_HEADER_BYTES or 8 + header_len > file_size:
         raise ValueError(f"its first 8 bytes announce a {header_len}-byte header, but the file is {file_size} bytes "
                          "(truncated, or not a safetensors file)")
-    try:
-        header = json.loads(f.read(header_len).decode("utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise ValueError(f"its header is not valid JSON ({e}); not a safetensors file, or a damaged one") from None
+    header = loads(f.read(header_len), "its header")  # JSONError, a ValueError: not UTF-8, not JSON, nested too deep
     if not isinstance(header, dict):
         raise ValueError(f"its header is a JSON {type(header).__name__}, not an object")
     metadata = header.pop("__metadata__", None) or {}

@@ -2,7 +2,10 @@
 transformers 4.57 and PEFT 0.21 wrote themselves (tests/fixtures/hf_llama/), so neither is needed here."""
 import doctest
 import json
+import re
+import runpy
 import shutil
+import sys
 import tempfile
 from pathlib import Path
 
@@ -274,6 +277,17 @@ CONFIG_REFUSALS = [
     ({"quantization_config": {"quant_method": "gptq"}}, "quantized weights"),
     ({"num_attention_heads": 3, "head_dim": None}, "dim (64) must be divisible by n_heads (3)"),
     ({"hidden_size": None}, "no integer 'hidden_size'"),
+    # Fields of the wrong JSON type: "abc" was a ValueError traceback, and the string "false" is true to Python,
+    # so an untied model was imported as tied (and "attention_bias": "false" refused as biases).
+    ({"rope_theta": "abc"}, "rope_theta is 'abc', not a positive number"),
+    ({"rope_theta": -1.0}, "rope_theta is -1.0, not a positive number"),
+    ({"tie_word_embeddings": "false"}, "tie_word_embeddings is 'false', not true or false"),
+    ({"attention_bias": "false"}, "attention_bias is 'false', not true or false"),
+    ({"rms_norm_eps": -1e-5}, "rms_norm_eps is -1e-05; RMSNorm adds it under a square root"),
+    ({"num_key_value_heads": 0}, "n_kv_heads must be a positive integer, got 0"),
+    ({"head_dim": "16"}, "head_dim is '16', not an integer"),
+    # A RoPE table this long is allocated when the model is built, before any weight is read.
+    ({"max_position_embeddings": 10**12}, "max_position_embeddings 1,000,000,000,000 is more than the 2,097,152 accepted"),
 ]
 
 
@@ -334,6 +348,73 @@ def test_a_tied_models_stored_lm_head_copy_is_ignored_as_transformers_ignores_it
         assert (model.eval()(golden["input_ids"]).logits - golden["logits"]).abs().max().item() < 1e-5
 
 
+@pytest.mark.parametrize("change, message", [
+    ({"hidden_size": 4096, "head_dim": 1024}, "model.embed_tokens.weight has shape (320, 64), but config.json's sizes make it (320, 4096)"),
+    ({"intermediate_size": 10**6}, "model.layers.0.mlp.gate_proj.weight has shape (192, 64), but config.json's sizes make it (1000000, 64)"),
+    ({"num_hidden_layers": 10**9}, "lacks model.layers.2.self_attn.q_proj.weight"),
+    ({"num_hidden_layers": 1}, "holds model.layers.1.self_attn.k_proj.weight, but its config.json says 1 layers"),
+], ids=["hidden_size", "intermediate_size", "10^9 layers", "fewer layers"])
+def test_a_config_whose_sizes_disagree_with_its_weights_is_refused_before_the_model_is_built(change, message, tmp_path):
+    """Guards against a config.json with absurd sizes being believed: the model was built (its memory allocated:
+    a width of 10^6 is terabytes) before the weights' shapes were compared. Each is refused from the shapes."""
+    folder = _copy_fixture(tmp_path)
+    (folder / "config.json").write_text(json.dumps({**BASE_CONFIG, **change}))
+    with pytest.raises(ConversionError) as caught:
+        read_llama_folder(folder)
+    assert message in str(caught.value), str(caught.value)
+
+
+def _sharded_fixture(tmp_path, weight_map) -> Path:
+    """The fixture as a sharded folder whose model.safetensors.index.json has this weight_map."""
+    folder = _copy_fixture(tmp_path)
+    (folder / "model.safetensors").rename(folder / "model-00001-of-00001.safetensors")
+    (folder / "model.safetensors.index.json").write_text(json.dumps({"metadata": {}, "weight_map": weight_map}))
+    return folder
+
+
+def test_a_sharded_folder_reads_its_shards(tmp_path, golden):
+    """Guards against the index's checks refusing the ordinary case: every tensor in one listed shard."""
+    names = load_file(HF_MODEL / "model.safetensors")[0].keys()
+    config, state = read_llama_folder(_sharded_fixture(tmp_path, {k: "model-00001-of-00001.safetensors" for k in names}))
+    model = MiniMindLM(config)
+    load_weights(model, state)
+    with torch.no_grad():
+        assert (model.eval()(golden["input_ids"]).logits - golden["logits"]).abs().max().item() < 1e-5
+
+
+@pytest.mark.parametrize("weight_map, message", [
+    (["model-00001-of-00001.safetensors"], "its weight_map is ['model-00001-of-00001.safetensors'], not an object"),
+    ({"a": 1}, "its weight_map is {'a': 1}, not an object"),
+    ({"a": "../outside.safetensors"}, "names the shard '../outside.safetensors', which is not a file in its folder"),
+    ({"a": "/etc/outside.safetensors"}, "names the shard '/etc/outside.safetensors', which is not a file in its folder"),
+], ids=["a list", "not file names", "../", "absolute"])
+def test_a_shard_index_that_is_malformed_or_points_outside_the_folder_is_refused(weight_map, message, tmp_path):
+    """Guards against a weight_map that is not a dict (an AttributeError traceback) and shard names such as
+    ../outside.safetensors or an absolute path, which were read from outside --hf_dir."""
+    (tmp_path / "outside.safetensors").write_bytes((HF_MODEL / "model.safetensors").read_bytes())
+    with pytest.raises(ConversionError) as caught:
+        read_llama_folder(_sharded_fixture(tmp_path, weight_map))
+    assert message in str(caught.value), str(caught.value)
+
+
+@pytest.mark.parametrize("name", ["config.json", "model.safetensors.index.json", "adapter_config.json"])
+def test_deeply_nested_json_in_a_folder_is_one_line(name, tmp_path):
+    """Guards against a RecursionError traceback from config.json, the shard index or adapter_config.json nested
+    thousands of levels deep: each is read with model/untrusted_json.py's limits, one UserError naming the file."""
+    folder = _copy_fixture(tmp_path) if name != "adapter_config.json" else tmp_path / "hf"
+    if name == "adapter_config.json":
+        shutil.copytree(HF_ADAPTER, folder)
+    elif name == "model.safetensors.index.json":
+        (folder / "model.safetensors").unlink()
+    (folder / name).write_text("[" * 100_000 + "]" * 100_000)
+    with pytest.raises(errors.UserError) as caught:
+        if name == "adapter_config.json":
+            read_peft_folder(folder, imported_model().config)
+        else:
+            read_llama_folder(folder)
+    assert str(caught.value) == f"{folder / name} is nested 100000 levels deep, more than the 64 accepted"
+
+
 BASE_ADAPTER = json.loads((HF_ADAPTER / "adapter_config.json").read_text())
 ADAPTER_REFUSALS = [
     ({"peft_type": "IA3"}, "peft_type 'IA3' is not LORA"),
@@ -346,7 +427,14 @@ ADAPTER_REFUSALS = [
     ({"layers_to_transform": [0]}, "adapters on some layers only (layers_to_transform)"),
     ({"fan_in_fan_out": True}, "fan_in_fan_out"),
     ({"target_modules": ["q_proj", "lm_head"]}, "target_modules ['lm_head'] cannot be converted"),
-    ({"r": 8}, "has shape (4, 192), not rank r=8"),
+    ({"r": 8}, "has shape (4, 192), not (8, 192) (rank r=8"),
+    ({"r": True}, "r=True and lora_alpha=8 must be positive numbers"),
+    ({"use_rslora": "false"}, "use_rslora is 'false', not true or false"),  # the string was read as true: rsLoRA's scale
+    ({"target_modules": 5}, "target_modules is 5, not a list of module names"),
+    ({"kasa_config": {"r": 4}}, "kasa_config={'r': 4} cannot be converted: KaSA"),
+    ({"velora_config": {"rank": 4}}, "velora_config={'rank': 4} cannot be converted: VeLoRA"),
+    ({"monteclora_config": {"n": 1}}, "monteclora_config={'n': 1} cannot be converted: MonteCLoRA"),
+    ({"arrow_config": {"top_k": 1}}, "arrow_config={'top_k': 1} cannot be converted: Arrow"),
 ]
 
 
@@ -359,6 +447,47 @@ def test_a_peft_feature_loralinear_lacks_is_refused_by_name(change, message):
     with pytest.raises(ConversionError) as caught:
         adapter_from_peft({**BASE_ADAPTER, **change}, tensors, config, "adapter_config.json")
     assert message in str(caught.value) and "\n" not in str(caught.value), str(caught.value)
+
+
+@pytest.mark.parametrize("init", ["pissa", "pissa_niter_16", "olora", "corda", "loftq", "lora_ga", "a_future_init"])
+def test_a_peft_init_that_changes_the_base_weights_is_refused_by_name(init):
+    """Guards against a PiSSA/OLoRA/CorDA/LoftQ adapter imported as a plain LoRA with exit code 0: PEFT trained it
+    on W - scale·B0·A0 and subtracts that again when it loads it, so the import's logits were about 0.5 away from
+    PEFT's. Refused in one line naming the init and PEFT's way out (an init we do not know is refused too)."""
+    config = imported_model().config
+    tensors = load_file(HF_ADAPTER / "adapter_model.safetensors")[0]
+    with pytest.raises(ConversionError) as caught:
+        adapter_from_peft({**BASE_ADAPTER, "init_lora_weights": init}, tensors, config, "adapter_config.json")
+    message = str(caught.value)
+    assert f"init_lora_weights={init!r} cannot be converted" in message and "\n" not in message, message
+    if init != "a_future_init":
+        assert "path_initial_model_for_weight_conversion" in message
+
+
+@pytest.mark.parametrize("init", [True, False, None, "gaussian", "eva", "orthogonal", "mica"])
+def test_a_peft_init_that_only_chooses_the_first_a_and_b_gives_peft_logits(init, golden):
+    """Guards against refusing (or mis-importing) adapters that PEFT loads as ordinary LoRAs: these inits only pick
+    where A and B start, which the saved tensors replace. PEFT 0.21.2 gave the fixture's golden logits for each
+    (tests/fixtures/hf_llama/README.md), so the import must too."""
+    model = imported_model()
+    tensors = load_file(HF_ADAPTER / "adapter_model.safetensors")[0]
+    load_lora(model, adapter_from_peft({**BASE_ADAPTER, "init_lora_weights": init}, tensors, model.config, "cfg"))
+    with torch.no_grad():
+        assert (model(golden["input_ids"]).logits - golden["logits_with_peft_lora"]).abs().max().item() < 1e-5
+
+
+@pytest.mark.parametrize("key, shape, message", [
+    ("base_model.model.model.layers.0.self_attn.q_proj.lora_B.weight", (63, 4), "has shape (63, 4), not (64, 4)"),
+    ("base_model.model.model.layers.0.self_attn.k_proj.lora_B.weight", (), "has shape (), not (32, 4)"),
+    ("base_model.model.model.layers.5.self_attn.q_proj.lora_A.weight", (4, 64), "is for layer 5, but the model has 2 layers"),
+], ids=["rows that are not whole heads", "a scalar", "a layer the model lacks"])
+def test_peft_tensors_of_the_wrong_shape_are_refused_before_they_are_permuted(key, shape, message):
+    """Guards against a lora_B of q_proj/k_proj whose rows are not whole heads (or a scalar, or a layer the model
+    lacks) crashing the RoPE row permutation with a reshape traceback: each is one ConversionError line."""
+    config = imported_model().config
+    tensors = {**load_file(HF_ADAPTER / "adapter_model.safetensors")[0], key: torch.zeros(shape)}
+    with pytest.raises(ConversionError, match=re.escape(message)):
+        adapter_from_peft(BASE_ADAPTER, tensors, config, "adapter_config.json")
 
 
 def test_peft_tensors_with_no_counterpart_are_refused():
@@ -503,6 +632,7 @@ def _mistakes(tmp_path, our_checkpoint):
         (["to-hf", "--ckpt", tmp_path / "none.pth", "--out_dir", tmp_path / "x"], "none.pth not found"),
         (["to-hf", "--ckpt", ckpt, "--out_dir", tmp_path / "x", "--lora_path", tied], "add --merge to export"),
         (["to-hf", "--ckpt", ckpt, "--out_dir", tmp_path / "x", "--lora_path", tmp_path / "none.pth"], "adapter"),
+        (["to-hf", "--ckpt", ckpt, "--out_dir", ckpt], "is a file, not a folder"),
         (["from-hf", "--hf_dir", tmp_path / "nowhere", "--out", tmp_path / "m.pth"], "nowhere is not a folder"),
         (["from-hf", "--hf_dir", HF_MODEL, "--out", tmp_path / "m.pth"], "has no tokenizer.json: pass --tokenizer"),
         (["from-hf", "--hf_dir", HF_MODEL, "--out", tmp_path / "m.pth", "--tokenizer", TOKENIZER],
@@ -525,6 +655,137 @@ def test_every_mistake_is_one_line_and_exit_code_2(our_checkpoint, tmp_path, cap
         assert len(lines) == 1 and ": error: " in lines[0] and message in lines[0], (argv, stderr)
         assert "Traceback" not in stderr
     assert not (tmp_path / "x").exists() and not (tmp_path / "m.pth").exists()
+
+
+# ------------------------------------------------------------------------------------------------
+# A conversion never destroys data: nothing is overwritten without --force, and nothing is written
+# before everything is checked
+
+
+def _tree(folder: Path) -> dict:
+    """{relative path: bytes} of every file under folder: a snapshot to compare before and after."""
+    return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+def test_from_hf_replaces_nothing_without_force(tmp_path, capsys):
+    """Guards against `from-hf --out` onto an existing checkpoint replacing it (and its sidecar) silently: a second
+    import is refused in one line and leaves every file as it was; with --force it replaces them."""
+    out = tmp_path / "out" / "llama_64.pth"
+    argv = ["from-hf", "--hf_dir", HF_MODEL, "--out", out, "--tokenizer", tokenizer_320(tmp_path / "tok")]
+    assert run(argv, capsys)[0] == 0
+    out.write_bytes(b"an earlier checkpoint")
+    before = _tree(tmp_path / "out")
+    code, _, stderr = run(argv, capsys)
+    assert code == 2 and f"--out {out} exists; pass --force to replace it" in stderr, stderr
+    assert _tree(tmp_path / "out") == before
+    code, _, stderr = run([*argv, "--force"], capsys)
+    assert code == 0, stderr
+    assert load_checkpoint(out).model.config.dim == 64  # a checkpoint again, not the bytes written above
+
+
+def test_from_hf_refuses_a_file_name_whose_dim_is_not_the_models(tmp_path, capsys):
+    """Guards against a dim-64 model written as llama_128.pth (or an adapter as NAME_128.pth), which the scripts
+    would then find as a dim-128 one: --dim 128 and --lora_name look files up by NAME_DIM."""
+    tok = tokenizer_320(tmp_path / "tok")
+    for outputs, message in [(["--out", tmp_path / "llama_128.pth"], "--out " + str(tmp_path / "llama_128.pth") +
+                               " names dim 128, but the model's dim is 64: scripts find files by NAME_DIM, so call it llama_64.pth"),
+                              (["--out", tmp_path / "llama_64.pth", "--peft_dir", HF_ADAPTER, "--lora_out", tmp_path / "x_128.pth"],
+                               "--lora_out " + str(tmp_path / "x_128.pth") + " names dim 128")]:
+        code, _, stderr = run(["from-hf", "--hf_dir", HF_MODEL, "--tokenizer", tok, *outputs], capsys)
+        assert code == 2 and message in stderr, stderr
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["tok"]
+
+
+def test_a_refused_peft_folder_leaves_every_output_unwritten(tmp_path, capsys):
+    """Guards against from-hf writing the checkpoint, its sidecar and the tokenizer copy before it read --peft_dir:
+    a PEFT folder it refuses (here a PiSSA adapter) used to leave them written, or overwritten."""
+    folder = _copy_fixture(tmp_path)
+    tokenizer_320(folder)
+    peft = tmp_path / "pissa"
+    shutil.copytree(HF_ADAPTER, peft)
+    (peft / "adapter_config.json").write_text(json.dumps({**BASE_ADAPTER, "init_lora_weights": "pissa"}))
+    code, _, stderr = run(["from-hf", "--hf_dir", folder, "--out", tmp_path / "out" / "m.pth", "--peft_dir", peft,
+                           "--lora_out", tmp_path / "out" / "lora" / "p_64.pth"], capsys)
+    assert code == 2 and "init_lora_weights='pissa' cannot be converted" in stderr, stderr
+    assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize("out, lora_out, message", [
+    ("x.json", None, "--out and the sidecar of --out would both be"),
+    ("m.pth", "m.pth", "--out and --lora_out would both be"),
+    ("m.pth", "m.json", "the sidecar of --out and --lora_out would both be"),
+    ("m.pth", "m_tokenizer/tokenizer.json", "the tokenizer copied beside --out and --lora_out would both be"),
+], ids=["out is its sidecar", "lora_out is out", "lora_out is the sidecar", "lora_out is in the tokenizer"])
+def test_from_hf_refuses_outputs_that_would_overwrite_each_other(out, lora_out, message, tmp_path, capsys):
+    """Guards against --out x.json (its sidecar x.json then replaced the weights just written) and a --lora_out
+    equal to --out, to its sidecar or to a tokenizer file (the adapter replaced the model): refused, nothing written."""
+    folder = _copy_fixture(tmp_path)
+    tokenizer_320(folder)
+    extra = ["--peft_dir", HF_ADAPTER, "--lora_out", tmp_path / "out" / lora_out] if lora_out else []
+    code, _, stderr = run(["from-hf", "--hf_dir", folder, "--out", tmp_path / "out" / out, *extra], capsys)
+    assert code == 2 and message in stderr, stderr
+    assert not (tmp_path / "out").exists()
+
+
+def _earlier_export(folder: Path, capsys) -> None:
+    """An export with an adapter, plus what transformers' save_pretrained of a bigger model leaves (shards, their
+    index, chat_template.jinja), plus a file of the user's."""
+    model = random_model()
+    save_model(model, folder.parent / "base_64.pth", meta=checkpoint_meta("full_sft", TOKENIZER, Tokenizer.load(TOKENIZER)))
+    apply_lora(model, rank=2, target_modules=["wq"])
+    save_lora(model, folder.parent / "wq_64.pth")
+    assert run(["to-hf", "--ckpt", folder.parent / "base_64.pth", "--out_dir", folder, "--lora_path", folder.parent / "wq_64.pth"],
+               capsys)[0] == 0
+    for name in ("chat_template.jinja", "model-00001-of-00002.safetensors", "model.safetensors.index.json", "notes.txt"):
+        (folder / name).write_text("from before")
+
+
+def test_to_hf_refuses_a_folder_that_is_not_empty_without_force(tmp_path, capsys):
+    """Guards against to-hf into a folder holding an earlier export: the stale chat_template.jinja, shards and
+    adapter/ it left were then read by transformers beside the new files. Refused, the folder untouched."""
+    folder = tmp_path / "hf"
+    _earlier_export(folder, capsys)
+    before = _tree(folder)
+    code, _, stderr = run(["to-hf", "--ckpt", tmp_path / "base_64.pth", "--out_dir", folder, "--lora_path",
+                           tmp_path / "wq_64.pth", "--merge"], capsys)
+    assert code == 2 and f"--out_dir {folder} is not empty; pass --force" in stderr, stderr
+    assert _tree(folder) == before
+
+
+def test_to_hf_force_replaces_an_earlier_export_and_keeps_other_files(tmp_path, capsys):
+    """Guards against --force leaving an earlier export's files (which transformers would read: a chat template,
+    shards, adapter/ beside a merged model) or deleting a user's file silently: what an export writes is removed
+    and named, anything else is kept."""
+    folder = tmp_path / "hf"
+    _earlier_export(folder, capsys)
+    code, _, stderr = run(["to-hf", "--ckpt", tmp_path / "base_64.pth", "--out_dir", folder, "--lora_path",
+                           tmp_path / "wq_64.pth", "--merge", "--force"], capsys)
+    assert code == 0, stderr
+    assert sorted(_tree(folder)) == ["config.json", "generation_config.json", "model.safetensors", "notes.txt",
+                                     "tokenizer.json", "tokenizer_config.json"]
+    assert "removed 10 file(s) of an earlier export" in stderr and "chat_template.jinja" in stderr
+    assert "adapter/adapter_config.json" in stderr and "notes.txt" not in stderr
+
+
+def test_ctrl_c_while_convert_model_imports_is_one_line_and_exit_130(monkeypatch, capsys):
+    """Guards against Ctrl-C during convert_model.py's imports (torch takes seconds, before run_main is entered)
+    ending in a traceback: one line and exit code 130, as a Ctrl-C later does."""
+    real_import = __import__
+
+    def interrupted_import(name, *args, **kwargs):
+        if name == "model.checkpoint":  # the first import that brings in torch
+            raise KeyboardInterrupt
+        return real_import(name, *args, **kwargs)
+
+    monkeypatch.setattr("builtins.__import__", interrupted_import)
+    monkeypatch.setattr(sys, "argv", ["convert_model.py", "--help"])
+    try:
+        runpy.run_path(str(ROOT / "convert_model.py"), run_name="__main__")
+        raise AssertionError("convert_model.py ran on after Ctrl-C")
+    except BaseException as e:  # noqa: BLE001 -- before the fix this was the KeyboardInterrupt itself
+        ended = e
+    assert isinstance(ended, SystemExit) and ended.code == errors.INTERRUPTED_EXIT == 130, repr(ended)
+    assert capsys.readouterr().err == "\nconvert_model.py: interrupted\n"
 
 
 def test_every_flag_says_what_it_does():

@@ -124,6 +124,22 @@ def test_1_a_truncated_or_changed_token_cache_is_rebuilt_not_used(tok, tmp_path,
     assert os.listdir(tmp_path / "c") == [os.path.basename(ds.cache_path)]  # the damaged copy is gone
 
 
+@pytest.mark.parametrize("meta, problem", [
+    ("[" * 100_000 + "]" * 100_000, "meta.json is unreadable (meta.json is nested 100000 levels deep"),
+    (json.dumps({"files": {name: {"size": "many", "sha256": ""} for name in
+                           ("tokens.bin", "offsets.bin", "spans.bin", "span_offsets.bin")},
+                 "samples": 1, "spans": 1, "dtype": "uint16", "skipped": {}, "no_trained_tokens": 0}),
+     "meta.json lacks the sizes and checksums"),
+], ids=["deeply nested", "a size that is not a number"])
+def test_1_a_damaged_meta_json_is_a_damaged_cache_not_a_traceback(meta, problem, tmp_path):
+    """Guards against a token cache's meta.json nested thousands of levels deep (a RecursionError traceback) or
+    recording a size that is not a number (a ValueError formatting it): each is a problem that rebuilds the cache."""
+    for name in ("tokens.bin", "offsets.bin", "spans.bin", "span_offsets.bin"):
+        (tmp_path / name).write_bytes(b"")
+    (tmp_path / "meta.json").write_text(meta)
+    assert cache_problem(tmp_path).startswith(problem), cache_problem(tmp_path)
+
+
 def test_1_sizes_alone_catch_a_cut_cache_and_an_unrebuildable_one_names_the_folder(tok, tmp_path, monkeypatch):
     """Guards against DDP ranks re-hashing what rank 0 just checked (checksums=False checks sizes only, which
     still catch a cut file), against an old cache without checksums being trusted, and against a damaged
@@ -382,6 +398,24 @@ def test_7_out_dir_problems_are_found_before_anything_loads(case, tmp_path, caps
     else:
         main, argv, message = train_tokenizer.main, ["--out_dir", str(tmp_path / "file"), "--data_path", missing], "is a file, not a folder"
     assert message in one_line_error(main, argv, capsys)
+
+
+def test_7_a_full_disk_while_claiming_the_out_dir_is_one_line_and_leaves_no_half_note(tmp_path, monkeypatch):
+    """Guards against a full disk when the run lock writes who holds it: an OSError traceback, and half a JSON
+    note left in OUT_DIR/.lock. Now one UserError line, and the lock file empty (read as "starting up")."""
+    real_pwrite = os.pwrite
+
+    def half_then_full(fd, data, offset):  # the disk fills up part way through the note
+        real_pwrite(fd, data[:10], offset)
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(os, "pwrite", half_then_full)
+    with pytest.raises(errors.UserError) as caught:
+        with run_lock.claim_out_dir(tmp_path):
+            raise AssertionError("the run went on without its lock note")
+    assert str(caught.value) == (f"cannot write {tmp_path / '.lock'}: No space left on device; free some space, "
+                                 "or pass another --out_dir")
+    assert (tmp_path / ".lock").read_bytes() == b""
 
 
 # ------------------------------------------------------------------------------------------------

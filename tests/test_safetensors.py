@@ -157,6 +157,14 @@ BROKEN = [
     ("unknown dtype", _file({"w": {"dtype": "F4", "shape": [2], "data_offsets": [0, 1]}}, bytes(1)), "dtype 'F4'"),
     ("negative offsets", _file({"w": {"dtype": "U8", "shape": [1], "data_offsets": [-1, 0]}}, bytes(1)), "data_offsets [-1, 0]"),
     ("bad shape", _file({"w": {"dtype": "U8", "shape": [-1], "data_offsets": [0, 1]}}, bytes(1)), "shape [-1]"),
+    # Both were tracebacks: json's RecursionError, and torch's overflow building an "empty" [0, 2**70] tensor,
+    # whose size 0 matches any offsets [b, b].
+    ("deeply nested header", struct.pack("<Q", 200_000) + b"[" * 100_000 + b"]" * 100_000,
+     "its header is nested 100000 levels deep, more than the 64 accepted"),
+    ("absurd empty shape", _file({"w": {"dtype": "F32", "shape": [0, 2**70], "data_offsets": [0, 0]}}, b""),
+     "tensor 'w' has shape [0, 1180591620717411303424], larger than any tensor can be"),
+    ("absurd strides", _file({"w": {"dtype": "F32", "shape": [0, 2**40, 2**40], "data_offsets": [0, 0]}}, b""),
+     "larger than any tensor can be"),
 ]
 
 
