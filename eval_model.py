@@ -1,4 +1,4 @@
-"""Talk to a trained MiniMind model, or measure it.
+"""Talk to a trained MiniMind model, or measure it (MiniMind2's eval_model.py, with more to it).
 
 Three ways to use it, one model loader (model/loader.py) behind all of them:
 
@@ -6,21 +6,15 @@ Three ways to use it, one model loader (model/loader.py) behind all of them:
     python eval_model.py --mode chat                      # interactive chat: /help, /reset, /lora NAME
     python eval_model.py --eval_data dataset/eval_medical.jsonl --lora_name lora_medical --compare
 
-Scoring (--eval_data) measures two things on a jsonl of
-{"question": ..., "answer": ..., "must_contain": [...]} records:
+Scoring (--eval_data) is evaluation.py's: greedy answers graded by `must_contain`, and the loss of
+the reference answers. --compare scores the base model and each adapter side by side, and then the
+base again after `remove_lora`: that last column must equal the first exactly, because an unmerged
+adapter sits beside the frozen weights and never touches them.
 
-- answer accuracy: the model answers each question with greedy decoding, and the answer counts as
-  correct when it contains every `must_contain` string, ignoring case (see `answer_is_correct`);
-- loss and perplexity of the *reference* answers, teacher-forced after the chat prompt, with the
-  loss only on the answer tokens and the closing </s> (what SFT trains).
-
---compare scores the base model and each adapter side by side, and then the base again after
-`remove_lora`: that last column must equal the first exactly, because an unmerged adapter sits
-beside the frozen weights and never touches them.
-
-Model files: this project's checkpoints carry a .json sidecar (config + tokenizer), so no size
-flags are needed; a MiniMind2 plain .pth needs --dim/--n_layers and --tokenizer, as in MiniMind2.
-Adapters live in OUT_DIR/lora/{lora_name}_{dim}.pth.
+The checkpoint is found from its files (the only full_sft_*.pth in --out_dir, or --dim's), and this
+project's checkpoints carry a .json sidecar (config + tokenizer), so no size flags are needed; a
+MiniMind2 plain .pth needs --dim/--n_layers and --tokenizer, as in MiniMind2. Adapters live in
+OUT_DIR/lora/{lora_name}_{dim}.pth.
 """
 import argparse
 import json
@@ -32,89 +26,27 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 
-from dataset.lm_dataset import check_unicode, jsonl_lines, parse_line
+from evaluation import AUTO_PROMPTS, MAX_NEW_TOKENS, TEMPERATURE, TOP_P, evaluate_set, load_eval_set, prompt_ids
 from model.device import DEVICE_HELP, DTYPES, INFERENCE_DTYPE_HELP, pick_device, pick_dtype
 from model.errors import UserError, run_main
-from model.loader import (DEFAULT_DIM, add_shape_args, adapter_path, check_adapter_name, checkpoint_path, list_adapters,
+from model.loader import (MODEL_MODES, add_shape_args, adapter_path, check_adapter_name, find_checkpoint, list_adapters,
                           load_checkpoint, missing_adapter_message, shape_from_args)
 from model.model_lora import load_lora, lora_state_dict, remove_lora
 
-# --model_mode name -> checkpoint file prefix (MiniMind2's --model_mode chooses the stage the same way)
-MODEL_MODES = {"pretrain": "pretrain", "sft": "full_sft"}
-
-# Built-in prompts for --mode auto: the demo world's general knowledge, the medical domain that
-# lora_medical adds, and the identity question that lora_identity changes; in both languages.
-AUTO_PROMPTS = [
-    "你好，请介绍一下你自己。",
-    "Who are you, and who made you?",
-    "What is Pinebrook famous for?",
-    "林晓住在哪个镇？",
-    "I have a racing heartbeat and skipped heartbeats. Which department should I visit?",
-    "我最近脸上长了很多痘痘，该怎么办？",
-]
-
-
 # ---------------------------------------------------------------------------------------------
-# 1. The scoring rule
+# 1. Adapters on the loaded base
 # ---------------------------------------------------------------------------------------------
 
-def answer_is_correct(answer, must_contain):
-    """An answer is correct when it contains every required string, ignoring case.
-
-    Case is folded with str.casefold (Unicode-aware lower-casing); nothing else is normalised, so
-    the required strings should be the shortest text any right answer must include.
-
-    answer_is_correct("The capital is Veloria City.", ["veloria city"]) -> True
-    answer_is_correct("去心内科看看", ["心内科", "心电图"])                 -> False (one is missing)
-    """
-    folded = answer.casefold()
-    return all(s.casefold() in folded for s in must_contain)
-
-
-def load_eval_set(path):
-    """Read an evaluation jsonl: one {"question", "answer", "must_contain": [...]} per line.
-
-    Bad records are errors naming the file and line, because a silently skipped question would
-    change the denominator of every accuracy computed from the file. The lines are read as the
-    training data's are (dataset/lm_dataset.py: jsonl_lines, parse_line), so the same files are
-    accepted: a byte-order mark is fine, invalid UTF-8 is an error naming the line.
-    """
-    path = Path(path)
-    if not path.exists():
-        raise UserError(f"evaluation file {path} not found (the demo sets are dataset/eval_*.jsonl)")
-    items = []
-    for raw, where in jsonl_lines(path):
-        record = parse_line(raw, where)
-        question, answer, must = record.get("question"), record.get("answer"), record.get("must_contain")
-        if not isinstance(question, str) or not question.strip():
-            raise UserError(f"{where}: 'question' must be a non-empty string")
-        if not isinstance(answer, str) or not answer.strip():
-            raise UserError(f"{where}: 'answer' must be a non-empty string (the reference answer)")
-        # An empty list would make every answer correct, so it is refused rather than scored.
-        if not isinstance(must, list) or not must or not all(isinstance(s, str) and s for s in must):
-            raise UserError(f"{where}: 'must_contain' must be a non-empty list of non-empty strings")
-        for key, text in [("question", question), ("answer", answer)] + [("must_contain", m) for m in must]:
-            check_unicode(text, where, f"'{key}'")  # a "\ud800" escape cannot be tokenized
-        items.append({"question": question, "answer": answer, "must_contain": must})
-    if not items:
-        raise UserError(f"{path} has no records")
-    return items
-
-
-# ---------------------------------------------------------------------------------------------
-# 2. Adapters on the loaded base
-# ---------------------------------------------------------------------------------------------
-
-def attach_adapter(model, path):
+def attach_adapter(model, path, allow_other_base=False):
     """Swap in the adapter stored at `path` -> its number of parameters. The base weights are untouched.
 
     load_lora rebuilds the adapters from the file: its rank and targets come from the file's
-    "lora_config" (this project's adapters) or from the tensors' shapes (MiniMind2's, scale 1).
+    "lora_config" (this project's adapters) or from the tensors' shapes (MiniMind2's, scale 1); an
+    adapter trained on another base is refused unless allow_other_base (--allow_other_base).
     """
     remove_lora(model)  # one adapter at a time; a no-op on a plain model
-    load_lora(model, path)
+    load_lora(model, path, allow_other_base=allow_other_base)
     return sum(t.numel() for t in lora_state_dict(model).values())
 
 
@@ -132,91 +64,10 @@ def count_base_parameters(model):
 
 
 # ---------------------------------------------------------------------------------------------
-# 3. Generating answers and measuring the reference answers' loss
+# 2. Variants: the base model, each adapter, and the base again after removing the adapter
 # ---------------------------------------------------------------------------------------------
 
-def prompt_ids(tok, messages, max_seq_len, max_new_tokens):
-    """The chat-template prompt for `messages`, cut from the left so prompt + answer fit the context."""
-    ids = tok.apply_chat_template(messages, tokenize=True, add_generation_prompt=True)
-    keep = max(max_seq_len - max_new_tokens, max_seq_len // 2)  # a long answer may not eat the whole prompt
-    return ids[-keep:]
-
-
-def generate_answers(model, tok, questions, max_new_tokens, batch_size, max_seq_len):
-    """Greedy answers to single-turn questions, several at a time.
-
-    Prompts of similar length share a batch (sorted by length), left-padded so that every row's
-    last prompt token sits in the same column and generation continues from there; the attention
-    mask keeps the padding invisible, so each row gets the answer it would get alone.
-    """
-    device = next(model.parameters()).device
-    max_new_tokens = min(max_new_tokens, max_seq_len - 1)
-    prompts = [prompt_ids(tok, [{"role": "user", "content": q}], max_seq_len, max_new_tokens) for q in questions]
-    order = sorted(range(len(prompts)), key=lambda i: len(prompts[i]))
-    answers = [None] * len(prompts)
-    for start in range(0, len(order), batch_size):
-        rows = order[start:start + batch_size]
-        width = max(len(prompts[i]) for i in rows)
-        input_ids = torch.tensor([[tok.pad_token_id] * (width - len(prompts[i])) + prompts[i] for i in rows])
-        mask = torch.tensor([[0] * (width - len(prompts[i])) + [1] * len(prompts[i]) for i in rows])
-        room = min(max_new_tokens, max_seq_len - width)  # prompt + answer never longer than the context
-        out = model.generate(input_ids.to(device), eos_token_id=tok.eos_token_id, max_new_tokens=room,
-                             temperature=0.0, pad_token_id=tok.pad_token_id, attention_mask=mask.to(device))
-        for i, new in zip(rows, out[:, width:].tolist()):  # (B, new) -> the generated part of each row
-            if tok.eos_token_id in new:
-                new = new[:new.index(tok.eos_token_id)]
-            answers[i] = tok.decode(new, skip_special_tokens=True)
-    return answers
-
-
-@torch.inference_mode()
-def reference_loss(model, tok, items, batch_size, max_seq_len):
-    """Summed cross-entropy of the reference answers and the number of answer tokens.
-
-    Each sequence is the chat prompt, then the answer encoded on its own, then </s>: exactly the
-    tokens a perfect model would generate after the prompt. Loss is taken on the answer and the
-    </s> only, as in SFT. Sequences are right-padded: with causal attention, padding after a token
-    cannot change its logits, so no attention mask is needed here.
-    """
-    device = next(model.parameters()).device
-    seqs = []
-    for item in items:
-        prompt = tok.apply_chat_template([{"role": "user", "content": item["question"]}],
-                                         tokenize=True, add_generation_prompt=True)
-        answer = tok.encode(item["answer"], allow_special=False) + [tok.eos_token_id]
-        ids, scored = prompt + answer, [0] * len(prompt) + [1] * len(answer)
-        seqs.append((ids[-max_seq_len:], scored[-max_seq_len:]))
-    total, count = 0.0, 0
-    for start in range(0, len(seqs), batch_size):
-        batch = seqs[start:start + batch_size]
-        width = max(len(ids) for ids, _ in batch)
-        ids = torch.tensor([s + [tok.pad_token_id] * (width - len(s)) for s, _ in batch], device=device)
-        scored = torch.tensor([m + [0] * (width - len(m)) for _, m in batch], device=device)
-        logits = model(ids[:, :-1]).logits.float()  # (B, T-1, V): position t predicts token t+1
-        nll = F.cross_entropy(logits.transpose(1, 2), ids[:, 1:], reduction="none")  # (B, T-1)
-        mask = scored[:, 1:].float()  # (B, T-1), aligned with the targets ids[:, 1:]
-        total += (nll * mask).sum().item()
-        count += int(mask.sum().item())
-    return total, count
-
-
-def evaluate_set(model, tok, items, max_new_tokens, batch_size, max_seq_len):
-    """Accuracy and reference-answer loss/perplexity on one evaluation set."""
-    answers = generate_answers(model, tok, [it["question"] for it in items], max_new_tokens, batch_size, max_seq_len)
-    correct = [answer_is_correct(a, it["must_contain"]) for a, it in zip(answers, items)]
-    total, count = reference_loss(model, tok, items, batch_size, max_seq_len)
-    loss = total / count  # token-weighted mean over the whole set
-    return {"n": len(items), "correct": sum(correct), "accuracy": sum(correct) / len(items),
-            "loss": loss, "ppl": math.exp(loss),
-            "items": [{"question": it["question"], "answer": a, "must_contain": it["must_contain"], "correct": c}
-                      for it, a, c in zip(items, answers, correct)]}
-
-
-# ---------------------------------------------------------------------------------------------
-# 4. Variants: the base model, each adapter, and the base again after removing the adapter
-# ---------------------------------------------------------------------------------------------
-
-def variants(model, adapters, compare, with_removed):
+def variants(model, adapters, compare, with_removed, allow_other_base=False):
     """Yield (label, adapter parameter count) after putting `model` in each state to evaluate.
 
     adapters: list of (name, path). Without --compare the model is evaluated once, with its
@@ -226,17 +77,17 @@ def variants(model, adapters, compare, with_removed):
         remove_lora(model)
         yield "base", 0
     for name, path in adapters:
-        yield f"+{name}", attach_adapter(model, path)
+        yield f"+{name}", attach_adapter(model, path, allow_other_base)
     if compare and adapters and with_removed:
         remove_lora(model)
         yield "adapter removed", 0
 
 
-def run_scoring(model, tok, adapters, sets, compare, max_new_tokens, batch_size, context):
+def run_scoring(model, tok, adapters, sets, compare, max_new_tokens, batch_size, context, allow_other_base=False):
     """Score every eval set ({name: items}, see load_eval_set) for every variant -> a results dict
     (printed as table or JSON)."""
     columns = []
-    for label, adapter_params in variants(model, adapters, compare, with_removed=True):
+    for label, adapter_params in variants(model, adapters, compare, True, allow_other_base):
         column = {"name": label, "adapter_parameters": adapter_params, "sets": {}}
         for set_name, items in sets.items():
             t0 = time.perf_counter()
@@ -258,12 +109,12 @@ def format_table(results):
         n = cells[0]["n"]
         lines.append(f"| {set_name} ({n}) | accuracy | "
                      + " | ".join(f"{r['accuracy']:.1%} ({r['correct']}/{n})" for r in cells) + " |")
-        lines.append(f"| | loss (ppl) | " + " | ".join(f"{r['loss']:.3f} ({r['ppl']:.2f})" for r in cells) + " |")
+        lines.append("| | loss (ppl) | " + " | ".join(f"{r['loss']:.3f} ({r['ppl']:.2f})" for r in cells) + " |")
     return "\n".join(lines)
 
 
 # ---------------------------------------------------------------------------------------------
-# 5. Talking: the built-in prompts (--mode auto) and the interactive chat (--mode chat)
+# 3. Talking: the built-in prompts (--mode auto) and the interactive chat (--mode chat)
 # ---------------------------------------------------------------------------------------------
 
 @dataclass
@@ -304,10 +155,10 @@ def reply(model, tok, messages, sampling, context, stream):
     return "".join(pieces) + tail
 
 
-def run_auto(model, tok, adapters, compare, sampling, context, stream, quiet):
+def run_auto(model, tok, adapters, compare, sampling, context, stream, quiet, allow_other_base=False):
     """Answer the built-in prompts with each variant (printed unless `quiet`) -> [{variant, prompt, answer}]."""
     records = []
-    for label, _ in variants(model, adapters, compare, with_removed=False):
+    for label, _ in variants(model, adapters, compare, False, allow_other_base):
         if not quiet:
             print(f"\n=== {label} ===")
         for prompt in AUTO_PROMPTS:
@@ -336,7 +187,7 @@ def readable(line):
     return text, text != line
 
 
-def run_chat(model, tok, adapters, out_dir, sampling, context, history_cnt, stream):
+def run_chat(model, tok, adapters, out_dir, sampling, context, history_cnt, stream, allow_other_base=False):
     """Interactive chat. History keeps the last `history_cnt` exchanges; /lora switches adapters
     on the loaded base without reloading it (each adapter is a few small matrices).
 
@@ -348,7 +199,7 @@ def run_chat(model, tok, adapters, out_dir, sampling, context, history_cnt, stre
     current, current_path = None, None  # the active adapter's name and file
     if adapters:
         current, current_path = adapters[0]
-        attach_adapter(model, current_path)
+        attach_adapter(model, current_path, allow_other_base)
     # Undecodable input bytes become lone surrogates instead of a UnicodeDecodeError that would end the
     # session (and lose the line); readable() then replaces them. (A StringIO in tests has no encoding.)
     if hasattr(sys.stdin, "reconfigure"):
@@ -384,7 +235,7 @@ def run_chat(model, tok, adapters, out_dir, sampling, context, history_cnt, stre
                     current, current_path = None, None
                 else:
                     path = find_adapter(out_dir, name, dim, model.config.use_moe)  # a wrong name changes nothing
-                    n_params = attach_adapter(model, path)  # removes the active adapter first
+                    n_params = attach_adapter(model, path, allow_other_base)  # removes the active adapter first
                     current, current_path = name, path
                     print(f"(adapter {name}: {n_params:,} parameters)")
                 history = []  # a reply written by another adapter would steer this one
@@ -393,7 +244,7 @@ def run_chat(model, tok, adapters, out_dir, sampling, context, history_cnt, stre
                 remove_lora(model)
                 try:
                     if current_path is not None:
-                        attach_adapter(model, current_path)
+                        attach_adapter(model, current_path, allow_other_base)
                 except UserError:  # its file changed since it was loaded: the base model it is
                     current, current_path = None, None
                 print(f"(error: {e}; still {'+' + current if current else 'the base model'})")
@@ -429,15 +280,18 @@ def build_parser():
     p.add_argument("--out_dir", default="out", help="where the checkpoints and lora/ adapters are (default: %(default)s)")
     p.add_argument("--lora_name", nargs="+", default=None,
                    help="adapter(s) OUT_DIR/lora/NAME_DIM.pth; several only with --compare; 'None' = no adapter")
+    p.add_argument("--allow_other_base", action="store_true",
+                   help="load an adapter even if it was trained on another base model than this checkpoint (its file "
+                        "records the base's weights; an adapter means something only on them)")
     add_shape_args(p)
     p.add_argument("--max_seq_len", type=int, default=None,
                    help="context length: prompt + answer are cut to it (default: the model's max_seq_len)")
-    p.add_argument("--max_new_tokens", type=int, default=256, help="longest answer, in tokens (default: %(default)s)")
-    p.add_argument("--temperature", type=float, default=0.3,
+    p.add_argument("--max_new_tokens", type=int, default=MAX_NEW_TOKENS, help="longest answer, in tokens (default: %(default)s)")
+    p.add_argument("--temperature", type=float, default=TEMPERATURE,
                    help="sampling temperature for auto/chat (0 = greedy; scoring is always greedy). MiniMind2 "
                         "uses 0.85, at which the 1M-parameter demo model garbles new words such as its new name "
                         "(default: %(default)s)")
-    p.add_argument("--top_p", type=float, default=0.85, help="nucleus sampling threshold for auto/chat (default: %(default)s)")
+    p.add_argument("--top_p", type=float, default=TOP_P, help="nucleus sampling threshold for auto/chat (default: %(default)s)")
     p.add_argument("--seed", type=int, default=42, help="random seed: the same seed gives the same answers (default: %(default)s)")
     p.add_argument("--history_cnt", type=int, default=0, help="chat: previous exchanges kept as context (default: %(default)s)")
     p.add_argument("--stream", action=argparse.BooleanOptionalAction, default=True,
@@ -490,7 +344,7 @@ def main(argv=None):
 
     eval_sets = {Path(f).stem: load_eval_set(f) for f in args.eval_data or []}  # a bad file fails before the model loads
 
-    ckpt = args.ckpt or checkpoint_path(args.out_dir, MODEL_MODES[args.model_mode], args.dim or DEFAULT_DIM, bool(args.use_moe))
+    ckpt = args.ckpt or find_checkpoint(args.out_dir, MODEL_MODES[args.model_mode], args.dim, args.use_moe)
     shape = shape_from_args(args)
     loaded = load_checkpoint(ckpt, tokenizer=args.tokenizer, shape=shape, max_seq_len=args.max_seq_len, device=device,
                              dtype=dtype)
@@ -503,14 +357,15 @@ def main(argv=None):
 
     sampling = Sampling(args.max_new_tokens, args.temperature, args.top_p, args.seed)
     if args.eval_data:
-        results = run_scoring(model, tok, adapters, eval_sets, args.compare, args.max_new_tokens, args.batch_size, context)
+        results = run_scoring(model, tok, adapters, eval_sets, args.compare, args.max_new_tokens, args.batch_size, context,
+                              args.allow_other_base)
         results = {"checkpoint": str(ckpt), "parameters": count_base_parameters(model),
                    "vocab_size": tok.vocab_size, **results}
         print(json.dumps(results, ensure_ascii=False, indent=1) if args.json else format_table(results))
     elif args.mode == "chat":
-        run_chat(model, tok, adapters, args.out_dir, sampling, context, args.history_cnt, args.stream)
+        run_chat(model, tok, adapters, args.out_dir, sampling, context, args.history_cnt, args.stream, args.allow_other_base)
     else:
-        records = run_auto(model, tok, adapters, args.compare, sampling, context, args.stream, quiet=args.json)
+        records = run_auto(model, tok, adapters, args.compare, sampling, context, args.stream, args.json, args.allow_other_base)
         if args.json:
             print(json.dumps(records, ensure_ascii=False, indent=1))
 

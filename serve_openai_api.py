@@ -41,19 +41,18 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from urllib.parse import unquote
 
 from dataset.lm_dataset import DataError, check_unicode
-from eval_model import MODEL_MODES, build_parser as eval_model_parser
+from evaluation import MAX_NEW_TOKENS, TEMPERATURE, TOP_P
 from model.device import DEVICE_HELP, DTYPES, INFERENCE_DTYPE_HELP, pick_device, pick_dtype
 from model.engine import Engine, EngineFull, EngineStopped, Request
 from model.errors import UserError, run_main
-from model.loader import (DEFAULT_DIM, add_shape_args, adapter_path, check_adapter_name, checkpoint_path, load_checkpoint,
+from model.loader import (MODEL_MODES, add_shape_args, adapter_path, check_adapter_name, find_checkpoint, load_checkpoint,
                           missing_adapter_message, shape_from_args)
 from model.multi_lora import AdapterBank, read_adapter
 from model.untrusted_json import JSONError, loads
 
 BASE_NAME = "minimind"  # what "model" names the base model as; adapters go by their own names
 # A request that leaves out temperature, top_p or max_tokens is answered as eval_model.py answers
-# (one configuration: the defaults of its --temperature, --top_p and --max_new_tokens).
-EVAL_DEFAULTS = eval_model_parser().parse_args([])
+# (one configuration: evaluation.py's TEMPERATURE, TOP_P and MAX_NEW_TOKENS, its flags' defaults).
 
 
 # ----------------------------------------------------------------------------------------------
@@ -199,8 +198,8 @@ def parse_chat_request(body: bytes, names: list, tokenizer, context: int) -> Cha
         raise ApiError(400, f"the messages are {size} bytes; this model's context is {context} tokens, which hold at "
                             f"most {most} bytes ({tokenizer.max_token_bytes} per token)", "messages",
                        "context_length_exceeded")
-    temperature = _number(data, "temperature", EVAL_DEFAULTS.temperature, 0, 2)
-    top_p = _number(data, "top_p", EVAL_DEFAULTS.top_p, 0, 1, low_open=True)
+    temperature = _number(data, "temperature", TEMPERATURE, 0, 2)
+    top_p = _number(data, "top_p", TOP_P, 0, 1, low_open=True)
     if data.get("n") not in (None, 1):
         raise ApiError(400, "'n' must be 1: one answer per request", "n", "invalid_value")
     stream = data.get("stream") or False
@@ -222,7 +221,7 @@ def parse_chat_request(body: bytes, names: list, tokenizer, context: int) -> Cha
     key = "max_completion_tokens" if data.get("max_completion_tokens") is not None else "max_tokens"
     max_tokens = data.get(key)
     if max_tokens is None:
-        max_tokens = EVAL_DEFAULTS.max_new_tokens
+        max_tokens = MAX_NEW_TOKENS
     if isinstance(max_tokens, bool) or not isinstance(max_tokens, int) or max_tokens < 1:
         raise ApiError(400, f"'{key}' must be an integer of at least 1, got {json.dumps(max_tokens)}", key, "invalid_value")
     if max_tokens > context:
@@ -573,8 +572,7 @@ def open_server(args) -> ChatServer:
     except OSError as e:
         raise UserError(f"cannot listen on {args.host}:{args.port}: {e.strerror or e}; pass another --port") from None
     try:
-        ckpt = args.ckpt or checkpoint_path(args.out_dir, MODEL_MODES[args.model_mode], args.dim or DEFAULT_DIM,
-                                            bool(args.use_moe))
+        ckpt = args.ckpt or find_checkpoint(args.out_dir, MODEL_MODES[args.model_mode], args.dim, args.use_moe)
         loaded = load_checkpoint(ckpt, tokenizer=args.tokenizer, shape=shape_from_args(args), max_seq_len=args.max_seq_len,
                                  device=device, dtype=dtype)
         model, tok = loaded.model, loaded.tokenizer

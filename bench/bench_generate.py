@@ -43,7 +43,8 @@ import torch
 from bench.machine import add_dtypes_arg, add_threads_arg, cpu_dtypes, dtype_name, measure_machine
 from model.errors import UserError, run_main
 from model.LMConfig import LMConfig
-from model.model import MiniMindLM, linear
+from model.model import MiniMindLM
+from speed.matvec import linear, prepare_for_decoding
 from model.model_lora import apply_lora, merge_lora
 
 # The issues' goals: decode at batch 1 reaches this share of the bound of the bytes it reads, at
@@ -187,7 +188,8 @@ def main(argv=None):
         config = LMConfig(**sizes[name], max_seq_len=args.prompt_len + args.new_tokens)
         base = MiniMindLM(config).eval()
         for dtype in dtypes:
-            model = models[name, dtype] = copy.deepcopy(base).cast_weights(dtype)
+            # stored in dtype, with the loader's speed paths for it (speed/matvec.py), as eval_model.py runs it
+            model = models[name, dtype] = prepare_for_decoding(copy.deepcopy(base).cast_weights(dtype), "cpu", dtype)
             for batch in args.batches:
                 rate = rates[name, dtype, batch] = decode_tokens_per_s(model, batch, args.prompt_len, args.new_tokens,
                                                                        args.repeats)

@@ -196,6 +196,15 @@ def weights_fingerprint(model) -> str:
     return "sha256:" + digest.hexdigest()[:16]
 
 
+def base_fingerprint(model):
+    """weights_fingerprint(model), or None for a model that cannot say which float32 weights it holds
+    (cast by hand, or on the meta device): adapters made on it then record no base, as MiniMind2's never do."""
+    try:
+        return weights_fingerprint(model)
+    except ValueError:
+        return None
+
+
 def check_finite(tensors: dict, where: str) -> None:
     """Refuse weights holding NaN or infinity (a run that diverged and was saved anyway, a damaged
     file): a model with them answers garbage, or NaN, and nothing else would say why."""

@@ -34,6 +34,7 @@ from model.LMConfig import LMConfig
 from model.model import MiniMindLM  # noqa: F401  (the type load_checkpoint returns)
 from model.model_lora import load_lora
 from model.tokenizer import Tokenizer
+from speed.matvec import prepare_for_decoding
 
 REPO_ROOT = Path(__file__).resolve().parent.parent  # the folder holding model/, dataset/, train_*.py
 DEFAULT_DIM = 128  # the demo model's width, which names the files the scripts look for by default
@@ -44,12 +45,37 @@ DEFAULT_DIM = 128  # the demo model's width, which names the files the scripts l
 
 # checkpoint prefix -> the script that writes it (MiniMind2's names: pretrain_512.pth, full_sft_512.pth)
 STAGE_SCRIPTS = {"pretrain": "train_pretrain.py", "full_sft": "train_full_sft.py"}
+# --model_mode name (eval_model.py, the server) -> checkpoint prefix: MiniMind2's --model_mode chooses the stage so
+MODEL_MODES = {"pretrain": "pretrain", "sft": "full_sft"}
 
 
 def checkpoint_path(out_dir, stage: str, dim: int, use_moe: bool = False) -> str:
     """checkpoint_path("out", "full_sft", 128) -> 'out/full_sft_128.pth'; a mixture-of-experts model
     gets MiniMind2's '_moe' suffix: checkpoint_path("out", "full_sft", 640, use_moe=True) -> 'out/full_sft_640_moe.pth'"""
     return os.path.join(out_dir, f"{stage}_{dim}{'_moe' if use_moe else ''}.pth")
+
+
+def find_checkpoint(out_dir, stage: str, dim: int = None, use_moe: bool = None) -> str:
+    """The checkpoint of `stage` in out_dir: the one of width `dim` when given, else the only one there,
+    so that a width given once (to train_pretrain.py) is never needed again.
+
+    find_checkpoint("out", "full_sft")            -> 'out/full_sft_512.pth' when it is the only full_sft_*.pth
+    find_checkpoint("out", "full_sft", dim=128)   -> 'out/full_sft_128.pth' (whether it exists or not)
+    Several of them, and no --dim to choose: a UserError listing them. None: the path it would have at
+    the demo's width, DEFAULT_DIM, which the loader then reports as missing with the command that makes it.
+    use_moe: True/False keeps only mixture-of-experts (_moe) or dense files; None takes either.
+    """
+    if dim is not None:
+        return checkpoint_path(out_dir, stage, dim, bool(use_moe))
+    pattern = re.compile(rf"{re.escape(stage)}_(\d+)(_moe)?\.pth")
+    found = sorted(p.name for p in Path(out_dir).glob(f"{stage}_*.pth")
+                   if (m := pattern.fullmatch(p.name)) and (use_moe is None or bool(m[2]) == use_moe))
+    if len(found) == 1:
+        return os.path.join(out_dir, found[0])
+    if len(found) > 1:
+        raise UserError(f"{out_dir} holds several {stage} checkpoints ({', '.join(found)}): pick one with --dim "
+                        "(and --use_moe for a _moe one)")
+    return checkpoint_path(out_dir, stage, DEFAULT_DIM, bool(use_moe))
 
 
 def check_adapter_name(name: str) -> str:
@@ -278,6 +304,7 @@ def load_checkpoint(path, *, tokenizer=None, shape=None, max_seq_len=None, adapt
     if dtype != torch.float32:  # rounded weights can no longer say which base they are: remember it first
         model.float32_fingerprint = weights_fingerprint(model)
     model.to(device).cast_weights(dtype).eval()
+    prepare_for_decoding(model, device, dtype)  # the speed paths for this device and dtype (speed/)
     return Loaded(model, tok, str(tokenizer_path), path, meta)
 
 

@@ -1,11 +1,11 @@
 """MiniMindLM: a small decoder-only transformer (Llama-style), readable top to bottom.
 
 The file follows the data, and nothing is used before it is defined: RMSNorm -> RoPE -> the
-KV cache -> attention masks -> Linear -> attention (grouped-query) -> SwiGLU feed-forward -> mixture of
-experts (the MoE feed-forward of use_moe=True, and its load-balancing loss) -> Block ->
+KV cache -> attention masks -> attention (grouped-query) -> SwiGLU feed-forward -> Block ->
 sampling -> MiniMindLM (embedding, blocks, final norm, tied output; generate) -> counting
-parameters. Every module's parameter names are MiniMind2's, so a MiniMind2 checkpoint loads here
-with `load_state_dict(..., strict=True)` and gives the same logits:
+parameters. (A mixture of experts, use_moe=True, swaps the feed-forward for model/model_moe.py's.)
+Every module's parameter names are MiniMind2's, so a MiniMind2 checkpoint loads here with
+`load_state_dict(..., strict=True)` and gives the same logits:
 
     tok_embeddings.weight               (vocab, dim)  -- the same tensor as output.weight
     layers.{i}.attention.wq/wk/wv/wo.weight
@@ -17,8 +17,7 @@ with `load_state_dict(..., strict=True)` and gives the same logits:
     norm.weight, output.weight
 
 Shapes in comments: B batch, T new tokens in this call, S keys visible (cached + new),
-H query heads, K kv heads, D head_dim, C model width (dim), V vocab; in the mixture of
-experts N = B*T tokens, E routed experts, k experts per token.
+H query heads, K kv heads, D head_dim, C model width (dim), V vocab.
 """
 
 import math
@@ -193,39 +192,6 @@ def step_mask(attention_mask, length: int):
 
 
 # ----------------------------------------------------------------------------------------------
-# Linear layers: y = x W^T, nn.Linear's parameter and state-dict key, without a bias (MiniMind2 has
-# none). One shortcut, for decoding with bfloat16 weights on a CPU (eval_model.py / the server with
-# --dtype bfloat16): a single token is ONE row, and the product is then a matrix-vector product.
-# torch.mv runs it with a kernel made for that, which reads a bfloat16 weight up to ~1.4x faster than
-# F.linear, whose oneDNN matrix-matrix kernel treats the row as a 1-row matrix (MiniMind2-Small's
-# w1, 2 Sapphire Rapids cores). float32 keeps F.linear: its kernel is no slower there, and on some
-# CPUs faster. (Even so, a bfloat16 row is no faster than a float32 one on that CPU: docs/benchmarks.md.)
-
-
-def linear(x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
-    """x (..., in) @ weight (out, in)^T -> (..., out): F.linear(x, weight), but one bfloat16 row on the
-    CPU goes through torch.mv. The two add the same products in another order: equal up to rounding.
-
-    >>> linear(torch.ones(1, 1, 3), torch.tensor([[1., 2., 3.], [0., 0., 1.]]))
-    tensor([[[6., 1.]]])
-    """
-    if weight.dtype == x.dtype == torch.bfloat16 and x.device.type == "cpu" and x.numel() == x.shape[-1]:
-        return torch.mv(weight, x.reshape(-1)).view(*x.shape[:-1], weight.shape[0])  # (1, ..., 1, out)
-    return F.linear(x, weight)
-
-
-class Linear(nn.Linear):
-    """nn.Linear(in_features, out_features, bias=False) whose forward is `linear` above. Still an
-    nn.Linear (LoRA's apply_lora finds it, its weight is `...weight`), only faster to decode in bfloat16."""
-
-    def __init__(self, in_features: int, out_features: int):
-        super().__init__(in_features, out_features, bias=False)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return linear(x, self.weight)
-
-
-# ----------------------------------------------------------------------------------------------
 # Attention: each token builds a query, compares it with the keys of all visible tokens and
 # takes the softmax-weighted mix of their values. Grouped-query attention (GQA): n_heads query
 # heads but only n_kv_heads key/value heads; kv head j serves query heads j*n_rep ... j*n_rep +
@@ -250,10 +216,10 @@ class Attention(nn.Module):
         self.n_kv_heads = config.n_kv_heads
         self.n_rep = config.n_heads // config.n_kv_heads
         self.head_dim = config.head_dim
-        self.wq = Linear(config.dim, config.n_heads * self.head_dim)
-        self.wk = Linear(config.dim, config.n_kv_heads * self.head_dim)
-        self.wv = Linear(config.dim, config.n_kv_heads * self.head_dim)
-        self.wo = Linear(config.n_heads * self.head_dim, config.dim)
+        self.wq = nn.Linear(config.dim, config.n_heads * self.head_dim, bias=False)
+        self.wk = nn.Linear(config.dim, config.n_kv_heads * self.head_dim, bias=False)
+        self.wv = nn.Linear(config.dim, config.n_kv_heads * self.head_dim, bias=False)
+        self.wo = nn.Linear(config.n_heads * self.head_dim, config.dim, bias=False)
         self.attn_dropout = nn.Dropout(config.dropout)  # on the attention weights (explicit path)
         self.resid_dropout = nn.Dropout(config.dropout)  # on the output, before the residual add
         self.attn_dropout_p = config.dropout  # the same rate as a number, for the fused kernel
@@ -309,156 +275,13 @@ class Attention(nn.Module):
 class FeedForward(nn.Module):
     def __init__(self, config: LMConfig):
         super().__init__()
-        self.w1 = Linear(config.dim, config.hidden_dim)  # gate
-        self.w2 = Linear(config.hidden_dim, config.dim)  # down
-        self.w3 = Linear(config.dim, config.hidden_dim)  # up
+        self.w1 = nn.Linear(config.dim, config.hidden_dim, bias=False)  # gate
+        self.w2 = nn.Linear(config.hidden_dim, config.dim, bias=False)  # down
+        self.w3 = nn.Linear(config.dim, config.hidden_dim, bias=False)  # up
         self.dropout = nn.Dropout(config.dropout)
 
     def forward(self, x):
         return self.dropout(self.w2(F.silu(self.w1(x)) * self.w3(x)))
-
-
-# ----------------------------------------------------------------------------------------------
-# Mixture of experts (use_moe=True, MiniMind2-MoE): a layer holds n_routed_experts FeedForwards
-# and a router that sends each token to the num_experts_per_tok (k) that suit it best, plus one
-# shared FeedForward that every token goes through. The parameters grow with the number of
-# experts; the work per token only with k. Shapes: N = B*T tokens, E routed experts.
-#
-#     scores -> top-k -> normalise -> dispatch -> weighted sum -> + shared expert
-#
-# Left alone, a router tends to send most tokens to a few experts: load_balancing_loss prevents it.
-
-
-def load_balancing_loss(probs: torch.Tensor, chosen: torch.Tensor, n_groups: int, alpha: float) -> torch.Tensor:
-    """MiniMind2's auxiliary loss: alpha * sum_i f_i * P_i, averaged over n_groups groups of tokens.
-
-    probs (N, E): the router's probabilities; chosen (N, k): the experts each token was sent to.
-    In each group, f_i = E * (share of the group's N/G * k routing slots that went to expert i) and
-    P_i = mean probability the router gave expert i. Perfect balance (f_i = 1, P_i = 1/E) gives
-    alpha; every token on one expert (k = 1) gives up to alpha * E.
-
-    What it punishes: routing collapse. An expert that gets more tokens gets more gradient, gets
-    better, and gets chosen even more, until a few experts do all the work and the rest are dead
-    weight. f is a count (no gradient), so the gradient reaches the router through P only:
-    dLoss/dP_i = alpha * f_i / G, pushing down the probability of each expert in proportion to
-    how overloaded it is.
-
-    n_groups = B (seq_aux=True): every sequence must spread its own tokens over the experts.
-    n_groups = 1 (seq_aux=False): only the batch as a whole must; a sequence may keep to a few
-    experts as long as the other sequences use the rest. (Rows of probs are sequence-major.)
-    alpha sets how much balance matters against the language-modelling loss; with one such loss
-    per MoE layer, a balanced model's total is about alpha * n_layers, never 0.
-
-    >>> probs = torch.tensor([[0.9, 0.1], [0.8, 0.2], [0.7, 0.3], [0.6, 0.4]])  # 4 tokens, 2 experts
-    >>> load_balancing_loss(probs, torch.tensor([[0], [0], [0], [0]]), n_groups=1, alpha=1.0)  # f = (2, 0), P = (0.75, 0.25)
-    tensor(1.5000)
-    >>> load_balancing_loss(torch.full((4, 2), 0.5), torch.tensor([[0], [1], [0], [1]]), n_groups=1, alpha=1.0)
-    tensor(1.)
-    """
-    E = probs.shape[-1]
-    probs = probs.reshape(n_groups, -1, E)  # (G, N/G, E)
-    chosen = chosen.reshape(n_groups, -1)  # (G, N/G * k): every routing slot of the group
-    slots = torch.zeros(n_groups, E, device=probs.device, dtype=probs.dtype)
-    slots.scatter_add_(1, chosen, torch.ones_like(chosen, dtype=probs.dtype))  # (G, E): slots per expert
-    f = slots * (E / chosen.shape[1])  # (G, E): 1 for every expert when the load is even
-    P = probs.mean(dim=1)  # (G, E)
-    return alpha * (f * P).sum(dim=-1).mean()
-
-
-class MoEFeedForward(nn.Module):
-    """A mixture-of-experts feed-forward with MiniMind2's state-dict keys (in its order):
-
-        experts.{j}.w1 / w2 / w3.weight      FeedForward j of E
-        gate.weight                          (E, dim)   the router
-        shared_experts.w1 / w2 / w3.weight   the shared FeedForward (if n_shared_experts)
-
-    forward(x) -> (y, aux_loss). For each token x_t, with p = softmax(gate(x_t)) over E experts
-    and S its k largest entries:
-
-        y_t = sum_{j in S} w_j * expert_j(x_t)  +  shared(x_t)      w_j = p_j / sum_{i in S} p_i
-
-    (without norm_topk_prob, w_j = p_j). aux_loss is load_balancing_loss in training mode with
-    aux_loss_alpha > 0, else 0. It is returned, never stored on the module.
-
-    Train and eval run the same grouped code (see dispatch): one function, and gradients in
-    either mode. MiniMind2 has two paths: a slower one for training and a no_grad one for
-    inference. Its training path also rounds every routed expert's output to float16, which is
-    why its train-mode logits differ from its eval-mode logits by ~2e-4; ours keeps full precision
-    (tests/test_moe.py shows that rounding is the whole difference).
-    """
-
-    def __init__(self, config: LMConfig):
-        super().__init__()
-        self.top_k = config.num_experts_per_tok
-        self.norm_topk_prob = config.norm_topk_prob
-        self.aux_loss_alpha = config.aux_loss_alpha
-        self.seq_aux = config.seq_aux
-        self.experts = nn.ModuleList([FeedForward(config) for _ in range(config.n_routed_experts)])
-        # The router, a plain Linear (no bias): logit e = <gate.weight[e], x>, how well expert e
-        # suits token x. MiniMind2 holds the same (E, dim) matrix as a bare Parameter, same key.
-        self.gate = Linear(config.dim, config.n_routed_experts)
-        self.shared_experts = FeedForward(config) if config.n_shared_experts else None
-
-    def route(self, tokens: torch.Tensor):
-        """Steps 1-3: tokens (N, C) -> probs (N, E), weights (N, k), chosen (N, k) expert ids.
-
-        With E = 4, k = 2: probs [0.1, 0.5, 0.3, 0.1] -> chosen [1, 2], weights [0.5, 0.3]
-        -> normalised [0.625, 0.375].
-        """
-        # 1. scores: a probability over the experts for every token, in float32 even under bf16
-        # autocast: close calls between experts and the balancing loss need more than 3 digits
-        probs = F.softmax(self.gate(tokens).float(), dim=-1)  # (N, E), rows sum to 1
-        # 2. top-k: each token's k most likely experts
-        weights, chosen = torch.topk(probs, self.top_k, dim=-1)  # (N, k) each, best first
-        # 3. normalise, so that y is a weighted average of k expert outputs. Not for k = 1 (as in
-        # MiniMind2): one weight would always be 1, and the router would get no gradient from the
-        # language-model loss; left as p, it learns how much its choice helped.
-        if self.top_k > 1 and self.norm_topk_prob:
-            weights = weights / (weights.sum(dim=-1, keepdim=True) + 1e-20)  # (N, k)
-        return probs, weights, chosen
-
-    def forward(self, x: torch.Tensor):
-        B, T, C = x.shape
-        tokens = x.reshape(B * T, C)  # (N, C): routing is per token, whatever sequence it sits in
-        probs, weights, chosen = self.route(tokens)  # 1.-3.
-        # 4.+5. dispatch each token to its experts and add up their weighted outputs
-        y = self.dispatch(tokens, chosen, weights)  # (N, C)
-        # 6. the shared expert sees every token, unweighted
-        if self.shared_experts is not None:
-            y = y + self.shared_experts(tokens)
-        if self.training and self.aux_loss_alpha > 0:
-            aux_loss = load_balancing_loss(probs, chosen, B if self.seq_aux else 1, self.aux_loss_alpha)
-        else:
-            aux_loss = torch.zeros((), device=x.device)  # a training-time regulariser only
-        return y.reshape(B, T, C), aux_loss
-
-    def dispatch(self, tokens: torch.Tensor, chosen: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
-        """sum over each token's k experts of weight * expert(token): (N, C) -> (N, C).
-
-        Grouped by expert, not looped over tokens: the N*k (token, expert) pairs are sorted by
-        expert, each expert runs ONE batched forward on all of its tokens, and index_add adds the
-        weighted outputs back into their tokens' rows. Pair p belongs to token p // k.
-
-            chosen = [[0, 2], [2, 1], [0, 1]]          3 tokens, k = 2: pairs 0..5
-            experts of the pairs: [0, 2, 2, 1, 0, 1]   -> sorted: pairs [0, 4 | 3, 5 | 1, 2]
-            expert 0 runs on tokens [0, 2], expert 1 on [1, 2], expert 2 on [0, 1]
-
-        Every expert runs, even on 0 tokens: then each parameter takes part in every step (DDP
-        requires that unless told find_unused_parameters=True), at the cost of a few empty matmuls.
-        """
-        k = chosen.shape[1]
-        expert_of_pair = chosen.flatten()  # (N*k,)
-        # one_hot rather than bincount: its (E,) shape does not depend on the data, which lets
-        # torch.compile trace this (see docs/moe.md)
-        pairs_per_expert = F.one_hot(expert_of_pair, len(self.experts)).sum(0).tolist()  # host sync
-        pairs_by_expert = expert_of_pair.argsort(stable=True).split(pairs_per_expert)  # E index tensors
-        weight_of_pair = weights.flatten()  # (N*k,)
-        y = torch.zeros_like(tokens)  # (N, C)
-        for expert, pairs in zip(self.experts, pairs_by_expert):  # a loop over E experts, not N tokens
-            rows = pairs // k  # (n_e,) the tokens this expert serves
-            out = expert(tokens[rows]) * weight_of_pair[pairs].unsqueeze(-1)  # (n_e, C)
-            y.index_add_(0, rows, out.to(y.dtype))  # float32 weights: back to x's dtype (a bf16 model)
-        return y
 
 
 # ----------------------------------------------------------------------------------------------
@@ -474,15 +297,19 @@ class MiniMindBlock(nn.Module):
         self.attention = Attention(config)
         self.attention_norm = RMSNorm(config.dim, eps=config.norm_eps)
         self.ffn_norm = RMSNorm(config.dim, eps=config.norm_eps)
-        self.feed_forward = MoEFeedForward(config) if config.use_moe else FeedForward(config)
+        if config.use_moe:  # a mixture of experts instead (MiniMind2-MoE), in a file of its own
+            from model.model_moe import MoEFeedForward  # (imported here: it builds on FeedForward above)
+            self.feed_forward = MoEFeedForward(config)
+        else:
+            self.feed_forward = FeedForward(config)
 
     def forward(self, x, rotations, mask=None, cache=None):
         """x (B, T, C) -> (out (B, T, C), aux_loss): the MoE layer's load-balancing loss, None if dense."""
         h = x + self.attention(self.attention_norm(x), rotations, mask, cache, self.layer_id)
-        if isinstance(self.feed_forward, MoEFeedForward):
-            ffn_out, aux_loss = self.feed_forward(self.ffn_norm(h))
-            return h + ffn_out, aux_loss
-        return h + self.feed_forward(self.ffn_norm(h)), None
+        out = self.feed_forward(self.ffn_norm(h))
+        if isinstance(out, tuple):  # a mixture of experts also returns its load-balancing loss
+            return h + out[0], out[1]
+        return h + out, None
 
 
 # ----------------------------------------------------------------------------------------------
@@ -566,7 +393,7 @@ class MiniMindLM(nn.Module):
         self.dropout = nn.Dropout(config.dropout)
         self.layers = nn.ModuleList([MiniMindBlock(i, config) for i in range(config.n_layers)])
         self.norm = RMSNorm(config.dim, eps=config.norm_eps)
-        self.output = Linear(config.dim, config.vocab_size)
+        self.output = nn.Linear(config.dim, config.vocab_size, bias=False)
         # Tied embeddings: reading a token in and scoring it out use ONE matrix (vocab, dim).
         # Saves vocab*dim parameters -- 3.3M of MiniMind2-Small's 25.8M.
         self.tok_embeddings.weight = self.output.weight

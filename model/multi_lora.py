@@ -34,7 +34,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from model.model import linear
+from speed.matvec import linear
 from model.model_lora import LoRALinear, load_lora, remove_lora
 
 

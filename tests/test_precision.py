@@ -22,7 +22,8 @@ from model.device import DTYPES, cpu_has_native_bfloat16, pick_dtype
 from model.errors import UserError
 from model.LMConfig import LMConfig
 from model.loader import load_checkpoint
-from model.model import MiniMindLM, linear
+from model.model import MiniMindLM
+from speed.matvec import linear
 from model.model_lora import load_lora
 
 ROOT = Path(__file__).resolve().parent.parent
