@@ -16,8 +16,8 @@
 Nothing is written before everything is checked, and no existing file or non-empty folder is replaced
 without --force (to-hf --force first removes the files of an earlier export from --out_dir).
 
-The mapping itself (names, the RoPE row permutation, what is refused) is model/hf_llama.py; the model
-is loaded, as by every script, through model.loader.load_checkpoint. docs/interop.md has the
+The mapping itself (names, the RoPE row permutation, what is refused) is interop/hf_llama.py; the model
+is loaded, as by every script, through formats.loader.load_checkpoint. docs/interop.md has the
 commands for transformers, PEFT and vLLM, and what is refused. (The demo's adapters also adapt the tied
 embedding, which PEFT cannot hold: they go out with --merge.)
 """
@@ -26,18 +26,18 @@ import os
 import re
 import sys
 
-from model.errors import INTERRUPTED_EXIT, UserError, run_main
+from plumbing.errors import INTERRUPTED_EXIT, UserError, run_main
 
 # Importing torch takes seconds, and run_main is not running yet: a Ctrl-C meanwhile must end the way run_main
 # ends one -- one line and exit code 130, not a traceback.
 try:
-    from model.checkpoint import load_weights, save_model, sidecar_path
-    from model.hf_llama import (PEFT_SUBFOLDER, check_chat_template, check_peft_adapter, earlier_export_files,
+    from formats.checkpoint import load_weights, save_model, sidecar_path
+    from interop.hf_llama import (PEFT_SUBFOLDER, check_chat_template, check_peft_adapter, earlier_export_files,
                                 read_llama_folder, read_peft_folder, save_llama_folder, save_peft_folder)
-    from model.loader import add_shape_args, checkpoint_meta, load_checkpoint, load_tokenizer, path_for_sidecar, shape_from_args
+    from formats.loader import add_shape_args, checkpoint_meta, load_checkpoint, load_tokenizer, path_for_sidecar, shape_from_args
     from model.model import MiniMindLM
     from model.model_lora import adapter_state, load_lora, merge_lora, remove_lora, save_lora
-    from model.run_lock import make_out_dir
+    from plumbing.run_lock import make_out_dir
 except KeyboardInterrupt:
     print(f"\n{os.path.basename(sys.argv[0])}: interrupted", file=sys.stderr)
     sys.exit(INTERRUPTED_EXIT)
@@ -175,7 +175,7 @@ def _check_output_file(what: str, path, force: bool) -> None:
 
 def _check_dim_in_name(path, dim: int, flag: str) -> None:
     """Scripts find files by their dim: out/full_sft_128.pth is what --dim 128 loads, out/lora/NAME_128.pth what
-    --lora_name NAME does (model/loader.py). A dim-64 model written as llama_128.pth would be found as a dim-128 one."""
+    --lora_name NAME does (formats/loader.py). A dim-64 model written as llama_128.pth would be found as a dim-128 one."""
     if path is None:
         return
     stem = os.path.splitext(os.path.basename(path))[0]

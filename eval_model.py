@@ -1,6 +1,6 @@
 """Talk to a trained MiniMind model, or measure it (MiniMind2's eval_model.py, with more to it).
 
-Three ways to use it, one model loader (model/loader.py) behind all of them:
+Three ways to use it, one model loader (formats/loader.py) behind all of them:
 
     python eval_model.py                                  # built-in prompts, then exit (--mode auto)
     python eval_model.py --mode chat                      # interactive chat: /help, /reset, /lora NAME
@@ -28,9 +28,9 @@ from pathlib import Path
 import torch
 
 from evaluation import AUTO_PROMPTS, MAX_NEW_TOKENS, TEMPERATURE, TOP_P, evaluate_set, load_eval_set, prompt_ids
-from model.device import DEVICE_HELP, DTYPES, INFERENCE_DTYPE_HELP, pick_device, pick_dtype
-from model.errors import UserError, run_main
-from model.loader import (MODEL_MODES, add_shape_args, adapter_path, check_adapter_name, find_checkpoint, list_adapters,
+from plumbing.device import DEVICE_HELP, DTYPES, INFERENCE_DTYPE_HELP, pick_device, pick_dtype
+from plumbing.errors import UserError, run_main
+from formats.loader import (MODEL_MODES, add_shape_args, adapter_path, check_adapter_name, find_checkpoint, list_adapters,
                           load_checkpoint, missing_adapter_message, shape_from_args)
 from model.model_lora import load_lora, lora_state_dict, remove_lora
 

@@ -22,7 +22,7 @@ import torch
 import torch.nn.functional as F
 
 from dataset.lm_dataset import check_unicode, jsonl_lines, parse_line
-from model.errors import UserError
+from plumbing.errors import UserError
 
 # How a reply is sampled by default, in eval_model.py's chat and the server (scoring is always greedy).
 # MiniMind2 samples at temperature 0.85, at which the 1M-parameter demo model garbles new words such as

@@ -14,7 +14,7 @@ An SVG is a text file any browser shows; GitHub renders it inline in markdown.
 """
 import math
 
-from model.atomic import atomic_write_text
+from plumbing.atomic import atomic_write_text
 
 # Matplotlib's first colours ("tab10"), distinct for the usual colour blindness; a series past the
 # tenth reuses them.

@@ -33,8 +33,8 @@ import sys
 import time
 from pathlib import Path
 
-from model.device import DTYPES
-from model.errors import UserError, run_main
+from plumbing.device import DTYPES
+from plumbing.errors import UserError, run_main
 
 ROOT = Path(__file__).resolve().parent
 

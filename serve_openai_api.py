@@ -7,8 +7,8 @@
          -d '{"model": "lora_medical", "messages": [{"role": "user", "content": "..."}], "temperature": 0}'
 
 The base model is served as "minimind" and each adapter under its own name; a request picks one
-with "model". Requests for any of them share the running batch (model/engine.py), each row wearing
-its own adapter (model/multi_lora.py). The official `openai` client works against it unchanged,
+with "model". Requests for any of them share the running batch (serving/engine.py), each row wearing
+its own adapter (serving/multi_lora.py). The official `openai` client works against it unchanged,
 streaming or not (docs/serving.md). Standard library only: http.server, one thread per connection.
 
     client ─HTTP─► handler thread ─┐                                       ┌─► handler ─JSON or SSE─► client
@@ -23,7 +23,7 @@ Read top to bottom:
     the responses    OpenAI's completion and chunk objects, server-sent events
     the handler      GET /v1/models, POST /v1/chat/completions (and GET /stats, the engine's counters);
                      a client that leaves is noticed
-    the server       load the base and the adapters through model.loader, start the engine, Ctrl-C
+    the server       load the base and the adapters through formats.loader, start the engine, Ctrl-C
     command line
 """
 import argparse
@@ -42,13 +42,13 @@ from urllib.parse import unquote
 
 from dataset.lm_dataset import DataError, check_unicode
 from evaluation import MAX_NEW_TOKENS, TEMPERATURE, TOP_P
-from model.device import DEVICE_HELP, DTYPES, INFERENCE_DTYPE_HELP, pick_device, pick_dtype
-from model.engine import Engine, EngineFull, EngineStopped, Request
-from model.errors import UserError, run_main
-from model.loader import (MODEL_MODES, add_shape_args, adapter_path, check_adapter_name, find_checkpoint, load_checkpoint,
+from plumbing.device import DEVICE_HELP, DTYPES, INFERENCE_DTYPE_HELP, pick_device, pick_dtype
+from serving.engine import Engine, EngineFull, EngineStopped, Request
+from plumbing.errors import UserError, run_main
+from formats.loader import (MODEL_MODES, add_shape_args, adapter_path, check_adapter_name, find_checkpoint, load_checkpoint,
                           missing_adapter_message, shape_from_args)
-from model.multi_lora import AdapterBank, read_adapter
-from model.untrusted_json import JSONError, loads
+from serving.multi_lora import AdapterBank, read_adapter
+from plumbing.untrusted_json import JSONError, loads
 
 BASE_NAME = "minimind"  # what "model" names the base model as; adapters go by their own names
 # A request that leaves out temperature, top_p or max_tokens is answered as eval_model.py answers

@@ -13,10 +13,10 @@ import sys
 
 import training
 from dataset.lm_dataset import SFTDataset
-from model.checkpoint import save_model
-from model.loader import checkpoint_meta, checkpoint_path, find_checkpoint, load_checkpoint, shape_from_args
+from formats.checkpoint import save_model
+from formats.loader import checkpoint_meta, checkpoint_path, find_checkpoint, load_checkpoint, shape_from_args
 from model.model import trainable_parameters_report
-from model.run_lock import claim_out_dir
+from plumbing.run_lock import claim_out_dir
 from plumbing import flags
 from plumbing.runtime import runtime
 
@@ -35,7 +35,7 @@ def main(argv=None):
     flags.check_args(args)
     base = args.base or find_checkpoint(args.out_dir, "pretrain", args.dim, args.use_moe)
 
-    # one run per output folder (model/run_lock.py), claimed before anything loads
+    # one run per output folder (plumbing/run_lock.py), claimed before anything loads
     with claim_out_dir(args.out_dir), runtime(args.device, args.dtype, args.seed) as rt:
         # ---- the model: the pretrained checkpoint, config and tokenizer from its sidecar
         loaded = load_checkpoint(base, tokenizer=args.tokenizer, shape=shape_from_args(args),

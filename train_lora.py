@@ -14,10 +14,10 @@ import sys
 
 import training
 from dataset.lm_dataset import SFTDataset
-from model.loader import adapter_path, find_checkpoint, load_checkpoint, shape_from_args
+from formats.loader import adapter_path, find_checkpoint, load_checkpoint, shape_from_args
 from model.model import trainable_parameters_report
 from model.model_lora import apply_lora, load_lora, mark_only_lora_as_trainable, save_lora
-from model.run_lock import claim_out_dir
+from plumbing.run_lock import claim_out_dir
 from plumbing import flags
 from plumbing.runtime import runtime
 
@@ -36,7 +36,7 @@ def main(argv=None):
     flags.check_lora_args(args)
     base = args.base or find_checkpoint(args.out_dir, "full_sft", args.dim, args.use_moe)
 
-    # one run per output folder (model/run_lock.py), claimed before anything loads
+    # one run per output folder (plumbing/run_lock.py), claimed before anything loads
     with claim_out_dir(args.out_dir, also=["lora"]), runtime(args.device, args.dtype, args.seed) as rt:
         # ---- the model: the SFT checkpoint, config and tokenizer from its sidecar
         loaded = load_checkpoint(base, tokenizer=args.tokenizer, shape=shape_from_args(args),

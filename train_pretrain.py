@@ -14,10 +14,10 @@ import sys
 
 import training
 from dataset.lm_dataset import PretrainDataset
-from model.checkpoint import save_model
-from model.loader import checkpoint_meta, checkpoint_path, load_tokenizer, shape_from_args
+from formats.checkpoint import save_model
+from formats.loader import checkpoint_meta, checkpoint_path, load_tokenizer, shape_from_args
 from model.model import MiniMindLM, trainable_parameters_report
-from model.run_lock import claim_out_dir
+from plumbing.run_lock import claim_out_dir
 from plumbing import flags
 from plumbing.runtime import runtime
 
@@ -33,7 +33,7 @@ def main(argv=None):
     args = build_parser().parse_args(argv)
     flags.check_args(args)
 
-    # one run per output folder (model/run_lock.py), claimed before anything loads
+    # one run per output folder (plumbing/run_lock.py), claimed before anything loads
     with claim_out_dir(args.out_dir), runtime(args.device, args.dtype, args.seed) as rt:
         # ---- the model: a new one, shaped by the flags, its vocabulary the tokenizer's
         tokenizer = load_tokenizer(args.tokenizer)

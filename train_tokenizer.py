@@ -28,9 +28,9 @@ import sys
 from tqdm import tqdm
 
 from dataset.lm_dataset import check_record, jsonl_lines, parse_line
-from model.errors import UserError, run_main
-from model.loader import path_for_sidecar, repo_path
-from model.run_lock import make_out_dir
+from plumbing.errors import UserError, run_main
+from formats.loader import path_for_sidecar, repo_path
+from plumbing.run_lock import make_out_dir
 from model.tokenizer import Tokenizer, bytes_to_unicode, split_chunks
 
 SPECIAL_TOKENS = ("<unk>", "<s>", "</s>")  # ids 0, 1, 2: padding/unknown, begin, end (MiniMind2's)

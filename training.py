@@ -16,7 +16,7 @@ Read top to bottom:
 Around the loop, each in plumbing/ (read them when you need them, not to follow the lesson): the flags
 (flags.py), the device, precision and DDP processes (runtime.py), --resume (resume.py), the progress
 bar, metrics log and NaN guard (progress.py). Where files go and how a checkpoint loads is
-model/loader.py's; one run per output folder, model/run_lock.py's.
+formats/loader.py's; one run per output folder, plumbing/run_lock.py's.
 """
 import math
 from dataclasses import dataclass
@@ -27,15 +27,15 @@ import torch.distributed as dist
 import torch.nn.functional as F
 from torch.utils.data import DataLoader, DistributedSampler, Subset, default_collate
 
-from model.errors import UserError, run_main as _run_main
-from model.loader import run_files
+from plumbing.errors import UserError, run_main as _run_main
+from formats.loader import run_files
 from plumbing.progress import Progress
 from plumbing.resume import check_no_unfinished_run, count_steps, load_resume, remove_resume, run_plan, save_resume
 from plumbing.runtime import sync_gradients, wrap_model
 
 
 def run_main(main, argv=None) -> int:
-    """model.errors.run_main, with a Ctrl-C message that says how to continue: checkpoints are
+    """plumbing.errors.run_main, with a Ctrl-C message that says how to continue: checkpoints are
     written atomically, so the last one is intact."""
     return _run_main(main, argv, on_interrupt="interrupted: the last checkpoint is intact; add --resume to continue from it")
 

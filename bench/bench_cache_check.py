@@ -27,7 +27,7 @@ import numpy as np
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 
 from dataset.token_cache import CACHE_FILES, cache_problem, file_sha256  # noqa: E402
-from model.errors import UserError, run_main  # noqa: E402
+from plumbing.errors import UserError, run_main  # noqa: E402
 
 
 def write_cache(folder, size_bytes, sample_tokens=500, seed=0):

@@ -31,7 +31,7 @@ sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."
 
 from bench.machine import measure_machine, run_in_fresh_process  # noqa: E402
 from dataset.lm_dataset import PretrainDataset  # noqa: E402
-from model.errors import run_main  # noqa: E402
+from plumbing.errors import run_main  # noqa: E402
 from model.tokenizer import Tokenizer  # noqa: E402
 
 

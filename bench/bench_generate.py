@@ -41,7 +41,7 @@ import time
 import torch
 
 from bench.machine import add_dtypes_arg, add_threads_arg, cpu_dtypes, dtype_name, measure_machine
-from model.errors import UserError, run_main
+from plumbing.errors import UserError, run_main
 from model.LMConfig import LMConfig
 from model.model import MiniMindLM
 from speed.matvec import linear, prepare_for_decoding

@@ -35,7 +35,7 @@ import torch
 from bench.bench_train import SIZES, build, make_batch, time_size, train_step
 from bench.machine import (add_dtypes_arg, add_quiet_args, add_step_args, add_threads_arg, cpu_dtypes, dtype_name,
                            measure_machine, measure_quietly, run_in_fresh_process, wait_until_quiet)
-from model.errors import UserError, run_main
+from plumbing.errors import UserError, run_main
 
 MODES = ("full_sft", "lora")
 

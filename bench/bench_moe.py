@@ -37,9 +37,11 @@ import torch
 import torch.nn.functional as F
 
 from bench.machine import add_threads_arg, measure_machine
-from model.errors import run_main
+from plumbing.errors import run_main
 from model.LMConfig import LMConfig
-from model.model import MiniMindLM, MoEFeedForward, count_parameters
+from model.model import MiniMindLM, count_parameters
+from model.model_moe import MoEFeedForward
+from plumbing import runtime as runtime_module
 
 MINIMIND2_MOE = dict(dim=640, n_layers=8, use_moe=True)
 
@@ -342,9 +344,9 @@ def demo_batches(n_batches: int, batch: int = 16, seq: int = 224):
     """(X, Y, loss_mask) batches of the demo's pretraining data, in the training scripts' order for seed 0."""
     import training
     from dataset.lm_dataset import PretrainDataset
-    from model.loader import repo_path
+    from formats.loader import repo_path
     from model.tokenizer import Tokenizer
-    rt = training.Runtime(torch.device("cpu"))
+    rt = runtime_module.Runtime(torch.device("cpu"))
     dataset = PretrainDataset(repo_path("dataset/pretrain_demo.jsonl"), Tokenizer.load(repo_path("model/demo_tokenizer")),
                               max_length=seq, verbose=False)
     data = training.StepBatches(dataset, batch, 1, epochs=100, seed=0, rt=rt)

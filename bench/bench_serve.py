@@ -53,21 +53,21 @@ from pathlib import Path
 import torch
 
 from bench.machine import OthersWatch, add_quiet_args, measure_machine, wait_until_quiet
-from eval_model import AUTO_PROMPTS, generate_answers
-from model.checkpoint import save_model
-from model.errors import UserError, run_main
+from evaluation import AUTO_PROMPTS, generate_answers
+from formats.checkpoint import save_model
+from plumbing.errors import UserError, run_main
 from model.LMConfig import LMConfig
-from model.loader import adapter_path, checkpoint_meta, list_adapters, load_checkpoint, repo_path
+from formats.loader import adapter_path, checkpoint_meta, list_adapters, load_checkpoint, repo_path
 from model.model import MiniMindLM
-from model.engine import SlotKVCache, forward_rows
+from serving.engine import SlotKVCache, forward_rows
 from model.model_lora import apply_lora, remove_lora, save_lora
-from model.multi_lora import AdapterBank, RowAdapters, read_adapter
+from serving.multi_lora import AdapterBank, RowAdapters, read_adapter
 from model.tokenizer import Tokenizer
-from train_lora import DEFAULT_TARGETS
+from plumbing.flags import LORA_TARGETS
 
 ROOT = Path(__file__).resolve().parent.parent
 DEMO_SHAPE = dict(dim=128, n_layers=4, n_heads=4, n_kv_heads=4)  # train_pretrain.py's defaults
-DEMO_TARGETS = DEFAULT_TARGETS.split(",")  # train_lora.py's --lora_targets
+DEMO_TARGETS = LORA_TARGETS.split(",")  # train_lora.py's --lora_targets
 
 
 # ----------------------------------------------------------------------------------------------

@@ -22,7 +22,7 @@ import time
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 
 from bench.machine import measure_machine  # noqa: E402
-from model.errors import run_main  # noqa: E402
+from plumbing.errors import run_main  # noqa: E402
 from model.tokenizer import Tokenizer  # noqa: E402
 from train_tokenizer import count_chunks, train_bpe  # noqa: E402
 

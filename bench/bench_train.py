@@ -8,8 +8,8 @@ would only add noise), with the scripts' loss masks: all ones for pretraining, t
 each row masked out for SFT/LoRA (the prompt, which SFT does not grade).
 
 Each case runs in float32 and, where the CPU has native bfloat16, under bfloat16 autocast as
-train_*.py --dtype bfloat16 runs it (training.Runtime.autocast; the weights and AdamW stay float32).
-The precision is a column; model.device.pick_dtype decides it exactly as for the scripts, so on a
+train_*.py --dtype bfloat16 runs it (runtime_module.Runtime.autocast; the weights and AdamW stay float32).
+The precision is a column; plumbing.device.pick_dtype decides it exactly as for the scripts, so on a
 CPU without native bfloat16 the bfloat16 rows are left out (the scripts would train in float32).
 
 MFU (model FLOPs utilisation) = FLOPs the model needs per token x tokens/s / matmul peak of the
@@ -50,10 +50,11 @@ import torch
 import training
 from bench.machine import (add_dtypes_arg, add_quiet_args, add_step_args, add_threads_arg, cpu_dtypes, dtype_name, measure_machine,
                            measure_quietly, wait_until_quiet)
-from model.errors import UserError, run_main
+from plumbing.errors import UserError, run_main
 from model.LMConfig import LMConfig
 from model.model import MiniMindLM
 from model.model_lora import apply_lora, mark_only_lora_as_trainable
+from plumbing import runtime as runtime_module
 
 # name -> (LMConfig fields, max_seq_len, batch size). Each sequence trains max_seq_len - 1 tokens
 # (X = ids[:-1], Y = ids[1:], as the datasets make them).
@@ -134,7 +135,7 @@ def train_step(model, optimizer, params, X, Y, loss_mask, lr=5e-4, grad_clip=1.0
     dtype is bfloat16): set lr -> forward -> masked loss -> backward -> clip -> step -> zero_grad.
     Returns the loss tensor."""
     training.set_lr(optimizer, lr)
-    rt = training.Runtime(torch.device("cpu"), None if dtype == torch.float32 else dtype)
+    rt = runtime_module.Runtime(torch.device("cpu"), None if dtype == torch.float32 else dtype)
     with rt.autocast():
         logits = model(X).logits  # (B, T, vocab_size)
         loss = training.masked_cross_entropy(logits, Y, loss_mask)

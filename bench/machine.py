@@ -37,8 +37,8 @@ from dataclasses import dataclass
 
 import torch
 
-from model.device import cpu_has_native_bfloat16, pick_dtype
-from model.errors import UserError, run_main
+from plumbing.device import cpu_has_native_bfloat16, pick_dtype
+from plumbing.errors import UserError, run_main
 
 
 def cpu_model() -> str:
@@ -169,7 +169,7 @@ class Machine:
     threads: int
     matmul_gflops: float  # measured fp32 matmul peak, the denominator of a float32 step's MFU
     bf16_matmul_gflops: float  # measured bf16 matmul peak, the denominator of a bfloat16 step's MFU
-    native_bf16: bool  # model.device.cpu_has_native_bfloat16(): whether bfloat16 runs natively or emulated
+    native_bf16: bool  # plumbing.device.cpu_has_native_bfloat16(): whether bfloat16 runs natively or emulated
     matmul_n: int
     copy_gbs: float  # measured copy bandwidth, read + write counted
     read_gbs: float  # measured read bandwidth: the decode bound's
@@ -276,7 +276,7 @@ def add_dtypes_arg(parser, default=("float32", "bfloat16")) -> None:
 
 
 def cpu_dtypes(names) -> list:
-    """The precisions to measure, each name resolved by model.device.pick_dtype exactly as the scripts'
+    """The precisions to measure, each name resolved by plumbing.device.pick_dtype exactly as the scripts'
     --dtype is on the CPU, duplicates dropped: ["float32", "bfloat16"] -> [torch.float32, torch.bfloat16]
     on a CPU with native bfloat16, [torch.float32] on one without (saying so on stderr)."""
     chosen = []

@@ -30,7 +30,7 @@ import torch
 from torch.utils.data import Dataset
 
 from dataset.token_cache import DataError, build_cache, cache_folder, open_cache
-from model.errors import UserError, run_main
+from plumbing.errors import UserError, run_main
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -479,7 +479,7 @@ def main(argv=None):
     args = build_parser().parse_args(argv)
     if args.max_length < 2:
         raise UserError(f"--max_length must be at least 2, got {args.max_length}")
-    from model.loader import load_tokenizer  # imported here: the datasets work with any such tokenizer
+    from formats.loader import load_tokenizer  # imported here: the datasets work with any such tokenizer
     tokenizer = load_tokenizer(args.tokenizer)
     print(show_sample(args.show, tokenizer, args.index, args.max_length,
                       color=sys.stdout.isatty(), per_token=args.tokens))

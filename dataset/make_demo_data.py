@@ -56,8 +56,8 @@ from pathlib import Path
 if __package__ in (None, ""):  # run as `python dataset/make_demo_data.py`: make the repository importable
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from dataset.demo_world import CONDITIONS, EVERYDAY, IDENTITIES, MEDICINE, TEMPLATES, TRIAGE_WORDS, WORLD  # noqa: E402
-from model.atomic import atomic_write_bytes  # noqa: E402  (standard library only, like this script)
-from model.errors import UserError, run_main  # noqa: E402
+from plumbing.atomic import atomic_write_bytes  # noqa: E402  (standard library only, like this script)
+from plumbing.errors import UserError, run_main  # noqa: E402
 
 LANGS = ("en", "zh")  # every table in demo_world holds (English, Chinese) or {"en": ..., "zh": ...}
 JOINER = dict(en=" ", zh="")  # how sentences join into a paragraph

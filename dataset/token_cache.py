@@ -48,8 +48,8 @@ import time
 import numpy as np
 from tqdm import tqdm
 
-from model.errors import UserError
-from model.untrusted_json import JSONError, loads
+from plumbing.errors import UserError
+from plumbing.untrusted_json import JSONError, loads
 
 # Bump when the layout or the meaning of the cached arrays changes: old caches are then never read.
 # 2: SFT conversations are tokenized whole (a reply starting with whitespace used to be tokenized apart
@@ -86,7 +86,7 @@ def cache_folder(data_path, kind, tokenizer, max_length, cache_dir):
     a different folder, so a stale cache is never read.
     -> e.g. 'dataset/.cache/sft_demo.jsonl.sft.len512.3f2a9c0d1b7e4a55'
 
-    The folder's name is also the data's identity for a training run's --resume (see training.run_plan).
+    The folder's name is also the data's identity for a training run's --resume (see plumbing/resume.py: run_plan).
     """
     key = {"format": CACHE_FORMAT, "kind": kind, "max_length": max_length,
            "file": file_fingerprint(data_path), "tokenizer": tokenizer.fingerprint()}
@@ -416,7 +416,7 @@ def cache_problem(folder, checksums=True):
 
 
 def read_meta(folder) -> dict:
-    """A cache folder's meta.json, parsed with limits (model/untrusted_json.py): like every file in the cache,
+    """A cache folder's meta.json, parsed with limits (plumbing/untrusted_json.py): like every file in the cache,
     anyone may have changed it, and a deeply nested one must be a damaged cache, not a RecursionError."""
     with open(os.path.join(folder, "meta.json"), "rb") as f:
         return loads(f.read(), "meta.json")

@@ -23,8 +23,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from model.device import DTYPES  # noqa: E402
-from model.errors import UserError, run_main  # noqa: E402
+from plumbing.device import DTYPES  # noqa: E402
+from plumbing.errors import UserError, run_main  # noqa: E402
 from run_demo import target_checks  # noqa: E402
 
 

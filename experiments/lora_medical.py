@@ -29,9 +29,10 @@ import eval_model  # noqa: E402  (after the path, so the script runs from anywhe
 import train_lora  # noqa: E402
 import training  # noqa: E402
 from dataset import make_demo_data as demo  # noqa: E402
-from model.errors import UserError, run_main  # noqa: E402
-from model.loader import DEFAULT_DIM, checkpoint_path, load_checkpoint, run_files  # noqa: E402
+from plumbing.errors import UserError, run_main  # noqa: E402
+from formats.loader import DEFAULT_DIM, checkpoint_path, load_checkpoint, run_files  # noqa: E402
 from run_demo import demo_stages  # noqa: E402
+from plumbing import progress
 
 DEMO_SEED = 42  # dataset/make_demo_data.py's default: the committed files
 
@@ -105,7 +106,7 @@ def main(argv=None):
         scores[name] = eval_model.evaluate_set(loaded.model, loaded.tokenizer, items, settings.max_new_tokens,
                                                settings.batch_size, loaded.model.config.max_seq_len)["accuracy"]
     used = train_lora.build_parser().parse_args(command)  # what actually ran: defaults + overrides
-    steps = max(r["step"] for r in training.read_metrics(run_files(folder, result.weights).metrics))
+    steps = max(r["step"] for r in progress.read_metrics(run_files(folder, result.weights).metrics))
     rehearsal = 0.5 if args.rehearsal is None else args.rehearsal
     print(f"| {used.lora_targets or train_lora.DEFAULT_TARGETS} | {used.lora_rank or train_lora.DEFAULT_RANK} | "
           f"{rehearsal:.0%} | {used.epochs} | {used.seed} | {steps} "

@@ -3,7 +3,7 @@
 For the demo model and MiniMind2-Small (random weights: sizes and times do not depend on the values):
 the base checkpoint's file size against an adapter's (the demo's targets and rank 16, and MiniMind2's
 wq,wo), and the time to switch tasks two ways:
-  reload  load another fine-tuned model from its file (model.checkpoint.load_model, as every
+  reload  load another fine-tuned model from its file (formats.checkpoint.load_model, as every
           checkpoint load does underneath)
   swap    remove_lora, then load_lora another adapter: from its file, or from memory (a dict read
           once, as the chat's /lora command and the server do)
@@ -24,9 +24,9 @@ import torch  # noqa: E402
 
 import train_lora  # noqa: E402
 from bench.bench_generate import model_sizes  # noqa: E402
-from model.errors import run_main  # noqa: E402
+from plumbing.errors import run_main  # noqa: E402
 from lab.lab import Finding, run_alone, table  # noqa: E402
-from model.checkpoint import load_model, read_checkpoint, save_model  # noqa: E402
+from formats.checkpoint import load_model, read_checkpoint, save_model  # noqa: E402
 from model.LMConfig import LMConfig  # noqa: E402
 from model.model import MiniMindLM  # noqa: E402
 from model.model_lora import apply_lora, load_lora, remove_lora, save_lora  # noqa: E402

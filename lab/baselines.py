@@ -19,7 +19,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import train_lora  # noqa: E402
 from bench.bench_generate import decode_tokens_per_s  # noqa: E402
-from model.errors import run_main  # noqa: E402
+from plumbing.errors import run_main  # noqa: E402
 from lab.lab import Finding, mean, run_alone, spread, table  # noqa: E402
 from model.model_lora import merge_lora, remove_lora  # noqa: E402
 from plot import bar_chart  # noqa: E402

@@ -20,7 +20,7 @@ import torch  # noqa: E402
 import train_lora  # noqa: E402
 import training  # noqa: E402
 from dataset.lm_dataset import SFTDataset  # noqa: E402
-from model.errors import run_main  # noqa: E402
+from plumbing.errors import run_main  # noqa: E402
 from lab.lab import Finding, mean, run_alone, spread, table  # noqa: E402
 from model.model_lora import INITS, apply_lora, mark_only_lora_as_trainable  # noqa: E402
 from plot import line_chart  # noqa: E402

@@ -45,13 +45,14 @@ import train_lora  # noqa: E402
 import train_pretrain  # noqa: E402
 import training  # noqa: E402
 from experiments.lora_medical import demo_eval_settings  # noqa: E402
-from model.atomic import atomic_write_text  # noqa: E402
-from model.checkpoint import read_checkpoint  # noqa: E402
-from model.errors import UserError  # noqa: E402
-from model.loader import load_checkpoint, run_files  # noqa: E402
+from plumbing.atomic import atomic_write_text  # noqa: E402
+from formats.checkpoint import read_checkpoint  # noqa: E402
+from plumbing.errors import UserError  # noqa: E402
+from formats.loader import load_checkpoint, run_files  # noqa: E402
 from model.model_lora import load_lora  # noqa: E402
 from model.predecessors import load_method  # noqa: E402
 from run_demo import demo_stages  # noqa: E402
+from plumbing import progress
 
 FIGURES = ROOT / "docs" / "figures"
 SCRIPTS = {"train_pretrain.py": train_pretrain, "train_full_sft.py": train_full_sft, "train_lora.py": train_lora}
@@ -91,7 +92,7 @@ class Run:
         return self.weights is None
 
     def records(self) -> list:
-        return [] if self.diverged else training.read_metrics(run_files(self.folder, self.weights).metrics)
+        return [] if self.diverged else progress.read_metrics(run_files(self.folder, self.weights).metrics)
 
     def curve(self, key="val_loss") -> list:
         """[(step, value)] of one metric: "loss" (training), "val_loss" or "val_also_loss"."""
@@ -374,7 +375,7 @@ class Lab:
 
 
 def diverged(error_line: str) -> bool:
-    """Did a training script stop because its loss or gradient norm became NaN or inf (training.Progress)?
+    """Did a training script stop because its loss or gradient norm became NaN or inf (progress.Progress)?
     A sweep's largest learning rates may do that: a result (it diverges), not a failure of the lab."""
     return " became " in error_line and " by step " in error_line
 

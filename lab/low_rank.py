@@ -23,9 +23,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import torch  # noqa: E402
 
-from model.errors import run_main  # noqa: E402
+from plumbing.errors import run_main  # noqa: E402
 from lab.lab import Finding, mean, run_alone, table  # noqa: E402
-from model.checkpoint import read_checkpoint  # noqa: E402
+from formats.checkpoint import read_checkpoint  # noqa: E402
 from model.model_lora import LoRALinear  # noqa: E402
 from plot import line_chart  # noqa: E402
 

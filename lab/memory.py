@@ -30,7 +30,7 @@ import training  # noqa: E402
 from bench.bench_lora import optimizer_state_bytes, rss_mb  # noqa: E402
 from bench.bench_train import make_batch, train_step  # noqa: E402
 from bench.machine import run_in_fresh_process  # noqa: E402
-from model.errors import run_main  # noqa: E402
+from plumbing.errors import run_main  # noqa: E402
 from lab.lab import Finding, run_alone, table  # noqa: E402
 from model.LMConfig import LMConfig  # noqa: E402
 from model.model import MiniMindLM  # noqa: E402

@@ -18,7 +18,7 @@ import torch  # noqa: E402
 
 import train_lora  # noqa: E402
 from bench.bench_generate import decode_tokens_per_s, model_sizes  # noqa: E402
-from model.errors import run_main  # noqa: E402
+from plumbing.errors import run_main  # noqa: E402
 from lab.lab import Finding, run_alone, table  # noqa: E402
 from model.LMConfig import LMConfig  # noqa: E402
 from model.model import MiniMindLM  # noqa: E402

@@ -28,8 +28,8 @@ from bench.machine import cpu_model  # noqa: E402
 from lab import (adapter_swap, alpha_scaling, baselines, forgetting, initialisation, learning_rate, lora_plus,  # noqa: E402
                  low_rank, memory, merged_latency, trainable_share, which_matrices, zero_start)
 from lab.lab import ROOT, Finding, add_lab_args, lab_from_args, measure  # noqa: E402
-from model.atomic import atomic_write_text  # noqa: E402
-from model.errors import UserError, run_main  # noqa: E402
+from plumbing.atomic import atomic_write_text  # noqa: E402
+from plumbing.errors import UserError, run_main  # noqa: E402
 
 EXPERIMENTS = [trainable_share, memory, zero_start, initialisation, merged_latency, adapter_swap, forgetting, low_rank,
                alpha_scaling, lora_plus, which_matrices, learning_rate, baselines]

@@ -15,11 +15,11 @@ import sys
 
 import training
 from dataset.lm_dataset import SFTDataset
-from model.errors import UserError
-from model.loader import adapter_path, find_checkpoint, load_checkpoint, shape_from_args
+from plumbing.errors import UserError
+from formats.loader import adapter_path, find_checkpoint, load_checkpoint, shape_from_args
 from model.lora_variants import VARIANTS
 from model.model import trainable_parameters_report
-from model.run_lock import claim_out_dir
+from plumbing.run_lock import claim_out_dir
 from plumbing import flags
 from plumbing.runtime import runtime
 

@@ -13,7 +13,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import torch  # noqa: E402
 
-from model.errors import run_main  # noqa: E402
+from plumbing.errors import run_main  # noqa: E402
 from lab.lab import Finding, run_alone, table  # noqa: E402
 from model.LMConfig import LMConfig  # noqa: E402
 from model.model import MiniMindLM, count_parameters  # noqa: E402

@@ -18,7 +18,7 @@ import torch  # noqa: E402
 
 import train_lora  # noqa: E402
 from eval_model import prompt_ids  # noqa: E402
-from model.errors import run_main  # noqa: E402
+from plumbing.errors import run_main  # noqa: E402
 from lab.lab import Finding, run_alone, table  # noqa: E402
 from model.model_lora import INITS, apply_lora  # noqa: E402
 

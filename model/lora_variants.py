@@ -24,7 +24,7 @@ from typing import Callable
 import torch
 import torch.nn as nn
 
-from model.checkpoint import read_checkpoint
+from formats.checkpoint import read_checkpoint
 from model.model_lora import LoRALinear, apply_lora, load_lora, mark_only_lora_as_trainable, save_lora
 from model.predecessors import apply_method, load_method, save_method
 

@@ -12,7 +12,7 @@ numbers instead of 262,144, and an adapter file holds only those, so one base we
 
 Variants of the layer (other initialisations, PiSSA) and LoRA's predecessors live beside this file
 (model/lora_variants.py, model/predecessors.py) and plug in through apply_lora's `layer_class`;
-what an adapter file holds, and its checks, is model/adapter_file.py's.
+what an adapter file holds, and its checks, is formats/adapter_file.py's.
 """
 import math
 import os
@@ -21,8 +21,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from model.adapter_file import adapter_contents, check_fits, check_loadable, read_lora_file
-from model.checkpoint import base_fingerprint, save_weights, unwrap
+from formats.adapter_file import adapter_contents, check_fits, check_loadable, read_lora_file
+from formats.checkpoint import base_fingerprint, save_weights, unwrap
 
 # The update's scale: alpha / rank (Hu et al.), or rsLoRA's alpha / sqrt(rank) (Kalajdzievski 2023: B·A·x sums
 # `rank` terms not all aligned, so it grows like sqrt(rank), and large ranks learn slower under alpha / rank).
@@ -219,7 +219,7 @@ def load_lora(model: nn.Module, path: str | os.PathLike | dict, dropout: float =
     `dropout`, which files do not record). Adapters already there are replaced (unmerged, W is untouched:
     this is switching adapters), so MiniMind2's `apply_lora(model, rank=16); load_lora(model, path)` loads
     any adapter. A file that is malformed, does not fit, or was trained on another base (its A and B mean
-    something only on those weights; allow_other_base=True) is one CheckpointError: model/adapter_file.py.
+    something only on those weights; allow_other_base=True) is one CheckpointError: formats/adapter_file.py.
     """
     where = "the adapter" if isinstance(path, dict) else str(path)
     state, config = read_lora_file(path)
@@ -289,11 +289,18 @@ def _select_linears(model: nn.Module, target_modules) -> dict:
 
 
 def _tied_embeddings(model: nn.Module, chosen: dict) -> dict:
-    """{embedding name: Linear name} for each chosen Linear whose weight an nn.Embedding shares (MiniMind
-    ties tok_embeddings to output): that embedding must read the same adapter, or merging would change it alone."""
-    by_weight = {id(linear.weight): name for name, linear in chosen.items()}
-    return {name: by_weight[id(m.weight)] for name, m in model.named_modules()
-            if isinstance(m, nn.Embedding) and id(m.weight) in by_weight}
+    """{embedding name: Linear name} for each chosen Linear whose weight an nn.Embedding shares (MiniMind ties
+    tok_embeddings to output): that embedding must read the same adapter, or merging would change it alone.
+    A weight shared any other way cannot take an adapter: merging would change its other user too."""
+    users = {}
+    for _, p in model.named_parameters(remove_duplicate=False):
+        users[id(p)] = users.get(id(p), 0) + 1
+    embeddings = {id(m.weight): name for name, m in model.named_modules() if isinstance(m, nn.Embedding)}
+    for name, linear in chosen.items():
+        if users[id(linear.weight)] > 1 and not (users[id(linear.weight)] == 2 and id(linear.weight) in embeddings):
+            raise ValueError(f"{name}.weight is shared with another layer that is not an nn.Embedding; "
+                             f"LoRA on it is not supported, leave {name.rsplit('.', 1)[-1]!r} out of target_modules")
+    return {embeddings[id(linear.weight)]: name for name, linear in chosen.items() if id(linear.weight) in embeddings}
 
 
 def _replace(model: nn.Module, name: str, new: nn.Module) -> None:

@@ -27,7 +27,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from model.checkpoint import CheckpointError, read_checkpoint, save_weights, unwrap
+from formats.checkpoint import CheckpointError, read_checkpoint, save_weights, unwrap
 from model.model import Attention, apply_rope
 
 METHODS = ("adapter", "prefix")

@@ -26,7 +26,6 @@ import functools
 import hashlib
 import heapq
 import itertools
-import json
 import multiprocessing
 import operator
 import os
@@ -35,13 +34,8 @@ import sys
 import unicodedata
 import warnings
 
-from model.atomic import atomic_write_text
-from model.errors import UserError
-
-
-class TokenizerError(UserError, ValueError):
-    """A tokenizer.json this code cannot use (unreadable, damaged, inconsistent, unsupported), or text
-    it cannot encode. The message names the file, or the position in the text, and the problem."""
+from formats.tokenizer_json import TokenizerError, read_tokenizer_json, tokenizer_json_files
+from plumbing.atomic import atomic_write_text
 
 
 # ----------------------------------------------------------------------------------------------
@@ -521,92 +515,23 @@ class Tokenizer:
 
     @classmethod
     def load(cls, path):
-        """Load a Hugging Face byte-level BPE: a directory holding tokenizer.json, or the file itself.
-
-        Merges may be written "left right" (older files, MiniMind2's) or ["left", "right"] (newer).
-        A tokenizer_config.json beside it supplies bos/eos/pad tokens (else <s>, </s>, <unk>).
-        """
-        path = os.fspath(path)
-        file = os.path.join(path, "tokenizer.json") if os.path.isdir(path) else path
-        if not os.path.isfile(file):
-            raise FileNotFoundError(f"no tokenizer at {path!r}: pass a tokenizer.json or a directory "
-                                    "holding one (train one with train_tokenizer.py)")
-        spec = _read_json(file)
-        _check_supported(spec, file)
-        vocab, merges, added = _check_spec(spec, file)
-
-        special_names = {"bos_token": "<s>", "eos_token": "</s>", "pad_token": "<unk>"}
-        config_file = os.path.join(os.path.dirname(file), "tokenizer_config.json")
-        if os.path.isfile(config_file):
-            config = _read_json(config_file)
-            for name in special_names:
-                value = config.get(name)
-                if isinstance(value, dict):  # {"content": "<s>", ...} form
-                    value = value.get("content")
-                if value:
-                    special_names[name] = value
-            if config.get("chat_template", MINIMIND2_CHAT_TEMPLATE) != MINIMIND2_CHAT_TEMPLATE:
-                warnings.warn(f"{config_file} has its own chat_template; apply_chat_template here "
-                              "always renders MiniMind2's format", stacklevel=2)
+        """Load a Hugging Face byte-level BPE: a directory holding tokenizer.json, or the file itself, with
+        its tokenizer_config.json beside it if there is one (bos/eos/pad; else <s>, </s>, <unk>). Reading
+        the files, and every check of what they hold, is formats/tokenizer_json.py's."""
+        file, vocab, merges, added, special_names, template = read_tokenizer_json(path)
+        if template not in (None, MINIMIND2_CHAT_TEMPLATE):
+            warnings.warn(f"{file}'s tokenizer_config.json has its own chat_template; apply_chat_template here "
+                          "always renders MiniMind2's format", stacklevel=2)
         try:
             return cls(vocab, merges, added, **special_names)
         except ValueError as e:  # inconsistent: ids with gaps, a merge of unknown tokens, no byte tokens, ...
             raise TokenizerError(f"{file}: {e}") from None
 
     def files(self):
-        """{"tokenizer.json": text, "tokenizer_config.json": text}: what save() writes, in memory.
-
-        The files are what Hugging Face writes for MiniMind2, so `tokenizers.Tokenizer.from_file`
-        and `transformers.AutoTokenizer.from_pretrained(directory)` load them. Output is
-        deterministic: the same tokenizer always gives byte-identical files.
-        """
-        # merges as "left right" strings: every tokenizers version reads that form. Byte-level
-        # tokens never contain a space (a space byte is written 'Ġ'), so the split is unambiguous.
-        if any(" " in part for m in self.merges for part in m):
-            merges = [list(m) for m in self.merges]
-        else:
-            merges = [f"{a} {b}" for a, b in self.merges]
-        added_tokens = [{"id": t["id"], "content": t["content"], "single_word": False, "lstrip": False,
-                         "rstrip": False, "normalized": False, "special": t["special"]}
-                        for t in sorted(self.added_tokens, key=lambda t: t["id"])]
-        spec = {
-            "version": "1.0",
-            "truncation": None,
-            "padding": None,
-            "added_tokens": added_tokens,
-            "normalizer": None,
-            "pre_tokenizer": {"type": "ByteLevel", "add_prefix_space": False, "trim_offsets": True,
-                              "use_regex": True},
-            "post_processor": None,
-            "decoder": {"type": "ByteLevel", "add_prefix_space": True, "trim_offsets": True,
-                        "use_regex": True},
-            "model": {"type": "BPE", "dropout": None, "unk_token": None, "continuing_subword_prefix": None,
-                      "end_of_word_suffix": None, "fuse_unk": False, "byte_fallback": False,
-                      "ignore_merges": False,
-                      "vocab": dict(sorted(self.vocab.items(), key=lambda kv: kv[1])),
-                      "merges": merges},
-        }
-        config = {
-            "add_bos_token": False,
-            "add_eos_token": False,
-            "add_prefix_space": False,
-            "added_tokens_decoder": {str(t["id"]): {k: v for k, v in t.items() if k != "id"}
-                                     for t in added_tokens},
-            "additional_special_tokens": [],
-            "bos_token": self.bos_token,
-            "clean_up_tokenization_spaces": False,
-            "eos_token": self.eos_token,
-            "legacy": True,
-            "model_max_length": 32768,
-            "pad_token": self.pad_token,
-            "sp_model_kwargs": {},
-            "spaces_between_special_tokens": False,
-            "tokenizer_class": "PreTrainedTokenizerFast",
-            "unk_token": "<unk>" if "<unk>" in self._added_ids else None,
-            "chat_template": MINIMIND2_CHAT_TEMPLATE,
-        }
-        return {name: json.dumps(obj, ensure_ascii=False, indent=2) + "\n"
-                for name, obj in (("tokenizer.json", spec), ("tokenizer_config.json", config))}
+        """{"tokenizer.json": text, "tokenizer_config.json": text}: what save() writes, in memory, as Hugging
+        Face writes them for MiniMind2 (formats/tokenizer_json.py), byte for byte the same every time."""
+        return tokenizer_json_files(self.vocab, self.merges, self.added_tokens, self.bos_token, self.eos_token,
+                                    self.pad_token, MINIMIND2_CHAT_TEMPLATE)
 
     def save(self, directory):
         """Write tokenizer.json and tokenizer_config.json (with the chat template) into directory."""
@@ -627,87 +552,3 @@ class Tokenizer:
 def _encode_many(tokenizer, texts, allow_special):
     """Worker-process body of Tokenizer.encode_batch (module level so it can be pickled)."""
     return [tokenizer.encode(t, allow_special) for t in texts]
-
-
-def _read_json(file):
-    """A tokenizer file's JSON object, or a TokenizerError naming the file (cut short, not JSON, not UTF-8)."""
-    try:
-        with open(file, encoding="utf-8") as f:
-            spec = json.load(f)
-    except OSError as e:
-        raise TokenizerError(f"{file} cannot be read ({e.strerror})") from None
-    except (UnicodeDecodeError, json.JSONDecodeError) as e:
-        where = f" at line {e.lineno} column {e.colno}" if isinstance(e, json.JSONDecodeError) else ""
-        raise TokenizerError(f"{file} is damaged: not valid JSON{where} ({e.msg if where else e.reason}); "
-                             "restore it, or make it again with train_tokenizer.py") from None
-    if not isinstance(spec, dict):
-        raise TokenizerError(f"{file} is not a tokenizer file: it holds a JSON {type(spec).__name__}, not an object")
-    return spec
-
-
-def _check_spec(spec, file):
-    """tokenizer.json's model.vocab, model.merges and added_tokens -> (vocab, merges as pairs, added tokens),
-    each checked for the shape Tokenizer needs, or a TokenizerError naming the file and what is wrong.
-
-    Both merge forms are read: "left right" (older files, MiniMind2's) and ["left", "right"] (newer).
-    """
-    def bad(problem):
-        return TokenizerError(f"{file}: {problem} (a damaged or hand-edited tokenizer.json? restore it, "
-                              "or make it again with train_tokenizer.py)")
-
-    model = spec.get("model")
-    vocab = model.get("vocab") if isinstance(model, dict) else None
-    if not isinstance(vocab, dict) or not vocab:
-        raise bad('no "model": {"vocab": {token: id, ...}}')
-    merges = model.get("merges")
-    if not isinstance(merges, list):
-        raise bad('no "model": {"merges": [...]}')
-    by_id = {}
-    for token, i in vocab.items():
-        if type(i) is not int or i < 0:
-            raise bad(f"vocab entry {token!r} has id {i!r}, not a non-negative integer")
-        if i in by_id:
-            raise bad(f"vocab entries {by_id[i]!r} and {token!r} both have id {i}")
-        by_id[i] = token
-    pairs = []
-    for rank, m in enumerate(merges):
-        pair = m.split(" ") if isinstance(m, str) else m
-        if not (isinstance(pair, list) and len(pair) == 2 and all(isinstance(p, str) and p for p in pair)):
-            raise bad(f"merge #{rank} {m!r} is not a pair of tokens")
-        pairs.append(pair)
-    added = []
-    if not isinstance(spec.get("added_tokens") or [], list):
-        raise bad('"added_tokens" is not a list')
-    for t in spec.get("added_tokens") or []:
-        if not (isinstance(t, dict) and type(t.get("id")) is int and t["id"] >= 0 and isinstance(t.get("content"), str)):
-            raise bad(f"added token {t!r} lacks an integer id or a string content")
-        if by_id.get(t["id"], t["content"]) != t["content"]:
-            raise bad(f"added token {t['content']!r} has id {t['id']}, which the vocab gives to {by_id[t['id']]!r}")
-        added.append({"id": t["id"], "content": t["content"], "special": t.get("special", True)})
-    return vocab, pairs, added
-
-
-def _check_supported(spec, file):
-    """Refuse tokenizer.json features this implementation does not do, instead of mis-encoding."""
-    model = spec.get("model") if isinstance(spec.get("model"), dict) else {}
-    problems = []
-    if model.get("type") != "BPE":
-        problems.append(f"model type {model.get('type')!r} (only BPE)")
-    if spec.get("normalizer") is not None:
-        problems.append("a normalizer")
-    pre = spec.get("pre_tokenizer") if isinstance(spec.get("pre_tokenizer"), dict) else {}
-    if pre.get("type") != "ByteLevel" or pre.get("add_prefix_space") or not pre.get("use_regex", True):
-        problems.append(f"pre_tokenizer {pre} (only ByteLevel, add_prefix_space=false, use_regex=true)")
-    for key in ("dropout", "continuing_subword_prefix", "end_of_word_suffix"):
-        if model.get(key):
-            problems.append(f"model.{key}={model[key]!r}")
-    for key in ("byte_fallback", "ignore_merges"):
-        if model.get(key):
-            problems.append(f"model.{key}=true")
-    for t in spec.get("added_tokens") if isinstance(spec.get("added_tokens"), list) else []:
-        flags = [k for k in ("lstrip", "rstrip", "single_word") if isinstance(t, dict) and t.get(k)]
-        if flags:
-            problems.append(f"added token {t.get('content')!r} with {', '.join(flags)}")
-    if problems:
-        raise TokenizerError(f"{file}: unsupported tokenizer ({'; '.join(problems)}); this project reads "
-                             "byte-level BPE tokenizers like MiniMind2's")

@@ -11,10 +11,10 @@ differs from MiniMind2's, the flag's help says MiniMind2's and why (add_common_a
 import math
 import os
 
-from model.device import DEVICE_HELP, DTYPES, TRAINING_DTYPE_HELP
-from model.errors import UserError
+from plumbing.device import DEVICE_HELP, DTYPES, TRAINING_DTYPE_HELP
+from plumbing.errors import UserError
 from model.LMConfig import LMConfig
-from model.loader import DEFAULT_DIM, add_shape_args, check_adapter_name, check_positions, repo_path
+from formats.loader import DEFAULT_DIM, add_shape_args, check_adapter_name, check_positions, repo_path
 from plumbing.resume import lora_settings
 
 

@@ -17,8 +17,8 @@ import torch
 import torch.distributed as dist
 from tqdm import tqdm
 
-from model.atomic import WriteError, atomic_write_text
-from model.errors import UserError
+from plumbing.atomic import WriteError, atomic_write_text
+from plumbing.errors import UserError
 from plot import line_chart
 
 

@@ -17,8 +17,8 @@ import os
 
 import torch
 
-from model.checkpoint import atomic_save
-from model.errors import UserError
+from formats.checkpoint import atomic_save
+from plumbing.errors import UserError
 from model.model_lora import lora_layers
 
 

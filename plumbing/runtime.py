@@ -17,7 +17,7 @@ import torch
 import torch.distributed as dist
 from torch.nn.parallel import DistributedDataParallel
 
-from model.device import pick_device, pick_dtype
+from plumbing.device import pick_device, pick_dtype
 
 
 @dataclass
@@ -92,7 +92,7 @@ class Runtime:
 def runtime(device="auto", dtype="auto", seed=1337):
     """Set up this process: device, autocast dtype, DDP process group (under torchrun), seed.
 
-    What --dtype means on each device is model.device.pick_dtype's to say (one place for every script).
+    What --dtype means on each device is plumbing.device.pick_dtype's to say (one place for every script).
 
     Under `torchrun --nproc_per_node N` each process reads RANK/LOCAL_RANK/WORLD_SIZE from the
     environment, takes GPU LOCAL_RANK on CUDA (nccl) or stays on the CPU (gloo). The process group

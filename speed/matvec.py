@@ -7,7 +7,7 @@ cores). float32 keeps F.linear: its kernel is no slower there, and on some CPUs 
 bfloat16 row is no faster than a float32 one on that CPU: docs/benchmarks.md.)
 
 The course's transformer (model/model.py) uses plain nn.Linear; this path plugs in where a model is
-loaded for inference (model/loader.py's load_checkpoint calls prepare_for_decoding), replacing each
+loaded for inference (formats/loader.py's load_checkpoint calls prepare_for_decoding), replacing each
 plain Linear by a MatVecLinear holding the same weight: same state-dict keys, same files.
 """
 import torch

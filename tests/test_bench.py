@@ -101,7 +101,7 @@ def test_decode_bytes_count_the_weights_in_their_dtype_and_each_rows_cache():
 def test_benchmark_precisions_are_the_scripts_precisions(monkeypatch):
     """Guards against a benchmark that times bfloat16 where the training scripts would not use it (a
     CPU that only emulates it), or lists a precision twice."""
-    from model import device
+    from plumbing import device
     for has_it, expected in ((True, [torch.float32, torch.bfloat16]), (False, [torch.float32])):
         monkeypatch.setattr(device, "cpu_has_native_bfloat16", lambda cpuinfo=None, has_it=has_it: has_it)
         assert cpu_dtypes(["float32", "bfloat16", "float32"]) == expected
@@ -127,7 +127,7 @@ def test_the_benchmarks_demo_size_is_the_model_the_demo_trains():
     import train_pretrain
     from bench.bench_generate import model_sizes
     from bench.bench_train import SIZES
-    from model.loader import load_tokenizer
+    from formats.loader import load_tokenizer
 
     args = train_pretrain.build_parser().parse_args([])
     trained = dict(dim=args.dim, n_layers=args.n_layers, n_heads=args.n_heads, n_kv_heads=args.n_kv_heads,

@@ -15,11 +15,12 @@ import eval_model
 import run_demo
 import train_full_sft
 import train_lora
-from model import errors, loader
-from model.checkpoint import save_model
-from model.device import DEVICE_HELP, pick_device
+from formats import loader
+from plumbing import errors
+from formats.checkpoint import save_model
+from plumbing.device import DEVICE_HELP, pick_device
 from model.LMConfig import LMConfig
-from model.loader import checkpoint_meta, load_checkpoint
+from formats.loader import checkpoint_meta, load_checkpoint
 from model.model import MiniMindLM
 from model.tokenizer import Tokenizer
 
@@ -94,7 +95,7 @@ def checkpoint(tmp_path):
 
 def test_training_and_evaluation_load_the_same_model_through_the_one_loader(checkpoint, monkeypatch, capsys):
     """Guards against two loaders that disagree (different tokenizer resolution, config or weights):
-    train_lora.py and eval_model.py both go through model.loader.load_checkpoint, and on one checkpoint
+    train_lora.py and eval_model.py both go through formats.loader.load_checkpoint, and on one checkpoint
     both get the same weights and the same tokenizer."""
     seen = {}
 

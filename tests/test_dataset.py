@@ -15,7 +15,7 @@ import torch
 import train_tokenizer
 from dataset.lm_dataset import DataError, PretrainDataset, SFTDataset, encode_with_spans, main
 from dataset.token_cache import build_cache
-from model.errors import run_main
+from plumbing.errors import run_main
 from model.tokenizer import Tokenizer
 
 FIXTURES = Path(__file__).parent / "fixtures" / "minimind2"

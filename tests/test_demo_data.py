@@ -8,7 +8,7 @@ import pytest
 
 from dataset import demo_world as world
 from dataset import make_demo_data as demo
-from model.errors import run_main
+from plumbing.errors import run_main
 
 DATASET_DIR = Path(__file__).resolve().parent.parent / "dataset"
 ALL_FILES = demo.TRAIN_FILES + demo.EVAL_FILES

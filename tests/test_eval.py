@@ -14,12 +14,12 @@ import pytest
 import torch
 
 import eval_model
-from eval_model import answer_is_correct, load_eval_set
-from model import errors
+from evaluation import answer_is_correct, load_eval_set
+from plumbing import errors
 from model.LMConfig import LMConfig
-from model.checkpoint import save_model
+from formats.checkpoint import save_model
 from model.model import MiniMindLM
-from model.loader import checkpoint_meta
+from formats.loader import checkpoint_meta
 from model.model_lora import apply_lora, mark_only_lora_as_trainable, save_lora
 from model.tokenizer import Tokenizer
 

@@ -9,7 +9,7 @@ sys.path.insert(0, str(ROOT / "experiments"))
 
 import lora_medical  # noqa: E402
 import train_lora  # noqa: E402
-from model.errors import run_main  # noqa: E402
+from plumbing.errors import run_main  # noqa: E402
 
 
 def test_default_rehearsal_rewrites_the_committed_file(tmp_path):

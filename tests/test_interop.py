@@ -1,4 +1,4 @@
-"""Hugging Face interop (model/hf_llama.py, convert_model.py), proven against golden files that
+"""Hugging Face interop (interop/hf_llama.py, convert_model.py), proven against golden files that
 transformers 4.57 and PEFT 0.21 wrote themselves (tests/fixtures/hf_llama/), so neither is needed here."""
 import doctest
 import json
@@ -14,17 +14,17 @@ import torch
 
 import convert_model
 import eval_model
-import model.hf_llama as hf_llama
-from model import errors
-from model.checkpoint import load_weights, read_checkpoint, save_model
-from model.hf_llama import (ConversionError, adapter_from_peft, peft_config, halves_order, halves_to_interleaved,
+import interop.hf_llama as hf_llama
+from plumbing import errors
+from formats.checkpoint import load_weights, read_checkpoint, save_model
+from interop.hf_llama import (ConversionError, adapter_from_peft, peft_config, halves_order, halves_to_interleaved,
                             interleaved_to_halves, lm_config_from_hf, read_llama_folder, read_peft_folder,
                             save_llama_folder, save_peft_folder)
 from model.LMConfig import LMConfig
-from model.loader import checkpoint_meta, load_checkpoint
+from formats.loader import checkpoint_meta, load_checkpoint
 from model.model import MiniMindLM, apply_rope, rope_table
 from model.model_lora import adapter_state, apply_lora, load_lora, mark_only_lora_as_trainable, merge_lora, save_lora
-from model.safetensors import load_file, save_file
+from formats.safetensors import load_file, save_file
 from model.tokenizer import Tokenizer
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -400,7 +400,7 @@ def test_a_shard_index_that_is_malformed_or_points_outside_the_folder_is_refused
 @pytest.mark.parametrize("name", ["config.json", "model.safetensors.index.json", "adapter_config.json"])
 def test_deeply_nested_json_in_a_folder_is_one_line(name, tmp_path):
     """Guards against a RecursionError traceback from config.json, the shard index or adapter_config.json nested
-    thousands of levels deep: each is read with model/untrusted_json.py's limits, one UserError naming the file."""
+    thousands of levels deep: each is read with plumbing/untrusted_json.py's limits, one UserError naming the file."""
     folder = _copy_fixture(tmp_path) if name != "adapter_config.json" else tmp_path / "hf"
     if name == "adapter_config.json":
         shutil.copytree(HF_ADAPTER, folder)
@@ -773,7 +773,7 @@ def test_ctrl_c_while_convert_model_imports_is_one_line_and_exit_130(monkeypatch
     real_import = __import__
 
     def interrupted_import(name, *args, **kwargs):
-        if name == "model.checkpoint":  # the first import that brings in torch
+        if name == "formats.checkpoint":  # the first import that brings in torch
             raise KeyboardInterrupt
         return real_import(name, *args, **kwargs)
 

@@ -8,7 +8,7 @@ import pytest
 
 from lab import run_lab
 from lab.lab import VERDICTS, Lab, canonical_flags
-from model.errors import UserError
+from plumbing.errors import UserError
 from plot import bar_chart, line_chart
 import train_lora
 
@@ -84,7 +84,7 @@ def test_general_validation_is_logged_beside_the_task(quick_lab):
     also = [r for r in runs if "--val_also" in r["flags"]]
     assert also
     from training import read_metrics
-    from model.loader import run_files
+    from formats.loader import run_files
     folder = out / "runs" / next(p.parent.name for p in out.glob("runs/*/run.json") if "--val_also" in p.read_text())
     weights = json.loads((folder / "run.json").read_text())["weights"]
     records = [r for r in read_metrics(run_files(folder, weights).metrics) if "val_loss" in r]

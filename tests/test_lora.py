@@ -11,23 +11,21 @@ import pytest
 import torch
 import torch.nn as nn
 
-from model.checkpoint import CheckpointError, load_model, save_model, weights_fingerprint
+from formats.checkpoint import CheckpointError, load_model, save_model, weights_fingerprint
 from model.LMConfig import LMConfig
-from model.model import MiniMindLM
+from model.model import MiniMindLM, count_parameters, trainable_parameters_report
 from model.model_lora import (
     LoRA,
     LoRAEmbedding,
     LoRALinear,
     adapter_state,
     apply_lora,
-    count_parameters,
     load_lora,
     lora_state_dict,
     mark_only_lora_as_trainable,
     merge_lora,
     remove_lora,
     save_lora,
-    trainable_parameters_report,
     unmerge_lora,
 )
 
@@ -743,7 +741,7 @@ def test_the_write_ups_usage_snippet_loads_a_default_train_lora_adapter(tmp_path
     import random
 
     import train_lora
-    from model.loader import checkpoint_meta
+    from formats.loader import checkpoint_meta
     from model.tokenizer import Tokenizer
     from train_tokenizer import count_chunks, train_bpe
 

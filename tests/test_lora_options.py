@@ -7,12 +7,11 @@ from pathlib import Path
 import pytest
 import torch
 
-import train_lora
-from model.checkpoint import read_checkpoint
+from formats.checkpoint import read_checkpoint
 from model.LMConfig import LMConfig
 from model.model import MiniMindLM
-from model.model_lora import (INITS, LoRALinear, apply_lora, load_lora, mark_only_lora_as_trainable, merge_lora,
-                              remove_lora, save_lora)
+from model.lora_variants import INITS, VARIANTS
+from model.model_lora import LoRALinear, apply_lora, load_lora, mark_only_lora_as_trainable, merge_lora, remove_lora, save_lora
 from model.predecessors import apply_method, load_method, save_method
 
 FIXTURES = Path(__file__).parent / "fixtures" / "minimind2"
@@ -67,7 +66,7 @@ def test_inits_with_a_zero_factor_start_exactly_at_the_base(ids, init):
     the logits must be bit-identical to the base's; and which factor is zero is the one named."""
     base = base_model()
     model = base_model()
-    apply_lora(model, 4, target_modules=TARGETS, init=init)
+    apply_lora(model, 4, target_modules=TARGETS, layer_class=INITS[init])
     assert torch.equal(logits(model, ids), logits(base, ids))
     layer = model.layers[0].attention.wq
     zero = {"standard": "B", "swapped": "A", "zeros": "AB"}[init]
@@ -81,7 +80,7 @@ def test_swapped_init_trains_A_first_and_zeros_never_trains(ids):
     only A gets a gradient, and with A = B = 0 neither does."""
     for init, has_grad in (("swapped", {"A": True, "B": False}), ("zeros", {"A": False, "B": False})):
         model = base_model()
-        apply_lora(model, 4, init=init)
+        apply_lora(model, 4, layer_class=INITS[init])
         mark_only_lora_as_trainable(model)
         model(ids).logits.pow(2).mean().backward()
         for ab, expected in has_grad.items():
@@ -95,7 +94,7 @@ def test_pissa_leaves_the_output_unchanged_at_step_0(ids):
     base = base_model()
     model = base_model()
     W = model.layers[0].attention.wq.weight.detach().clone()
-    apply_lora(model, 4, alpha=8, target_modules=TARGETS, init="pissa")
+    apply_lora(model, 4, alpha=8, target_modules=TARGETS, layer_class=INITS["pissa"])
     assert torch.allclose(logits(model, ids), logits(base, ids), atol=1e-5)
     layer = model.layers[0].attention.wq
     U, S, Vh = torch.linalg.svd(W)
@@ -108,7 +107,7 @@ def test_pissa_adapter_file_reproduces_the_trained_model_on_the_untouched_base(t
     adapter that, loaded on the plain base by any consumer, gives the trained model; removing the adapters
     gives the base back."""
     model = base_model()
-    apply_lora(model, 4, alpha=8, target_modules=TARGETS, init="pissa", scaling="rslora")
+    apply_lora(model, 4, alpha=8, target_modules=TARGETS, layer_class=INITS["pissa"], scaling="rslora")
     train_a_little(model, ids)
     trained = logits(model, ids)
     save_lora(model, tmp_path / "pissa.pth")
@@ -129,7 +128,7 @@ def test_scaling_and_init_round_trip_through_the_file(tmp_path, ids, scaling):
     """Guards a file that forgets its scaling: an rsLoRA adapter read back with alpha / r would be scaled
     sqrt(r) times too little. The metadata must say it, and load_lora and merge must honour it."""
     model = base_model()
-    apply_lora(model, 4, alpha=3, target_modules=["wq", "w2"], init="swapped", scaling=scaling)
+    apply_lora(model, 4, alpha=3, target_modules=["wq", "w2"], layer_class=INITS["swapped"], scaling=scaling)
     train_a_little(model, ids)
     save_lora(model, tmp_path / "a.pth")
     saved_config = read_checkpoint(tmp_path / "a.pth")["lora_config"]
@@ -143,25 +142,12 @@ def test_scaling_and_init_round_trip_through_the_file(tmp_path, ids, scaling):
     assert torch.allclose(logits(fresh, ids), logits(model, ids), atol=1e-5)
 
 
-def test_unknown_init_or_scaling_is_refused():
-    """Guards a typo ('pisa') silently training the standard init."""
-    for kwargs in ({"init": "pisa"}, {"scaling": "sqrt"}):
-        with pytest.raises(ValueError, match="must be one of"):
-            apply_lora(base_model(), 4, **kwargs)
+def test_unknown_scaling_is_refused_and_every_variant_is_registered():
+    """Guards a typo ('sqrt') silently training the standard scale, and a variant the lab cannot name."""
+    with pytest.raises(ValueError, match="must be one of"):
+        apply_lora(base_model(), 4, scaling="sqrt")
     assert set(INITS) == {"standard", "swapped", "zeros", "pissa"}
-
-
-def test_train_lora_init_and_scaling_flags_reach_the_adapter(tmp_path):
-    """Guards --lora_init/--lora_scaling being parsed but not passed to apply_lora, and --lora_init being
-    combined with --init_lora (which continues an adapter whose start is long past)."""
-    args = train_lora.build_parser().parse_args(["--lora_init", "pissa", "--lora_scaling", "rslora"])
-    assert (args.lora_init, args.lora_scaling) == ("pissa", "rslora")
-    args = train_lora.build_parser().parse_args(["--lora_init", "swapped", "--init_lora", str(tmp_path / "x.pth")])
-    with pytest.raises(Exception, match="--lora_init swapped starts a new adapter"):
-        train_lora.check_lora_args(args)
-    args = train_lora.build_parser().parse_args(["--method", "prefix", "--lora_alpha", "4"])
-    with pytest.raises(Exception, match="--method prefix has no --lora_alpha"):
-        train_lora.check_lora_args(args)
+    assert set(VARIANTS) == {"lora", "rslora", "swapped", "zeros", "pissa", "adapter", "prefix"}
 
 
 # --- the predecessors --------------------------------------------------------------------------

@@ -1,4 +1,4 @@
-"""Tests for model/LMConfig.py, model/model.py and model/checkpoint.py.
+"""Tests for model/LMConfig.py, model/model.py and formats/checkpoint.py.
 
 Known answers come from tests/fixtures/minimind2/ (made by MiniMind2's own code); everything
 else compares two ways of computing the same thing (cached vs full, batched vs alone, SDPA vs
@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from model.checkpoint import CheckpointError, clean_state_dict, load_model, load_weights, save_model
+from formats.checkpoint import CheckpointError, clean_state_dict, load_model, load_weights, save_model
 from model.LMConfig import LMConfig
 from model.model import KVCache, MiniMindLM, apply_rope, count_parameters, rope_table, sample_next_token
 
@@ -486,7 +486,7 @@ def test_kill_between_weights_and_sidecar(tmp_path, monkeypatch):
     """Guards against the module docstring's promise breaking: a save killed after the weights' rename
     but before the sidecar's leaves new weights + old sidecar, which load (same shapes) or are refused
     (other shapes) -- never loaded into the wrong model."""
-    import model.checkpoint as checkpoint
+    import formats.checkpoint as checkpoint
 
     path = tmp_path / "pretrain_64.pth"
     save_model(tiny_model(seed=0), path, {"step": 1})
@@ -507,12 +507,12 @@ def test_kill_between_weights_and_sidecar(tmp_path, monkeypatch):
         load_model(path)
 
 
-# ---- atomic writes (model/atomic.py) ------------------------------------------------------------
+# ---- atomic writes (plumbing/atomic.py) ------------------------------------------------------------
 
 
 def test_atomic_write_keeps_the_old_file_when_a_write_fails(tmp_path):
     """Guards against a crash mid-write destroying the last good file (or leaving temp files)."""
-    from model.atomic import atomic_write, atomic_write_bytes
+    from plumbing.atomic import atomic_write, atomic_write_bytes
 
     path = tmp_path / "f.bin"
     atomic_write_bytes(path, b"old")
@@ -529,7 +529,7 @@ def test_atomic_write_keeps_the_old_file_when_a_write_fails(tmp_path):
 
 def test_atomic_save_keeps_the_old_checkpoint_when_a_save_fails(tmp_path):
     """Guards against atomic_save (torch.save on top of atomic_write) losing the last good checkpoint."""
-    from model.checkpoint import atomic_save
+    from formats.checkpoint import atomic_save
 
     path = tmp_path / "ckpt.pth"
     atomic_save({"w": torch.ones(3)}, path)
@@ -547,7 +547,7 @@ def test_atomic_save_keeps_the_old_checkpoint_when_a_save_fails(tmp_path):
 @pytest.mark.parametrize("umask", [0o022, 0o077, 0o002])
 def test_atomic_write_gives_ordinary_file_permissions(tmp_path, umask):
     """Guards against files created owner-only (mkstemp's 0600) or ignoring the umask, unlike open()."""
-    from model.atomic import atomic_write_text
+    from plumbing.atomic import atomic_write_text
 
     old = os.umask(umask)
     try:
@@ -563,7 +563,7 @@ def test_atomic_write_gives_ordinary_file_permissions(tmp_path, umask):
 
 # ---- the code as course material --------------------------------------------------------------
 
-MODEL_MODULES = ["model.LMConfig", "model.model", "model.checkpoint", "model.model_lora", "model.tokenizer", "model.atomic"]
+MODEL_MODULES = ["model.LMConfig", "model.model", "formats.checkpoint", "model.model_lora", "model.tokenizer", "plumbing.atomic"]
 
 
 @pytest.mark.parametrize("name", MODEL_MODULES)
@@ -588,12 +588,8 @@ def test_model_py_reads_top_to_bottom():
     assert jumps == []
 
 
-def test_count_parameters_lives_in_model_and_counts_tied_weights_once():
-    """Guards against count_parameters living only in model_lora.py (not a LoRA concept, yet the
-    pretraining script needed it from there) and against a tied matrix being counted twice."""
-    import model.model_lora as model_lora
-
+def test_count_parameters_counts_tied_weights_once():
+    """Guards against a tied matrix (tok_embeddings = output) being counted twice."""
     model = tiny_model()
     total, trainable = count_parameters(model)
     assert total == trainable == sum(t.numel() for k, t in model.state_dict().items() if k != "tok_embeddings.weight")
-    assert model_lora.count_parameters is count_parameters  # still importable from the old place

@@ -15,9 +15,10 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from bench.bench_moe import train_router
-from model.checkpoint import CheckpointError, load_model, load_weights, save_model
+from formats.checkpoint import CheckpointError, load_model, load_weights, save_model
 from model.LMConfig import LMConfig
-from model.model import FeedForward, MiniMindLM, MoEFeedForward, count_parameters, load_balancing_loss
+from model.model import FeedForward, MiniMindLM, count_parameters, trainable_parameters_report
+from model.model_moe import MoEFeedForward, load_balancing_loss
 from model.model_lora import (
     LoRALinear,
     apply_lora,
@@ -26,7 +27,6 @@ from model.model_lora import (
     merge_lora,
     remove_lora,
     save_lora,
-    trainable_parameters_report,
     unmerge_lora,
 )
 

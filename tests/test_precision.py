@@ -2,7 +2,7 @@
 the files, and that decoding with bfloat16 weights gives float32's answers.
 
 Whether this machine has native bfloat16 must not decide what these tests check, so the CPU's
-answer (model.device.cpu_has_native_bfloat16) is mocked both ways; bfloat16 arithmetic itself runs
+answer (plumbing.device.cpu_has_native_bfloat16) is mocked both ways; bfloat16 arithmetic itself runs
 on any CPU (emulated where it is not native), only more slowly.
 """
 import hashlib
@@ -17,14 +17,15 @@ import eval_model
 import serve_openai_api
 import train_pretrain
 import training
-from model import device as device_module
-from model.device import DTYPES, cpu_has_native_bfloat16, pick_dtype
-from model.errors import UserError
+from plumbing import device as device_module
+from plumbing.device import DTYPES, cpu_has_native_bfloat16, pick_dtype
+from plumbing.errors import UserError
 from model.LMConfig import LMConfig
-from model.loader import load_checkpoint
+from formats.loader import load_checkpoint
 from model.model import MiniMindLM
 from speed.matvec import linear
 from model.model_lora import load_lora
+from plumbing import runtime as runtime_module
 
 ROOT = Path(__file__).resolve().parent.parent
 FIXTURES = ROOT / "tests" / "fixtures" / "minimind2"
@@ -80,14 +81,14 @@ def test_the_runtime_autocasts_prints_and_records_the_choice(native, has_it):
     """Guards against a choice made but not applied (autocast still off), not shown in the run's
     summary line, or not recorded in the resume plan (then a resume could change it unnoticed)."""
     native(has_it)
-    with training.runtime("cpu", "bfloat16") as rt:
+    with runtime_module.runtime("cpu", "bfloat16") as rt:
         assert rt.autocast_dtype == (torch.bfloat16 if has_it else None)
         with rt.autocast():
             assert (torch.mm(torch.ones(2, 2), torch.ones(2, 2)).dtype == torch.bfloat16) == has_it
         assert str(rt) == ("cpu, bfloat16 autocast, 1 process" if has_it else
                            "cpu, float32 (bfloat16 asked, but this CPU has no native bfloat16 (avx512_bf16/amx_bf16)), "
                            "1 process")
-    with training.runtime("cpu", "auto") as rt:
+    with runtime_module.runtime("cpu", "auto") as rt:
         assert rt.autocast_dtype is None and str(rt).startswith("cpu, float32 (auto")
 
 
@@ -212,8 +213,8 @@ def test_a_single_bfloat16_row_takes_the_matrix_vector_product():
 def test_load_checkpoint_casts_the_weights_and_never_the_file(tmp_path):
     """Guards against a dtype converted in each script instead of the one loader, a checkpoint file
     touched by loading it in bfloat16, and an adapter loaded later in another dtype than the base."""
-    from model.checkpoint import save_model
-    from model.loader import checkpoint_meta
+    from formats.checkpoint import save_model
+    from formats.loader import checkpoint_meta
     from model.model_lora import apply_lora, save_lora
     from model.tokenizer import Tokenizer
 

@@ -27,10 +27,10 @@ import train_tokenizer
 from dataset import lm_dataset
 from dataset.lm_dataset import DataError, PretrainDataset
 from dataset.token_cache import TEMPORARY_FOLDER, cache_problem
-from model import errors, run_lock
-from model.checkpoint import save_model
+from plumbing import errors, flags, run_lock
+from formats.checkpoint import save_model
 from model.LMConfig import LMConfig
-from model.loader import checkpoint_meta
+from formats.loader import checkpoint_meta
 from model.model import MiniMindLM
 from model.model_lora import apply_lora, save_lora
 from model.tokenizer import Tokenizer, TokenizerError
@@ -260,7 +260,7 @@ def _damage(spec, how):
     ("malformed merge", "merge #5 17 is not a pair of tokens"),
     ("two tokens, one id", "vocab entries 'Ġthe' and 'Ġand' both have id"),
     ("added token on another token's id", "added token '<unk>' has id"),
-    ("cut short", "is damaged: not valid JSON at line"),
+    ("cut short", "is not valid JSON (line"),
 ])
 def test_5_a_damaged_tokenizer_json_is_one_line_naming_the_file(how, problem, tmp_path, capsys):
     """Guards against KeyError/TypeError tracebacks for a tokenizer.json without merges or vocab or with a
@@ -428,7 +428,7 @@ def test_8_a_second_run_into_the_same_out_dir_is_refused_naming_the_first(tmp_pa
     killed (kill -9, no clean-up) its lock is gone with it."""
     holder = subprocess.Popen([sys.executable, "-c", textwrap.dedent(f"""
         import sys
-        from model.run_lock import claim_out_dir
+        from plumbing.run_lock import claim_out_dir
         with claim_out_dir({str(tmp_path)!r}):
             print("holding", flush=True)
             sys.stdin.read()
@@ -554,13 +554,13 @@ def test_11_pretraining_checks_the_window_against_the_models_positions(tmp_path,
 
 
 def test_11_lora_targets_name_the_models_linears():
-    """Guards against train_lora.LINEAR_NAMES (checked before the model exists) drifting from the model,
+    """Guards against plumbing.flags.LINEAR_NAMES (checked before the model exists) drifting from the model,
     dense or a mixture of experts (whose router, 'gate', is a Linear too)."""
     linears = set()
     for use_moe in (False, True):
         model = MiniMindLM(LMConfig(dim=32, n_layers=1, n_heads=4, n_kv_heads=2, vocab_size=300, use_moe=use_moe))
         linears |= {n.rsplit(".", 1)[-1] for n, m in model.named_modules() if isinstance(m, torch.nn.Linear)}
-    assert linears == set(train_lora.LINEAR_NAMES)
+    assert linears == set(flags.LINEAR_NAMES)
 
 
 # ------------------------------------------------------------------------------------------------

@@ -1,4 +1,4 @@
-"""model/safetensors.py, the hand-written safetensors reader and writer, and the weights files that use it."""
+"""formats/safetensors.py, the hand-written safetensors reader and writer, and the weights files that use it."""
 import doctest
 import json
 import struct
@@ -8,14 +8,14 @@ from pathlib import Path
 import pytest
 import torch
 
-import model.safetensors as safetensors
-from model.checkpoint import CheckpointError, read_checkpoint, save_model
-from model.errors import UserError
+import formats.safetensors as safetensors
+from formats.checkpoint import CheckpointError, read_checkpoint, save_model
+from plumbing.errors import UserError
 from model.LMConfig import LMConfig
-from model.loader import checkpoint_meta, load_checkpoint
+from formats.loader import checkpoint_meta, load_checkpoint
 from model.model import MiniMindLM
 from model.model_lora import apply_lora, save_lora
-from model.safetensors import SafetensorsError, load_file, save_file
+from formats.safetensors import SafetensorsError, load_file, save_file
 from model.tokenizer import Tokenizer
 
 ROOT = Path(__file__).resolve().parent.parent

@@ -1,4 +1,4 @@
-"""serve_openai_api.py, model/engine.py, model/multi_lora.py: many adapters served in shared batches.
+"""serve_openai_api.py, serving/engine.py, serving/multi_lora.py: many adapters served in shared batches.
 
 A tiny model (dim 32, 2 layers, grouped-query attention) and two adapters of different ranks and
 targets (one on the tied output/embedding matrix) are saved into tmp_path; the server runs in this
@@ -21,14 +21,14 @@ import torch
 
 import eval_model
 import serve_openai_api as serve
-from model import errors
-from model.checkpoint import save_model
-from model.engine import Engine, Request, SlotKVCache, forward_rows
+from plumbing import errors
+from formats.checkpoint import save_model
+from serving.engine import Engine, Request, SlotKVCache, forward_rows
 from model.LMConfig import LMConfig
-from model.loader import checkpoint_meta, load_checkpoint
+from formats.loader import checkpoint_meta, load_checkpoint
 from model.model import MiniMindLM
 from model.model_lora import apply_lora, load_lora, remove_lora, save_lora
-from model.multi_lora import AdapterBank, RowAdapters, read_adapter
+from serving.multi_lora import AdapterBank, RowAdapters, read_adapter
 from model.tokenizer import Tokenizer
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -676,7 +676,7 @@ def test_a_bfloat16_server_answers_as_eval_model_does_in_bfloat16(out, monkeypat
     with --dtype bfloat16, token for token; an adapter's row, whose update the engine computes with
     alpha/rank folded into B before rounding to bfloat16 (LoRALinear scales after), gives the logits of
     the model with that adapter loaded within bfloat16's rounding (2% of their range)."""
-    from model import device as device_module
+    from plumbing import device as device_module
     monkeypatch.setattr(device_module, "cpu_has_native_bfloat16", lambda cpuinfo="/proc/cpuinfo": True)
     server, port = start_server(out, "--dtype", "bfloat16")
     try:

@@ -191,7 +191,7 @@ def test_save_load_round_trip(tok, tmp_path):
 
 def test_save_is_atomic_with_ordinary_permissions(tok, tmp_path):
     """Guards against save() leaving temp files, or writing files with a fixed mode (0644) that
-    ignores the umask, instead of sharing model/atomic.py's writer."""
+    ignores the umask, instead of sharing plumbing/atomic.py's writer."""
     old = os.umask(0o002)
     try:
         tok.save(tmp_path)

@@ -26,13 +26,17 @@ import train_lora
 import train_pretrain
 import training
 from dataset.lm_dataset import PretrainDataset, SFTDataset
-from model.checkpoint import load_model, save_model
-from model.errors import UserError
-from model.loader import checkpoint_meta, path_for_sidecar, path_from_sidecar
+from formats.checkpoint import load_model, save_model
+from plumbing.errors import UserError
+from formats.loader import checkpoint_meta, path_for_sidecar, path_from_sidecar
 from model.LMConfig import LMConfig
 from model.model import MiniMindLM
-from model.model_lora import apply_lora, load_lora
+from model.model_lora import load_lora
 from model.tokenizer import Tokenizer
+from plumbing import flags
+from plumbing import progress
+from plumbing import resume
+from plumbing import runtime as runtime_module
 
 ROOT = Path(__file__).resolve().parent.parent
 TOKENIZER = ROOT / "model" / "demo_tokenizer"
@@ -55,7 +59,7 @@ def sha256(path):
 
 
 def first_and_last_loss(metrics_path):
-    records = [r for r in training.read_metrics(metrics_path) if "loss" in r]
+    records = [r for r in progress.read_metrics(metrics_path) if "loss" in r]
     return records[0]["loss"], records[-1]["loss"]
 
 
@@ -186,7 +190,7 @@ def test_step_batches_see_every_sample_once_per_epoch_and_resume_at_any_step():
     """Guards against a resumed run that restarts its epoch (or reshuffles it) instead of continuing
     the same order, and against an epoch that drops or repeats samples."""
     dataset = [(torch.tensor([i]), torch.tensor([i]), torch.tensor([1])) for i in range(10)]
-    rt = training.Runtime(torch.device("cpu"))
+    rt = runtime_module.Runtime(torch.device("cpu"))
     data = training.StepBatches(dataset, batch_size=4, accumulation_steps=2, epochs=2, seed=0, rt=rt)
     assert (data.batches_per_epoch, data.total_steps) == (3, 3)  # 4+4+2 samples per epoch, 6 micro-batches
 
@@ -206,14 +210,14 @@ def test_loss_curve_svg_is_well_formed_and_plots_every_point(tmp_path):
     """Guards against a hand-written SVG that browsers refuse (bad XML) or that drops or flips points."""
     records = [{"step": s, "loss": 8.0 / s} for s in range(1, 21)]
     path = tmp_path / "loss.svg"
-    training.write_loss_svg(records, path, "a & b <test>")
+    progress.write_loss_svg(records, path, "a & b <test>")
     root = ET.parse(path).getroot()
     lines = [e for e in root.iter("{http://www.w3.org/2000/svg}polyline") if e.get("stroke") == "#1f77b4"]
     points = [tuple(map(float, p.split(","))) for p in lines[0].get("points").split()]
     assert len(points) == 20
     xs, ys = zip(*points)
     assert list(xs) == sorted(xs) and list(ys) == sorted(ys)  # loss falls -> y grows (SVG y points down)
-    training.write_loss_svg([], tmp_path / "empty.svg", "no data")  # a run with no log line yet
+    progress.write_loss_svg([], tmp_path / "empty.svg", "no data")  # a run with no log line yet
     ET.parse(tmp_path / "empty.svg")
 
 
@@ -222,7 +226,7 @@ def test_the_loss_svg_draws_training_and_validation_with_a_legend(tmp_path):
     second, unlabelled line a reader takes for the training loss)."""
     records = [{"step": s, "loss": 8.0 / s} for s in range(1, 21)] + [{"step": s, "val_loss": 9.0 / (s + 1)} for s in (0, 10, 20)]
     path = tmp_path / "loss.svg"
-    training.write_loss_svg(records, path, "run")
+    progress.write_loss_svg(records, path, "run")
     root = ET.parse(path).getroot()
     ns = "{http://www.w3.org/2000/svg}"
     curves = [e for e in root.iter(f"{ns}polyline") if e.get("stroke") not in ("#888", None)]
@@ -244,9 +248,9 @@ def test_a_failed_metrics_or_svg_write_keeps_the_previous_file(tmp_path, monkeyp
 
     monkeypatch.setattr(os, "fsync", disk_full)
     with pytest.raises(OSError, match="No space left"):
-        training.write_loss_svg([{"step": 1, "loss": 1.0}], svg, "title")
+        progress.write_loss_svg([{"step": 1, "loss": 1.0}], svg, "title")
     with pytest.raises(OSError, match="No space left"):  # a fresh run starts a fresh metrics log
-        training.Progress(str(metrics), 10, 0, training.Runtime(torch.device("cpu")))
+        progress.Progress(str(metrics), 10, 0, runtime_module.Runtime(torch.device("cpu")))
     assert svg.read_text() == "previous" and metrics.read_text() == '{"step": 1, "loss": 2.0}\n'
     assert sorted(p.name for p in tmp_path.iterdir()) == ["x_loss.svg", "x_metrics.jsonl"]
 
@@ -258,25 +262,6 @@ def test_every_flag_has_help_and_none_is_type_bool(module):
     for action in importlib.import_module(module).build_parser()._actions:
         assert action.help, f"{action.option_strings} has no help"
         assert action.type is not bool, f"{action.option_strings} uses type=bool"
-
-
-def loop_block(script):
-    """The lines of a script from '# ---- the loop' to the end of main(), without the weight-saving
-    line(s) (save_model / save_lora), the one place where the stages' loops differ."""
-    lines = (ROOT / script).read_text(encoding="utf-8").splitlines()
-    start = next(i for i, line in enumerate(lines) if "# ---- the loop" in line)
-    end = next(i for i, line in enumerate(lines) if "return training.RunResult" in line)
-    return [line for line in lines[start:end + 1] if not re.search(r"\bsave_(model|lora)\(", line)]
-
-
-def test_the_three_training_loops_are_identical_apart_from_the_save():
-    """Guards against the three copies of the loop drifting apart (MiniMind's did: one logs the loss
-    multiplied back by the accumulation steps, the others do not). The loop is copied on purpose, so
-    each script shows its whole training step; this keeps the copies honest."""
-    pretrain = loop_block("train_pretrain.py")
-    assert len(pretrain) > 30 and any("clip_grad_norm_" in line for line in pretrain)
-    assert loop_block("train_full_sft.py") == pretrain
-    assert loop_block("train_lora.py") == pretrain
 
 
 def test_sidecar_paths_resolve_from_any_directory(tmp_path):
@@ -338,13 +323,13 @@ def test_a_mixture_of_experts_trains_through_every_stage_with_one_flag(tmp_path,
     common = [*FAST, "--out_dir", out, "--epochs", "1"]
     pre = train_pretrain.main([*SHAPE, *common, "--use_moe", "--tokenizer", str(TOKENIZER), "--data_path", data["pretrain"]])
     assert pre.weights == f"{out}/pretrain_32_moe.pth" and pre.model.config.use_moe
-    records = [r for r in training.read_metrics(f"{out}/pretrain_32_moe_metrics.jsonl") if "loss" in r]
+    records = [r for r in progress.read_metrics(f"{out}/pretrain_32_moe_metrics.jsonl") if "loss" in r]
     # the aux loss is logged on its own; a balanced router sits at alpha x layers = 0.1 x 2, an unbalanced one above
     assert all(0.15 < r["aux_loss"] < 1.0 for r in records), records
     # ... and it is trained on: without it (alpha 0) the routers end up elsewhere, everything else equal
-    real_config = training.model_config
+    real_config = flags.model_config
     with pytest.MonkeyPatch.context() as patch:
-        patch.setattr(training, "model_config", lambda *a, **k: dataclasses.replace(real_config(*a, **k), aux_loss_alpha=0.0))
+        patch.setattr(flags, "model_config", lambda *a, **k: dataclasses.replace(real_config(*a, **k), aux_loss_alpha=0.0))
         unbalanced = train_pretrain.main([*SHAPE, *common, "--out_dir", str(tmp_path / "alpha0"), "--use_moe",
                                           "--tokenizer", str(TOKENIZER), "--data_path", data["pretrain"]])
     gate = "layers.0.feed_forward.gate.weight"
@@ -387,7 +372,7 @@ def test_init_lora_trains_an_existing_adapter_further(pipeline, data, tmp_path, 
             "--lora_name", "again", "--data_path", data["lora"], "--epochs", "1", "--init_lora", first.weights]
     assert "--lora_rank 4 disagrees with" in one_line_error(train_lora.main, [*argv, "--lora_rank", "4"], capsys)
     again = train_lora.main([*argv, "--lora_rank", "8"])  # the file's own rank may be given
-    start = next(r["val_loss"] for r in training.read_metrics(tmp_path / "again_64_metrics.jsonl") if "val_loss" in r)
+    start = next(r["val_loss"] for r in progress.read_metrics(tmp_path / "again_64_metrics.jsonl") if "val_loss" in r)
     assert start == pytest.approx(first.val_loss, rel=1e-5)
     assert again.val_loss < start
 
@@ -467,7 +452,7 @@ def test_interrupted_run_resumes_to_the_same_weights(kind, tmp_path, data, pipel
     for key in a:
         assert torch.equal(a[key], b[key]), key  # bit-identical on the CPU
     assert straight.final_loss == pytest.approx(resumed.final_loss, abs=1e-6)
-    metrics = {run: training.read_metrics(tmp_path / run / Path(straight.weights).name.replace(".pth", "_metrics.jsonl"))
+    metrics = {run: progress.read_metrics(tmp_path / run / Path(straight.weights).name.replace(".pth", "_metrics.jsonl"))
                for run in ("straight", "resumed")}
     for kind_of_line in ("loss", "val_loss"):
         steps = [r["step"] for r in metrics["resumed"] if kind_of_line in r]
@@ -498,7 +483,7 @@ def test_measuring_validation_loss_changes_nothing_and_measures_the_held_out_sam
     often = train_lora.main([*argv, "--out_dir", str(tmp_path / "b"), "--eval_interval", "1"])
     for key, value in rarely.model.state_dict().items():
         assert torch.equal(value, often.model.state_dict()[key]), key
-    records = training.read_metrics(tmp_path / "b" / "v_64_metrics.jsonl")
+    records = progress.read_metrics(tmp_path / "b" / "v_64_metrics.jsonl")
     assert [r["step"] for r in records if "val_loss" in r] == list(range(0, 24))  # 184 samples / 8 = 23 steps
 
     argv = [*SHAPE, *FAST, "--tokenizer", str(TOKENIZER), "--data_path", data["pretrain"], "--epochs", "1"]
@@ -506,7 +491,7 @@ def test_measuring_validation_loss_changes_nothing_and_measures_the_held_out_sam
 
     tokenizer = Tokenizer.load(TOKENIZER)
     full = PretrainDataset(data["pretrain"], tokenizer, max_length=64, verbose=False)
-    train_set, val_set, _, _ = training.load_data(PretrainDataset, tokenizer, training.Runtime(torch.device("cpu")),
+    train_set, val_set, _, _ = training.load_data(PretrainDataset, tokenizer, runtime_module.Runtime(torch.device("cpu")),
                                                data_path=data["pretrain"], max_seq_len=64, skip_bad_lines=False,
                                                cache_dir=None, val_data=None, val_samples=16)
     assert len(val_set) == 16 and not set(val_set.indices) & set(train_set.indices)
@@ -527,18 +512,18 @@ def test_a_fresh_start_refuses_only_an_unfinished_run(tmp_path):
     refuses to rerun a finished stage because its resume file outlived it (a kill between the last
     save and the file's removal, or a file from before resume files were removed at the end)."""
     plan = {"samples": 10, "batch_size": 4, "accumulation_steps": 2, "epochs": 2, "seed": 0, "world_size": 1}
-    assert training.count_steps(plan) == (3, 3)  # 4+4+2 samples an epoch, 6 micro-batches, 3 steps
+    assert resume.count_steps(plan) == (3, 3)  # 4+4+2 samples an epoch, 6 micro-batches, 3 steps
     path = tmp_path / "x_resume.pth"
-    training.check_no_unfinished_run(path, resuming=False)  # no file: nothing to protect
+    resume.check_no_unfinished_run(path, resuming=False)  # no file: nothing to protect
     torch.save(fake_resume_state(2, plan), path)
     with pytest.raises(UserError, match=re.escape(f"{path} holds an unfinished run: pass --resume")):
-        training.check_no_unfinished_run(path, resuming=False)
-    training.check_no_unfinished_run(path, resuming=True)  # --resume continues it instead
+        resume.check_no_unfinished_run(path, resuming=False)
+    resume.check_no_unfinished_run(path, resuming=True)  # --resume continues it instead
     torch.save(fake_resume_state(3, plan), path)
-    training.check_no_unfinished_run(path, resuming=False)  # step 3 of 3: finished
+    resume.check_no_unfinished_run(path, resuming=False)  # step 3 of 3: finished
     torch.save({"tok_embeddings.weight": torch.zeros(2, 2)}, path)  # a model's weights saved under that name
     with pytest.raises(UserError, match="is not a resume file of these scripts"):
-        training.check_no_unfinished_run(path, resuming=False)
+        resume.check_no_unfinished_run(path, resuming=False)
 
 
 @pytest.mark.parametrize("content", [b"", b"not a checkpoint", b"PK\x03\x04 truncated zip"])
@@ -561,9 +546,9 @@ def test_plan_differences_name_every_changed_setting():
     then = {"batch_size": 8, "model": {"dim": 64, "n_kv_heads": 2}, "dtype": "float16", "lora": None}
     now = {"batch_size": 8, "model": {"dim": 64, "n_kv_heads": 4}, "dtype": "bfloat16", "lora": None,
            "base": "sha256:ab"}
-    assert training.plan_differences(then, now) == [
+    assert resume.plan_differences(then, now) == [
         "model.n_kv_heads=2 then, 4 now", "dtype=float16 then, bfloat16 now", "base=unrecorded then, sha256:ab now"]
-    assert training.plan_differences(now, now) == []
+    assert resume.plan_differences(now, now) == []
 
 
 def test_nan_loss_stops_the_run_and_keeps_the_last_good_checkpoint(tmp_path, data, monkeypatch):
@@ -658,7 +643,7 @@ def test_two_process_gloo_torchrun_trains_and_saves_loadable_files(tmp_path, dat
     assert not any(k.startswith(("module.", "_orig_mod.")) for k in state)
     model, meta = load_model(out / "pretrain_32.pth")
     assert meta["stage"] == "pretrain"
-    records = training.read_metrics(out / "pretrain_32_metrics.jsonl")
+    records = progress.read_metrics(out / "pretrain_32_metrics.jsonl")
     # 240 samples - 16 held out = 224 / 2 ranks / 16 per batch = 7 steps, logged every 2 and at the end,
     # written by rank 0 only; validation before the first step and after the last, the ranks' halves summed
     assert [r["step"] for r in records if "loss" in r] == [2, 4, 6, 7]

@@ -16,7 +16,7 @@ sidecars, tokenizer.json, dataset caches -- goes through `atomic_write`. The rec
 A run killed with SIGKILL (or by a power cut) gets no step 4 and leaves its temporary file behind,
 as big as the file it was writing: `.pretrain_128.pth.k3j9x_2a.tmp`. `stale_temporaries` finds
 them; a training run removes those in its output folder once it holds the folder's lock
-(model/run_lock.py), when no other run can be writing them.
+(plumbing/run_lock.py), when no other run can be writing them.
 
     >>> import tempfile, os
     >>> d = tempfile.mkdtemp()
@@ -33,7 +33,7 @@ import os
 import re
 import tempfile
 
-from model.errors import UserError
+from plumbing.errors import UserError
 
 # the temporary files atomic_write makes: "." + final name + "." + mkstemp's 8 random characters + ".tmp"
 TEMPORARY_NAME = re.compile(r"\..+\.[a-z0-9_]{8}\.tmp")

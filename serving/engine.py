@@ -20,7 +20,7 @@ buffers in place. Rows are kept contiguous: when row i leaves, the last row move
 The capacity follows the longest running row, as a dynamic array does: doubled when a row needs
 more, halved when the rows need a quarter of it, so one long request does not keep every row long.
 
-Each row also wears its own LoRA adapter (model/multi_lora.py), so requests for different adapters
+Each row also wears its own LoRA adapter (serving/multi_lora.py), so requests for different adapters
 share the batch. The alternative, lora_mode="merged", folds one adapter into the base weights and
 serves only its requests until the batch empties, then switches: S-LoRA's baseline.
 
@@ -42,7 +42,7 @@ import torch.nn.functional as F
 
 from model.LMConfig import LMConfig
 from model.model import apply_rope, sample_next_token
-from model.multi_lora import AdapterBank, RowAdapters, lora_embedding, lora_linear
+from serving.multi_lora import AdapterBank, RowAdapters, lora_embedding, lora_linear
 
 
 # ----------------------------------------------------------------------------------------------

@@ -16,7 +16,7 @@ import os
 
 import torch
 
-from model.checkpoint import CheckpointError, check_finite, clean_state_dict, read_checkpoint
+from formats.checkpoint import CheckpointError, check_finite, clean_state_dict, read_checkpoint
 
 
 def few(items: list, n: int = 3) -> str:

@@ -21,7 +21,7 @@ lock a new file of the same name while a second one still holds the old one.
 Claiming the folder also checks it, before the model and the data load: --out_dir naming a file, a
 folder that cannot be created (a name too long, no permission) or written, is one UserError. And
 once the lock is held no other run can be writing there, so the temporary files of a run killed
-while saving (model/atomic.py: stale_temporaries, as big as a checkpoint) are removed.
+while saving (plumbing/atomic.py: stale_temporaries, as big as a checkpoint) are removed.
 
 Under torchrun only rank 0 claims the folder (the other ranks write nothing). Across machines that
 share the folder over NFS the lock holds too: Linux emulates flock there with a whole-file fcntl lock.
@@ -36,9 +36,9 @@ import sys
 import time
 from contextlib import contextmanager
 
-from model.atomic import stale_temporaries
-from model.errors import UserError
-from model.untrusted_json import loads
+from plumbing.atomic import stale_temporaries
+from plumbing.errors import UserError
+from plumbing.untrusted_json import loads
 
 try:
     import fcntl

@@ -13,7 +13,7 @@ and whatever comes later (a server, an exporter) -- calls `load_checkpoint`:
     loaded = load_checkpoint("out/full_sft_128.pth", adapter="out/lora/lora_medical_128.pth")
     loaded.model, loaded.tokenizer       # in eval mode; the tokenizer is the one it was trained with
 
-This project's checkpoints carry a JSON sidecar (model/checkpoint.py) that names their config and
+This project's checkpoints carry a JSON sidecar (formats/checkpoint.py) that names their config and
 tokenizer, so nothing else is needed. A plain MiniMind2 `.pth` has none: its shape comes from flags
 (`shape={"dim": 512, "n_layers": 8}`) and its tokenizer must be named (`tokenizer=...`), as in
 MiniMind2. Whatever is wrong -- a missing file, flags that contradict the sidecar, a tokenizer other
@@ -26,10 +26,10 @@ from pathlib import Path
 
 import torch
 
-from model.checkpoint import (clean_state_dict, config_flags, load_model, read_checkpoint, read_sidecar, sidecar_path,
+from formats.checkpoint import (clean_state_dict, config_flags, load_model, read_checkpoint, read_sidecar, sidecar_path,
                               weights_fingerprint)
-from model.device import pick_device
-from model.errors import UserError
+from plumbing.device import pick_device
+from plumbing.errors import UserError
 from model.LMConfig import LMConfig
 from model.model import MiniMindLM  # noqa: F401  (the type load_checkpoint returns)
 from model.model_lora import load_lora
@@ -255,7 +255,7 @@ def load_checkpoint(path, *, tokenizer=None, shape=None, max_seq_len=None, adapt
     adapter:   a LoRA adapter file (or dict) to load onto the model (model_lora.load_lora).
     device:    where the model goes: a torch.device, or a --device name ('auto' = cuda, else mps, else cpu).
     dtype:     the weights' dtype in memory, for inference: float32, or bfloat16 (half the bytes read
-               per decoded token; model.device.pick_dtype says where it is worth it). Files are unchanged:
+               per decoded token; plumbing.device.pick_dtype says where it is worth it). Files are unchanged:
                read into float32 as always, then cast (MiniMindLM.cast_weights: the RoPE table stays float32).
     """
     path = str(path)
@@ -299,7 +299,7 @@ def load_checkpoint(path, *, tokenizer=None, shape=None, max_seq_len=None, adapt
     model, meta = load_model(path, config=config)  # the weights, checked tensor by tensor against the config
     if adapter is not None:
         load_lora(model, adapter)
-    if isinstance(device, str):  # a --device value: 'auto' means what it means everywhere (model/device.py)
+    if isinstance(device, str):  # a --device value: 'auto' means what it means everywhere (plumbing/device.py)
         device = pick_device(device)
     if dtype != torch.float32:  # rounded weights can no longer say which base they are: remember it first
         model.float32_fingerprint = weights_fingerprint(model)

@@ -28,7 +28,7 @@ Read top to bottom:
     lora_linear      W x + B_i A_i x_i for every row i
     lora_embedding   the tied embedding: E[ids] + B_i[ids] A_i for every row i (see LoRAEmbedding)
 
-model/engine.py runs the model with these in place of the Linear layers' forward.
+serving/engine.py runs the model with these in place of the Linear layers' forward.
 """
 import torch
 import torch.nn.functional as F
@@ -127,7 +127,7 @@ class RowAdapters:
 
     A request's adapter is copied into its row once, when it joins the batch (`wear`); a decode step
     then reads the first n rows as they are (`rows`), with no gathering per step. When a row leaves
-    and the last row moves into its place (model/engine.py keeps the batch's rows contiguous), its
+    and the last row moves into its place (serving/engine.py keeps the batch's rows contiguous), its
     matrices move with it (`move`). They are stored transposed, as the products read them:
 
         down = Aᵀ (in, r)      up = (scale·B)ᵀ (r, out)      so that  B A x = (x @ down) @ up

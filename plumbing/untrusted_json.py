@@ -16,7 +16,7 @@ Standard library only.
 import json
 import sys
 
-from model.errors import UserError
+from plumbing.errors import UserError
 
 MAX_DEPTH = 64  # deepest nesting accepted; the project's own files use at most 5
 

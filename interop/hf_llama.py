@@ -24,14 +24,14 @@ from itertools import islice
 
 import torch
 
-from model.atomic import atomic_write_text
-from model.checkpoint import read_checkpoint
-from model.errors import UserError
+from plumbing.atomic import atomic_write_text
+from formats.checkpoint import read_checkpoint
+from plumbing.errors import UserError
 from model.LMConfig import LMConfig
 from model.model import MiniMindLM
-from model.safetensors import save_file
+from formats.safetensors import save_file
 from model.tokenizer import MINIMIND2_CHAT_TEMPLATE
-from model.untrusted_json import load_file as load_json
+from plumbing.untrusted_json import load_file as load_json
 
 
 class ConversionError(UserError):
@@ -527,7 +527,7 @@ def _write_json(path, obj) -> None:
 
 
 def _read_json(path) -> dict:
-    """A JSON object from a folder someone shared: parsed with limits (model/untrusted_json.py)."""
+    """A JSON object from a folder someone shared: parsed with limits (plumbing/untrusted_json.py)."""
     if not os.path.isfile(path):
         raise ConversionError(f"{path} not found: a Hugging Face folder has one")
     obj = load_json(path)

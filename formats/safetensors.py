@@ -36,9 +36,9 @@ import sys
 
 import torch
 
-from model.atomic import atomic_write
-from model.errors import UserError
-from model.untrusted_json import loads
+from plumbing.atomic import atomic_write
+from plumbing.errors import UserError
+from plumbing.untrusted_json import loads
 
 # safetensors' dtype names -> torch dtypes, in the order the reference writer lays tensors out (its
 # dtype enum, descending: element sizes never grow along it). Unsigned types wider than a byte and the

@@ -9,7 +9,7 @@ goes into a JSON sidecar next to it: `out/pretrain_512.pth` + `out/pretrain_512.
     model, meta = load_model("out/pretrain_512.pth")      # config read from the sidecar
     model, meta = load_model("full_sft_512.pth", config=LMConfig(dim=512, n_layers=8))  # MiniMind2 file
 
-Files are written atomically (model/atomic.py: temporary file, fsync, rename), so a run killed
+Files are written atomically (plumbing/atomic.py: temporary file, fsync, rename), so a run killed
 while saving never leaves a half-written checkpoint where the last good one was.
 
 The weights and the sidecar are two files, each replaced atomically, one after the other: weights
@@ -25,7 +25,7 @@ Saving again (or the next periodic save) makes the pair consistent.
 Reading is as careful: a file that is missing, unreadable, truncated or not a torch.save'd dict of
 tensors is refused with a one-line error naming it (read_checkpoint), never a torch traceback.
 
-Every weights file -- a model, a LoRA adapter -- may also be a .safetensors file (model/safetensors.py),
+Every weights file -- a model, a LoRA adapter -- may also be a .safetensors file (formats/safetensors.py),
 the format Hugging Face tools exchange: read_checkpoint and save_weights choose the format by the
 file's suffix, so every script that takes a --base, --ckpt or adapter path takes either.
 """
@@ -40,10 +40,10 @@ import re
 import torch
 
 from model.LMConfig import LMConfig
-from model.atomic import atomic_write, atomic_write_text
-from model.errors import UserError
+from plumbing.atomic import atomic_write, atomic_write_text
+from plumbing.errors import UserError
 from model.model import MiniMindLM
-from model.safetensors import SafetensorsError, load_file, save_file
+from formats.safetensors import SafetensorsError, load_file, save_file
 
 
 class CheckpointError(UserError):
@@ -105,7 +105,7 @@ def _unreadable_reason(error: Exception) -> str:
 
 def read_checkpoint(path, device="cpu") -> dict:
     """torch.load(path, weights_only=True), which must give a dict; else a one-line CheckpointError.
-    A .safetensors file is read with model/safetensors.py instead (memory-mapped), its JSON metadata
+    A .safetensors file is read with formats/safetensors.py instead (memory-mapped), its JSON metadata
     entries other than "format" (e.g. "lora_config") returned beside the tensors, as save_weights wrote them.
 
     Every file a user names goes through here (model checkpoints, LoRA adapters), so a wrong,
@@ -366,7 +366,7 @@ def load_model(path, config: LMConfig = None, device="cpu"):
 
     The config comes from the JSON sidecar unless given; a plain MiniMind2 file (no sidecar)
     needs `config`. meta is the sidecar without its "config" ({} when there is no sidecar).
-    Scripts load through model/loader.py's load_checkpoint, which calls this and adds the tokenizer
+    Scripts load through formats/loader.py's load_checkpoint, which calls this and adds the tokenizer
     the model was trained with, the shape flags' checks and an adapter.
     """
     path = str(path)

@@ -11,7 +11,7 @@ the server store the weights in it.
 """
 import torch
 
-from model.errors import UserError
+from plumbing.errors import UserError
 
 DEVICE_HELP = "auto (cuda if present, else mps, else cpu), cpu, cuda, cuda:N or mps (default: %(default)s)"
 
