@@ -16,7 +16,7 @@ import os
 
 import torch
 
-from formats.checkpoint import CheckpointError, check_finite, clean_state_dict, read_checkpoint
+from formats.checkpoint import CheckpointError, base_fingerprint, check_finite, clean_state_dict, read_checkpoint
 
 
 def few(items: list, n: int = 3) -> str:
@@ -127,11 +127,11 @@ def check_fits(state: dict, rank: int, select_layers, where: str) -> None:
                               "(was it trained on a model with another dim/n_layers?)")
 
 
-def check_loadable(config: dict, model, existing: list, fingerprint, scalings, allow_other_base: bool, where: str) -> None:
+def check_loadable(config: dict, model, existing: list, scalings, allow_other_base: bool, where: str) -> None:
     """Refuse to put an adapter with these settings (read_lora_file's) on `model`, whose LoRA layers are
-    `existing` and whose weights' fingerprint is `fingerprint`, when it cannot be right there: an unknown
-    scaling rule, another width, adapters merged into W (or that changed W, as PiSSA does), or another
-    base than the one it was trained on (unless allow_other_base)."""
+    `existing`, when it cannot be right there: an unknown scaling rule, another width, adapters merged
+    into W (or that changed W, as PiSSA does), or another base than the one it was trained on, told by
+    the weights' fingerprints (unless allow_other_base)."""
     if config["scaling"] not in scalings:
         raise CheckpointError(f"{where}: scaling {config['scaling']!r} is none of {', '.join(scalings)}")
     model_dim = getattr(getattr(model, "config", None), "dim", None)
@@ -141,6 +141,8 @@ def check_loadable(config: dict, model, existing: list, fingerprint, scalings, a
     if any(layer.merged or layer.changes_base for layer in existing):
         raise CheckpointError("the model's adapters are merged into its weights (or changed them, as PiSSA does); "
                               "call unmerge_lora(model) or remove_lora(model) before loading another adapter")
+    # the base the model's adapters were made on, or (none yet) the model's own weights
+    fingerprint = getattr(model, "lora_base", None) if existing else base_fingerprint(model)
     if config["base"] is not None and fingerprint is not None and fingerprint != config["base"] and not allow_other_base:
         raise CheckpointError(f"{where} was trained on another base model (weights {config['base']}, this model's "
                               f"{fingerprint}): its A and B only mean something there. Load the checkpoint it was trained "

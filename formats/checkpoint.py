@@ -41,6 +41,7 @@ import torch
 
 from model.LMConfig import LMConfig
 from plumbing.atomic import atomic_write, atomic_write_text
+from plumbing import untrusted_json
 from plumbing.errors import UserError
 from model.model import MiniMindLM
 from formats.safetensors import SafetensorsError, load_file, save_file
@@ -136,9 +137,9 @@ def _read_safetensors(path: str, device) -> dict:
     for key in JSON_ENTRIES:
         if key in metadata:
             try:
-                obj[key] = json.loads(metadata[key])
-            except json.JSONDecodeError:
-                raise CheckpointError(f"{path}: its {key!r} metadata is not JSON ({metadata[key][:60]!r})") from None
+                obj[key] = untrusted_json.loads(metadata[key], f"{path}: its {key!r} metadata")
+            except untrusted_json.JSONError as e:
+                raise CheckpointError(str(e)) from None
     return obj
 
 
@@ -349,16 +350,25 @@ def save_model(model, path, meta: dict = None) -> None:
 
 
 def read_sidecar(path) -> dict:
-    """The sidecar's JSON object, or a one-line CheckpointError if it is not one."""
+    """The sidecar's JSON object, or a one-line CheckpointError if it is not one (read as untrusted JSON:
+    a file can come from anywhere, plumbing/untrusted_json.py)."""
     try:
-        with open(path, encoding="utf-8") as f:
-            meta = json.load(f)
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        meta = untrusted_json.load_file(path)
+    except untrusted_json.JSONError as e:
         raise CheckpointError(f"{path} is not a readable checkpoint sidecar ({e}); restore it, or delete it "
-                              "and pass the model flags (--dim/--n_layers...)") from e
+                              "and pass the model flags (--dim/--n_layers...)") from None
     if not isinstance(meta, dict):
         raise CheckpointError(f"{path} is not a checkpoint sidecar: expected a JSON object, found {type(meta).__name__}")
     return meta
+
+
+def check_config_fits(state_dict: dict, config: LMConfig, where: str) -> None:
+    """Refuse a config whose sizes the weights contradict, before a model of that config is built: a
+    damaged or hand-edited sidecar claiming 10^9 layers would otherwise allocate them first."""
+    hint = _flag_hint(clean_state_dict(state_dict), config)  # e.g. "--n_layers 3": the weights' sizes the config lacks
+    if hint:
+        raise CheckpointError(f"{where}: its sidecar's config does not describe its weights, which look like a model "
+                              f"built with {hint}; restore the sidecar, or delete it and pass the model flags")
 
 
 def load_model(path, config: LMConfig = None, device="cpu"):
@@ -389,6 +399,8 @@ def load_model(path, config: LMConfig = None, device="cpu"):
             f"{path} has no sidecar {side} saying the model's shape; pass the model flags "
             f"(--dim/--n_layers...; from its shapes: {flags or 'unknown'})"
         )
+    if os.path.isfile(side):  # the sidecar's config: checked against the weights before a model is built from it
+        check_config_fits(state_dict, config, path)
     model = MiniMindLM(config).to(device)
     load_weights(model, state_dict, path)
     return model, meta

@@ -24,6 +24,11 @@ from dataclasses import dataclass
 from typing import Optional
 
 
+# The most positions a model may have: its RoPE table (max_seq_len x head_dim floats) is allocated whole
+# when the model is built, so an absurd value in a file would exhaust memory before anything else is checked.
+MAX_POSITIONS = 1 << 21
+
+
 @dataclass(kw_only=True)
 class LMConfig:
     """The hyper-parameters of MiniMindLM. All arguments are keyword-only; an unknown one is a TypeError."""
@@ -69,6 +74,9 @@ class LMConfig:
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise ValueError(f"LMConfig: {name} must be a positive integer, got {value!r}")
+        if self.max_seq_len > MAX_POSITIONS:
+            raise ValueError(f"LMConfig: max_seq_len {self.max_seq_len} is more than {MAX_POSITIONS:,} positions "
+                             "(the RoPE table is built for all of them when the model is)")
         if self.dim % self.n_heads != 0:
             raise ValueError(f"LMConfig: dim ({self.dim}) must be divisible by n_heads ({self.n_heads})")
         if self.head_dim % 2 != 0:

@@ -10,9 +10,8 @@ numbers instead of 262,144, and an adapter file holds only those, so one base we
     load_lora(model, "out/lora/lora_identity_512.pth")   # switch: the file says which adapters it is
     remove_lora(model)                                    # none: exactly the base model again
 
-Variants of the layer (other initialisations, PiSSA) and LoRA's predecessors live beside this file
-(model/lora_variants.py, model/predecessors.py) and plug in through apply_lora's `layer_class`;
-what an adapter file holds, and its checks, is formats/adapter_file.py's.
+Variants (other initialisations, PiSSA) and LoRA's predecessors live beside it in model/lora_variants.py
+and plug in through apply_lora's `layer_class`; an adapter file's contents and checks: formats/adapter_file.py.
 """
 import math
 import os
@@ -63,17 +62,15 @@ class LoRALinear(nn.Linear):
     changes_base = False  # whether making the adapter changed W (PiSSA does): then it cannot be swapped for another
 
     def __init__(self, base: nn.Linear, rank: int, alpha: float = None, dropout: float = 0.0, scaling: str = "standard"):
-        # device="meta" allocates nothing: the placeholder weight is replaced by the base layer's own
-        super().__init__(base.in_features, base.out_features, bias=base.bias is not None, device="meta")
-        self.weight, self.bias = base.weight, base.bias
+        super().__init__(base.in_features, base.out_features, bias=base.bias is not None, device="meta")  # allocates nothing:
+        self.weight, self.bias = base.weight, base.bias  # the base layer's own Parameters take the placeholders' place
         self.rank, self.alpha, self.scaling = rank, rank if alpha is None else alpha, scaling
         self.scale = SCALINGS[scaling](self.alpha, rank)
         # the adapter lives where W lives, in W's dtype, so x can flow through both paths
         self.lora = LoRA(base.in_features, base.out_features, rank).to(base.weight.device, base.weight.dtype)
         self.dropout = nn.Dropout(dropout) if dropout > 0 else nn.Identity()
         self.merged = False
-        # the layer this one replaced, given back by to_linear: a plain reference, not a submodule
-        object.__setattr__(self, "base_layer", base)
+        object.__setattr__(self, "base_layer", base)  # given back by to_linear: a plain reference, not a submodule
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         y = F.linear(x, self.weight, self.bias)  # the frozen base path: W x
@@ -153,14 +150,12 @@ def apply_lora(model: nn.Module, rank: int = 16, alpha: float = None, dropout: f
     tok_embeddings, its tied weight (a LoRAEmbedding). layer_class: LoRALinear or a variant (lora_variants.py).
     """
     model = unwrap(model)
-    if not (isinstance(rank, int) and rank > 0):
-        raise ValueError(f"rank must be a positive integer, got {rank!r}")
-    if alpha is not None and not alpha > 0:
-        raise ValueError(f"alpha must be positive (or None for alpha = rank), got {alpha!r}")
-    if not 0.0 <= dropout < 1.0:
-        raise ValueError(f"dropout must be in [0, 1), got {dropout!r}")
-    if scaling not in SCALINGS:
-        raise ValueError(f"scaling must be one of {', '.join(SCALINGS)}, got {scaling!r}")
+    for bad, problem in [(not (isinstance(rank, int) and rank > 0), f"rank must be a positive integer, got {rank!r}"),
+                         (alpha is not None and not alpha > 0, f"alpha must be positive (or None: rank), got {alpha!r}"),
+                         (not 0.0 <= dropout < 1.0, f"dropout must be in [0, 1), got {dropout!r}"),
+                         (scaling not in SCALINGS, f"scaling must be one of {', '.join(SCALINGS)}, got {scaling!r}")]:
+        if bad:
+            raise ValueError(problem)
     if lora_layers(model):
         raise ValueError("the model already has LoRA adapters; call remove_lora(model) first to replace them")
     chosen = _select_linears(model, target_modules)
@@ -177,11 +172,9 @@ def mark_only_lora_as_trainable(model: nn.Module) -> None:
     """Freeze every parameter except the adapters' A and B: frozen weights get no .grad and no optimizer
     state, which is where LoRA saves its memory. With DDP, call it before wrapping the model."""
     layers = lora_layers(model)
-    if not layers:
-        raise ValueError("the model has no LoRA adapters to train; call apply_lora(model) first")
-    if any(layer.merged for _, layer in layers):  # a merged layer computes W x only: A and B get no gradient
-        raise ValueError("the model's adapters are merged into its weights, so training would not update them; "
-                         "call unmerge_lora(model) first")
+    if not layers or any(layer.merged for _, layer in layers):  # merged, W x alone: A and B get no gradient
+        raise ValueError("the model has no LoRA adapters to train, or they are merged into its weights (so training "
+                         "would not update them); call apply_lora(model), or unmerge_lora(model), first")
     for p in model.parameters():
         p.requires_grad_(False)
     for _, layer in layers:
@@ -189,8 +182,7 @@ def mark_only_lora_as_trainable(model: nn.Module) -> None:
 
 
 def lora_state_dict(model: nn.Module) -> dict:
-    """The adapter tensors only, with MiniMind2's keys and no wrapper prefixes:
-    {"layers.0.attention.wq.lora.A.weight": (rank, in), "layers.0.attention.wq.lora.B.weight": (out, rank), ...}"""
+    """The adapter tensors only, MiniMind2's keys: {"layers.0.attention.wq.lora.A.weight": (rank, in), ...}"""
     state = {}
     for name, layer in lora_layers(model):
         state[f"{name}.lora.A.weight"], state[f"{name}.lora.B.weight"], _, _ = layer.saved_factors()
@@ -224,9 +216,7 @@ def load_lora(model: nn.Module, path: str | os.PathLike | dict, dropout: float =
     where = "the adapter" if isinstance(path, dict) else str(path)
     state, config = read_lora_file(path)
     bare = unwrap(model)
-    existing = [layer for _, layer in lora_layers(bare)]
-    mine = getattr(bare, "lora_base", None) if existing else base_fingerprint(bare)
-    check_loadable(config, bare, existing, mine, SCALINGS, allow_other_base, where)
+    check_loadable(config, bare, [layer for _, layer in lora_layers(bare)], SCALINGS, allow_other_base, where)
     check_fits(state, config["rank"], lambda: _select_linears(bare, config["targets"]), where)
 
     remove_lora(bare)  # the file decides the adapters; those there (unmerged) leave W as it was
