@@ -18,6 +18,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import DEMO_TOKENIZER, ROOT, first_lines, small_model
 
 import eval_model
 import train_full_sft
@@ -35,8 +36,6 @@ from model.model import MiniMindLM
 from model.model_lora import apply_lora, save_lora
 from model.tokenizer import Tokenizer, TokenizerError
 
-ROOT = Path(__file__).resolve().parent.parent
-TOKENIZER = ROOT / "model" / "demo_tokenizer"
 SHAPE = ["--dim", "32", "--n_layers", "2", "--n_heads", "4", "--n_kv_heads", "2"]
 FAST = ["--device", "cpu", "--max_seq_len", "64", "--batch_size", "8", "--val_samples", "16"]
 ENV = {**os.environ, "OMP_NUM_THREADS": "1"}
@@ -54,17 +53,9 @@ def one_line_error(main, argv, capsys):
     return lines[-1].split(": error: ", 1)[1]
 
 
-def first_lines(name, n, folder):
-    """The first n lines of dataset/{name}, copied into folder (so any cache goes to tmp_path)."""
-    lines = (ROOT / "dataset" / name).read_text(encoding="utf-8").splitlines(keepends=True)[:n]
-    path = Path(folder) / name
-    path.write_text("".join(lines), encoding="utf-8")
-    return str(path)
-
-
 @pytest.fixture(scope="module")
 def tok():
-    return Tokenizer.load(TOKENIZER)
+    return Tokenizer.load(DEMO_TOKENIZER)
 
 
 @pytest.fixture(scope="module")
@@ -72,9 +63,8 @@ def out(tmp_path_factory, tok):
     """out/full_sft_32.pth (+ sidecar: demo tokenizer, config.max_seq_len 512), out/lora/good_32.pth,
     a damaged adapter out/lora/broken_32.pth, and small data files."""
     folder = tmp_path_factory.mktemp("out")
-    torch.manual_seed(0)
-    model = MiniMindLM(LMConfig(dim=32, n_layers=2, n_heads=4, n_kv_heads=2, vocab_size=tok.vocab_size, max_seq_len=512))
-    save_model(model, folder / "full_sft_32.pth", meta=checkpoint_meta("full_sft", TOKENIZER, tok))
+    model = small_model(tok.vocab_size, max_seq_len=512)
+    save_model(model, folder / "full_sft_32.pth", meta=checkpoint_meta("full_sft", DEMO_TOKENIZER, tok))
     apply_lora(model, rank=2, target_modules=["wq"])
     save_lora(model, folder / "lora" / "good_32.pth")
     (folder / "lora" / "broken_32.pth").write_bytes(b"PK\x03\x04 cut short")
@@ -175,8 +165,7 @@ def test_2_a_tokenizer_retrained_in_place_is_refused_by_evaluation_and_sft(tmp_p
     at that path (same size, other ids) made every id mean other text, and eval_model.py and
     train_full_sft.py ran on as if nothing had changed. Both must refuse, naming the recorded tokenizer."""
     tok.save(tmp_path / "tok")
-    torch.manual_seed(0)
-    model = MiniMindLM(LMConfig(dim=32, n_layers=2, n_heads=4, n_kv_heads=2, vocab_size=tok.vocab_size))
+    model = small_model(tok.vocab_size)
     save_model(model, tmp_path / "pretrain_32.pth", meta=checkpoint_meta("pretrain", tmp_path / "tok", tok))
     spec = json.loads((tmp_path / "tok" / "tokenizer.json").read_text(encoding="utf-8"))
     vocab = spec["model"]["vocab"]
@@ -230,7 +219,7 @@ def test_4_a_damaged_checkpoint_without_sidecar_is_one_line(content, out, tmp_pa
         torch.save([torch.zeros(2)], path)
     else:
         path.write_bytes({"truncated": good[:len(good) // 2], "empty": b"", "random": os.urandom(4096)}[content])
-    for flags in ([], [*SHAPE, "--tokenizer", str(TOKENIZER)]):
+    for flags in ([], [*SHAPE, "--tokenizer", str(DEMO_TOKENIZER)]):
         err = one_line_error(eval_model.main, ["--ckpt", str(path), "--device", "cpu", *flags], capsys)
         assert f"{path} is not a usable checkpoint: " in err
 
@@ -266,7 +255,7 @@ def test_5_a_damaged_tokenizer_json_is_one_line_naming_the_file(how, problem, tm
     """Guards against KeyError/TypeError tracebacks for a tokenizer.json without merges or vocab or with a
     malformed merge, a JSON error that does not name the file, and two tokens with one id accepted (one of
     them then silently unreachable)."""
-    text = (TOKENIZER / "tokenizer.json").read_text(encoding="utf-8")
+    text = (DEMO_TOKENIZER / "tokenizer.json").read_text(encoding="utf-8")
     (tmp_path / "tok").mkdir()
     file = tmp_path / "tok" / "tokenizer.json"
     if how == "cut short":
@@ -364,7 +353,7 @@ def test_7_a_full_disk_while_saving_is_one_line_and_keeps_the_last_checkpoint(ou
         return FullDisk(fd) if (folder / "pretrain_32_resume.pth").exists() else real_fdopen(fd, mode, *args, **kwargs)
 
     monkeypatch.setattr(os, "fdopen", fdopen)
-    argv = [*SHAPE, *FAST, "--out_dir", str(folder), "--tokenizer", str(TOKENIZER), "--data_path",
+    argv = [*SHAPE, *FAST, "--out_dir", str(folder), "--tokenizer", str(DEMO_TOKENIZER), "--data_path",
             str(out / "pretrain_demo.jsonl"), "--save_interval", "4", "--epochs", "2"]
     checkpoint = folder / "pretrain_32.pth"
     seen = {}
@@ -600,5 +589,5 @@ def test_12_a_directory_as_data_path_and_defaults_from_another_directory(tmp_pat
     monkeypatch.chdir(tmp_path)
     for module in (train_pretrain, train_full_sft, train_lora, train_tokenizer):
         args = module.build_parser().parse_args([])
-        for path in [getattr(args, "tokenizer", None) or TOKENIZER, *([args.data_path] if isinstance(args.data_path, str) else args.data_path)]:
+        for path in [getattr(args, "tokenizer", None) or DEMO_TOKENIZER, *([args.data_path] if isinstance(args.data_path, str) else args.data_path)]:
             assert os.path.isabs(path) and os.path.exists(path), (module.__name__, path)
