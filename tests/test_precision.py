@@ -1,4 +1,4 @@
-"""bfloat16 on the CPU (issue 18): where it is chosen, that training under it changes nothing about
+"""bfloat16 on the CPU: where it is chosen, that training under it changes nothing about
 the files, and that decoding with bfloat16 weights gives float32's answers.
 
 Whether this machine has native bfloat16 must not decide what these tests check, so the CPU's
