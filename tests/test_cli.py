@@ -201,7 +201,7 @@ USER_MISTAKES = [
     ("train_pretrain", ["--learning_rate", "inf"], "--learning_rate must be a positive number"),
     ("train_full_sft", ["--out_dir", "{tmp}"], "pretrain_128.pth not found: make it with `python train_pretrain.py"),
     ("train_lora", ["--lora_name", "../x"], "must be a plain name"),
-    ("train_lora", ["--device", "nonsense"], "--device 'nonsense' is not a device"),
+    ("train_lora", ["--device", "nonsense", "--out_dir", "{tmp}"], "--device 'nonsense' is not a device"),
     ("eval_model", ["--top_p", "2"], "--top_p must be in (0, 1]"),
     ("eval_model", ["--out_dir", "{tmp}"], "full_sft_128.pth not found: make it with `python train_full_sft.py"),
     ("convert_model", ["to-hf", "--ckpt", "{tmp}/none.pth", "--out_dir", "{tmp}/hf"], "none.pth not found"),
@@ -250,9 +250,10 @@ def test_every_tool_exits_through_run_main(path):
     assert "sys.exit(run_main(main))" in source or "sys.exit(training.run_main(main))" in source
 
 
-def test_the_program_name_starts_the_error_line():
+def test_the_program_name_starts_the_error_line(tmp_path):
     """Guards against an error line that does not say which program failed (in a pipeline of stages)."""
-    result = subprocess.run([sys.executable, "train_lora.py", "--lora_name", "a/b"], cwd=ROOT, capture_output=True,
+    argv = ["train_lora.py", "--lora_name", "a/b", "--out_dir", str(tmp_path)]  # not the repository's out/
+    result = subprocess.run([sys.executable, *argv], cwd=ROOT, capture_output=True,
                             text=True, timeout=120, env={**os.environ, "OMP_NUM_THREADS": "1"})
     assert result.returncode == 2
     assert result.stderr.startswith("train_lora.py: error: adapter name 'a/b' must be a plain name"), result.stderr
