@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import DEMO_TOKENIZER, ROOT, small_model
 
 import eval_model
 import run_demo
@@ -19,13 +20,9 @@ from formats import loader
 from plumbing import errors
 from formats.checkpoint import save_model
 from plumbing.device import DEVICE_HELP, pick_device
-from model.LMConfig import LMConfig
 from formats.loader import checkpoint_meta, load_checkpoint
-from model.model import MiniMindLM
 from model.tokenizer import Tokenizer
 
-ROOT = Path(__file__).resolve().parent.parent
-TOKENIZER = ROOT / "model" / "demo_tokenizer"
 TRAINING_SCRIPTS = {"pretrain": "train_pretrain", "SFT": "train_full_sft",
                     "LoRA lora_medical": "train_lora", "LoRA lora_identity": "train_lora"}
 
@@ -73,7 +70,7 @@ def test_the_stages_find_each_others_files_by_default():
     assert loader.checkpoint_path(pre.out_dir, "pretrain", pre.dim) == "out/pretrain_128.pth"
     assert train_full_sft.build_parser().parse_args([]).base is None  # -> out/pretrain_{DEFAULT_DIM}.pth
     assert pre.dim == loader.DEFAULT_DIM
-    assert os.path.samefile(pre.tokenizer, TOKENIZER)
+    assert os.path.samefile(pre.tokenizer, DEMO_TOKENIZER)
 
 
 # ------------------------------------------------------------------------------------------------
@@ -83,11 +80,10 @@ def test_the_stages_find_each_others_files_by_default():
 @pytest.fixture()
 def checkpoint(tmp_path):
     """A tiny SFT checkpoint with its sidecar (config, tokenizer and its fingerprint), and a small SFT file."""
-    tok = Tokenizer.load(TOKENIZER)
-    torch.manual_seed(0)
-    model = MiniMindLM(LMConfig(dim=32, n_layers=2, n_heads=4, n_kv_heads=2, vocab_size=tok.vocab_size))
+    tok = Tokenizer.load(DEMO_TOKENIZER)
+    model = small_model(tok.vocab_size)
     path = tmp_path / "full_sft_32.pth"
-    save_model(model, path, meta=checkpoint_meta("full_sft", TOKENIZER, tok))
+    save_model(model, path, meta=checkpoint_meta("full_sft", DEMO_TOKENIZER, tok))
     lines = (ROOT / "dataset" / "lora_identity.jsonl").read_text(encoding="utf-8").splitlines(keepends=True)[:48]
     (tmp_path / "data.jsonl").write_text("".join(lines), encoding="utf-8")
     return path
@@ -113,7 +109,7 @@ def test_training_and_evaluation_load_the_same_model_through_the_one_loader(chec
                      "--epochs", "1", "--batch_size", "16", "--max_seq_len", "64", "--val_samples", "8", "--device", "cpu"])
     eval_model.main(["--ckpt", str(checkpoint), "--max_new_tokens", "2", "--json", "--device", "cpu"])
     (train_state, train_tok), (eval_state, eval_tok) = seen["train"], seen["eval"]
-    assert train_tok == eval_tok == Tokenizer.load(TOKENIZER).fingerprint()
+    assert train_tok == eval_tok == Tokenizer.load(DEMO_TOKENIZER).fingerprint()
     assert train_state.keys() == eval_state.keys()
     assert all(torch.equal(train_state[k], eval_state[k]) for k in train_state)
 
@@ -135,7 +131,7 @@ def test_every_script_loads_checkpoints_only_through_the_loader(script):
 def test_a_different_tokenizer_than_the_recorded_one_is_refused(checkpoint, tmp_path):
     """Guards against a model run with another tokenizer of the same size (every id then means another
     piece of text and the model writes fluent nonsense): the sidecar's fingerprint must match."""
-    other = Tokenizer.load(TOKENIZER)
+    other = Tokenizer.load(DEMO_TOKENIZER)
     other.save(tmp_path / "tok")
     spec = json.loads((tmp_path / "tok" / "tokenizer.json").read_text(encoding="utf-8"))
     vocab = spec["model"]["vocab"]
@@ -144,7 +140,7 @@ def test_a_different_tokenizer_than_the_recorded_one_is_refused(checkpoint, tmp_
     (tmp_path / "tok" / "tokenizer.json").write_text(json.dumps(spec, ensure_ascii=False), encoding="utf-8")
     with pytest.raises(errors.UserError, match="was trained with tokenizer model/demo_tokenizer .* is a different tokenizer"):
         load_checkpoint(checkpoint, tokenizer=tmp_path / "tok")
-    assert load_checkpoint(checkpoint, tokenizer=TOKENIZER).tokenizer.vocab_size == 2048  # the same one is fine
+    assert load_checkpoint(checkpoint, tokenizer=DEMO_TOKENIZER).tokenizer.vocab_size == 2048  # the same one is fine
 
 
 def test_load_checkpoint_takes_a_device_name(checkpoint):
@@ -171,7 +167,7 @@ def test_a_plain_state_dict_needs_its_shape_and_tokenizer(checkpoint, tmp_path):
     plain.write_bytes(checkpoint.read_bytes())  # no sidecar
     with pytest.raises(errors.UserError, match=r"no \.json sidecar .*--dim 32 --n_layers 2\) and --tokenizer DIR"):
         load_checkpoint(plain, shape={"dim": 32})
-    loaded = load_checkpoint(plain, tokenizer=TOKENIZER, shape={"dim": 32, "n_layers": 2, "n_heads": 4, "n_kv_heads": 2})
+    loaded = load_checkpoint(plain, tokenizer=DEMO_TOKENIZER, shape={"dim": 32, "n_layers": 2, "n_heads": 4, "n_kv_heads": 2})
     assert loaded.meta == {} and loaded.model.config.dim == 32 and not loaded.model.training
 
 
@@ -205,7 +201,7 @@ USER_MISTAKES = [
     ("train_pretrain", ["--learning_rate", "inf"], "--learning_rate must be a positive number"),
     ("train_full_sft", ["--out_dir", "{tmp}"], "pretrain_128.pth not found: make it with `python train_pretrain.py"),
     ("train_lora", ["--lora_name", "../x"], "must be a plain name"),
-    ("train_lora", ["--device", "nonsense"], "--device 'nonsense' is not a device"),
+    ("train_lora", ["--device", "nonsense", "--out_dir", "{tmp}"], "--device 'nonsense' is not a device"),
     ("eval_model", ["--top_p", "2"], "--top_p must be in (0, 1]"),
     ("eval_model", ["--out_dir", "{tmp}"], "full_sft_128.pth not found: make it with `python train_full_sft.py"),
     ("convert_model", ["to-hf", "--ckpt", "{tmp}/none.pth", "--out_dir", "{tmp}/hf"], "none.pth not found"),
@@ -254,9 +250,10 @@ def test_every_tool_exits_through_run_main(path):
     assert "sys.exit(run_main(main))" in source or "sys.exit(training.run_main(main))" in source
 
 
-def test_the_program_name_starts_the_error_line():
+def test_the_program_name_starts_the_error_line(tmp_path):
     """Guards against an error line that does not say which program failed (in a pipeline of stages)."""
-    result = subprocess.run([sys.executable, "train_lora.py", "--lora_name", "a/b"], cwd=ROOT, capture_output=True,
+    argv = ["train_lora.py", "--lora_name", "a/b", "--out_dir", str(tmp_path)]  # not the repository's out/
+    result = subprocess.run([sys.executable, *argv], cwd=ROOT, capture_output=True,
                             text=True, timeout=120, env={**os.environ, "OMP_NUM_THREADS": "1"})
     assert result.returncode == 2
     assert result.stderr.startswith("train_lora.py: error: adapter name 'a/b' must be a plain name"), result.stderr

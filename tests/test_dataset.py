@@ -7,10 +7,10 @@ import json
 import os
 import pickle
 import re
-from pathlib import Path
 
 import pytest
 import torch
+from conftest import MINIMIND2
 
 import train_tokenizer
 from dataset.lm_dataset import DataError, PretrainDataset, SFTDataset, encode_with_spans, main
@@ -18,18 +18,17 @@ from dataset.token_cache import build_cache
 from plumbing.errors import run_main
 from model.tokenizer import Tokenizer
 
-FIXTURES = Path(__file__).parent / "fixtures" / "minimind2"
 PAD = 0
 
 
 @pytest.fixture(scope="module")
 def tok():
-    return Tokenizer.load(str(FIXTURES / "tokenizer.json"))
+    return Tokenizer.load(str(MINIMIND2 / "tokenizer.json"))
 
 
 @pytest.fixture(scope="module")
 def golden():
-    with open(FIXTURES / "tokenizer_golden.json", encoding="utf-8") as f:
+    with open(MINIMIND2 / "tokenizer_golden.json", encoding="utf-8") as f:
         return json.load(f)
 
 
@@ -178,7 +177,7 @@ def test_sft_cache_equals_direct_read(tok, tmp_path):
 def tok_nn(tmp_path_factory):
     """The fixture tokenizer plus one merge, '\n' '\n' -> 'ĊĊ' (id 1000), as MiniMind2's real vocab
     very likely has: then the template's '\n' and a reply's leading '\n' become one token."""
-    spec = json.loads((FIXTURES / "tokenizer.json").read_text(encoding="utf-8"))
+    spec = json.loads((MINIMIND2 / "tokenizer.json").read_text(encoding="utf-8"))
     spec["model"]["merges"].append(["Ċ", "Ċ"])
     spec["model"]["vocab"]["ĊĊ"] = len(spec["model"]["vocab"])
     folder = tmp_path_factory.mktemp("tok_nn")
@@ -322,7 +321,7 @@ def test_cache_is_reused_and_invalidated_by_a_changed_file(tok, tmp_path):
 
 def test_cache_is_invalidated_by_a_changed_tokenizer(tok, tmp_path):
     """Guards against reusing ids made by another tokenizer (e.g. one retrained with fewer merges)."""
-    spec = json.loads((FIXTURES / "tokenizer.json").read_text(encoding="utf-8"))
+    spec = json.loads((MINIMIND2 / "tokenizer.json").read_text(encoding="utf-8"))
     left, right = spec["model"]["merges"].pop()                     # drop the last merge ...
     del spec["model"]["vocab"][left + right]                       # ... and the token it made
     (tmp_path / "tok2").mkdir()
@@ -401,7 +400,7 @@ def test_train_tokenizer_names_file_and_line_of_bad_data(tmp_path, capsys, bad, 
 def test_show_marks_exactly_the_trained_tokens(golden, tmp_path, capsys):
     """Guards against --show drawing the mask somewhere other than where the loss is."""
     path = write_jsonl(tmp_path / "s.jsonl", [chat("hi", "hello"), {"conversations": golden["chat"][1]["messages"]}])
-    main(["--show", path, "--index", "1", "--tokenizer", str(FIXTURES), "--max_length", "100", "--tokens"])
+    main(["--show", path, "--index", "1", "--tokenizer", str(MINIMIND2), "--max_length", "100", "--tokens"])
     out = capsys.readouterr().out
     assert "<s>assistant\n[[How long have you had it?</s>]]\n<s>user\nTwo weeks.</s>" in out
     assert "[[Please see a doctor.</s>]]" in out and "91 targets, 28 trained" in out
@@ -412,6 +411,6 @@ def test_show_marks_exactly_the_trained_tokens(golden, tmp_path, capsys):
 def test_show_bad_index_is_a_one_line_error(tmp_path, capsys):
     """Guards against a traceback for a user mistake on the command line."""
     path = write_jsonl(tmp_path / "p.jsonl", [{"text": "hi"}])
-    assert run_main(main, ["--show", path, "--index", "5", "--tokenizer", str(FIXTURES)]) == 2
+    assert run_main(main, ["--show", path, "--index", "5", "--tokenizer", str(MINIMIND2)]) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and ": error: " in err and "no record 5, the file has 1 records" in err

@@ -2,15 +2,15 @@
 import json
 import os
 import re
-from pathlib import Path
 
 import pytest
+from conftest import ROOT
 
 from dataset import demo_world as world
 from dataset import make_demo_data as demo
 from plumbing.errors import run_main
 
-DATASET_DIR = Path(__file__).resolve().parent.parent / "dataset"
+DATASET_DIR = ROOT / "dataset"
 ALL_FILES = demo.TRAIN_FILES + demo.EVAL_FILES
 
 

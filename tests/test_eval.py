@@ -8,23 +8,20 @@ import json
 import os
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
 import torch
+from conftest import MINIMIND2, ROOT, small_model
 
 import eval_model
 from evaluation import answer_is_correct, load_eval_set
 from plumbing import errors
-from model.LMConfig import LMConfig
 from formats.checkpoint import save_model
-from model.model import MiniMindLM
 from formats.loader import checkpoint_meta
 from model.model_lora import apply_lora, mark_only_lora_as_trainable, save_lora
 from model.tokenizer import Tokenizer
 
-ROOT = Path(__file__).resolve().parent.parent
-TOKENIZER = ROOT / "tests" / "fixtures" / "minimind2" / "tokenizer.json"
+TOKENIZER = MINIMIND2 / "tokenizer.json"  # MiniMind2-style, 1,000 tokens
 
 # A handful of questions whose answers a LoRA adapter can learn in a few dozen steps.
 ITEMS = [
@@ -73,9 +70,8 @@ def tiny(tmp_path_factory):
     """out/full_sft_32.pth (+ sidecar) and out/lora/lora_sky_32.pth, an adapter trained on ITEMS."""
     out = tmp_path_factory.mktemp("out")
     tok = Tokenizer.load(TOKENIZER)
-    torch.manual_seed(0)
     # MiniMind2's default head counts (8 query, 2 kv), so a plain copy loads with --dim/--n_layers alone.
-    model = MiniMindLM(LMConfig(dim=32, n_layers=2, vocab_size=tok.vocab_size, max_seq_len=512))
+    model = small_model(tok.vocab_size, n_heads=8, max_seq_len=512)
 
     # Teach the adapter the reference answers (prompt -> answer + </s>), loss on the answer only.
     # A random model's logits are tiny (weights of std 0.02 behind an RMSNorm), too small for a

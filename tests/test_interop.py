@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import DEMO_TOKENIZER, MINIMIND2, ROOT
 
 import convert_model
 import eval_model
@@ -27,10 +28,8 @@ from model.model_lora import adapter_state, apply_lora, load_lora, mark_only_lor
 from formats.safetensors import load_file, save_file
 from model.tokenizer import Tokenizer
 
-ROOT = Path(__file__).resolve().parent.parent
 FIXTURE = ROOT / "tests" / "fixtures" / "hf_llama"
 HF_MODEL, HF_ADAPTER = FIXTURE / "model", FIXTURE / "peft_adapter"
-TOKENIZER = ROOT / "model" / "demo_tokenizer"
 
 
 @pytest.fixture(scope="module")
@@ -38,9 +37,10 @@ def golden():
     return torch.load(FIXTURE / "golden.pth", weights_only=True)
 
 
-def imported_model(flash_attn=True) -> MiniMindLM:
-    """The fixture's Llama as a MiniMindLM, in eval mode."""
-    config, state = read_llama_folder(HF_MODEL)
+def imported_model(folder=HF_MODEL, flash_attn=True) -> MiniMindLM:
+    """A Hugging Face Llama folder (by default the fixture's, whose golden.pth transformers wrote) read as
+    a MiniMindLM, in eval mode."""
+    config, state = read_llama_folder(folder)
     config.flash_attn = flash_attn
     model = MiniMindLM(config)
     load_weights(model, state)
@@ -50,7 +50,7 @@ def imported_model(flash_attn=True) -> MiniMindLM:
 def tokenizer_320(folder: Path) -> Path:
     """A byte-level BPE with the fixture model's 320 tokens: the MiniMind2 fixture tokenizer's first 320 ids
     (3 specials, 256 bytes and the 61 merges that make ids 259..319). The HF fixture has no tokenizer."""
-    spec = json.loads((ROOT / "tests" / "fixtures" / "minimind2" / "tokenizer.json").read_text(encoding="utf-8"))
+    spec = json.loads((MINIMIND2 / "tokenizer.json").read_text(encoding="utf-8"))
     vocab = {token: i for token, i in spec["model"]["vocab"].items() if i < 320}
     merges = [m for m in spec["model"]["merges"] if "".join(m) in vocab]
     Tokenizer(vocab, merges, spec["added_tokens"]).save(folder)
@@ -72,7 +72,7 @@ def test_imported_llama_gives_the_golden_logits_and_greedy_continuation(flash_at
     """Guards against a wrong name mapping, a missing q/k row permutation, a norm weight put in the wrong
     place or a config field read with our default instead of transformers' (the fixture's norms are
     random, so each of these shows): the imported model reproduces transformers' logits and generate()."""
-    model = imported_model(flash_attn)
+    model = imported_model(flash_attn=flash_attn)
     with torch.no_grad():
         logits = model(golden["input_ids"]).logits
     assert (logits - golden["logits"]).abs().max().item() < 1e-5
@@ -219,7 +219,7 @@ def test_export_then_import_is_bit_exact(tmp_path):
     """Guards against an export/import pair that is not each other's inverse (a permutation applied one way
     only, a config field lost: rope_theta, norm_eps, max_seq_len, hidden_dim, n_kv_heads)."""
     model = random_model(hidden_dim=160)  # not the default 8/3 rule: must travel as intermediate_size
-    save_llama_folder(tmp_path / "hf", model, Tokenizer.load(TOKENIZER))
+    save_llama_folder(tmp_path / "hf", model, Tokenizer.load(DEMO_TOKENIZER))
     config, state = read_llama_folder(tmp_path / "hf")
     for field in ("dim", "n_layers", "n_heads", "n_kv_heads", "vocab_size", "hidden_dim", "norm_eps", "max_seq_len", "rope_theta"):
         assert getattr(config, field) == getattr(model.config, field), field
@@ -341,9 +341,7 @@ def test_a_tied_models_stored_lm_head_copy_is_ignored_as_transformers_ignores_it
     folder = _copy_fixture(tmp_path)
     tensors, metadata = load_file(folder / "model.safetensors")
     save_file({**tensors, "lm_head.weight": torch.zeros(320, 64)}, folder / "model.safetensors", metadata)
-    config, state = read_llama_folder(folder)
-    model = MiniMindLM(config)
-    load_weights(model, state)
+    model = imported_model(folder)
     with torch.no_grad():
         assert (model.eval()(golden["input_ids"]).logits - golden["logits"]).abs().max().item() < 1e-5
 
@@ -375,9 +373,7 @@ def _sharded_fixture(tmp_path, weight_map) -> Path:
 def test_a_sharded_folder_reads_its_shards(tmp_path, golden):
     """Guards against the index's checks refusing the ordinary case: every tensor in one listed shard."""
     names = load_file(HF_MODEL / "model.safetensors")[0].keys()
-    config, state = read_llama_folder(_sharded_fixture(tmp_path, {k: "model-00001-of-00001.safetensors" for k in names}))
-    model = MiniMindLM(config)
-    load_weights(model, state)
+    model = imported_model(_sharded_fixture(tmp_path, {k: "model-00001-of-00001.safetensors" for k in names}))
     with torch.no_grad():
         assert (model.eval()(golden["input_ids"]).logits - golden["logits"]).abs().max().item() < 1e-5
 
@@ -558,7 +554,7 @@ def test_from_hf_takes_the_folders_own_tokenizer_and_writes_it_beside_the_checkp
 def our_checkpoint(tmp_path):
     """A checkpoint of ours (with sidecar) and an adapter on every Linear with a non-trivial scale."""
     model = random_model()
-    save_model(model, tmp_path / "full_sft_64.pth", meta=checkpoint_meta("full_sft", TOKENIZER, Tokenizer.load(TOKENIZER)))
+    save_model(model, tmp_path / "full_sft_64.pth", meta=checkpoint_meta("full_sft", DEMO_TOKENIZER, Tokenizer.load(DEMO_TOKENIZER)))
     apply_lora(model, rank=4, alpha=6, target_modules=["wq", "wk", "wv", "wo", "w1", "w2", "w3"])
     with torch.no_grad():
         for name, p in model.named_parameters():
@@ -587,7 +583,7 @@ def test_to_hf_then_from_hf_gives_back_the_checkpoint_and_adapter_bit_exact(our_
     assert all(torch.equal(original[k], back[k]) for k in original if k != "lora_config")
     assert original["lora_config"] == back["lora_config"]
     recorded = json.loads((tmp_path / "back.json").read_text())["tokenizer_sha256"]
-    assert recorded == Tokenizer.load(TOKENIZER).fingerprint()
+    assert recorded == Tokenizer.load(DEMO_TOKENIZER).fingerprint()
 
 
 def test_to_hf_merge_writes_the_adapted_model_as_a_plain_folder(our_checkpoint, tmp_path, capsys):
@@ -597,9 +593,7 @@ def test_to_hf_merge_writes_the_adapted_model_as_a_plain_folder(our_checkpoint, 
     code, _, stderr = run(["to-hf", "--ckpt", ckpt, "--out_dir", tmp_path / "merged", "--lora_path", lora, "--merge"], capsys)
     assert code == 0, stderr
     assert not (tmp_path / "merged" / "adapter").exists()
-    config, state = read_llama_folder(tmp_path / "merged")
-    model = MiniMindLM(config)
-    load_weights(model, state)
+    model = imported_model(tmp_path / "merged")
     ids = torch.randint(0, 2048, (2, 11))
     with torch.no_grad():
         assert (model.eval()(ids).logits - adapted.eval()(ids).logits).abs().max().item() < 1e-5
@@ -611,7 +605,7 @@ def test_to_hf_reads_a_minimind2_file_with_the_shape_flags(tmp_path, capsys):
     model = random_model()
     torch.save(model.state_dict(), tmp_path / "full_sft_64.pth")  # MiniMind2 style: no sidecar
     code, _, stderr = run(["to-hf", "--ckpt", tmp_path / "full_sft_64.pth", "--out_dir", tmp_path / "hf", "--dim", 64,
-                           "--n_layers", 2, "--n_heads", 4, "--n_kv_heads", 2, "--tokenizer", TOKENIZER], capsys)
+                           "--n_layers", 2, "--n_heads", 4, "--n_kv_heads", 2, "--tokenizer", DEMO_TOKENIZER], capsys)
     assert code == 0, stderr
     assert json.loads((tmp_path / "hf" / "config.json").read_text())["num_key_value_heads"] == 2
 
@@ -622,7 +616,7 @@ def _mistakes(tmp_path, our_checkpoint):
     apply_lora(tied_model := random_model(), rank=2, target_modules=["wq", "output"])
     save_lora(tied_model, tied)
     other_template = tmp_path / "other_template"
-    save_llama_folder(other_template, random_model(), Tokenizer.load(TOKENIZER))
+    save_llama_folder(other_template, random_model(), Tokenizer.load(DEMO_TOKENIZER))
     config = json.loads((other_template / "tokenizer_config.json").read_text())
     (other_template / "tokenizer_config.json").write_text(json.dumps({**config, "chat_template": "{{ messages }}"}))
     qwen = _copy_fixture(tmp_path)
@@ -635,12 +629,12 @@ def _mistakes(tmp_path, our_checkpoint):
         (["to-hf", "--ckpt", ckpt, "--out_dir", ckpt], "is a file, not a folder"),
         (["from-hf", "--hf_dir", tmp_path / "nowhere", "--out", tmp_path / "m.pth"], "nowhere is not a folder"),
         (["from-hf", "--hf_dir", HF_MODEL, "--out", tmp_path / "m.pth"], "has no tokenizer.json: pass --tokenizer"),
-        (["from-hf", "--hf_dir", HF_MODEL, "--out", tmp_path / "m.pth", "--tokenizer", TOKENIZER],
+        (["from-hf", "--hf_dir", HF_MODEL, "--out", tmp_path / "m.pth", "--tokenizer", DEMO_TOKENIZER],
          "the tokenizer has 2048 tokens but the model 320 embeddings"),
         (["from-hf", "--hf_dir", HF_MODEL, "--out", tmp_path / "m.pth", "--peft_dir", HF_ADAPTER], "--peft_dir and --lora_out go together"),
         (["from-hf", "--hf_dir", qwen, "--out", tmp_path / "m.pth"], "model_type 'qwen2' is not 'llama'"),
         (["from-hf", "--hf_dir", other_template, "--out", tmp_path / "m.pth"], "its chat template is not MiniMind2's"),
-        (["from-hf", "--hf_dir", other_template, "--out", tmp_path / "m.pth", "--tokenizer", TOKENIZER],
+        (["from-hf", "--hf_dir", other_template, "--out", tmp_path / "m.pth", "--tokenizer", DEMO_TOKENIZER],
          "has its own tokenizer.json; --tokenizer is only for a folder without one"),
     ]
 
@@ -731,7 +725,7 @@ def _earlier_export(folder: Path, capsys) -> None:
     """An export with an adapter, plus what transformers' save_pretrained of a bigger model leaves (shards, their
     index, chat_template.jinja), plus a file of the user's."""
     model = random_model()
-    save_model(model, folder.parent / "base_64.pth", meta=checkpoint_meta("full_sft", TOKENIZER, Tokenizer.load(TOKENIZER)))
+    save_model(model, folder.parent / "base_64.pth", meta=checkpoint_meta("full_sft", DEMO_TOKENIZER, Tokenizer.load(DEMO_TOKENIZER)))
     apply_lora(model, rank=2, target_modules=["wq"])
     save_lora(model, folder.parent / "wq_64.pth")
     assert run(["to-hf", "--ckpt", folder.parent / "base_64.pth", "--out_dir", folder, "--lora_path", folder.parent / "wq_64.pth"],

@@ -1,15 +1,15 @@
 """Tests for model/model_lora.py: LoRA's maths, its adapter files, and MiniMind2 compatibility.
 
-Most tests use the tiny fixture model (dim 64, 2 layers, vocab 320) made by MiniMind2's own code.
+Most tests use the tiny fixture model made by MiniMind2's own code (conftest.fixture_model: dim 64, 2 layers,
+vocab 320).
 """
 import copy
-import json
 import re
-from pathlib import Path
 
 import pytest
 import torch
 import torch.nn as nn
+from conftest import MINIMIND2, ROOT, fill_B, fixture_config, fixture_model, logits_of
 
 from formats.checkpoint import CheckpointError, load_model, save_model, weights_fingerprint
 from model.LMConfig import LMConfig
@@ -29,26 +29,12 @@ from model.model_lora import (
     unmerge_lora,
 )
 
-FIXTURES = Path(__file__).parent / "fixtures" / "minimind2"
 ALL_LINEARS = ["wq", "wk", "wv", "wo", "w1", "w2", "w3"]
-
-
-def tiny_config(**overrides) -> LMConfig:
-    fields = json.loads((FIXTURES / "model_config.json").read_text())
-    fields.update(overrides)
-    return LMConfig.from_dict(fields)
-
-
-def base_model() -> MiniMindLM:
-    """The fixture model with MiniMind2's weights, in eval mode."""
-    model = MiniMindLM(tiny_config())
-    model.load_state_dict(torch.load(FIXTURES / "model.pth", weights_only=True))
-    return model.eval()
 
 
 @pytest.fixture(scope="module")
 def golden():
-    return torch.load(FIXTURES / "golden.pth", weights_only=True)
+    return torch.load(MINIMIND2 / "golden.pth", weights_only=True)
 
 
 @pytest.fixture(scope="module")
@@ -56,21 +42,8 @@ def ids(golden):
     return golden["input_ids"]  # (2, 16)
 
 
-def logits_of(model, ids) -> torch.Tensor:
-    with torch.no_grad():
-        return model(ids).logits
-
-
 def lora_layers(model):
     return {name: m for name, m in model.named_modules() if isinstance(m, LoRALinear)}
-
-
-@torch.no_grad()
-def fill_B(model, seed: int, std: float = 0.5) -> None:
-    """Give every adapter a random B, as training would, so the adapter changes the output."""
-    gen = torch.Generator().manual_seed(seed)
-    for layer in lora_layers(model).values():
-        layer.lora.B.weight.normal_(0.0, std, generator=gen)
 
 
 def toy_loss(model, ids) -> torch.Tensor:
@@ -83,22 +56,22 @@ def test_fixture_adapter_gives_golden_logits(golden, ids):
     """Guards against a LoRA whose forward, keys or file reading differ from MiniMind2's: the
     adapter MiniMind2 saved must reproduce MiniMind2's logits_with_lora, whether load_lora adds the
     adapters itself (rank inferred from the file) or they were applied first."""
-    inferred = base_model()
-    load_lora(inferred, FIXTURES / "lora.pth")
+    inferred = fixture_model()
+    load_lora(inferred, MINIMIND2 / "lora.pth")
     torch.testing.assert_close(logits_of(inferred, ids), golden["logits_with_lora"], atol=1e-5, rtol=0)
 
-    explicit = base_model()
+    explicit = fixture_model()
     apply_lora(explicit, rank=4)
-    load_lora(explicit, FIXTURES / "lora.pth")
+    load_lora(explicit, MINIMIND2 / "lora.pth")
     torch.testing.assert_close(logits_of(explicit, ids), golden["logits_with_lora"], atol=1e-5, rtol=0)
     assert set(lora_layers(inferred)) == {f"layers.{i}.attention.{n}" for i in range(2) for n in ("wq", "wo")}
 
 
 def test_float16_adapter_file_loads(tmp_path, golden, ids):
     """Guards against failing on (or mis-reading) newer MiniMind adapter files saved as float16."""
-    half = {k: v.half() for k, v in torch.load(FIXTURES / "lora.pth", weights_only=True).items()}
+    half = {k: v.half() for k, v in torch.load(MINIMIND2 / "lora.pth", weights_only=True).items()}
     torch.save(half, tmp_path / "lora_fp16.pth")
-    model = base_model()
+    model = fixture_model()
     load_lora(model, tmp_path / "lora_fp16.pth")
     assert model.layers[0].attention.wq.lora.A.weight.dtype == torch.float32
     torch.testing.assert_close(logits_of(model, ids), golden["logits_with_lora"], atol=1e-3, rtol=0)
@@ -131,7 +104,7 @@ def test_minimind_documentation_snippet_works_as_written(tmp_path):
 def test_init_B_zero_A_small_random_and_output_unchanged(ids):
     """Guards against the loralib mix-up (zeroing A instead of B) and any init that makes a freshly
     adapted model differ from its base: B = 0, A ~ N(0, 0.02), logits bit-identical."""
-    model = base_model()
+    model = fixture_model()
     before = logits_of(model, ids)
     apply_lora(model, rank=8, target_modules=ALL_LINEARS)
     for layer in lora_layers(model).values():
@@ -145,7 +118,7 @@ def test_init_B_zero_A_small_random_and_output_unchanged(ids):
 def test_A_and_B_both_zero_never_train_but_standard_init_does(ids):
     """Guards the reason one factor must start non-zero: with A = B = 0 both gradients are exactly
     zero (nothing could ever train); with the real init (A random, B = 0) B gets a gradient at once."""
-    model = base_model()
+    model = fixture_model()
     apply_lora(model, rank=4)
     mark_only_lora_as_trainable(model)
     with torch.no_grad():
@@ -156,7 +129,7 @@ def test_A_and_B_both_zero_never_train_but_standard_init_does(ids):
         assert torch.count_nonzero(layer.lora.A.weight.grad) == 0
         assert torch.count_nonzero(layer.lora.B.weight.grad) == 0
 
-    model = base_model()
+    model = fixture_model()
     apply_lora(model, rank=4)
     mark_only_lora_as_trainable(model)
     toy_loss(model, ids).backward()
@@ -201,7 +174,7 @@ def test_dropout_touches_only_the_adapter_path():
 def test_training_step_changes_only_the_adapter(ids):
     """Guards against base weights leaking into the optimizer or receiving gradients: after real
     optimizer steps every A and B has moved and every base tensor is bit-identical."""
-    model = base_model()
+    model = fixture_model()
     apply_lora(model, rank=4, target_modules=ALL_LINEARS)
     base_before = {k: v.clone() for k, v in model.state_dict().items() if ".lora." not in k}
     lora_before = {k: v.clone() for k, v in lora_state_dict(model).items()}
@@ -226,7 +199,7 @@ def test_training_step_changes_only_the_adapter(ids):
 def test_update_has_rank_at_most_r(name):
     """Guards against an update that is not low-rank (e.g. a full delta matrix): rank(B·A) <= r,
     and = r for random factors."""
-    model = base_model()
+    model = fixture_model()
     apply_lora(model, rank=3, target_modules=[name])
     fill_B(model, seed=0)
     for layer in lora_layers(model).values():
@@ -238,7 +211,7 @@ def test_update_has_rank_at_most_r(name):
 def test_non_square_targets_have_the_right_orientation(ids):
     """Guards against A/B built with in/out swapped, which only square layers would hide:
     w1 is (192, 64) and w2 is (64, 192); A must be (r, in) and B (out, r) of each."""
-    model = base_model()
+    model = fixture_model()
     apply_lora(model, rank=4, target_modules=["w1", "w2", "wk"])
     ffn = model.layers[0].feed_forward
     assert ffn.w1.lora.A.weight.shape == (4, 64) and ffn.w1.lora.B.weight.shape == (192, 4)
@@ -254,7 +227,7 @@ def test_non_square_targets_have_the_right_orientation(ids):
 def test_default_targets_are_the_square_linears_like_minimind2():
     """Guards against drifting from MiniMind2's default (square Linears: wq and wo under GQA), which
     would make our adapter files unreadable by MiniMind2 and theirs by us."""
-    model = base_model()
+    model = fixture_model()
     apply_lora(model)
     assert set(lora_layers(model)) == {f"layers.{i}.attention.{n}" for i in range(2) for n in ("wq", "wo")}
     assert all(layer.rank == 16 and layer.scale == 1.0 for layer in lora_layers(model).values())
@@ -262,7 +235,7 @@ def test_default_targets_are_the_square_linears_like_minimind2():
 
 def test_apply_lora_rejects_bad_arguments():
     """Guards against silently adapting nothing (a typo in target_modules) or stacking adapters twice."""
-    model = base_model()
+    model = fixture_model()
     with pytest.raises(ValueError, match=r"q_proj.*wq"):
         apply_lora(model, target_modules=["q_proj"])
     with pytest.raises(ValueError, match="rank"):
@@ -279,7 +252,7 @@ def test_apply_lora_rejects_bad_arguments():
 def test_merged_logits_equal_unmerged(ids, alpha):
     """Guards against merging with a different scale than the forward uses, or a merged layer that
     still adds the adapter (counting it twice)."""
-    model = base_model()
+    model = fixture_model()
     apply_lora(model, rank=4, alpha=alpha, target_modules=ALL_LINEARS)
     fill_B(model, seed=0)
     unmerged = logits_of(model, ids)
@@ -293,7 +266,7 @@ def test_merged_logits_equal_unmerged(ids, alpha):
 def test_unmerge_restores_weights(ids):
     """Guards against unmerge subtracting the wrong thing: W returns to the base (to float rounding)
     and the adapter path is active again."""
-    model = base_model()
+    model = fixture_model()
     base = {k: v.clone() for k, v in model.state_dict().items()}
     apply_lora(model, rank=4, alpha=8)
     fill_B(model, seed=0)
@@ -309,8 +282,8 @@ def test_unmerge_restores_weights(ids):
 def test_remove_restores_the_base_model_exactly(ids):
     """Guards against remove_lora leaving wrapper classes, extra keys, changed weights or a broken
     weight tie behind: afterwards the model is a plain MiniMindLM, bit for bit."""
-    model = base_model()
-    reference = base_model()
+    model = fixture_model()
+    reference = fixture_model()
     apply_lora(model, rank=4, target_modules=ALL_LINEARS)
     fill_B(model, seed=0)
     remove_lora(model)
@@ -325,7 +298,7 @@ def test_remove_restores_the_base_model_exactly(ids):
 def test_merged_checkpoint_loads_as_a_plain_model(tmp_path, ids):
     """Guards against shipping a merged model that needs LoRA code to load (adapter keys left in it)
     or that lost the adapter's effect."""
-    model = base_model()
+    model = fixture_model()
     apply_lora(model, rank=4)
     fill_B(model, seed=0)
     adapted = logits_of(model, ids)
@@ -341,7 +314,7 @@ def test_merged_checkpoint_loads_as_a_plain_model(tmp_path, ids):
 def test_merged_adapters_refuse_to_train(ids):
     """Guards against training a merged model silently training nothing: a merged layer computes W x
     alone, so A and B get no gradient while the loop runs on as if all were well."""
-    model = base_model()
+    model = fixture_model()
     apply_lora(model, rank=4)
     fill_B(model, seed=0)
     merge_lora(model)
@@ -364,7 +337,7 @@ def test_merged_adapters_refuse_to_train(ids):
 def test_save_model_refuses_a_model_with_adapters(tmp_path):
     """Guards against save_model writing adapter keys into a "plain" checkpoint that MiniMind2's strict
     load (and ours) then rejects -- or that silently drops the adapter's effect when loaded elsewhere."""
-    model = base_model()
+    model = fixture_model()
     apply_lora(model, rank=4)
     with pytest.raises(ValueError, match="merge_lora.*remove_lora.*save_lora"):
         save_model(model, tmp_path / "full_sft_64.pth")
@@ -388,7 +361,7 @@ def test_unusable_adapter_file_is_a_one_line_error(tmp_path, kind):
         torch.save({"obj": nn.ReLU()}, path)  # a module object: weights_only refuses to unpickle it
     else:
         torch.save([torch.zeros(1)], path)
-    model = base_model()
+    model = fixture_model()
     with pytest.raises(CheckpointError) as err:
         load_lora(model, path)
     msg = str(err.value)
@@ -404,27 +377,27 @@ def test_adapting_the_tied_output_adapts_the_embedding_with_the_same_delta(ids):
     """Guards against an adapter that changes only one use of the tied matrix (the lookup and the
     output would then disagree, and merging, which edits the one tensor, would change the model).
     The adapted model must equal a plain model whose tied matrix is E + ΔE."""
-    model = base_model()
+    model = fixture_model()
     apply_lora(model, rank=4, alpha=8, target_modules=["wq", "output"])
     assert isinstance(model.tok_embeddings, LoRAEmbedding) and isinstance(model.output, LoRALinear)
     assert model.tok_embeddings.weight is model.output.weight  # still one matrix
-    assert torch.equal(logits_of(model, ids), logits_of(base_model(), ids))  # B = 0: nothing changed yet
+    assert torch.equal(logits_of(model, ids), logits_of(fixture_model(), ids))  # B = 0: nothing changed yet
     fill_B(model, seed=0, std=0.05)
 
-    reference = base_model()
+    reference = fixture_model()
     reference.load_state_dict({k: v for k, v in model.state_dict().items() if ".lora." not in k})
     with torch.no_grad():
         reference.output.weight.add_(model.output.delta_weight())  # ΔE (vocab, dim); tied: the lookup sees it too
         for i in range(2):
             reference.layers[i].attention.wq.weight.add_(model.layers[i].attention.wq.delta_weight())
-    assert not torch.allclose(logits_of(model, ids), logits_of(base_model(), ids), atol=1e-3)
+    assert not torch.allclose(logits_of(model, ids), logits_of(fixture_model(), ids), atol=1e-3)
     torch.testing.assert_close(logits_of(model, ids), logits_of(reference, ids), atol=1e-5, rtol=0)
 
 
 def test_tied_adapter_gradients_come_from_both_uses(ids):
     """Guards against A and B learning from the output layer only (or the lookup only): their
     gradients must be those of ΔE = scale·B·A put into both the lookup and the output."""
-    model = base_model()
+    model = fixture_model()
     apply_lora(model, rank=4, alpha=8, target_modules=["output"])
     mark_only_lora_as_trainable(model)
     fill_B(model, seed=0, std=0.05)
@@ -433,7 +406,7 @@ def test_tied_adapter_gradients_come_from_both_uses(ids):
     A = model.output.lora.A.weight.detach().clone().requires_grad_()
     B = model.output.lora.B.weight.detach().clone().requires_grad_()
     E = model.output.weight.detach() + model.output.scale * (B @ A)
-    plain = base_model()
+    plain = fixture_model()
     loss = torch.func.functional_call(plain, {"output.weight": E, "tok_embeddings.weight": E}, (ids,),
                                       tie_weights=False).logits.float().pow(2).mean()
     loss.backward()
@@ -445,29 +418,29 @@ def test_tied_adapter_gradients_come_from_both_uses(ids):
 def test_tied_adapter_merges_removes_and_round_trips(tmp_path, ids):
     """Guards against a tied adapter that merges twice into the shared E (once per use), whose A/B
     are saved twice or under the embedding's name, or that leaves the tie broken after remove_lora."""
-    model = base_model()
+    model = fixture_model()
     apply_lora(model, rank=4, target_modules=["wq", "output"])
     fill_B(model, seed=0, std=0.05)
     adapted = logits_of(model, ids)
-    assert count_parameters(model)[0] == count_parameters(base_model())[0] + 2 * 2 * 4 * 64 + (4 * 64 + 320 * 4)
+    assert count_parameters(model)[0] == count_parameters(fixture_model())[0] + 2 * 2 * 4 * 64 + (4 * 64 + 320 * 4)
     assert sorted(k for k in model.state_dict() if k.startswith(("output.", "tok_embeddings."))) == [
         "output.lora.A.weight", "output.lora.B.weight", "output.weight", "tok_embeddings.weight"]
 
     merge_lora(model)
     torch.testing.assert_close(logits_of(model, ids), adapted, atol=1e-5, rtol=0)
     unmerge_lora(model)
-    torch.testing.assert_close(model.output.weight, base_model().output.weight, atol=1e-6, rtol=0)
+    torch.testing.assert_close(model.output.weight, fixture_model().output.weight, atol=1e-6, rtol=0)
 
     save_lora(model, tmp_path / "tied.pth")
     assert torch.load(tmp_path / "tied.pth", weights_only=True)["lora_config"]["targets"] == ["output", "wq"]
-    fresh = base_model()
+    fresh = fixture_model()
     load_lora(fresh, tmp_path / "tied.pth")
     assert isinstance(fresh.tok_embeddings, LoRAEmbedding)
     torch.testing.assert_close(logits_of(fresh, ids), adapted, atol=1e-5, rtol=0)
 
     remove_lora(fresh)
     assert type(fresh.tok_embeddings) is nn.Embedding and fresh.output.weight is fresh.tok_embeddings.weight
-    assert torch.equal(logits_of(fresh, ids), logits_of(base_model(), ids))
+    assert torch.equal(logits_of(fresh, ids), logits_of(fixture_model(), ids))
     clone = copy.deepcopy(model)  # the embedding's reference to its output layer follows the copy
     assert clone.tok_embeddings.tied_output is clone.output
     torch.testing.assert_close(logits_of(clone, ids), adapted, atol=1e-5, rtol=0)
@@ -476,7 +449,7 @@ def test_tied_adapter_merges_removes_and_round_trips(tmp_path, ids):
 def test_tied_adapter_cached_generation_equals_full_forwards(ids):
     """Guards against a LoRAEmbedding that the KV-cached decode bypasses or applies differently
     (each new token is looked up alone): greedy generation must equal argmax over full forwards."""
-    model = base_model()
+    model = fixture_model()
     apply_lora(model, rank=4, target_modules=["wq", "output"])
     fill_B(model, seed=0, std=0.05)
     prompt = ids[:, :6]
@@ -490,7 +463,7 @@ def test_tied_adapter_cached_generation_equals_full_forwards(ids):
 def test_a_weight_shared_by_two_linears_is_refused():
     """Guards against adapting a weight that another Linear also uses: merging would silently change
     that other layer. Only the Linear/Embedding tie has a meaning (one matrix, one ΔE)."""
-    model = base_model()
+    model = fixture_model()
     model.layers[1].attention.wq.weight = model.layers[0].attention.wq.weight
     with pytest.raises(ValueError, match=r"layers\.0\.attention\.wq\.weight is shared"):
         apply_lora(model, target_modules=["wq"])
@@ -502,7 +475,7 @@ def test_a_weight_shared_by_two_linears_is_refused():
 def test_save_load_round_trip(tmp_path, ids):
     """Guards against files that lose the rank, alpha or targets (loading them would rebuild the
     wrong adapters) or hold anything but the adapter (a base-sized file)."""
-    model = base_model()
+    model = fixture_model()
     apply_lora(model, rank=4, alpha=12, target_modules=["wq", "w2"])
     fill_B(model, seed=0)
     expected = logits_of(model, ids)
@@ -511,11 +484,11 @@ def test_save_load_round_trip(tmp_path, ids):
 
     saved = torch.load(path, weights_only=True)
     assert saved.pop("lora_config") == {"rank": 4, "alpha": 12, "targets": ["w2", "wq"], "dim": 64,
-                                      "scaling": "standard", "init": "standard", "base": weights_fingerprint(base_model())}
+                                      "scaling": "standard", "init": "standard", "base": weights_fingerprint(fixture_model())}
     assert saved.keys() == lora_state_dict(model).keys()
     assert all(re.fullmatch(r"layers\.\d\.(attention\.wq|feed_forward\.w2)\.lora\.[AB]\.weight", k) for k in saved)
 
-    fresh = base_model()
+    fresh = fixture_model()
     load_lora(fresh, path)
     assert lora_layers(fresh).keys() == lora_layers(model).keys()
     assert all(layer.scale == 3.0 for layer in lora_layers(fresh).values())
@@ -526,12 +499,12 @@ def test_save_load_round_trip(tmp_path, ids):
 def test_file_alpha_replaces_the_models_alpha(tmp_path, ids):
     """Guards against loading A and B under a scale they were not trained with (same shapes, silently
     different outputs)."""
-    model = base_model()
+    model = fixture_model()
     apply_lora(model, rank=4, alpha=4)
     fill_B(model, seed=0)
     expected = logits_of(model, ids)
     save_lora(model, tmp_path / "a.pth")
-    other = base_model()
+    other = fixture_model()
     apply_lora(other, rank=4, alpha=16)
     load_lora(other, tmp_path / "a.pth")
     assert torch.equal(logits_of(other, ids), expected)
@@ -541,7 +514,7 @@ def test_file_alpha_replaces_the_models_alpha(tmp_path, ids):
 def test_wrapper_prefixes_never_reach_files(tmp_path, golden, ids):
     """Guards against `_orig_mod.` (torch.compile) or `module.` (DDP) leaking into adapter keys, and
     against refusing a MiniMind2 file saved from a DDP model (its keys start with `module.`)."""
-    model = base_model()
+    model = fixture_model()
     apply_lora(model, rank=4)
     compiled = torch.compile(model)  # wrapping only; nothing is compiled until it is called
     assert any(k.startswith("_orig_mod.") for k in compiled.state_dict())
@@ -550,9 +523,9 @@ def test_wrapper_prefixes_never_reach_files(tmp_path, golden, ids):
     assert keys and all(k.startswith("layers.") for k in keys)
     assert lora_state_dict(compiled).keys() == lora_state_dict(model).keys()
 
-    prefixed = {f"module.{k}": v for k, v in torch.load(FIXTURES / "lora.pth", weights_only=True).items()}
+    prefixed = {f"module.{k}": v for k, v in torch.load(MINIMIND2 / "lora.pth", weights_only=True).items()}
     torch.save(prefixed, tmp_path / "ddp_minimind2.pth")
-    fresh = base_model()
+    fresh = fixture_model()
     load_lora(fresh, tmp_path / "ddp_minimind2.pth")
     torch.testing.assert_close(logits_of(fresh, ids), golden["logits_with_lora"], atol=1e-5, rtol=0)
 
@@ -560,10 +533,10 @@ def test_wrapper_prefixes_never_reach_files(tmp_path, golden, ids):
 def test_adapter_for_another_dim_is_refused(tmp_path):
     """Guards against loading an adapter onto a model of another size: refused before any change,
     naming both dims (with metadata) or the mismatched tensors (MiniMind2 file, no metadata)."""
-    big = MiniMindLM(tiny_config(dim=128, n_heads=4, n_kv_heads=2, hidden_dim=None))
+    big = MiniMindLM(fixture_config(dim=128, n_heads=4, n_kv_heads=2, hidden_dim=None))
     apply_lora(big, rank=4)
     save_lora(big, tmp_path / "lora_128.pth")
-    model = base_model()
+    model = fixture_model()
     with pytest.raises(CheckpointError, match=r"dim=128.*dim=64"):
         load_lora(model, tmp_path / "lora_128.pth")
     assert not lora_layers(model)
@@ -577,8 +550,8 @@ def test_adapter_for_another_dim_is_refused(tmp_path):
 def test_adapter_with_wrong_keys_is_refused(tmp_path):
     """Guards against a partial or foreign adapter loading with some layers silently unadapted,
     and against a full model checkpoint being taken for an adapter; each message names the keys."""
-    state = torch.load(FIXTURES / "lora.pth", weights_only=True)
-    model = base_model()
+    state = torch.load(MINIMIND2 / "lora.pth", weights_only=True)
+    model = fixture_model()
 
     torch.save({k: v for k, v in state.items() if not k.startswith("layers.1.attention.wo")}, tmp_path / "partial.pth")
     with pytest.raises(CheckpointError, match=r"missing layers\.1\.attention\.wo\.lora\.A\.weight"):
@@ -589,7 +562,7 @@ def test_adapter_with_wrong_keys_is_refused(tmp_path):
         load_lora(model, tmp_path / "extra.pth")
 
     with pytest.raises(CheckpointError, match=r"not a LoRA adapter.*load_model"):
-        load_lora(model, FIXTURES / "model.pth")
+        load_lora(model, MINIMIND2 / "model.pth")
     assert not lora_layers(model)
 
     apply_lora(model, rank=8)
@@ -602,13 +575,13 @@ def test_the_file_decides_the_adapters_whatever_apply_lora_chose(tmp_path, ids):
     """Guards against the write-ups' usage, apply_lora(model, rank=16) then load_lora(model, path), failing
     on an adapter of another rank or other layers ("does not fit this model: unexpected ...w1.lora.A"):
     the file records its rank, alpha, scaling and targets, and loading follows it."""
-    trained = base_model()
+    trained = fixture_model()
     apply_lora(trained, rank=4, alpha=6, target_modules=["wq", "wk", "w1", "output"], scaling="rslora")
     fill_B(trained, seed=3)
     save_lora(trained, tmp_path / "lora_any_64.pth")
     expected = logits_of(trained, ids)
 
-    model = base_model()
+    model = fixture_model()
     apply_lora(model, rank=16)  # MiniMind2's usage: square layers (wq, wo), rank 16
     load_lora(model, tmp_path / "lora_any_64.pth")
     layers = lora_layers(model)
@@ -622,17 +595,17 @@ def test_the_file_decides_the_adapters_whatever_apply_lora_chose(tmp_path, ids):
 def test_switching_adapters_keeps_the_base(tmp_path, ids):
     """Guards against adapters leaking into each other or into the base when one base model serves
     several: medical -> identity -> none must equal each adapter alone and then the exact base."""
-    base_logits = logits_of(base_model(), ids)
+    base_logits = logits_of(fixture_model(), ids)
     expected = {}
     for name, seed, rank in [("medical", 1, 4), ("identity", 2, 8)]:
-        model = base_model()
+        model = fixture_model()
         apply_lora(model, rank=rank)
         fill_B(model, seed=seed)
         expected[name] = logits_of(model, ids)
         save_lora(model, tmp_path / f"lora_{name}_64.pth")
     assert not torch.allclose(expected["medical"], expected["identity"], atol=1e-3)
 
-    model = base_model()
+    model = fixture_model()
     wq = model.layers[0].attention.wq.weight  # the base tensor, never reloaded or copied
     load_lora(model, tmp_path / "lora_medical_64.pth")
     assert torch.equal(logits_of(model, ids), expected["medical"])
@@ -653,7 +626,7 @@ def test_switching_adapters_keeps_the_base(tmp_path, ids):
 def test_deepcopy_gives_an_independent_adapted_model(ids):
     """Guards against adapters that deepcopy cannot copy, or copies that share A/B or W with the
     original (training the copy would change the original)."""
-    model = base_model()
+    model = fixture_model()
     apply_lora(model, rank=4)
     fill_B(model, seed=0)
     clone = copy.deepcopy(model)
@@ -671,7 +644,7 @@ def test_deepcopy_gives_an_independent_adapted_model(ids):
 def test_torch_compile_traces_the_adapted_model(ids, targets):
     """Guards against a LoRALinear or LoRAEmbedding that torch.compile cannot trace (graph breaks into
     errors or wrong results). Uses the aot_eager backend: tracing without the slow C++ code generation."""
-    model = base_model()
+    model = fixture_model()
     apply_lora(model, rank=4, target_modules=targets)
     fill_B(model, seed=0)
     compiled = torch.compile(model, backend="aot_eager", fullgraph=True)
@@ -686,7 +659,7 @@ def test_ddp_trains_only_the_adapter_and_saves_plain_keys(tmp_path, ids, targets
     import torch.distributed as dist
     dist.init_process_group("gloo", init_method=f"file://{tmp_path / 'store'}", rank=0, world_size=1)
     try:
-        model = base_model()
+        model = fixture_model()
         apply_lora(model, rank=4, target_modules=targets)
         mark_only_lora_as_trainable(model)
         wq_before = model.layers[0].attention.wq.weight.clone()
@@ -702,14 +675,14 @@ def test_ddp_trains_only_the_adapter_and_saves_plain_keys(tmp_path, ids, targets
     assert saved["layers.0.attention.wq.lora.B.weight"].abs().max() > 0  # the step reached B
     if targets:
         assert saved["output.lora.B.weight"].abs().max() > 0
-        assert torch.equal(model.output.weight, base_model().output.weight)  # the shared E stayed frozen
+        assert torch.equal(model.output.weight, fixture_model().output.weight)  # the shared E stayed frozen
     assert torch.equal(model.layers[0].attention.wq.weight, wq_before)
 
 
 def test_trainable_parameter_count_and_report():
     """Guards against miscounting (tied embeddings counted twice, frozen base counted as trainable):
     for the fixture model with rank-4 adapters on wq/wo the numbers are worked out by hand."""
-    model = base_model()
+    model = fixture_model()
     base_total = 320 * 64 + 2 * (64 * 64 * 2 + 32 * 64 * 2 + 192 * 64 * 3 + 64 * 2) + 64  # tied emb once
     assert count_parameters(model) == (base_total, base_total)
     apply_lora(model, rank=4)
@@ -721,7 +694,7 @@ def test_trainable_parameter_count_and_report():
         f"trainable%: {100 * adapter / (base_total + adapter):.4f}")
     assert trainable_parameters_report(model) == "trainable params: 2,048 || all params: 121,152 || trainable%: 1.6904"
     with pytest.raises(ValueError, match="apply_lora"):
-        mark_only_lora_as_trainable(base_model())
+        mark_only_lora_as_trainable(fixture_model())
 
 
 def test_lora_module_keys_match_minimind2():
@@ -755,7 +728,7 @@ def test_the_write_ups_usage_snippet_loads_a_default_train_lora_adapter(tmp_path
     sft = MiniMindLM(LMConfig(dim=512, n_layers=8))  # MiniMind2-Small, the snippet's model
     save_model(sft, out / "full_sft_512.pth", checkpoint_meta("full_sft", tokenizer_dir, Tokenizer.load(tokenizer_dir)))
     data = tmp_path / "lora_medical.jsonl"
-    lines = (Path(__file__).parent.parent / "dataset" / "lora_medical.jsonl").read_text(encoding="utf-8").splitlines(True)
+    lines = (ROOT / "dataset" / "lora_medical.jsonl").read_text(encoding="utf-8").splitlines(True)
     data.write_text("".join(lines[:8]), encoding="utf-8")
     result = train_lora.main(["--dim", "512", "--out_dir", str(out), "--data_path", str(data), "--epochs", "1",
                               "--batch_size", "4", "--max_seq_len", "48", "--val_samples", "0"])
@@ -765,7 +738,7 @@ def test_the_write_ups_usage_snippet_loads_a_default_train_lora_adapter(tmp_path
     (out / "rlhf_512.pth").write_bytes((out / "full_sft_512.pth").read_bytes())
 
     monkeypatch.chdir(tmp_path)
-    snippet = (Path(__file__).parent / "fixtures" / "writeups" / "usage_snippet_002.py").read_text(encoding="utf-8")
+    snippet = (ROOT / "tests" / "fixtures" / "writeups" / "usage_snippet_002.py").read_text(encoding="utf-8")
     namespace = {"torch": torch}  # the one name the snippet uses without importing it
     exec(compile(snippet, "usage_snippet_002.py", "exec"), namespace)
     model = namespace["model"]
@@ -780,12 +753,12 @@ def test_an_adapter_is_refused_on_another_base_unless_allowed(tmp_path, ids):
     shape (pretrain_128) without a word: its A and B only mean something on the weights they were trained on.
     The file records the base's fingerprint; allow_other_base=True loads it anyway; MiniMind2's files, which
     record none, load as before."""
-    model = base_model()
+    model = fixture_model()
     apply_lora(model, rank=4)
     fill_B(model, seed=0)
     save_lora(model, tmp_path / "a.pth")
 
-    other = base_model()
+    other = fixture_model()
     with torch.no_grad():
         other.layers[0].feed_forward.w2.weight.mul_(1.01)  # another base: same shapes, other weights
     with pytest.raises(CheckpointError, match=r"a.pth was trained on another base model.*allow_other_base"):
@@ -793,9 +766,9 @@ def test_an_adapter_is_refused_on_another_base_unless_allowed(tmp_path, ids):
     assert not lora_layers(other)  # refused: the model is left as it was
     load_lora(other, tmp_path / "a.pth", allow_other_base=True)
     assert lora_layers(other)
-    load_lora(other, FIXTURES / "lora.pth")  # MiniMind2's adapter records no base
+    load_lora(other, MINIMIND2 / "lora.pth")  # MiniMind2's adapter records no base
 
-    same = base_model()
+    same = fixture_model()
     load_lora(same, tmp_path / "a.pth")  # the base it was trained on: loads
     assert torch.equal(logits_of(same, ids), logits_of(model, ids))
 
@@ -810,25 +783,25 @@ def test_an_adapter_is_refused_on_another_base_unless_allowed(tmp_path, ids):
 def test_a_malformed_lora_config_is_one_line(tmp_path, bad, message):
     """Guards against a lora_config with alpha NaN or a string (or another broken field) ending in a
     traceback deep inside apply_lora, or loading with a NaN scale that makes every output NaN."""
-    model = base_model()
+    model = fixture_model()
     apply_lora(model, rank=4)
     state = adapter_state(model)
     state["lora_config"].update(bad)
     with pytest.raises(CheckpointError, match=re.escape(message)):
-        load_lora(base_model(), state)
+        load_lora(fixture_model(), state)
 
 
 def test_weights_holding_nan_are_refused_on_load(tmp_path):
     """Guards against serving or evaluating an adapter (or a checkpoint) holding NaN -- a diverged run
     saved anyway, a damaged file -- which answers garbage with no error."""
-    model = base_model()
+    model = fixture_model()
     apply_lora(model, rank=4)
     state = adapter_state(model)
     state["layers.0.attention.wq.lora.B.weight"][0, 0] = float("nan")
     with pytest.raises(CheckpointError, match=r"NaN or infinite values in 1 tensor\(s\) \(layers.0.attention.wq.lora.B.weight\)"):
-        load_lora(base_model(), state)
+        load_lora(fixture_model(), state)
 
-    broken = base_model()
+    broken = fixture_model()
     with torch.no_grad():
         broken.norm.weight[0] = float("inf")
     save_model(broken, tmp_path / "full_sft_64.pth")

@@ -13,40 +13,19 @@ import math
 import os
 import re
 import tempfile
-from pathlib import Path
 
 import pytest
 import torch
+from conftest import MINIMIND2, ROOT, fixture_model, tiny_model
 
 from formats.checkpoint import CheckpointError, clean_state_dict, load_model, load_weights, save_model
 from model.LMConfig import LMConfig
 from model.model import KVCache, MiniMindLM, apply_rope, count_parameters, rope_table, sample_next_token
 
-FIXTURES = Path(__file__).parent / "fixtures" / "minimind2"
-
 
 @pytest.fixture(scope="module")
 def golden():
-    return torch.load(FIXTURES / "golden.pth", weights_only=True)
-
-
-def fixture_model(flash_attn=True):
-    config = LMConfig.from_dict({**json.loads((FIXTURES / "model_config.json").read_text()), "flash_attn": flash_attn})
-    model = MiniMindLM(config).eval()
-    model.load_state_dict(torch.load(FIXTURES / "model.pth", weights_only=True), strict=True)
-    return model
-
-
-def tiny_model(seed=0, **overrides):
-    """A random model with larger-than-default init, so logits differ clearly between tokens."""
-    torch.manual_seed(seed)
-    config = LMConfig(**{"dim": 64, "n_layers": 2, "n_heads": 4, "n_kv_heads": 2, "vocab_size": 97, **overrides})
-    model = MiniMindLM(config).eval()
-    with torch.no_grad():
-        for p in model.parameters():
-            if p.dim() == 2:
-                p.normal_(0, 0.15)
-    return model
+    return torch.load(MINIMIND2 / "golden.pth", weights_only=True)
 
 
 # ---- MiniMind2 compatibility ------------------------------------------------------------------
@@ -55,7 +34,7 @@ def tiny_model(seed=0, **overrides):
 @pytest.mark.parametrize("flash_attn", [True, False])
 def test_golden_logits(golden, flash_attn):
     """Guards against any numeric drift from MiniMind2 (RoPE layout, GQA head order, norm, FFN)."""
-    logits = fixture_model(flash_attn)(golden["input_ids"]).logits
+    logits = fixture_model(flash_attn=flash_attn)(golden["input_ids"]).logits
     assert logits.shape == golden["logits"].shape
     torch.testing.assert_close(logits, golden["logits"], atol=1e-5, rtol=0)
 
@@ -72,7 +51,7 @@ def test_greedy_continuation_matches_fixture(golden):
 def test_state_dict_keys_and_tied_weights():
     """Guards against renamed parameters (MiniMind2 checkpoints would not load) and lost weight tying."""
     model = fixture_model()
-    theirs = torch.load(FIXTURES / "model.pth", weights_only=True)
+    theirs = torch.load(MINIMIND2 / "model.pth", weights_only=True)
     assert list(model.state_dict()) == list(theirs)
     assert model.tok_embeddings.weight is model.output.weight
     # one tensor, so a gradient from both uses lands in the same place
@@ -366,7 +345,7 @@ def test_config_rejects_sizes_below_one(field, value):
 
 def test_clean_state_dict():
     """Guards against DDP/compile prefixes and stale mask buffers breaking a strict load."""
-    sd = torch.load(FIXTURES / "model.pth", weights_only=True)
+    sd = torch.load(MINIMIND2 / "model.pth", weights_only=True)
     dirty = {f"module._orig_mod.{k}": v for k, v in sd.items()}
     dirty["module.layers.0.attention.mask"] = torch.zeros(1, 1, 4, 4)
     assert list(clean_state_dict(dirty)) == list(sd)
@@ -414,8 +393,8 @@ def test_load_model_errors(tmp_path):
     with pytest.raises(CheckpointError, match="nope.pth not found"):
         load_model(tmp_path / "nope.pth")
     with pytest.raises(CheckpointError, match="--dim 64 --n_layers 2"):
-        load_model(FIXTURES / "model.pth")  # MiniMind2 file: no sidecar
-    model, meta = load_model(FIXTURES / "model.pth", config=fixture_model().config)
+        load_model(MINIMIND2 / "model.pth")  # MiniMind2 file: no sidecar
+    model, meta = load_model(MINIMIND2 / "model.pth", config=fixture_model().config)
     assert meta == {}
 
 
@@ -577,7 +556,7 @@ def test_docstring_examples_run(name, tmp_path, monkeypatch):
 def test_model_py_reads_top_to_bottom():
     """Guards against forward jumps in model/model.py: a top-level function or class that uses one
     defined further down the file, so a reader meets a name before its definition."""
-    tree = ast.parse(Path(__file__).parent.parent.joinpath("model", "model.py").read_text(encoding="utf-8"))
+    tree = ast.parse((ROOT / "model" / "model.py").read_text(encoding="utf-8"))
     defined_at = {node.name: i for i, node in enumerate(tree.body)
                   if isinstance(node, (ast.FunctionDef, ast.ClassDef))}  # fmt: skip
     jumps = []

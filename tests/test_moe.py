@@ -7,17 +7,17 @@ full, batched vs alone, merged vs unmerged adapters) or trains a tiny model for 
 
 import json
 import math
-from pathlib import Path
 
 import pytest
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+from conftest import MINIMIND2_MOE, fill_B, fixture_config, fixture_model, logits_of, tiny_model
 
 from bench.bench_moe import train_router
 from formats.checkpoint import CheckpointError, load_model, load_weights, save_model
 from model.LMConfig import LMConfig
-from model.model import FeedForward, MiniMindLM, count_parameters, trainable_parameters_report
+from model.model import MiniMindLM, count_parameters, trainable_parameters_report
 from model.model_moe import MoEFeedForward, load_balancing_loss
 from model.model_lora import (
     LoRALinear,
@@ -30,42 +30,13 @@ from model.model_lora import (
     unmerge_lora,
 )
 
-FIXTURES = Path(__file__).parent / "fixtures" / "minimind2_moe"
 MOE_DEFAULTS = dict(num_experts_per_tok=2, n_routed_experts=4, n_shared_experts=True, scoring_func="softmax",
                     aux_loss_alpha=0.1, seq_aux=True, norm_topk_prob=True)  # MiniMind2's
 
 
 @pytest.fixture(scope="module")
 def golden():
-    return torch.load(FIXTURES / "golden.pth", weights_only=True)
-
-
-def fixture_config(**overrides) -> LMConfig:
-    return LMConfig.from_dict({**json.loads((FIXTURES / "model_config.json").read_text()), **overrides})
-
-
-def fixture_model(**overrides) -> MiniMindLM:
-    """MiniMind2's tiny MoE model (dim 64, 2 layers, 4 experts, top-2, shared expert), in eval mode."""
-    model = MiniMindLM(fixture_config(**overrides)).eval()
-    model.load_state_dict(torch.load(FIXTURES / "model.pth", weights_only=True), strict=True)
-    return model
-
-
-def tiny_moe(seed=0, **overrides) -> MiniMindLM:
-    """A random MoE model with larger-than-default init, so routing and logits differ clearly between tokens."""
-    torch.manual_seed(seed)
-    fields = dict(dim=64, n_layers=2, n_heads=4, n_kv_heads=2, vocab_size=97, use_moe=True, max_seq_len=256)
-    model = MiniMindLM(LMConfig(**{**fields, **overrides})).eval()
-    with torch.no_grad():
-        for p in model.parameters():
-            if p.dim() == 2:
-                p.normal_(0, 0.15)
-    return model
-
-
-def logits_of(model, ids) -> torch.Tensor:
-    with torch.no_grad():
-        return model(ids).logits
+    return torch.load(MINIMIND2_MOE / "golden.pth", weights_only=True)
 
 
 def moe_layers(model) -> list:
@@ -88,7 +59,7 @@ def test_moe_config_has_minimind2s_defaults_and_round_trips():
     config = LMConfig(dim=640, n_layers=8, use_moe=True)  # MiniMind2-MoE
     assert {name: getattr(config, name) for name in MOE_DEFAULTS} == MOE_DEFAULTS
     assert LMConfig.from_dict(json.loads(json.dumps(config.to_dict()))) == config
-    assert fixture_config().use_moe and fixture_config().hidden_dim == 192
+    assert fixture_config(moe=True).use_moe and fixture_config(moe=True).hidden_dim == 192
 
 
 @pytest.mark.parametrize("bad, field", [
@@ -114,8 +85,8 @@ def test_moe_config_rejects_bad_fields(bad, field):
 def test_minimind2_moe_checkpoint_loads_strictly_with_its_keys():
     """Guards against renamed MoE parameters (experts, gate, shared_experts): a MiniMind2-MoE
     checkpoint must load with strict=True, and ours must have exactly its keys, shapes and order."""
-    theirs = torch.load(FIXTURES / "model.pth", weights_only=True)
-    model = fixture_model()
+    theirs = torch.load(MINIMIND2_MOE / "model.pth", weights_only=True)
+    model = fixture_model(moe=True)
     assert [(k, tuple(v.shape)) for k, v in model.state_dict().items()] == [(k, tuple(v.shape)) for k, v in theirs.items()]
     assert model.state_dict()["layers.0.feed_forward.gate.weight"].shape == (4, 64)  # (n_routed_experts, dim)
     assert model.tok_embeddings.weight is model.output.weight
@@ -125,7 +96,7 @@ def test_minimind2_moe_checkpoint_loads_strictly_with_its_keys():
 def test_golden_eval_logits(golden, flash_attn):
     """Guards against any numeric drift from MiniMind2-MoE's inference path: routing softmax, top-k,
     renormalisation, how expert outputs are weighted and summed, the shared expert."""
-    out = fixture_model(flash_attn=flash_attn)(golden["input_ids"])
+    out = fixture_model(moe=True, flash_attn=flash_attn)(golden["input_ids"])
     torch.testing.assert_close(out.logits, golden["logits_eval"], atol=1e-5, rtol=0)
     assert out.aux_loss.item() == 0.0  # eval mode: no balancing loss, as in MiniMind2
 
@@ -135,7 +106,7 @@ def test_golden_train_mode_aux_loss_and_logits(golden):
     counting, the E/(T*k) scale, alpha, the sum over layers). MiniMind2's training path stores each
     routed expert's output in float16; ours does not (it computes what eval mode computes), so its
     logits_train are reproduced with that rounding put back by forward hooks."""
-    model = fixture_model().train()
+    model = fixture_model(moe=True).train()
     ids = golden["input_ids"]
     out = model(ids)
     torch.testing.assert_close(out.aux_loss, golden["aux_loss_train"], atol=1e-6, rtol=0)
@@ -160,7 +131,7 @@ def test_eval_mode_keeps_gradients_and_training_mode_adds_the_balancing_loss():
     """Guards against copying MiniMind2's no_grad inference routing (a model in eval mode would then
     give no gradient to its experts, e.g. for a gradient check or saliency), and against an aux
     loss that is computed but detached from the router."""
-    model = fixture_model()
+    model = fixture_model(moe=True)
     ids = torch.randint(0, 320, (2, 8))
     model(ids).logits.sum().backward()
     assert model.layers[0].feed_forward.experts[0].w1.weight.grad is not None
@@ -197,7 +168,7 @@ def test_grouped_dispatch_equals_token_by_token(overrides):
     (p // k), weights applied to the wrong expert's output, a token counted twice or dropped, the
     shared expert missed; and against its gradients differing from the plain formula's."""
     torch.manual_seed(0)
-    moe = tiny_moe(**overrides).layers[0].feed_forward
+    moe = tiny_model(use_moe=True, **overrides).layers[0].feed_forward
     x = torch.randn(3, 7, 64, requires_grad=True)
     fast, _ = moe(x)
     ref = moe_token_by_token(moe, x)
@@ -275,7 +246,7 @@ def test_aux_loss_is_the_sum_over_moe_layers(seq_aux):
     """Guards against aux_loss reporting one layer only (or the last layer's, as a value stashed on a
     module would after a second forward), seq_aux not reaching the loss (per sequence vs per batch),
     and the loss leaking into eval mode or dense models."""
-    model = tiny_moe(n_layers=3, seq_aux=seq_aux).train()
+    model = tiny_model(use_moe=True, n_layers=3, seq_aux=seq_aux).train()
     ids = torch.randint(0, 97, (2, 9))
     inputs = []
     hooks = [moe.register_forward_pre_hook(lambda m, args: inputs.append(args[0])) for moe in moe_layers(model)]
@@ -289,8 +260,8 @@ def test_aux_loss_is_the_sum_over_moe_layers(seq_aux):
     torch.testing.assert_close(total, sum(per_layer), atol=1e-7, rtol=0)
     assert not any(hasattr(module, "aux_loss") for module in model.modules())  # returned, not stored
     assert model.eval()(ids).aux_loss.item() == 0.0
-    assert tiny_moe(aux_loss_alpha=0.0).train()(ids).aux_loss.item() == 0.0
-    assert tiny_moe(use_moe=False).train()(ids).aux_loss.item() == 0.0
+    assert tiny_model(use_moe=True, aux_loss_alpha=0.0).train()(ids).aux_loss.item() == 0.0
+    assert tiny_model(use_moe=False).train()(ids).aux_loss.item() == 0.0
 
 
 def test_seq_aux_balances_each_sequence_batch_aux_the_whole_batch():
@@ -307,7 +278,7 @@ def test_moe_runs_in_bfloat16_with_float32_routing_probabilities():
     """Guards against dtype clashes in the dispatch (index_add of float32-weighted outputs into a
     bf16 buffer) under autocast and in a bf16 model, and against a router softmax in bf16, whose
     ~3 significant digits would blur close calls between experts and the balancing loss."""
-    model = tiny_moe().train()
+    model = tiny_model(use_moe=True).train()
     ids = torch.randint(0, 97, (2, 12))
     exact = model(ids).aux_loss
     with torch.autocast("cpu", dtype=torch.bfloat16):
@@ -316,7 +287,7 @@ def test_moe_runs_in_bfloat16_with_float32_routing_probabilities():
     assert abs(out.aux_loss.item() - exact.item()) < 0.01  # bf16 hidden states route a little differently
     (out.logits.float().pow(2).mean() + out.aux_loss).backward()
 
-    half = tiny_moe().to(torch.bfloat16).train()
+    half = tiny_model(use_moe=True).to(torch.bfloat16).train()
     probs, weights, _ = half.layers[0].feed_forward.route(torch.randn(5, 64, dtype=torch.bfloat16))
     assert probs.dtype == weights.dtype == torch.float32
     out = half(ids)
@@ -332,7 +303,7 @@ def test_moe_cached_decode_equals_full_forward():
     """Guards against MoE routing that depends on the other tokens in the call (a capacity limit,
     a batch statistic): decoding one token at a time through the KV cache must give the logits of
     one full forward."""
-    model = tiny_moe()
+    model = tiny_model(use_moe=True)
     ids = torch.randint(0, 97, (2, 12))
     full = logits_of(model, ids)
     out = model(ids[:, :5], use_cache=True)
@@ -351,7 +322,7 @@ def test_moe_cached_decode_equals_full_forward():
 def test_moe_left_padded_batch_rows_equal_each_alone():
     """Guards against padding tokens influencing real ones through the experts (e.g. a per-batch
     routing quota): each row of a left-padded batch must get what it gets alone."""
-    model = tiny_moe()
+    model = tiny_model(use_moe=True)
     g = torch.Generator().manual_seed(1)
     prompts = [torch.randint(3, 97, (n,), generator=g).tolist() for n in (3, 9, 6)]
     width = max(map(len, prompts))
@@ -373,7 +344,7 @@ def test_torch_compile_traces_the_moe_model_in_one_graph():
     gets is data, so fullgraph=True needs capture_scalar_outputs (the counts become symbolic sizes)
     and a count whose shape does not depend on the data (one_hot, not bincount). Without the flag,
     compile still works with one graph break per MoE layer. aot_eager: tracing without codegen."""
-    model = tiny_moe(n_layers=1)
+    model = tiny_model(use_moe=True, n_layers=1)
     ids = torch.randint(0, 97, (2, 10))
     torch._dynamo.reset()
     with torch._dynamo.config.patch(capture_scalar_outputs=True):
@@ -393,23 +364,23 @@ def test_ddp_saved_minimind2_moe_checkpoint_loads(tmp_path, golden):
     """Guards against refusing a MiniMind2-MoE checkpoint saved from a DDP model (keys start with
     `module.`, file named with `_moe` before `.pth`), and against loading it into a dense model
     by mistake: that must be a CheckpointError naming the MoE keys, not a silent partial load."""
-    theirs = torch.load(FIXTURES / "model.pth", weights_only=True)
+    theirs = torch.load(MINIMIND2_MOE / "model.pth", weights_only=True)
     path = tmp_path / "pretrain_64_moe.pth"
     torch.save({f"module.{k}": v for k, v in theirs.items()}, path)
-    model = MiniMindLM(fixture_config()).eval()
+    model = MiniMindLM(fixture_config(moe=True)).eval()
     load_weights(model, torch.load(path, weights_only=True))
     torch.testing.assert_close(logits_of(model, golden["input_ids"]), golden["logits_eval"], atol=1e-5, rtol=0)
 
-    loaded, meta = load_model(path, config=fixture_config())
+    loaded, meta = load_model(path, config=fixture_config(moe=True))
     assert meta == {} and torch.equal(logits_of(loaded.eval(), golden["input_ids"]), logits_of(model, golden["input_ids"]))
     with pytest.raises(CheckpointError, match=r"unexpected: layers\.0\.feed_forward\.experts\.0\.w1\.weight"):
-        load_weights(MiniMindLM(fixture_config(use_moe=False)), theirs)
+        load_weights(MiniMindLM(fixture_config(moe=True, use_moe=False)), theirs)
 
 
 def test_moe_save_load_round_trip_keeps_the_config(tmp_path):
     """Guards against an MoE checkpoint whose sidecar loses use_moe or the expert fields (it would
     reload as a dense model and be refused, or with the wrong top-k and silently differ)."""
-    model = tiny_moe(num_experts_per_tok=3, n_routed_experts=5, seq_aux=False)
+    model = tiny_model(use_moe=True, num_experts_per_tok=3, n_routed_experts=5, seq_aux=False)
     save_model(model, tmp_path / "full_sft_64_moe.pth")
     loaded, _ = load_model(tmp_path / "full_sft_64_moe.pth")
     assert loaded.config == model.config and isinstance(loaded.layers[0].feed_forward, MoEFeedForward)
@@ -424,20 +395,12 @@ def lora_names(model) -> set:
     return {name for name, m in model.named_modules() if isinstance(m, LoRALinear)}
 
 
-@torch.no_grad()
-def fill_B(model, seed: int, std: float = 0.3) -> None:
-    gen = torch.Generator().manual_seed(seed)
-    for _, m in model.named_modules():
-        if isinstance(m, LoRALinear):
-            m.lora.B.weight.normal_(0.0, std, generator=gen)
-
-
 def test_default_lora_on_moe_adapts_what_minimind2s_rule_adapts():
     """Guards against the default targets drifting from MiniMind2's rule (every nn.Linear with a
     square weight) on an MoE model, which would make adapter files incompatible. Expert Linears
     are (hidden, dim) / (dim, hidden) and the gate (E, dim) -- in MiniMind2 not even an nn.Linear --
     so, as in a dense model, only wq and wo are adapted."""
-    model = fixture_model()
+    model = fixture_model(moe=True)
     minimind2_rule = {name for name, m in model.named_modules()
                       if isinstance(m, nn.Linear) and m.weight.shape[0] == m.weight.shape[1] and not name.endswith("gate")}  # fmt: skip
     apply_lora(model, rank=4)
@@ -449,7 +412,7 @@ def test_lora_on_experts_shared_expert_and_gate_merges_saves_and_loads(tmp_path,
     copied weights), merges that miss an expert, and adapter files that cannot rebuild the same
     targets: merged logits must equal unmerged, and save -> load must give the same logits."""
     ids = golden["input_ids"]
-    model = fixture_model()
+    model = fixture_model(moe=True)
     apply_lora(model, rank=4, target_modules=["w1", "w2", "w3", "gate"])
     expected_names = {f"layers.{i}.feed_forward.{m}" for i in range(2)
                       for m in [f"experts.{j}.{w}" for j in range(4) for w in ("w1", "w2", "w3")]
@@ -457,7 +420,7 @@ def test_lora_on_experts_shared_expert_and_gate_merges_saves_and_loads(tmp_path,
     assert lora_names(model) == expected_names
     gate = model.layers[0].feed_forward.gate
     assert gate.lora.A.weight.shape == (4, 64) and gate.lora.B.weight.shape == (4, 4)  # B: (n_experts, rank)
-    fill_B(model, seed=0)
+    fill_B(model, seed=0, std=0.3)
     adapted = logits_of(model, ids)
     assert not torch.allclose(adapted, golden["logits_eval"], atol=1e-3)
 
@@ -470,17 +433,17 @@ def test_lora_on_experts_shared_expert_and_gate_merges_saves_and_loads(tmp_path,
     saved = torch.load(tmp_path / "lora_experts_64_moe.pth", weights_only=True)
     assert saved["lora_config"]["targets"] == ["gate", "w1", "w2", "w3"]
     assert "layers.1.feed_forward.experts.3.w2.lora.B.weight" in saved
-    fresh = fixture_model()
+    fresh = fixture_model(moe=True)
     load_lora(fresh, tmp_path / "lora_experts_64_moe.pth")
     assert torch.equal(logits_of(fresh, ids), adapted)
     remove_lora(fresh)
-    assert torch.equal(logits_of(fresh, ids), logits_of(fixture_model(), ids))
+    assert torch.equal(logits_of(fresh, ids), logits_of(fixture_model(moe=True), ids))
 
 
 def test_moe_trainable_parameter_report_matches_a_hand_count():
     """Guards against miscounting an MoE model (experts or the shared expert counted once per
     layer only, the gate forgotten, the tied embedding twice) or its adapters."""
-    model = fixture_model()
+    model = fixture_model(moe=True)
     ffn = 192 * 64 * 3  # one SwiGLU expert: w1, w2, w3
     per_layer = 64 * 64 * 2 + 32 * 64 * 2 + 64 * 2 + 4 * ffn + ffn + 4 * 64  # attention, norms, 4 routed + shared, gate
     base_total = 320 * 64 + 2 * per_layer + 64  # tied embedding once, final norm

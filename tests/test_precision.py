@@ -1,4 +1,4 @@
-"""bfloat16 on the CPU (issue 18): where it is chosen, that training under it changes nothing about
+"""bfloat16 on the CPU: where it is chosen, that training under it changes nothing about
 the files, and that decoding with bfloat16 weights gives float32's answers.
 
 Whether this machine has native bfloat16 must not decide what these tests check, so the CPU's
@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 import torch
 import torch.nn.functional as F
+from conftest import MINIMIND2, ROOT, fixture_model, small_model
 
 import eval_model
 import serve_openai_api
@@ -20,15 +21,11 @@ import training
 from plumbing import device as device_module
 from plumbing.device import DTYPES, cpu_has_native_bfloat16, pick_dtype
 from plumbing.errors import UserError
-from model.LMConfig import LMConfig
 from formats.loader import load_checkpoint
-from model.model import MiniMindLM
 from speed.matvec import linear
 from model.model_lora import load_lora
 from plumbing import runtime as runtime_module
 
-ROOT = Path(__file__).resolve().parent.parent
-FIXTURES = ROOT / "tests" / "fixtures" / "minimind2"
 CPU = torch.device("cpu")
 
 
@@ -169,13 +166,6 @@ def test_bfloat16_training_writes_the_float32_files_and_resume_refuses_a_change(
 # Decoding with bfloat16 weights
 
 
-def fixture_model():
-    config = LMConfig.from_dict(json.loads((FIXTURES / "model_config.json").read_text()))
-    model = MiniMindLM(config).eval()
-    model.load_state_dict(torch.load(FIXTURES / "model.pth", weights_only=True))
-    return model
-
-
 def test_bfloat16_weights_decode_float32s_greedy_tokens():
     """Guards against a bfloat16 decode that goes wrong rather than merely rounds (the RoPE table cast
     too, a KV cache in another dtype than its keys, logits compared in bfloat16): on MiniMind2's
@@ -183,7 +173,7 @@ def test_bfloat16_weights_decode_float32s_greedy_tokens():
     10 steps, and logits within 0.03 of float32's (they span +-2.3; bfloat16 keeps 8 significant bits,
     and measured 0.017). Step 11 of the fixture is a near-tie (float32's two best logits are 0.01
     apart), where a rounding may pick either."""
-    golden = torch.load(FIXTURES / "golden.pth", weights_only=True)
+    golden = torch.load(MINIMIND2 / "golden.pth", weights_only=True)
     model = fixture_model().cast_weights(torch.bfloat16)
     assert model.output.weight.dtype == torch.bfloat16 and model.rope.dtype == torch.float32
     assert model.tok_embeddings.weight is model.output.weight  # still tied
@@ -218,11 +208,10 @@ def test_load_checkpoint_casts_the_weights_and_never_the_file(tmp_path):
     from model.model_lora import apply_lora, save_lora
     from model.tokenizer import Tokenizer
 
-    tok = Tokenizer.load(FIXTURES / "tokenizer.json")
-    torch.manual_seed(0)
-    model = MiniMindLM(LMConfig(dim=32, n_layers=2, n_heads=4, n_kv_heads=2, vocab_size=tok.vocab_size, max_seq_len=64))
+    tok = Tokenizer.load(MINIMIND2 / "tokenizer.json")
+    model = small_model(tok.vocab_size, max_seq_len=64)
     path = tmp_path / "full_sft_32.pth"
-    save_model(model, path, meta=checkpoint_meta("full_sft", FIXTURES / "tokenizer.json", tok))
+    save_model(model, path, meta=checkpoint_meta("full_sft", MINIMIND2 / "tokenizer.json", tok))
     apply_lora(model, rank=4)
     save_lora(model, tmp_path / "adapter.pth")
     before = hashlib.sha256(path.read_bytes()).hexdigest()

@@ -1,5 +1,6 @@
-"""Nothing silently wrong (issue 14): every failure a one-line error, every cache and file checked, one
-run per output folder. One test (or a few) per defect the issue lists, numbered as it numbers them.
+"""Nothing silently wrong: every failure a one-line error that names what to fix, every cache and file
+checked before it is trusted, one run per output folder. Each section is one kind of failure; each
+test's docstring names the defect it guards against.
 
 Everything runs in-process through run_main, as each tool's __main__ runs it, except what needs a
 second process: a lock held by another run, bytes on a real stdin, a closed pipe.
@@ -18,6 +19,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import DEMO_TOKENIZER, ROOT, first_lines, small_model
 
 import eval_model
 import train_full_sft
@@ -35,8 +37,6 @@ from model.model import MiniMindLM
 from model.model_lora import apply_lora, save_lora
 from model.tokenizer import Tokenizer, TokenizerError
 
-ROOT = Path(__file__).resolve().parent.parent
-TOKENIZER = ROOT / "model" / "demo_tokenizer"
 SHAPE = ["--dim", "32", "--n_layers", "2", "--n_heads", "4", "--n_kv_heads", "2"]
 FAST = ["--device", "cpu", "--max_seq_len", "64", "--batch_size", "8", "--val_samples", "16"]
 ENV = {**os.environ, "OMP_NUM_THREADS": "1"}
@@ -54,17 +54,9 @@ def one_line_error(main, argv, capsys):
     return lines[-1].split(": error: ", 1)[1]
 
 
-def first_lines(name, n, folder):
-    """The first n lines of dataset/{name}, copied into folder (so any cache goes to tmp_path)."""
-    lines = (ROOT / "dataset" / name).read_text(encoding="utf-8").splitlines(keepends=True)[:n]
-    path = Path(folder) / name
-    path.write_text("".join(lines), encoding="utf-8")
-    return str(path)
-
-
 @pytest.fixture(scope="module")
 def tok():
-    return Tokenizer.load(TOKENIZER)
+    return Tokenizer.load(DEMO_TOKENIZER)
 
 
 @pytest.fixture(scope="module")
@@ -72,9 +64,8 @@ def out(tmp_path_factory, tok):
     """out/full_sft_32.pth (+ sidecar: demo tokenizer, config.max_seq_len 512), out/lora/good_32.pth,
     a damaged adapter out/lora/broken_32.pth, and small data files."""
     folder = tmp_path_factory.mktemp("out")
-    torch.manual_seed(0)
-    model = MiniMindLM(LMConfig(dim=32, n_layers=2, n_heads=4, n_kv_heads=2, vocab_size=tok.vocab_size, max_seq_len=512))
-    save_model(model, folder / "full_sft_32.pth", meta=checkpoint_meta("full_sft", TOKENIZER, tok))
+    model = small_model(tok.vocab_size, max_seq_len=512)
+    save_model(model, folder / "full_sft_32.pth", meta=checkpoint_meta("full_sft", DEMO_TOKENIZER, tok))
     apply_lora(model, rank=2, target_modules=["wq"])
     save_lora(model, folder / "lora" / "good_32.pth")
     (folder / "lora" / "broken_32.pth").write_bytes(b"PK\x03\x04 cut short")
@@ -95,10 +86,10 @@ def garbage_weights(out, tmp_path):
 
 
 # ------------------------------------------------------------------------------------------------
-# 1. A damaged token cache
+# Damaged token caches
 
 
-def test_1_a_truncated_or_changed_token_cache_is_rebuilt_not_used(tok, tmp_path, capsys):
+def test_a_truncated_or_changed_token_cache_is_rebuilt_not_used(tok, tmp_path, capsys):
     """Guards against a cut token cache being read without complaint (`truncate -s 1000 tokens.bin` gave
     samples of all padding with trained targets, exit 0) and against one whose bytes changed: each is
     found by its recorded size or sha256, said in one line, and rebuilt to the same samples."""
@@ -131,7 +122,7 @@ def test_1_a_truncated_or_changed_token_cache_is_rebuilt_not_used(tok, tmp_path,
                  "samples": 1, "spans": 1, "dtype": "uint16", "skipped": {}, "no_trained_tokens": 0}),
      "meta.json lacks the sizes and checksums"),
 ], ids=["deeply nested", "a size that is not a number"])
-def test_1_a_damaged_meta_json_is_a_damaged_cache_not_a_traceback(meta, problem, tmp_path):
+def test_a_damaged_meta_json_is_a_damaged_cache_not_a_traceback(meta, problem, tmp_path):
     """Guards against a token cache's meta.json nested thousands of levels deep (a RecursionError traceback) or
     recording a size that is not a number (a ValueError formatting it): each is a problem that rebuilds the cache."""
     for name in ("tokens.bin", "offsets.bin", "spans.bin", "span_offsets.bin"):
@@ -140,7 +131,7 @@ def test_1_a_damaged_meta_json_is_a_damaged_cache_not_a_traceback(meta, problem,
     assert cache_problem(tmp_path).startswith(problem), cache_problem(tmp_path)
 
 
-def test_1_sizes_alone_catch_a_cut_cache_and_an_unrebuildable_one_names_the_folder(tok, tmp_path, monkeypatch):
+def test_sizes_alone_catch_a_cut_cache_and_an_unrebuildable_one_names_the_folder(tok, tmp_path, monkeypatch):
     """Guards against DDP ranks re-hashing what rank 0 just checked (checksums=False checks sizes only, which
     still catch a cut file), against an old cache without checksums being trusted, and against a damaged
     cache that cannot be moved away (a read-only folder) ending in a traceback instead of naming it."""
@@ -167,16 +158,15 @@ def test_1_sizes_alone_catch_a_cut_cache_and_an_unrebuildable_one_names_the_fold
 
 
 # ------------------------------------------------------------------------------------------------
-# 2. The tokenizer a model was trained with
+# The tokenizer a model was trained with
 
 
-def test_2_a_tokenizer_retrained_in_place_is_refused_by_evaluation_and_sft(tmp_path, tok, capsys):
+def test_a_tokenizer_retrained_in_place_is_refused_by_evaluation_and_sft(tmp_path, tok, capsys):
     """Guards against a checkpoint whose sidecar named its tokenizer by path only: retraining the tokenizer
     at that path (same size, other ids) made every id mean other text, and eval_model.py and
     train_full_sft.py ran on as if nothing had changed. Both must refuse, naming the recorded tokenizer."""
     tok.save(tmp_path / "tok")
-    torch.manual_seed(0)
-    model = MiniMindLM(LMConfig(dim=32, n_layers=2, n_heads=4, n_kv_heads=2, vocab_size=tok.vocab_size))
+    model = small_model(tok.vocab_size)
     save_model(model, tmp_path / "pretrain_32.pth", meta=checkpoint_meta("pretrain", tmp_path / "tok", tok))
     spec = json.loads((tmp_path / "tok" / "tokenizer.json").read_text(encoding="utf-8"))
     vocab = spec["model"]["vocab"]
@@ -190,10 +180,10 @@ def test_2_a_tokenizer_retrained_in_place_is_refused_by_evaluation_and_sft(tmp_p
 
 
 # ------------------------------------------------------------------------------------------------
-# 3. Bytes that are not UTF-8, in a chat and in the tokenizer's message
+# Text that is not UTF-8, in a chat and in the tokenizer's message
 
 
-def test_3_the_tokenizer_names_the_right_position_of_a_lone_surrogate(tok):
+def test_the_tokenizer_names_the_right_position_of_a_lone_surrogate(tok):
     """Guards against `text holds a lone surrogate 's' at position 1`: the position was that inside one
     chunk of the text, and the character shown was not even the surrogate."""
     for text, position in (("a\udcffb", 1), ("hello wor\udcffld", 9), ("<s>abc</s> x\ud800", 12)):
@@ -201,7 +191,7 @@ def test_3_the_tokenizer_names_the_right_position_of_a_lone_surrogate(tok):
             tok.encode(text)
 
 
-def test_3_chat_survives_bytes_that_are_not_utf8(out):
+def test_chat_survives_bytes_that_are_not_utf8(out):
     """Guards against one invalid UTF-8 byte (or a long paste cut mid-character by the terminal) ending a
     chat session with a traceback: on a real stdin (strict UTF-8, as in a UTF-8 terminal) the bytes are
     replaced with U+FFFD, said once, and the session goes on."""
@@ -216,11 +206,11 @@ def test_3_chat_survives_bytes_that_are_not_utf8(out):
 
 
 # ------------------------------------------------------------------------------------------------
-# 4. A checkpoint without a sidecar is checked like any other
+# A checkpoint without a sidecar is checked like any other
 
 
 @pytest.mark.parametrize("content", ["truncated", "empty", "random", "list"])
-def test_4_a_damaged_checkpoint_without_sidecar_is_one_line(content, out, tmp_path, capsys):
+def test_a_damaged_checkpoint_without_sidecar_is_a_one_line_error(content, out, tmp_path, capsys):
     """Guards against `eval_model.py --ckpt FILE` on a file without a sidecar (every MiniMind2 checkpoint)
     bypassing the checked loader: a truncated, empty, random or list-holding file gave a torch traceback,
     with flags or without them."""
@@ -230,13 +220,13 @@ def test_4_a_damaged_checkpoint_without_sidecar_is_one_line(content, out, tmp_pa
         torch.save([torch.zeros(2)], path)
     else:
         path.write_bytes({"truncated": good[:len(good) // 2], "empty": b"", "random": os.urandom(4096)}[content])
-    for flags in ([], [*SHAPE, "--tokenizer", str(TOKENIZER)]):
-        err = one_line_error(eval_model.main, ["--ckpt", str(path), "--device", "cpu", *flags], capsys)
+    for shape_flags in ([], [*SHAPE, "--tokenizer", str(DEMO_TOKENIZER)]):
+        err = one_line_error(eval_model.main, ["--ckpt", str(path), "--device", "cpu", *shape_flags], capsys)
         assert f"{path} is not a usable checkpoint: " in err
 
 
 # ------------------------------------------------------------------------------------------------
-# 5. A damaged tokenizer.json
+# Damaged tokenizer files
 
 
 def _damage(spec, how):
@@ -262,11 +252,11 @@ def _damage(spec, how):
     ("added token on another token's id", "added token '<unk>' has id"),
     ("cut short", "is not valid JSON (line"),
 ])
-def test_5_a_damaged_tokenizer_json_is_one_line_naming_the_file(how, problem, tmp_path, capsys):
+def test_a_damaged_tokenizer_json_is_one_line_naming_the_file(how, problem, tmp_path, capsys):
     """Guards against KeyError/TypeError tracebacks for a tokenizer.json without merges or vocab or with a
     malformed merge, a JSON error that does not name the file, and two tokens with one id accepted (one of
     them then silently unreachable)."""
-    text = (TOKENIZER / "tokenizer.json").read_text(encoding="utf-8")
+    text = (DEMO_TOKENIZER / "tokenizer.json").read_text(encoding="utf-8")
     (tmp_path / "tok").mkdir()
     file = tmp_path / "tok" / "tokenizer.json"
     if how == "cut short":
@@ -281,7 +271,7 @@ def test_5_a_damaged_tokenizer_json_is_one_line_naming_the_file(how, problem, tm
 
 
 # ------------------------------------------------------------------------------------------------
-# 6. Ctrl-C and closed pipes
+# Ctrl-C and closed pipes
 
 
 def ctrl_c_once(real):
@@ -296,7 +286,7 @@ def ctrl_c_once(real):
     return wrapped
 
 
-def test_6_ctrl_c_during_a_chat_reply_stops_the_reply_not_the_session(out, monkeypatch, capsys):
+def test_ctrl_c_during_a_chat_reply_stops_the_reply_not_the_session(out, monkeypatch, capsys):
     """Guards against Ctrl-C during a reply ending the chat with a traceback (and the history lost): the
     reply stops, and the session and its history go on."""
     monkeypatch.setattr(eval_model, "reply", ctrl_c_once(eval_model.reply))
@@ -308,7 +298,7 @@ def test_6_ctrl_c_during_a_chat_reply_stops_the_reply_not_the_session(out, monke
 
 
 @pytest.mark.parametrize("where", ["scoring", "train_tokenizer"])
-def test_6_ctrl_c_elsewhere_is_a_clean_exit_130(where, out, tmp_path, monkeypatch, capsys):
+def test_ctrl_c_while_scoring_or_training_a_tokenizer_is_a_clean_exit_130(where, out, tmp_path, monkeypatch, capsys):
     """Guards against Ctrl-C during scoring or in train_tokenizer.py ending in a traceback: one line, exit 130."""
     if where == "scoring":
         monkeypatch.setattr(eval_model, "evaluate_set", ctrl_c_once(eval_model.evaluate_set))
@@ -323,7 +313,7 @@ def test_6_ctrl_c_elsewhere_is_a_clean_exit_130(where, out, tmp_path, monkeypatc
     assert err.strip().endswith(": interrupted") and "Traceback" not in err
 
 
-def test_6_a_closed_pipe_ends_quietly_with_141(out):
+def test_a_closed_pipe_ends_quietly_with_141(out):
     """Guards against `eval_model.py ... | head -2` ending in a BrokenPipeError traceback: the reader went
     away, so the tool stops without a word, with 128 + SIGPIPE as a Unix tool killed by it would."""
     process = subprocess.Popen([sys.executable, "eval_model.py", "--ckpt", str(out / "full_sft_32.pth"), "--json",
@@ -336,10 +326,10 @@ def test_6_a_closed_pipe_ends_quietly_with_141(out):
 
 
 # ------------------------------------------------------------------------------------------------
-# 7. File-system errors
+# A full disk and unusable output folders
 
 
-def test_7_a_full_disk_while_saving_is_one_line_and_keeps_the_last_checkpoint(out, tmp_path, monkeypatch, capsys):
+def test_a_full_disk_while_saving_is_one_line_and_keeps_the_last_checkpoint(out, tmp_path, monkeypatch, capsys):
     """Guards against a full disk while saving ending in a 40-line chained traceback (torch.save's
     RuntimeError "unexpected pos" over the real OSError): one line, the checkpoint of the previous save
     intact, no temporary file left."""
@@ -364,7 +354,7 @@ def test_7_a_full_disk_while_saving_is_one_line_and_keeps_the_last_checkpoint(ou
         return FullDisk(fd) if (folder / "pretrain_32_resume.pth").exists() else real_fdopen(fd, mode, *args, **kwargs)
 
     monkeypatch.setattr(os, "fdopen", fdopen)
-    argv = [*SHAPE, *FAST, "--out_dir", str(folder), "--tokenizer", str(TOKENIZER), "--data_path",
+    argv = [*SHAPE, *FAST, "--out_dir", str(folder), "--tokenizer", str(DEMO_TOKENIZER), "--data_path",
             str(out / "pretrain_demo.jsonl"), "--save_interval", "4", "--epochs", "2"]
     checkpoint = folder / "pretrain_32.pth"
     seen = {}
@@ -381,7 +371,7 @@ def test_7_a_full_disk_while_saving_is_one_line_and_keeps_the_last_checkpoint(ou
 
 
 @pytest.mark.parametrize("case", ["out_dir is a file", "out_dir name too long", "lora folder is a file", "tokenizer out_dir"])
-def test_7_out_dir_problems_are_found_before_anything_loads(case, tmp_path, capsys):
+def test_out_dir_problems_are_found_before_anything_loads(case, tmp_path, capsys):
     """Guards against --out_dir problems found only when the first file is saved, after the model and the
     data have loaded (or trained), as a traceback: an existing file, a name too long, out_dir/lora a file.
     Each is found first: before even the missing --tokenizer / --base / --data_path below is looked at."""
@@ -400,7 +390,7 @@ def test_7_out_dir_problems_are_found_before_anything_loads(case, tmp_path, caps
     assert message in one_line_error(main, argv, capsys)
 
 
-def test_7_a_full_disk_while_claiming_the_out_dir_is_one_line_and_leaves_no_half_note(tmp_path, monkeypatch):
+def test_a_full_disk_while_claiming_the_out_dir_is_one_line_and_leaves_no_half_note(tmp_path, monkeypatch):
     """Guards against a full disk when the run lock writes who holds it: an OSError traceback, and half a JSON
     note left in OUT_DIR/.lock. Now one UserError line, and the lock file empty (read as "starting up")."""
     real_pwrite = os.pwrite
@@ -419,10 +409,10 @@ def test_7_a_full_disk_while_claiming_the_out_dir_is_one_line_and_leaves_no_half
 
 
 # ------------------------------------------------------------------------------------------------
-# 8. One run per output folder
+# One run per output folder
 
 
-def test_8_a_second_run_into_the_same_out_dir_is_refused_naming_the_first(tmp_path, capsys):
+def test_a_second_run_into_the_same_out_dir_is_refused_naming_the_first(tmp_path, capsys):
     """Guards against two runs into one --out_dir both running (interleaved metrics, one shared resume
     file, the last writer's weights): the second stops at once, naming the first; and once the first is
     killed (kill -9, no clean-up) its lock is gone with it."""
@@ -444,7 +434,7 @@ def test_8_a_second_run_into_the_same_out_dir_is_refused_naming_the_first(tmp_pa
         pass
 
 
-def test_8_under_torchrun_only_rank_0_claims_the_folder(tmp_path):
+def test_under_torchrun_only_rank_0_claims_the_folder(tmp_path):
     """Guards against every DDP rank taking the lock (rank 1 would find it held by rank 0 and stop)."""
     with run_lock.claim_out_dir(tmp_path, is_main=True):
         with run_lock.claim_out_dir(tmp_path, is_main=False):
@@ -455,10 +445,10 @@ def test_8_under_torchrun_only_rank_0_claims_the_folder(tmp_path):
 
 
 # ------------------------------------------------------------------------------------------------
-# 9. What a killed run leaves behind
+# What a killed run leaves behind
 
 
-def test_9_the_run_holding_the_lock_removes_stale_temporary_files(tmp_path, capsys):
+def test_the_run_holding_the_lock_removes_stale_temporary_files(tmp_path, capsys):
     """Guards against the checkpoint-sized `.NAME.xxxxxxxx.tmp` files of runs killed while saving
     (kill -9 skips atomic_write's clean-up) staying forever in out/ and out/lora/."""
     (tmp_path / "lora").mkdir()
@@ -472,7 +462,7 @@ def test_9_the_run_holding_the_lock_removes_stale_temporary_files(tmp_path, caps
     assert "removed 2 temporary file(s) (0.0 MB)" in capsys.readouterr().err
 
 
-def test_9_a_cache_build_removes_the_temporary_folders_of_dead_builders(tok, tmp_path):
+def test_a_cache_build_removes_the_temporary_folders_of_dead_builders(tok, tmp_path):
     """Guards against the temporary folders of cache builders killed with kill -9 staying forever: a build
     removes those of builders on this host that no longer run, and leaves a running one's alone."""
     dead = subprocess.Popen([sys.executable, "-c", "pass"])
@@ -491,10 +481,10 @@ def test_9_a_cache_build_removes_the_temporary_folders_of_dead_builders(tok, tmp
 
 
 # ------------------------------------------------------------------------------------------------
-# 10. Chat /lora
+# Switching adapters in a chat (/lora)
 
 
-def test_10_chat_lora_stays_inside_out_lora_and_a_failed_switch_keeps_the_adapter(out, monkeypatch, capsys):
+def test_chat_lora_stays_inside_out_lora_and_a_failed_switch_keeps_the_adapter(out, monkeypatch, capsys):
     """Guards against `/lora ../../x` loading a file outside out/lora, a listing that shows names /lora
     cannot load, and a failed `/lora` (a damaged adapter file) quietly dropping the active adapter."""
     commands = "/lora ../../x\n/lora\n/lora good\n/lora broken\n/lora\nhello\n/exit\n"
@@ -510,7 +500,7 @@ def test_10_chat_lora_stays_inside_out_lora_and_a_failed_switch_keeps_the_adapte
 
 
 # ------------------------------------------------------------------------------------------------
-# 11. Flags checked before anything loads
+# Flags checked before anything loads
 
 
 @pytest.mark.parametrize("tool, argv, message", [
@@ -525,7 +515,7 @@ def test_10_chat_lora_stays_inside_out_lora_and_a_failed_switch_keeps_the_adapte
     ("train_full_sft", ["--data_path", "{tmp}/none.jsonl"], "--data_path {tmp}/none.jsonl not found"),
     ("train_full_sft", ["--num_workers", "-1"], "--num_workers must be 0 or more"),
     ("eval_model", ["--eval_data", "{tmp}/none.jsonl"], "evaluation file {tmp}/none.jsonl not found"),
-    # checked before loading already (✓ in the issue), kept so
+    # checked before loading already, and kept so
     ("eval_model", ["--max_seq_len", "1"], "--max_seq_len must be at least 2"),
     ("eval_model", ["--max_new_tokens", "0"], "--max_new_tokens must be at least 1"),
     ("eval_model", ["--batch_size", "0"], "--batch_size must be at least 1"),
@@ -534,7 +524,7 @@ def test_10_chat_lora_stays_inside_out_lora_and_a_failed_switch_keeps_the_adapte
     ("train_full_sft", ["--learning_rate", "inf"], "--learning_rate must be a positive number"),
 ] + ([("eval_model", ["--device", "cuda"], "this machine has no CUDA GPU")] if not torch.cuda.is_available() else []),
     ids=lambda v: " ".join(v) if isinstance(v, list) else None)
-def test_11_every_flag_is_checked_before_anything_loads(tool, argv, message, garbage_weights, tmp_path, capsys):
+def test_every_flag_is_checked_before_anything_loads(tool, argv, message, garbage_weights, tmp_path, capsys):
     """Guards against flags checked late or not at all (`--max_seq_len` beyond the model's positions
     failing at the first long batch, a bad --lora_rank or --eval_data reported after the model loaded):
     the base here has garbage weights, so a check made after loading would report them instead."""
@@ -546,14 +536,14 @@ def test_11_every_flag_is_checked_before_anything_loads(tool, argv, message, gar
     assert message.replace("{tmp}", str(tmp_path)) in one_line_error(module.main, [*where, *argv], capsys)
 
 
-def test_11_pretraining_checks_the_window_against_the_models_positions(tmp_path, capsys):
+def test_pretraining_checks_the_window_against_the_models_positions(tmp_path, capsys):
     """Guards against `train_pretrain.py --max_seq_len 9000` training on (samples are cut to the window, so
     short data never reaches position 8192) or failing at the first long batch."""
     err = one_line_error(train_pretrain.main, ["--max_seq_len", "9000", "--out_dir", str(tmp_path)], capsys)
     assert err == "--max_seq_len 9000 is more than the 8192 positions of the model (its config.max_seq_len); pass at most 8192"
 
 
-def test_11_lora_targets_name_the_models_linears():
+def test_the_lora_targets_checked_before_loading_are_the_models_linears():
     """Guards against plumbing.flags.LINEAR_NAMES (checked before the model exists) drifting from the model,
     dense or a mixture of experts (whose router, 'gate', is a Linear too)."""
     linears = set()
@@ -564,10 +554,10 @@ def test_11_lora_targets_name_the_models_linears():
 
 
 # ------------------------------------------------------------------------------------------------
-# 12. Smaller ones
+# Data files: evaluation read as training is, errors that name flags, paths from any directory
 
 
-def test_12_evaluation_files_are_read_as_training_files_are(out, tmp_path, capsys):
+def test_evaluation_files_are_read_as_training_files_are(out, tmp_path, capsys):
     """Guards against an evaluation file with a byte-order mark being refused while a training file with one
     is accepted, and against invalid UTF-8 or a "\\ud800" escape in one ending in a traceback."""
     record = json.dumps({"question": "Hi?", "answer": "Hello.", "must_contain": ["hello"]})
@@ -581,7 +571,7 @@ def test_12_evaluation_files_are_read_as_training_files_are(out, tmp_path, capsy
         assert f"{tmp_path / name}.jsonl{problem}" in err
 
 
-def test_12_a_strict_run_after_a_skip_run_names_the_flag(tok, tmp_path):
+def test_a_strict_run_after_a_skip_run_names_the_flag(tok, tmp_path):
     """Guards against the error after a --skip_bad_lines run telling a command-line user to pass
     `skip_bad=True`, a name only the code knows."""
     path = tmp_path / "p.jsonl"
@@ -591,7 +581,7 @@ def test_12_a_strict_run_after_a_skip_run_names_the_flag(tok, tmp_path):
         PretrainDataset(str(path), tok, max_length=16, cache_dir=tmp_path / "c")
 
 
-def test_12_a_directory_as_data_path_and_defaults_from_another_directory(tmp_path, capsys, monkeypatch):
+def test_a_directory_as_data_path_is_named_and_default_paths_work_from_any_directory(tmp_path, capsys, monkeypatch):
     """Guards against a directory given as --data_path reported as "not found", and against the default
     --tokenizer and --data_path being relative to the current directory (run from outside the repository,
     train_pretrain.py could not find them)."""
@@ -600,5 +590,5 @@ def test_12_a_directory_as_data_path_and_defaults_from_another_directory(tmp_pat
     monkeypatch.chdir(tmp_path)
     for module in (train_pretrain, train_full_sft, train_lora, train_tokenizer):
         args = module.build_parser().parse_args([])
-        for path in [getattr(args, "tokenizer", None) or TOKENIZER, *([args.data_path] if isinstance(args.data_path, str) else args.data_path)]:
+        for path in [getattr(args, "tokenizer", None) or DEMO_TOKENIZER, *([args.data_path] if isinstance(args.data_path, str) else args.data_path)]:
             assert os.path.isabs(path) and os.path.exists(path), (module.__name__, path)

@@ -7,21 +7,18 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import DEMO_TOKENIZER, ROOT, small_model
 
 import formats.safetensors as safetensors
 from formats.checkpoint import CheckpointError, read_checkpoint, save_model
 from plumbing.errors import UserError
-from model.LMConfig import LMConfig
 from formats.loader import checkpoint_meta, load_checkpoint
-from model.model import MiniMindLM
 from model.model_lora import apply_lora, save_lora
 from formats.safetensors import SafetensorsError, load_file, save_file
 from model.tokenizer import Tokenizer
 
-ROOT = Path(__file__).resolve().parent.parent
 REFERENCE = ROOT / "tests" / "fixtures" / "safetensors" / "mixed.safetensors"  # written by the safetensors library
 HF_MODEL = ROOT / "tests" / "fixtures" / "hf_llama" / "model" / "model.safetensors"  # written by transformers
-TOKENIZER = ROOT / "model" / "demo_tokenizer"
 
 # What the reference file holds (tests/fixtures/safetensors/README.md has the snippet that wrote it).
 REFERENCE_TENSORS = {
@@ -197,9 +194,8 @@ def test_a_truncated_real_file_is_refused(tmp_path):
 
 @pytest.fixture()
 def model_and_adapter():
-    tok = Tokenizer.load(TOKENIZER)
-    torch.manual_seed(0)
-    model = MiniMindLM(LMConfig(dim=32, n_layers=2, n_heads=4, n_kv_heads=2, vocab_size=tok.vocab_size)).eval()
+    tok = Tokenizer.load(DEMO_TOKENIZER)
+    model = small_model(tok.vocab_size).eval()
     return model, tok
 
 
@@ -207,7 +203,7 @@ def test_checkpoints_and_adapters_load_the_same_from_safetensors(model_and_adapt
     """Guards against a second loading path: a .safetensors checkpoint and adapter go through the same
     load_checkpoint / load_lora as .pth files and give bit-identical weights and logits."""
     model, tok = model_and_adapter
-    meta = checkpoint_meta("full_sft", TOKENIZER, tok)
+    meta = checkpoint_meta("full_sft", DEMO_TOKENIZER, tok)
     for suffix in (".pth", ".safetensors"):
         save_model(model, tmp_path / f"m{suffix}", meta=meta)
     apply_lora(model, rank=4, alpha=6, target_modules=["wq", "wk", "w2", "output"])
@@ -238,6 +234,6 @@ def test_a_safetensors_model_keeps_its_tie(model_and_adapter, tmp_path):
     """Guards against the tied embedding coming back as two matrices (safetensors stores both keys as
     copies; loading must tie them again, or training would update one and not the other)."""
     model, tok = model_and_adapter
-    save_model(model, tmp_path / "m.safetensors", meta=checkpoint_meta("full_sft", TOKENIZER, tok))
+    save_model(model, tmp_path / "m.safetensors", meta=checkpoint_meta("full_sft", DEMO_TOKENIZER, tok))
     loaded = load_checkpoint(tmp_path / "m.safetensors").model
     assert loaded.tok_embeddings.weight is loaded.output.weight

@@ -10,21 +10,20 @@ import subprocess
 import sys
 
 import pytest
+from conftest import DEMO_TOKENIZER, MINIMIND2, ROOT
 
 from model import tokenizer as tokenizer_module
 from model.tokenizer import (DEFAULT_SYSTEM_PROMPT, MINIMIND2_CHAT_TEMPLATE, Tokenizer, bytes_to_unicode,
                              gpt2_split_pattern, split_chunks)
 from train_tokenizer import count_chunks, train_bpe
 
-REPO = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..")
-FIXTURES = os.path.join(REPO, "tests", "fixtures", "minimind2")
-with open(os.path.join(FIXTURES, "tokenizer_golden.json"), encoding="utf-8") as _f:
+with open(MINIMIND2 / "tokenizer_golden.json", encoding="utf-8") as _f:
     GOLDEN = json.load(_f)
 
 
 @pytest.fixture(scope="module")
 def tok():
-    return Tokenizer.load(FIXTURES)
+    return Tokenizer.load(MINIMIND2)
 
 
 # ---- exactness against Hugging Face (golden ids produced by HF tokenizers on MiniMind2's settings)
@@ -204,7 +203,7 @@ def test_save_is_atomic_with_ordinary_permissions(tok, tmp_path):
 
 def test_load_both_merge_forms(tmp_path):
     """Guards against reading only one of HF's two merge spellings ("a b" vs ["a", "b"])."""
-    with open(os.path.join(FIXTURES, "tokenizer.json"), encoding="utf-8") as f:
+    with open(MINIMIND2 / "tokenizer.json", encoding="utf-8") as f:
         spec = json.load(f)
     assert isinstance(spec["model"]["merges"][0], list)  # the fixture uses the pair form
     spec["model"]["merges"] = [" ".join(m) for m in spec["model"]["merges"]]
@@ -216,7 +215,7 @@ def test_load_both_merge_forms(tmp_path):
 
 def test_load_refuses_unsupported_files(tmp_path):
     """Guards against silently mis-encoding with a tokenizer.json this code does not implement."""
-    with open(os.path.join(FIXTURES, "tokenizer.json"), encoding="utf-8") as f:
+    with open(MINIMIND2 / "tokenizer.json", encoding="utf-8") as f:
         spec = json.load(f)
     spec["pre_tokenizer"] = {"type": "Metaspace", "replacement": "▁"}
     (tmp_path / "tokenizer.json").write_text(json.dumps(spec), encoding="utf-8")
@@ -237,7 +236,7 @@ def test_encode_batch_processes_and_pickling(tok):
 
 def test_cache_does_not_change_results(tok):
     """Guards against the per-chunk cache (or its emptying) altering ids."""
-    fresh = Tokenizer.load(FIXTURES)
+    fresh = Tokenizer.load(MINIMIND2)
     fresh.CACHE_LIMIT = 3  # empties the cache on nearly every call
     text = "the cat sat on the mat, 猫坐在垫子上。the cat"
     assert fresh.encode(text) == fresh.encode(text) == tok.encode(text)
@@ -260,7 +259,7 @@ def random_word(rng, letters, n):
     return "".join(rng.choice(letters) for _ in range(n))
 
 
-@pytest.mark.parametrize("path", [FIXTURES, os.path.join(REPO, "model", "demo_tokenizer")])
+@pytest.mark.parametrize("path", [MINIMIND2, DEMO_TOKENIZER], ids=["minimind2", "demo"])
 def test_bpe_of_long_words_equals_the_full_scan(path):
     """Guards against the heap-based merge loop giving other tokens than the plain one: a pair some
     merge ended taken as still there, ties between equal ranks broken other than leftmost first, the
@@ -310,7 +309,7 @@ def test_bpe_work_is_linear_in_the_length_of_a_word(tok, monkeypatch):
 def test_long_chunks_are_merged_but_not_cached():
     """Guards against the chunk cache keeping every long word it is given: a server tokenizes what
     clients send, and 500,000 cached 100 KB "words" are 50 GB."""
-    fresh = Tokenizer.load(FIXTURES)
+    fresh = Tokenizer.load(MINIMIND2)
     long_word = "x" * 1000
     assert fresh.encode(long_word) == fresh.encode(long_word)
     fresh.encode("hello world")
@@ -408,8 +407,8 @@ def test_training_ignores_special_tokens_in_text():
 
 def _run_train_tokenizer(args, hash_seed):
     env = dict(os.environ, PYTHONHASHSEED=str(hash_seed))
-    return subprocess.run([sys.executable, os.path.join(REPO, "train_tokenizer.py"), *args],
-                          cwd=REPO, env=env, capture_output=True, text=True)
+    return subprocess.run([sys.executable, str(ROOT / "train_tokenizer.py"), *args],
+                          cwd=ROOT, env=env, capture_output=True, text=True)
 
 
 def test_train_tokenizer_script_is_deterministic(tmp_path):
@@ -458,13 +457,13 @@ def test_demo_tokenizer_is_reproducible(tmp_path, monkeypatch):
     stopped being deterministic): the default tokenizer and the demo's are one and the same."""
     import run_demo
     import train_tokenizer
-    committed = os.path.join(REPO, "model", "demo_tokenizer")
+    committed = DEMO_TOKENIZER
     [command] = [command for stage, command in run_demo.demo_stages("out") if stage == "tokenizer"]
     assert command == ["train_tokenizer.py"]  # the demo trains the scripts' default tokenizer ...
     assert os.path.samefile(train_tokenizer.build_parser().parse_args([]).out_dir, committed)  # ... into the committed folder
     train_tokenizer.main(["--out_dir", str(tmp_path)])  # the defaults, elsewhere
     for name in ("tokenizer.json", "tokenizer_config.json"):
-        with open(os.path.join(committed, name), "rb") as f:
+        with open(committed / name, "rb") as f:
             assert (tmp_path / name).read_bytes() == f.read(), (
                 f"model/demo_tokenizer/{name} is stale: rerun python train_tokenizer.py")
     demo = Tokenizer.load(committed)

@@ -20,6 +20,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import DEMO_TOKENIZER, ROOT, first_lines, small_model
 
 import train_full_sft
 import train_lora
@@ -29,8 +30,6 @@ from dataset.lm_dataset import PretrainDataset, SFTDataset
 from formats.checkpoint import load_model, save_model
 from plumbing.errors import UserError
 from formats.loader import checkpoint_meta, path_for_sidecar, path_from_sidecar
-from model.LMConfig import LMConfig
-from model.model import MiniMindLM
 from model.model_lora import load_lora
 from model.tokenizer import Tokenizer
 from plumbing import flags
@@ -38,20 +37,9 @@ from plumbing import progress
 from plumbing import resume
 from plumbing import runtime as runtime_module
 
-ROOT = Path(__file__).resolve().parent.parent
-TOKENIZER = ROOT / "model" / "demo_tokenizer"
 SHAPE = ["--dim", "32", "--n_layers", "2", "--n_heads", "4", "--n_kv_heads", "2"]  # fast, for the mechanics
 LEARN = ["--dim", "64", "--n_layers", "2", "--n_heads", "4", "--n_kv_heads", "2"]  # learns visibly in seconds
 FAST = ["--device", "cpu", "--max_seq_len", "64", "--batch_size", "8", "--log_interval", "5", "--val_samples", "16"]
-
-
-def head(name, n, folder):
-    """The first n lines of dataset/{name} copied into folder: few samples, and the dataset's cache
-    is written beside the copy (in tmp_path), never in the repository."""
-    lines = (ROOT / "dataset" / name).read_text(encoding="utf-8").splitlines(keepends=True)[:n]
-    path = Path(folder) / name
-    path.write_text("".join(lines), encoding="utf-8")
-    return str(path)
 
 
 def sha256(path):
@@ -91,9 +79,9 @@ def one_line_error(main, argv, capsys):
 def data(tmp_path_factory):
     folder = tmp_path_factory.mktemp("data")
     return {
-        "pretrain": head("pretrain_demo.jsonl", 240, folder),
-        "sft": head("sft_demo.jsonl", 320, folder),
-        "lora": head("lora_identity.jsonl", 200, folder),
+        "pretrain": first_lines("pretrain_demo.jsonl", 240, folder),
+        "sft": first_lines("sft_demo.jsonl", 320, folder),
+        "lora": first_lines("lora_identity.jsonl", 200, folder),
     }
 
 
@@ -156,8 +144,7 @@ def test_masked_cross_entropy_counts_only_unmasked_positions():
 def test_trimming_padding_columns_changes_neither_loss_nor_gradients():
     """Guards against a cut one column too early (dropping a trained target) or a cut that is not
     exact: the columns after the last trained position may go only because nothing depends on them."""
-    torch.manual_seed(0)
-    model = MiniMindLM(LMConfig(dim=32, n_layers=2, n_heads=4, n_kv_heads=2, vocab_size=50))
+    model = small_model(50)
     T, pad = 200, 0
     samples = []
     for last in (30, 70):  # the batch's last trained position is 70 -> 80 columns kept (rounded up to 16s)
@@ -298,7 +285,7 @@ def test_pretrain_sft_lora_chain_and_each_reaches_its_loss_target(pipeline, data
     # LoRA, on all of its data: measured 6.15 for the SFT model alone, 5.0 with the adapter. Only
     # wq/wo of a dim-64 model adapt, and the data mixes the new identity with world questions.
     base, _ = load_model(pipeline["sft"].weights)
-    tokenizer = Tokenizer.load(TOKENIZER)
+    tokenizer = Tokenizer.load(DEMO_TOKENIZER)
     dataset = SFTDataset(data["lora"], tokenizer, max_length=128)
     X, Y, mask = (torch.stack(t) for t in zip(*(dataset[i] for i in range(len(dataset)))))
     with torch.no_grad():
@@ -321,7 +308,7 @@ def test_a_mixture_of_experts_trains_through_every_stage_with_one_flag(tmp_path,
     them ..._moe.pth): pretraining, SFT and LoRA each run with --use_moe alone."""
     out = str(tmp_path / "out")
     common = [*FAST, "--out_dir", out, "--epochs", "1"]
-    pre = train_pretrain.main([*SHAPE, *common, "--use_moe", "--tokenizer", str(TOKENIZER), "--data_path", data["pretrain"]])
+    pre = train_pretrain.main([*SHAPE, *common, "--use_moe", "--tokenizer", str(DEMO_TOKENIZER), "--data_path", data["pretrain"]])
     assert pre.weights == f"{out}/pretrain_32_moe.pth" and pre.model.config.use_moe
     records = [r for r in progress.read_metrics(f"{out}/pretrain_32_moe_metrics.jsonl") if "loss" in r]
     # the aux loss is logged on its own; a balanced router sits at alpha x layers = 0.1 x 2, an unbalanced one above
@@ -331,7 +318,7 @@ def test_a_mixture_of_experts_trains_through_every_stage_with_one_flag(tmp_path,
     with pytest.MonkeyPatch.context() as patch:
         patch.setattr(flags, "model_config", lambda *a, **k: dataclasses.replace(real_config(*a, **k), aux_loss_alpha=0.0))
         unbalanced = train_pretrain.main([*SHAPE, *common, "--out_dir", str(tmp_path / "alpha0"), "--use_moe",
-                                          "--tokenizer", str(TOKENIZER), "--data_path", data["pretrain"]])
+                                          "--tokenizer", str(DEMO_TOKENIZER), "--data_path", data["pretrain"]])
     gate = "layers.0.feed_forward.gate.weight"
     assert not torch.equal(pre.model.state_dict()[gate], unbalanced.model.state_dict()[gate])
     sft = train_full_sft.main([*common, "--dim", "32", "--use_moe", "--data_path", data["sft"]])
@@ -386,7 +373,7 @@ def resume_case(kind, out, data, sft_weights=None):
               "--eval_interval", "3"]
     if kind.startswith("pretrain"):
         moe = ["--use_moe"] if kind == "pretrain_moe" else []  # the router's load-balancing loss must resume too
-        return train_pretrain, [*common, *SHAPE, *moe, "--tokenizer", str(TOKENIZER), "--data_path", data["pretrain"]]
+        return train_pretrain, [*common, *SHAPE, *moe, "--tokenizer", str(DEMO_TOKENIZER), "--data_path", data["pretrain"]]
     return train_lora, [*common, "--base", sft_weights, "--data_path", data["lora"], "--lora_name", "lora_identity",
                         "--max_seq_len", "128", "--lora_rank", "4", "--lora_targets", "wq,wo,output",
                         "--lora_dropout", "0.1", "--lora_plus_ratio", "4"]
@@ -486,10 +473,10 @@ def test_measuring_validation_loss_changes_nothing_and_measures_the_held_out_sam
     records = progress.read_metrics(tmp_path / "b" / "v_64_metrics.jsonl")
     assert [r["step"] for r in records if "val_loss" in r] == list(range(0, 24))  # 184 samples / 8 = 23 steps
 
-    argv = [*SHAPE, *FAST, "--tokenizer", str(TOKENIZER), "--data_path", data["pretrain"], "--epochs", "1"]
+    argv = [*SHAPE, *FAST, "--tokenizer", str(DEMO_TOKENIZER), "--data_path", data["pretrain"], "--epochs", "1"]
     often = train_pretrain.main([*argv, "--out_dir", str(tmp_path / "c"), "--eval_interval", "1"])
 
-    tokenizer = Tokenizer.load(TOKENIZER)
+    tokenizer = Tokenizer.load(DEMO_TOKENIZER)
     full = PretrainDataset(data["pretrain"], tokenizer, max_length=64, verbose=False)
     train_set, val_set, _, _ = training.load_data(PretrainDataset, tokenizer, runtime_module.Runtime(torch.device("cpu")),
                                                data_path=data["pretrain"], max_seq_len=64, skip_bad_lines=False,
@@ -533,7 +520,7 @@ def test_an_unreadable_resume_file_is_a_one_line_error(content, tmp_path, data, 
     out = tmp_path / "out"
     out.mkdir()
     (out / "pretrain_32_resume.pth").write_bytes(content)
-    argv = [*SHAPE, *FAST, "--out_dir", str(out), "--tokenizer", str(TOKENIZER), "--data_path", data["pretrain"]]
+    argv = [*SHAPE, *FAST, "--out_dir", str(out), "--tokenizer", str(DEMO_TOKENIZER), "--data_path", data["pretrain"]]
     for extra in ([], ["--resume"]):
         err = one_line_error(train_pretrain.main, [*argv, *extra], capsys)
         assert f"{out / 'pretrain_32_resume.pth'} is not a readable PyTorch checkpoint" in err
@@ -564,7 +551,7 @@ def test_nan_loss_stops_the_run_and_keeps_the_last_good_checkpoint(tmp_path, dat
 
     monkeypatch.setattr(training, "masked_cross_entropy", nan_from_micro_batch_7)
     with pytest.raises(UserError, match="loss became nan by step 8"):
-        train_pretrain.main([*SHAPE, *FAST, "--out_dir", str(out), "--tokenizer", str(TOKENIZER),
+        train_pretrain.main([*SHAPE, *FAST, "--out_dir", str(out), "--tokenizer", str(DEMO_TOKENIZER),
                              "--data_path", data["pretrain"], "--save_interval", "4", "--log_interval", "100"])
     assert torch.load(out / "pretrain_32_resume.pth", weights_only=True)["step"] == 4
     model, _ = load_model(out / "pretrain_32.pth")
@@ -590,7 +577,7 @@ def test_an_unwritable_cache_location_says_to_pass_cache_dir(tmp_path, data, cap
     by root, so it stands in for a read-only folder here."""
     blocker = tmp_path / "a_file"
     blocker.write_text("")
-    argv = [*SHAPE, *FAST, "--out_dir", str(tmp_path / "out"), "--tokenizer", str(TOKENIZER),
+    argv = [*SHAPE, *FAST, "--out_dir", str(tmp_path / "out"), "--tokenizer", str(DEMO_TOKENIZER),
             "--data_path", data["pretrain"], "--cache_dir", str(blocker / "cache")]
     err = one_line_error(train_pretrain.main, argv, capsys)
     assert f"cannot write its token cache into {blocker / 'cache'}" in err and "pass --cache_dir DIR" in err
@@ -611,7 +598,7 @@ def test_a_plain_minimind2_checkpoint_trains_given_its_tokenizer_and_shape(pipel
     argv = [*FAST, "--base", str(plain), "--out_dir", str(tmp_path / "out"), "--data_path", data["sft"]]
 
     assert "--tokenizer DIR" in one_line_error(train_full_sft.main, argv, capsys)
-    shape = ["--tokenizer", str(TOKENIZER), "--dim", "64", "--n_heads", "4", "--n_kv_heads", "2"]
+    shape = ["--tokenizer", str(DEMO_TOKENIZER), "--dim", "64", "--n_heads", "4", "--n_kv_heads", "2"]
     assert "--n_layers 2" in one_line_error(train_full_sft.main, [*argv, *shape, "--n_layers", "3"], capsys)  # read off the file's tensors
     result = train_full_sft.main([*argv, *shape, "--n_layers", "2", "--epochs", "1"])
     assert math.isfinite(result.final_loss)
@@ -630,7 +617,7 @@ def test_two_process_gloo_torchrun_trains_and_saves_loadable_files(tmp_path, dat
     data_path = tmp_path / "pretrain_demo.jsonl"
     data_path.write_text(Path(data["pretrain"]).read_text(encoding="utf-8") + "{not json\n", encoding="utf-8")
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
-           "train_pretrain.py", *SHAPE, *FAST, "--out_dir", str(out), "--tokenizer", str(TOKENIZER),
+           "train_pretrain.py", *SHAPE, *FAST, "--out_dir", str(out), "--tokenizer", str(DEMO_TOKENIZER),
            "--data_path", str(data_path), "--skip_bad_lines", "--batch_size", "16", "--max_seq_len", "32",
            "--log_interval", "2", "--epochs", "1"]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
