@@ -1,10 +1,10 @@
 """Convert models and adapters to and from Hugging Face: transformers, PEFT, vLLM and the tools that read them.
 
     # a checkpoint of ours -> a LlamaForCausalLM folder (config.json, model.safetensors, tokenizer files)
-    python convert_model.py to-hf --ckpt out/full_sft_128.pth --out_dir hf/minimind
+    python convert_model.py to-hf --ckpt out/full_sft_128.pth --hf_dir hf/minimind
     # ... with an adapter beside it as a PEFT folder (hf/minimind/adapter/), or merged into the weights
-    python convert_model.py to-hf --ckpt out/full_sft_128.pth --out_dir hf/minimind --lora_path out/lora/my_adapter_128.pth
-    python convert_model.py to-hf --ckpt out/full_sft_128.pth --out_dir hf/medical \
+    python convert_model.py to-hf --ckpt out/full_sft_128.pth --hf_dir hf/minimind --lora_path out/lora/my_adapter_128.pth
+    python convert_model.py to-hf --ckpt out/full_sft_128.pth --hf_dir hf/medical \
         --lora_path out/lora/lora_medical_128.pth --merge
 
     # a Llama folder MiniMindLM can express -> a checkpoint + sidecar, its tokenizer in out/llama_tokenizer/
@@ -14,7 +14,7 @@
         --peft_dir hf/minimind/adapter --lora_out out/lora/imported_128.pth
 
 Nothing is written before everything is checked, and no existing file or non-empty folder is replaced
-without --force (to-hf --force first removes the files of an earlier export from --out_dir).
+without --force (to-hf --force first removes the files of an earlier export from --hf_dir).
 
 The mapping itself (names, the RoPE row permutation, what is refused) is interop/hf_llama.py; the model
 is loaded, as by every script, through formats.loader.load_checkpoint. docs/interop.md has the
@@ -47,7 +47,7 @@ def to_hf(args) -> None:
     """Our checkpoint (and adapter) -> a Hugging Face folder (and a PEFT folder in it, or merged)."""
     if args.merge and not args.lora_path:
         raise UserError("--merge merges an adapter into the exported weights: name it with --lora_path")
-    _check_out_dir(args.out_dir, args.force)
+    _check_hf_dir(args.hf_dir, args.force)
     loaded = load_checkpoint(args.ckpt, tokenizer=args.tokenizer, shape=shape_from_args(args), adapter=args.lora_path)
     model, tokenizer = loaded.model, loaded.tokenizer
     if model.config.use_moe:  # LlamaForCausalLM has one feed-forward per block, not routed experts
@@ -58,30 +58,30 @@ def to_hf(args) -> None:
         check_peft_adapter(adapter)  # an adapter PEFT cannot hold is refused before anything is written
 
     # Everything is checked: from here on, files are written.
-    _remove_earlier_export(args.out_dir)
-    make_out_dir(args.out_dir)
-    written = [f"{args.out_dir}: LlamaForCausalLM, tokenizer"]
+    _remove_earlier_export(args.hf_dir)
+    make_out_dir(args.hf_dir)
+    written = [f"{args.hf_dir}: LlamaForCausalLM, tokenizer"]
     if adapter and args.merge:
         merge_lora(model)  # W + scale·B·A, exact for the tied embedding too (one shared ΔE)
         written[0] += f", {args.lora_path} merged into the weights"
     elif adapter:
-        adapter_dir = os.path.join(args.out_dir, PEFT_SUBFOLDER)
+        adapter_dir = os.path.join(args.hf_dir, PEFT_SUBFOLDER)
         save_peft_folder(adapter_dir, adapter, model.config)
         written.append(f"{adapter_dir}: PEFT LoRA (r={adapter['lora_config']['rank']}, "
                        f"alpha={adapter['lora_config']['alpha']}, targets {', '.join(adapter['lora_config']['targets'])})")
     remove_lora(model)  # unmerged: exactly the base weights again; merged: the merged ones stay
-    save_llama_folder(args.out_dir, model, tokenizer)
+    save_llama_folder(args.hf_dir, model, tokenizer)
     print("wrote " + "; ".join(written))
 
 
-def _check_out_dir(out_dir, force: bool) -> None:
+def _check_hf_dir(out_dir, force: bool) -> None:
     """to-hf's folder must be new, empty, or (--force) an earlier export: anything else would be mixed with the
     new files -- a stale shard or chat_template.jinja that transformers reads as part of the model."""
     if os.path.exists(out_dir) and not os.path.isdir(out_dir):
-        raise UserError(f"--out_dir {out_dir} is a file, not a folder; pass another --out_dir (a folder is created if missing)")
+        raise UserError(f"--hf_dir {out_dir} is a file, not a folder; pass another --hf_dir (a folder is created if missing)")
     if os.path.isdir(out_dir) and os.listdir(out_dir) and not force:
-        raise UserError(f"--out_dir {out_dir} is not empty; pass --force to replace the export in it "
-                        "(other files are kept), or another --out_dir")
+        raise UserError(f"--hf_dir {out_dir} is not empty; pass --force to replace the export in it "
+                        "(other files are kept), or another --hf_dir")
 
 
 def _remove_earlier_export(out_dir) -> None:
@@ -194,13 +194,14 @@ def build_parser() -> argparse.ArgumentParser:
                          description="Write a checkpoint as a LlamaForCausalLM folder that transformers, PEFT and vLLM "
                                      "load without remote code.")
     out.add_argument("--ckpt", required=True, help="the checkpoint to export (.pth or .safetensors)")
-    out.add_argument("--out_dir", required=True, help="the Hugging Face folder to write (created if needed)")
+    out.add_argument("--hf_dir", required=True,
+                     help="the Hugging Face folder to write (created if needed); from-hf reads one of the same name")
     out.add_argument("--lora_path", default=None,
                      help="an adapter file to export too: as a PEFT folder OUT_DIR/adapter/, or merged with --merge")
     out.add_argument("--merge", action="store_true",
                      help="merge --lora_path into the weights and write one plain model instead of a PEFT folder")
     out.add_argument("--force", action="store_true",
-                     help="write into a non-empty --out_dir, first removing the files of an earlier export there "
+                     help="write into a non-empty --hf_dir, first removing the files of an earlier export there "
                           "(shards, chat_template.jinja, adapter/, ...; other files are kept)")
     add_shape_args(out)  # a MiniMind2 .pth without a sidecar: its shape and tokenizer
     out.set_defaults(run=to_hf)

@@ -2,7 +2,7 @@
 Learn a byte-level BPE tokenizer from jsonl text: the training half of model/tokenizer.py.
 
     python train_tokenizer.py        # the demo's: dataset/pretrain_demo.jsonl -> model/demo_tokenizer (2048 tokens)
-    python train_tokenizer.py --data_path sample.jsonl --vocab_size 6400 --max_token_length 0 --out_dir out/tok  # MiniMind2's size
+    python train_tokenizer.py --data_path sample.jsonl --vocab_size 6400 --max_token_length 0 --tokenizer out/tok  # MiniMind2's size
 
 BPE training, in four steps (what Hugging Face's BpeTrainer does, which MiniMind uses):
   1. cut the text into chunks with the same split pattern the tokenizer uses, count each distinct
@@ -186,9 +186,9 @@ def build_parser():
                         help="never make a token longer than this many bytes, i.e. 3 Chinese characters "
                              "(HF BpeTrainer's max_token_length; default: %(default)s: on a small repetitive corpus, "
                              "merges would otherwise go to whole recurring phrases; MiniMind2 sets no limit, 0)")
-    parser.add_argument("--out_dir", default=repo_path("model/demo_tokenizer"),
-                        help="directory to write tokenizer.json and tokenizer_config.json into "
-                             "(default: the repository's model/demo_tokenizer, the scripts' default tokenizer)")
+    parser.add_argument("--tokenizer", default=repo_path("model/demo_tokenizer"),
+                        help="the tokenizer folder to write tokenizer.json and tokenizer_config.json into (default: the "
+                             "repository's model/demo_tokenizer, which every stage's --tokenizer reads by default)")
     return parser
 
 
@@ -200,16 +200,16 @@ def main(argv=None):
     if args.max_token_length == 1 or args.max_token_length < 0:
         raise UserError(f"--max_token_length {args.max_token_length} is too small: a merged token has at least 2 bytes "
                         "(0 = no limit)")
-    make_out_dir(args.out_dir)  # a bad --out_dir is found now, not after the training
+    make_out_dir(args.tokenizer, "--tokenizer")  # a bad folder is found now, not after the training
     counts = count_chunks(tqdm(read_texts(args.data_path), desc="reading", unit=" texts", disable=None))
     if not counts:
         raise UserError(f"{', '.join(args.data_path)}: no text found; nothing to train on")
     tokenizer = train_bpe(counts, args.vocab_size, max_token_length=args.max_token_length or None)
-    tokenizer.save(args.out_dir)
+    tokenizer.save(args.tokenizer)
     # how much the merges compress the training text: bytes per token (1.0 before any merge)
     n_bytes = sum(len(chunk.encode("utf-8")) * n for chunk, n in counts.items())
     n_tokens = sum(len(tokenizer.encode(chunk, allow_special=False)) * n for chunk, n in counts.items())
-    print(f"vocab {tokenizer.vocab_size} tokens, {len(tokenizer.merges)} merges -> {path_for_sidecar(args.out_dir)}; "
+    print(f"vocab {tokenizer.vocab_size} tokens, {len(tokenizer.merges)} merges -> {path_for_sidecar(args.tokenizer)}; "
           f"training text: {n_bytes:,} bytes -> {n_tokens:,} tokens "
           f"({n_bytes / max(n_tokens, 1):.2f} bytes/token)")
 

@@ -52,7 +52,7 @@ def make_out_dir(folder, flag="--out_dir"):
     """Create `folder` if needed, or a UserError saying why it cannot be one (a file has its name, the
     name is too long, no permission). Also for tools that write a folder without locking it."""
     if os.path.exists(folder) and not os.path.isdir(folder):
-        raise UserError(f"{flag} {folder} is a file, not a folder; move the file away, or pass another --out_dir "
+        raise UserError(f"{flag} {folder} is a file, not a folder; move the file away, or pass another {flag} "
                         "(a folder is created if missing)")
     try:
         os.makedirs(folder, exist_ok=True)

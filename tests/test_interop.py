@@ -568,7 +568,7 @@ def test_to_hf_then_from_hf_gives_back_the_checkpoint_and_adapter_bit_exact(our_
     """Guards against the two subcommands not being inverses: out and back in, the weights and the adapter
     are bit-identical, and the tokenizer is the very one the model was trained with (same fingerprint)."""
     ckpt, lora, _ = our_checkpoint
-    code, stdout, stderr = run(["to-hf", "--ckpt", ckpt, "--out_dir", tmp_path / "hf", "--lora_path", lora], capsys)
+    code, stdout, stderr = run(["to-hf", "--ckpt", ckpt, "--hf_dir", tmp_path / "hf", "--lora_path", lora], capsys)
     assert code == 0, stderr
     assert {p.name for p in (tmp_path / "hf").iterdir()} == {"config.json", "generation_config.json", "model.safetensors",
                                                              "tokenizer.json", "tokenizer_config.json", "adapter"}
@@ -590,7 +590,7 @@ def test_to_hf_merge_writes_the_adapted_model_as_a_plain_folder(our_checkpoint, 
     """Guards against --merge exporting the base (adapter forgotten) or a folder that still needs PEFT: the
     merged folder alone computes what base + adapter compute here."""
     ckpt, lora, adapted = our_checkpoint
-    code, _, stderr = run(["to-hf", "--ckpt", ckpt, "--out_dir", tmp_path / "merged", "--lora_path", lora, "--merge"], capsys)
+    code, _, stderr = run(["to-hf", "--ckpt", ckpt, "--hf_dir", tmp_path / "merged", "--lora_path", lora, "--merge"], capsys)
     assert code == 0, stderr
     assert not (tmp_path / "merged" / "adapter").exists()
     model = imported_model(tmp_path / "merged")
@@ -604,7 +604,7 @@ def test_to_hf_reads_a_minimind2_file_with_the_shape_flags(tmp_path, capsys):
     --n_heads/--n_kv_heads/--tokenizer, as load_checkpoint takes them."""
     model = random_model()
     torch.save(model.state_dict(), tmp_path / "full_sft_64.pth")  # MiniMind2 style: no sidecar
-    code, _, stderr = run(["to-hf", "--ckpt", tmp_path / "full_sft_64.pth", "--out_dir", tmp_path / "hf", "--dim", 64,
+    code, _, stderr = run(["to-hf", "--ckpt", tmp_path / "full_sft_64.pth", "--hf_dir", tmp_path / "hf", "--dim", 64,
                            "--n_layers", 2, "--n_heads", 4, "--n_kv_heads", 2, "--tokenizer", DEMO_TOKENIZER], capsys)
     assert code == 0, stderr
     assert json.loads((tmp_path / "hf" / "config.json").read_text())["num_key_value_heads"] == 2
@@ -622,11 +622,11 @@ def _mistakes(tmp_path, our_checkpoint):
     qwen = _copy_fixture(tmp_path)
     (qwen / "config.json").write_text(json.dumps({**BASE_CONFIG, "model_type": "qwen2"}))
     return [
-        (["to-hf", "--ckpt", ckpt, "--out_dir", tmp_path / "x", "--merge"], "--merge merges an adapter"),
-        (["to-hf", "--ckpt", tmp_path / "none.pth", "--out_dir", tmp_path / "x"], "none.pth not found"),
-        (["to-hf", "--ckpt", ckpt, "--out_dir", tmp_path / "x", "--lora_path", tied], "add --merge to export"),
-        (["to-hf", "--ckpt", ckpt, "--out_dir", tmp_path / "x", "--lora_path", tmp_path / "none.pth"], "adapter"),
-        (["to-hf", "--ckpt", ckpt, "--out_dir", ckpt], "is a file, not a folder"),
+        (["to-hf", "--ckpt", ckpt, "--hf_dir", tmp_path / "x", "--merge"], "--merge merges an adapter"),
+        (["to-hf", "--ckpt", tmp_path / "none.pth", "--hf_dir", tmp_path / "x"], "none.pth not found"),
+        (["to-hf", "--ckpt", ckpt, "--hf_dir", tmp_path / "x", "--lora_path", tied], "add --merge to export"),
+        (["to-hf", "--ckpt", ckpt, "--hf_dir", tmp_path / "x", "--lora_path", tmp_path / "none.pth"], "adapter"),
+        (["to-hf", "--ckpt", ckpt, "--hf_dir", ckpt], "is a file, not a folder"),
         (["from-hf", "--hf_dir", tmp_path / "nowhere", "--out", tmp_path / "m.pth"], "nowhere is not a folder"),
         (["from-hf", "--hf_dir", HF_MODEL, "--out", tmp_path / "m.pth"], "has no tokenizer.json: pass --tokenizer"),
         (["from-hf", "--hf_dir", HF_MODEL, "--out", tmp_path / "m.pth", "--tokenizer", DEMO_TOKENIZER],
@@ -728,7 +728,7 @@ def _earlier_export(folder: Path, capsys) -> None:
     save_model(model, folder.parent / "base_64.pth", meta=checkpoint_meta("full_sft", DEMO_TOKENIZER, Tokenizer.load(DEMO_TOKENIZER)))
     apply_lora(model, rank=2, target_modules=["wq"])
     save_lora(model, folder.parent / "wq_64.pth")
-    assert run(["to-hf", "--ckpt", folder.parent / "base_64.pth", "--out_dir", folder, "--lora_path", folder.parent / "wq_64.pth"],
+    assert run(["to-hf", "--ckpt", folder.parent / "base_64.pth", "--hf_dir", folder, "--lora_path", folder.parent / "wq_64.pth"],
                capsys)[0] == 0
     for name in ("chat_template.jinja", "model-00001-of-00002.safetensors", "model.safetensors.index.json", "notes.txt"):
         (folder / name).write_text("from before")
@@ -740,9 +740,9 @@ def test_to_hf_refuses_a_folder_that_is_not_empty_without_force(tmp_path, capsys
     folder = tmp_path / "hf"
     _earlier_export(folder, capsys)
     before = _tree(folder)
-    code, _, stderr = run(["to-hf", "--ckpt", tmp_path / "base_64.pth", "--out_dir", folder, "--lora_path",
+    code, _, stderr = run(["to-hf", "--ckpt", tmp_path / "base_64.pth", "--hf_dir", folder, "--lora_path",
                            tmp_path / "wq_64.pth", "--merge"], capsys)
-    assert code == 2 and f"--out_dir {folder} is not empty; pass --force" in stderr, stderr
+    assert code == 2 and f"--hf_dir {folder} is not empty; pass --force" in stderr, stderr
     assert _tree(folder) == before
 
 
@@ -752,7 +752,7 @@ def test_to_hf_force_replaces_an_earlier_export_and_keeps_other_files(tmp_path, 
     and named, anything else is kept."""
     folder = tmp_path / "hf"
     _earlier_export(folder, capsys)
-    code, _, stderr = run(["to-hf", "--ckpt", tmp_path / "base_64.pth", "--out_dir", folder, "--lora_path",
+    code, _, stderr = run(["to-hf", "--ckpt", tmp_path / "base_64.pth", "--hf_dir", folder, "--lora_path",
                            tmp_path / "wq_64.pth", "--merge", "--force"], capsys)
     assert code == 0, stderr
     assert sorted(_tree(folder)) == ["config.json", "generation_config.json", "model.safetensors", "notes.txt",

@@ -306,7 +306,7 @@ def test_ctrl_c_while_scoring_or_training_a_tokenizer_is_a_clean_exit_130(where,
                                        "--device", "cpu"]
     else:
         monkeypatch.setattr(train_tokenizer, "train_bpe", ctrl_c_once(train_tokenizer.train_bpe))
-        main, argv = train_tokenizer.main, ["--data_path", str(out / "sft_demo.jsonl"), "--out_dir", str(tmp_path / "t")]
+        main, argv = train_tokenizer.main, ["--data_path", str(out / "sft_demo.jsonl"), "--tokenizer", str(tmp_path / "t")]
     capsys.readouterr()
     assert errors.run_main(main, argv) == errors.INTERRUPTED_EXIT == 130
     err = capsys.readouterr().err
@@ -386,7 +386,7 @@ def test_out_dir_problems_are_found_before_anything_loads(case, tmp_path, capsys
     elif case == "lora folder is a file":
         main, argv, message = train_lora.main, ["--out_dir", str(tmp_path / "out"), "--base", missing], "lora is a file, not a folder"
     else:
-        main, argv, message = train_tokenizer.main, ["--out_dir", str(tmp_path / "file"), "--data_path", missing], "is a file, not a folder"
+        main, argv, message = train_tokenizer.main, ["--tokenizer", str(tmp_path / "file"), "--data_path", missing], "is a file, not a folder"
     assert message in one_line_error(main, argv, capsys)
 
 

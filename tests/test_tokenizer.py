@@ -429,7 +429,7 @@ def test_train_tokenizer_script_is_deterministic(tmp_path):
     for seed in (1, 2):
         out = tmp_path / f"tok{seed}"
         result = _run_train_tokenizer(["--data_path", str(data), "--vocab_size", "300",
-                                       "--out_dir", str(out)], seed)
+                                       "--tokenizer", str(out)], seed)
         assert result.returncode == 0, result.stderr
         outputs.append((out / "tokenizer.json").read_bytes())
     assert outputs[0] == outputs[1]
@@ -443,7 +443,7 @@ def test_train_tokenizer_bad_line_is_one_line_error(tmp_path):
     data = tmp_path / "bad.jsonl"
     data.write_text('{"text": "ok"}\n\n{"txt": "typo"}\n', encoding="utf-8")
     result = _run_train_tokenizer(["--data_path", str(data), "--vocab_size", "300",
-                                   "--out_dir", str(tmp_path / "out")], 0)
+                                   "--tokenizer", str(tmp_path / "out")], 0)
     assert result.returncode != 0
     assert result.stderr.strip().count("\n") == 0 and f"{data}:3:" in result.stderr
     assert "Traceback" not in result.stderr
@@ -460,8 +460,8 @@ def test_demo_tokenizer_is_reproducible(tmp_path, monkeypatch):
     committed = DEMO_TOKENIZER
     [command] = [command for stage, command in run_demo.demo_stages("out") if stage == "tokenizer"]
     assert command == ["train_tokenizer.py"]  # the demo trains the scripts' default tokenizer ...
-    assert os.path.samefile(train_tokenizer.build_parser().parse_args([]).out_dir, committed)  # ... into the committed folder
-    train_tokenizer.main(["--out_dir", str(tmp_path)])  # the defaults, elsewhere
+    assert os.path.samefile(train_tokenizer.build_parser().parse_args([]).tokenizer, committed)  # ... into the committed folder
+    train_tokenizer.main(["--tokenizer", str(tmp_path)])  # the defaults, elsewhere
     for name in ("tokenizer.json", "tokenizer_config.json"):
         with open(committed / name, "rb") as f:
             assert (tmp_path / name).read_bytes() == f.read(), (
