@@ -22,15 +22,20 @@ more, halved when the rows need a quarter of it, so one long request does not ke
 
 Each row also wears its own LoRA adapter (serving/multi_lora.py), so requests for different adapters
 share the batch. The alternative, lora_mode="merged", folds one adapter into the base weights and
-serves only its requests until the batch empties, then switches: S-LoRA's baseline.
+serves only its requests until the batch empties, then switches: S-LoRA's baseline. The batch runs
+through the model's own blocks (forward_rows), so a mixture-of-experts model is served as a dense one
+is (only its experts cannot wear per-row adapters: serving/multi_lora.RowLoRALayers says why).
 
 Read top to bottom:
     SlotKVCache      one KV cache per request, as rows of shared buffers
-    forward_rows     the model's forward pass over those rows, each with its own adapter and length
+    PromptWrites,    one step's view of those rows in model.KVCache's interface (write(layer, k, v)):
+    TokenWrites        where prefill and decode put each row's keys, and which of them each row sees
+    forward_rows     the model's own blocks over the rows, each row with its own positions and adapter
     Request          what one request asks for, and the queue its tokens come back on
     Engine           the scheduler thread: admit -> prefill -> decode step -> emit tokens -> leave
 """
 import collections
+import contextlib
 import queue
 import threading
 import traceback
@@ -38,11 +43,10 @@ from dataclasses import dataclass, field
 from typing import Optional
 
 import torch
-import torch.nn.functional as F
 
 from model.LMConfig import LMConfig
-from model.model import apply_rope, sample_next_token
-from serving.multi_lora import AdapterBank, RowAdapters, lora_embedding, lora_linear
+from model.model import sample_next_token
+from serving.multi_lora import AdapterBank, RowAdapters, RowLoRALayers
 
 
 # ----------------------------------------------------------------------------------------------
@@ -91,22 +95,6 @@ class SlotKVCache:
         self.keys = [resized(t) for t in self.keys]
         self.values = [resized(t) for t in self.values]
 
-    def write_prompts(self, layer: int, slots: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> None:
-        """Prefill: k, v (m, K, P, D) of m prompts go to positions [0, P) of rows `slots` (m,)."""
-        P = k.shape[2]
-        self.keys[layer][slots, :, :P] = k
-        self.values[layer][slots, :, :P] = v
-
-    def write_tokens(self, layer: int, lengths: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> None:
-        """Decode: k, v (n, K, 1, D), row i's at position lengths[i] of row i (rows 0..n-1)."""
-        rows = torch.arange(k.shape[0], device=k.device)
-        self.keys[layer][rows, :, lengths] = k[:, :, 0]  # indexed (rows, :, lengths) -> (n, K, D)
-        self.values[layer][rows, :, lengths] = v[:, :, 0]
-
-    def visible(self, layer: int, n: int, S: int):
-        """Keys and values of rows 0..n-1, positions [0, S): views (n, K, S, D), no copy."""
-        return self.keys[layer][:n, :, :S], self.values[layer][:n, :, :S]
-
     def move(self, src: int, dst: int, length: int) -> None:
         """Row dst takes over row src's cache (its first `length` positions)."""
         for t in self.keys + self.values:
@@ -114,63 +102,90 @@ class SlotKVCache:
 
 
 # ----------------------------------------------------------------------------------------------
-# The forward pass over the batch's rows. It is MiniMindLM.forward (model/model.py) with two
-# changes: every Linear adds its row's LoRA update (lora_linear), and every row reads and writes
-# its own slot of the cache at its own positions. tests/test_serve.py checks that it gives, row by
-# row, the logits the model with that row's adapter loaded (model_lora.load_lora) gives alone.
+# One step's view of the slot cache. Attention.forward (model/model.py) hands each layer's new keys
+# and values to `cache.write(layer, k, v)` and attends over what comes back, under the mask it was
+# given: model.KVCache appends them for the whole batch at one length. These two say, row by row,
+# where they go and what each row may see, so the model's own blocks run the engine's batch.
+
+
+class PromptWrites:
+    """Prefill: m prompts, right-padded to P tokens, written to positions [0, P) of rows `slots` (m,).
+
+    The prompts attend over their own keys only, so write returns them as they came: as many keys as
+    queries and no mask, which Attention.forward reads as plain causal attention. Right padding needs
+    no mask: under causal attention no real token sees a later one (the padding's own keys are written
+    too, past the row's length, where nothing reads them before they are overwritten).
+    """
+
+    mask = None
+
+    def __init__(self, cache: SlotKVCache, slots: torch.Tensor, P: int):
+        self.cache, self.slots = cache, slots
+        self.positions = torch.arange(P, device=slots.device)[None]  # (1, P): every prompt starts at 0
+
+    def write(self, layer: int, k: torch.Tensor, v: torch.Tensor):
+        """k, v (m, K, P, D) -> stored in the rows' slots; returned unchanged, for attention."""
+        P = k.shape[2]
+        self.cache.keys[layer][self.slots, :, :P] = k
+        self.cache.values[layer][self.slots, :, :P] = v
+        return k, v
+
+
+class TokenWrites:
+    """Decode: one new token for each of rows 0..n-1; lengths (n,): how many positions each row holds,
+    i.e. where its new key goes (and its RoPE position).
+
+    Rows attend in ONE call over positions [0, S) of their slots, S = the longest row's length + 1,
+    read in place; the mask (n, 1, 1, S) lets row i see positions 0..lengths[i] only, its own:
+
+        lengths [2, 0]  ->  S = 3, mask [[1, 1, 1],
+                                         [1, 0, 0]]
+    """
+
+    def __init__(self, cache: SlotKVCache, lengths: torch.Tensor):
+        self.cache, self.lengths = cache, lengths
+        self.positions = lengths[:, None]  # (n, 1): each row's new token sits at its own position
+        self.S = int(lengths.max()) + 1  # keys to read: the longest row's cache plus its new token
+        key_pos = torch.arange(self.S, device=lengths.device)
+        self.mask = (key_pos[None, :] <= lengths[:, None])[:, None, None, :]  # (n, 1, 1, S)
+
+    def write(self, layer: int, k: torch.Tensor, v: torch.Tensor):
+        """k, v (n, K, 1, D): row i's at position lengths[i] of row i -> views (n, K, S, D) of rows 0..n-1."""
+        n = k.shape[0]
+        rows = torch.arange(n, device=k.device)
+        keys, values = self.cache.keys[layer], self.cache.values[layer]
+        keys[rows, :, self.lengths] = k[:, :, 0]  # indexed (rows, :, lengths) -> (n, K, D)
+        values[rows, :, self.lengths] = v[:, :, 0]
+        return keys[:n, :, : self.S], values[:n, :, : self.S]  # no copy
+
+
+# ----------------------------------------------------------------------------------------------
+# The forward pass over the batch's rows: the model's own modules (embedding, every MiniMindBlock,
+# norm, output), with one step's view of the slot cache, each row's RoPE positions, and its mask.
+# Each row's adapter is added by the layers serving/multi_lora.RowLoRALayers put in place of the
+# adapted Linears. tests/test_serve.py checks that it gives, row by row, the logits the model with
+# that row's adapter loaded (model_lora.load_lora) gives alone.
 
 
 @torch.inference_mode()
-def forward_rows(model, ids, cache: SlotKVCache, adapters: dict, *, slots=None, last=None, lengths=None):
-    """The next-token logits (n, V) of n requests, each with its own adapter.
+def forward_rows(model, ids, cache: SlotKVCache, *, slots=None, last=None, lengths=None):
+    """The next-token logits (n, V) of n requests.
 
     Two kinds of call:
     prefill  ids (n, P): whole prompts, right-padded; written into rows `slots` (n,) at 0..P-1;
              last (n,): index of each prompt's last real token, whose logits are returned.
-             Right padding needs no mask: under causal attention no real token sees a later one.
     decode   ids (n, 1): one new token per row for rows 0..n-1; lengths (n,): how many positions
              each row's cache holds, i.e. where this token goes.
-    adapters: {layer name: (A_rows, B_rows)} from RowAdapters.rows (n rows), {} for none.
     """
     n, T = ids.shape
-    config = model.config
-    H, K, D = config.n_heads, config.n_kv_heads, config.head_dim
-    decoding = lengths is not None
-    if decoding:
-        positions = lengths[:, None]  # (n, 1): each row's new token sits at its own position
-        S = int(lengths.max()) + 1  # keys to read: the longest row's cache plus its new token
-        key_pos = torch.arange(S, device=ids.device)
-        mask = (key_pos[None, :] <= lengths[:, None])[:, None, None, :]  # (n, 1, 1, S): a row sees its own positions
-    else:
-        positions = torch.arange(T, device=ids.device)[None]  # (1, T)
-    rotations = torch.view_as_complex(model.rope[positions].float()).unsqueeze(2)  # (n|1, T, 1, D/2)
-
-    h = lora_embedding(ids, model.tok_embeddings.weight, adapters.get("output"))  # (n, T, C)
-    for i, layer in enumerate(model.layers):
-        att, ff = layer.attention, layer.feed_forward
-        name = f"layers.{i}."
-        x = layer.attention_norm(h)
-        q = lora_linear(x, att.wq.weight, adapters.get(name + "attention.wq")).view(n, T, H, D)
-        k = lora_linear(x, att.wk.weight, adapters.get(name + "attention.wk")).view(n, T, K, D)
-        v = lora_linear(x, att.wv.weight, adapters.get(name + "attention.wv")).view(n, T, K, D)
-        q, k = apply_rope(q, rotations), apply_rope(k, rotations)
-        q, k, v = q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)  # (n, H|K, T, D)
-        if decoding:
-            cache.write_tokens(i, lengths, k, v)
-            k, v = cache.visible(i, n, S)  # (n, K, S, D)
-            out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, enable_gqa=H != K)  # (n, H, 1, D)
-        else:
-            cache.write_prompts(i, slots, k, v)
-            out = F.scaled_dot_product_attention(q, k, v, is_causal=True, enable_gqa=H != K)  # (n, H, T, D)
-        out = out.transpose(1, 2).reshape(n, T, H * D)  # (n, T, H*D)
-        h = h + lora_linear(out, att.wo.weight, adapters.get(name + "attention.wo"))
-        x = layer.ffn_norm(h)
-        gate = F.silu(lora_linear(x, ff.w1.weight, adapters.get(name + "feed_forward.w1")))
-        up = lora_linear(x, ff.w3.weight, adapters.get(name + "feed_forward.w3"))
-        h = h + lora_linear(gate * up, ff.w2.weight, adapters.get(name + "feed_forward.w2"))
-    if not decoding:
+    step = TokenWrites(cache, lengths) if lengths is not None else PromptWrites(cache, slots, T)
+    rotations = torch.view_as_complex(model.rope[step.positions].float()).unsqueeze(2)  # (n|1, T, 1, D/2)
+    h = model.tok_embeddings(ids)  # (n, T, C)
+    for block in model.layers:
+        h, _ = block(h, rotations, step.mask, step)  # _: an MoE layer's load-balancing loss, for training only
+    if lengths is None:
         h = h[torch.arange(n, device=ids.device), last][:, None]  # (n, 1, C): only the last prompt token
-    logits = lora_linear(model.norm(h), model.output.weight, adapters.get("output"))  # (n, 1, V)
+    logits = model.output(model.norm(h))  # (n, 1, V)
     return logits[:, 0].float()  # (n, V)
 
 
@@ -225,7 +240,9 @@ class Engine:
         while (event := request.events.get())[0] == "token": ...
         engine.stop()
 
-    lora_mode "batched": every row wears its own adapter (multi_lora); any mix shares a batch.
+    The engine owns the model it is given, which it changes according to lora_mode:
+    lora_mode "batched": every row wears its own adapter; any mix shares a batch (RowLoRALayers
+                         take the adapted layers' places in the model).
     lora_mode "merged":  the adapter of the oldest waiting request is merged into the weights and
                          only requests for it join, until the batch empties; then the next one
                          (the alternative S-LoRA compares against; see _admit).
@@ -242,7 +259,11 @@ class Engine:
         weight = model.output.weight
         self.device = weight.device
         self.cache = SlotKVCache(model.config, max_batch_size, 64, weight.device, weight.dtype)
-        self.row_adapters = RowAdapters(bank, max_batch_size) if lora_mode == "batched" else None
+        model.eval()  # the engine runs the model's blocks: no dropout
+        if lora_mode == "batched":  # every adapted layer of the model adds its rows' adapters from now on
+            self.row_adapters, self.row_layers = RowAdapters(bank, max_batch_size), RowLoRALayers(model, bank)
+        else:
+            self.row_adapters = self.row_layers = None
         self.merged, self.saved_base = 0, None  # merged mode: the adapter now in the weights, the base's copy
         self.running: list[Request] = []  # row i is running[i]; only the engine thread touches it
         self.waiting: collections.deque[Request] = collections.deque()  # guarded by self.lock
@@ -373,9 +394,12 @@ class Engine:
         self.merged = j
         self.stats["switches"] += 1
 
-    def _adapters(self, start: int, stop: int) -> dict:
-        """The per-row adapters of rows [start, stop); merged mode has them in the weights already."""
-        return self.row_adapters.rows(start, stop) if self.row_adapters is not None else {}
+    def _wearing(self, start: int, stop: int):
+        """For the forward pass of rows [start, stop): their adapters on the model's adapted layers;
+        merged mode has the one adapter in the weights already."""
+        if self.row_layers is None:
+            return contextlib.nullcontext()
+        return self.row_layers.wearing(self.row_adapters.rows(start, stop))
 
     def _prefill(self, joining: list) -> None:
         """Run the new requests' prompts (together, right-padded) into free rows and emit their first token."""
@@ -395,8 +419,8 @@ class Engine:
         ids = torch.tensor([r.prompt + [0] * (width - len(r.prompt)) for r in joining], device=self.device)  # (m, P)
         last = torch.tensor([len(r.prompt) - 1 for r in joining], device=self.device)
         slots = torch.arange(first, first + len(joining), device=self.device)
-        logits = forward_rows(self.model, ids, self.cache, self._adapters(first, first + len(joining)),
-                              slots=slots, last=last)  # (m, V)
+        with self._wearing(first, first + len(joining)):
+            logits = forward_rows(self.model, ids, self.cache, slots=slots, last=last)  # (m, V)
         self.running.extend(joining)
         self._emit(joining, logits)
 
@@ -406,7 +430,8 @@ class Engine:
         ids = torch.tensor([[r.last_token] for r in self.running], device=self.device)  # (n, 1)
         lengths = torch.tensor([r.length for r in self.running], device=self.device)  # (n,)
         self.cache.reserve(max(r.length for r in self.running) + 1)  # the longest row's new token goes at its length
-        logits = forward_rows(self.model, ids, self.cache, self._adapters(0, n), lengths=lengths)  # (n, V)
+        with self._wearing(0, n):
+            logits = forward_rows(self.model, ids, self.cache, lengths=lengths)  # (n, V)
         for request in self.running:
             request.length += 1
         self.stats["steps"] += 1

@@ -1,9 +1,11 @@
-"""serve_openai_api.py, serving/engine.py, serving/multi_lora.py: many adapters served in shared batches.
+"""serving/ (engine, multi_lora, openai_api, http_server) and serve_openai_api.py: many adapters served in shared batches.
 
 A tiny model (dim 32, 2 layers, grouped-query attention) and two adapters of different ranks and
-targets (one on the tied output/embedding matrix) are saved into tmp_path; the server runs in this
-process on a free port and is called over HTTP with the standard library, as any client would.
+targets (one on the tied output/embedding matrix) are saved into tmp_path; the server is built from
+serving/ in this process on a free port and called over HTTP with the standard library, as any
+client would. The command line, serve_openai_api.py, is run as a process, as a user runs it.
 """
+import doctest
 import http.client
 import json
 import os
@@ -19,17 +21,18 @@ from pathlib import Path
 import pytest
 import torch
 
-import eval_model
-import serve_openai_api as serve
-from plumbing import errors
+import evaluation
 from formats.checkpoint import save_model
-from serving.engine import Engine, Request, SlotKVCache, forward_rows
-from model.LMConfig import LMConfig
 from formats.loader import checkpoint_meta, load_checkpoint
+from model.LMConfig import LMConfig
 from model.model import MiniMindLM
 from model.model_lora import apply_lora, load_lora, remove_lora, save_lora
-from serving.multi_lora import AdapterBank, RowAdapters, read_adapter
 from model.tokenizer import Tokenizer
+from plumbing import errors
+from serving import multi_lora
+from serving.engine import Engine, Request, SlotKVCache, forward_rows
+from serving.http_server import client_state, listen
+from serving.multi_lora import AdapterBank, RowAdapters, RowLoRAEmbedding, RowLoRALayers, RowLoRALinear, read_adapter
 
 ROOT = Path(__file__).resolve().parent.parent
 TOKENIZER = ROOT / "model" / "demo_tokenizer"
@@ -42,36 +45,63 @@ MODELS = ["minimind", "lora_a", "lora_b"]
 LONG_TOKENS = 1200  # a request that runs for a while (about a second) beside the others
 
 
-@pytest.fixture(scope="module")
-def out(tmp_path_factory):
-    """out/full_sft_32.pth (+ sidecar) and out/lora/lora_a_32.pth, lora_b_32.pth with random, non-zero B."""
-    out = tmp_path_factory.mktemp("out")
-    tok = Tokenizer.load(TOKENIZER)
-    torch.manual_seed(0)
-    model = MiniMindLM(LMConfig(dim=32, n_layers=2, n_heads=4, n_kv_heads=2, vocab_size=tok.vocab_size, max_seq_len=2048))
-    with torch.no_grad():  # weights of std 3/sqrt(fan-in): at the usual 0.02 a random model's greedy
-        for p in model.parameters():  # answer is one token repeated, which any bug would reproduce
+def random_model(seed: int, **config) -> MiniMindLM:
+    """A tiny model whose weights have std 3/sqrt(fan-in): at the usual 0.02 a random model's greedy
+    answer is one token repeated, which any bug would reproduce."""
+    torch.manual_seed(seed)
+    model = MiniMindLM(LMConfig(dim=32, n_layers=2, n_heads=4, n_kv_heads=2, vocab_size=Tokenizer.load(TOKENIZER).vocab_size,
+                                max_seq_len=2048, **config))
+    with torch.no_grad():
+        for p in model.parameters():
             if p.dim() == 2:
                 p.normal_(0, 3 / p.shape[1] ** 0.5)
-    save_model(model, out / "full_sft_32.pth", meta=checkpoint_meta("full_sft", TOKENIZER, tok))
-    for name, (rank, targets) in ADAPTERS.items():
+    return model
+
+
+def save_adapters(model, folder, adapters: dict, suffix: str = "") -> None:
+    """folder/NAME_32{suffix}.pth for each NAME: (rank, targets) of `adapters`, with random, non-zero B."""
+    for name, (rank, targets) in adapters.items():
         apply_lora(model, rank=rank, alpha=2 * rank, target_modules=targets)  # scale 2: the scale must be applied
         with torch.no_grad():
             for n, p in model.named_parameters():
                 if n.endswith("lora.B.weight"):
                     p.normal_(0, 0.1)  # B = 0 would make every adapter the base model
-        save_lora(model, out / "lora" / f"{name}_32.pth")
+        save_lora(model, folder / f"{name}_32{suffix}.pth")
         remove_lora(model)
+
+
+@pytest.fixture(scope="module")
+def out(tmp_path_factory):
+    """out/full_sft_32.pth (+ sidecar) and out/lora/lora_a_32.pth, lora_b_32.pth."""
+    out = tmp_path_factory.mktemp("out")
+    model = random_model(0)
+    save_model(model, out / "full_sft_32.pth", meta=checkpoint_meta("full_sft", TOKENIZER, Tokenizer.load(TOKENIZER)))
+    save_adapters(model, out / "lora", ADAPTERS)
     return out
 
 
-def start_server(out, *flags):
-    """serve_openai_api's server on a free port, in this process -> (server, port)."""
-    args = serve.build_parser().parse_args(["--out_dir", str(out), "--dim", "32", "--lora_name", *ADAPTERS,
-                                            "--port", "0", "--device", "cpu", "--no-log_requests", *flags])
-    server = serve.open_server(args)
+def start_server(out, adapters=tuple(ADAPTERS), lora_mode="batched", dtype=torch.float32, ckpt="full_sft_32.pth",
+                 suffix=""):
+    """A server built from serving/ on a free port, in this process, as serve_openai_api.py builds it
+    -> (server, port)."""
+    loaded = load_checkpoint(out / ckpt, dtype=dtype)
+    read = {name: read_adapter(loaded.model, out / "lora" / f"{name}_32{suffix}.pth") for name in adapters}
+    server = listen("127.0.0.1", 0)
+    try:
+        server.start_engine(loaded.model, loaded.tokenizer, read, loaded.model.config.max_seq_len, lora_mode=lora_mode,
+                            log_requests=False)
+    except BaseException:
+        server.server_close()
+        raise
     threading.Thread(target=server.serve_forever, daemon=True).start()
     return server, server.server_address[1]
+
+
+def run_script(*argv) -> subprocess.Popen:
+    """serve_openai_api.py started as a user starts it, on the CPU, one thread (not waited for)."""
+    return subprocess.Popen([sys.executable, str(ROOT / "serve_openai_api.py"), *map(str, argv)], cwd=ROOT,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            env={**os.environ, "OMP_NUM_THREADS": "1"})
 
 
 def stop_server(server):
@@ -86,11 +116,12 @@ def server(out):
     stop_server(server)
 
 
-def greedy_answers(out, name, questions, max_new_tokens):
-    """eval_model.py's greedy answers with adapter `name` (or the base): what the server must reproduce."""
-    adapter = None if name == "minimind" else out / "lora" / f"{name}_32.pth"
-    loaded = load_checkpoint(out / "full_sft_32.pth", adapter=adapter)
-    return eval_model.generate_answers(loaded.model, loaded.tokenizer, questions, max_new_tokens, 16, 2048)
+def greedy_answers(out, name, questions, max_new_tokens, ckpt="full_sft_32.pth", suffix=""):
+    """eval_model.py's greedy answers (evaluation.generate_answers) with adapter `name` (or the base):
+    what the server must reproduce."""
+    adapter = None if name == "minimind" else out / "lora" / f"{name}_32{suffix}.pth"
+    loaded = load_checkpoint(out / ckpt, adapter=adapter)
+    return evaluation.generate_answers(loaded.model, loaded.tokenizer, questions, max_new_tokens, 16, 2048)
 
 
 @pytest.fixture(scope="module")
@@ -172,10 +203,16 @@ def test_batched_multi_adapter_forward_equals_each_row_alone(out):
     applied twice or not at all, a padded rank that leaks, the tied embedding's update missing), and
     against a KV slot written or read at another row's position, or lost when a row moves: every row
     of a mixed batch (base, two adapters, prompts of different lengths) must get the logits the model
-    with that adapter loaded gives on that row alone, through prefill, decode steps and a row move."""
+    with that adapter loaded gives on that row alone, through prefill, decode steps and a row move.
+    Also against per-row layers that change the model's parameters or keep a step's adapters after it."""
     loaded = load_checkpoint(out / "full_sft_32.pth")
     model, tok = loaded.model, loaded.tokenizer
+    reference = load_checkpoint(out / "full_sft_32.pth").model  # the model with one adapter loaded at a time
+    keys = list(model.state_dict())
     bank = AdapterBank("minimind", {name: read_adapter(model, out / "lora" / f"{name}_32.pth") for name in ADAPTERS})
+    layers = RowLoRALayers(model, bank)
+    assert isinstance(model.tok_embeddings, RowLoRAEmbedding) and model.tok_embeddings.weight is model.output.weight
+    assert list(model.state_dict()) == keys  # the same parameters under the same names
     rows = RowAdapters(bank, max_rows=4)
     wears = ["lora_a", "minimind", "lora_b", "lora_a"]
     for row, name in enumerate(wears):
@@ -185,16 +222,16 @@ def test_batched_multi_adapter_forward_equals_each_row_alone(out):
     cache.reserve(max(map(len, prompts)) + 4)
     width = max(map(len, prompts))
     ids = torch.tensor([p + [0] * (width - len(p)) for p in prompts])  # (4, P) right-padded
-    logits = forward_rows(model, ids, cache, rows.rows(0, 4), slots=torch.arange(4),
-                          last=torch.tensor([len(p) - 1 for p in prompts]))
+    with layers.wearing(rows.rows(0, 4)):
+        logits = forward_rows(model, ids, cache, slots=torch.arange(4), last=torch.tensor([len(p) - 1 for p in prompts]))
     sequences = [list(p) for p in prompts]
 
     def expected(name, sequence):
         if name != "minimind":
-            load_lora(model, out / "lora" / f"{name}_32.pth")
+            load_lora(reference, out / "lora" / f"{name}_32.pth")
         with torch.inference_mode():
-            result = model(torch.tensor([sequence])).logits[0, -1]
-        remove_lora(model)
+            result = reference(torch.tensor([sequence])).logits[0, -1]
+        remove_lora(reference)
         return result
 
     for step in range(4):
@@ -210,7 +247,14 @@ def test_batched_multi_adapter_forward_equals_each_row_alone(out):
         lengths = torch.tensor([len(s) for s in sequences])
         for s, t in zip(sequences, tokens.tolist()):
             s.append(t)
-        logits = forward_rows(model, tokens[:, None], cache, rows.rows(0, len(wears)), lengths=lengths)
+        with layers.wearing(rows.rows(0, len(wears))):
+            logits = forward_rows(model, tokens[:, None], cache, lengths=lengths)
+    assert all(m.adapter is None for m in model.modules() if isinstance(m, (RowLoRALinear, RowLoRAEmbedding)))
+
+
+def test_the_per_row_layers_worked_example_holds():
+    """Guards against RowLoRALinear's docstring example (W x + B A x for one row: 3 + 10 = 13) going stale."""
+    assert doctest.testmod(multi_lora).failed == 0
 
 
 def test_base_rows_alone_skip_the_adapter_path(out):
@@ -481,15 +525,15 @@ def test_client_state_tells_a_half_close_from_a_departure():
             client = socket.create_connection(listener.getsockname())
             conn, _ = listener.accept()
             with conn:
-                assert serve.client_state(conn) == "here"
+                assert client_state(conn) == "here"
                 client.shutdown(socket.SHUT_WR) if how == "half-close" else client.close()
-                wait_until(lambda: serve.client_state(conn) != "here")
-                assert serve.client_state(conn) == "shut"
+                wait_until(lambda: client_state(conn) != "here")
+                assert client_state(conn) == "shut"
                 conn.sendall(b"HTTP/1.1 100 Continue\r\n\r\n")  # the probe
                 if how == "close":
-                    wait_until(lambda: serve.client_state(conn) == "gone")
+                    wait_until(lambda: client_state(conn) == "gone")
                 else:
-                    assert client.recv(100).startswith(b"HTTP/1.1 100") and serve.client_state(conn) == "shut"
+                    assert client.recv(100).startswith(b"HTTP/1.1 100") and client_state(conn) == "shut"
             client.close()
 
 
@@ -506,9 +550,9 @@ def test_client_state_watches_sockets_numbered_past_1024():
         os.dup2(conn.fileno(), HIGH_FD)
         conn.close()
         with socket.socket(fileno=HIGH_FD) as high:
-            assert serve.client_state(high) == "here"
+            assert client_state(high) == "here"
             client.shutdown(socket.SHUT_WR)
-            wait_until(lambda: serve.client_state(high) == "shut")
+            wait_until(lambda: client_state(high) == "shut")
 
 
 def test_a_post_no_route_reads_leaves_the_keep_alive_connection_usable(server, references):
@@ -591,7 +635,7 @@ def test_merged_mode_serves_one_adapter_at_a_time_with_the_same_answers(out, ref
     """Guards against the merge-per-request baseline (bench_serve.py compares with it) mixing adapters
     in a batch, answering with the wrong adapter merged, or leaving an adapter inside the base
     weights after switching back: its answers are eval_model's too, and the base comes back bit for bit."""
-    server, port = start_server(out, "--lora_mode", "merged")
+    server, port = start_server(out, lora_mode="merged")
     try:
         engine = server.service.engine
         base = {k: v.clone() for k, v in engine.model.state_dict().items()}
@@ -610,49 +654,76 @@ def test_merged_mode_serves_one_adapter_at_a_time_with_the_same_answers(out, ref
 # The command line
 
 
-@pytest.mark.parametrize("argv, message", [
-    (["--port", "70000"], "--port must be in 0..65535"),
+BAD_FLAGS = [  # (argv, what the one line says); --port 70000 and --lora_name ../x: tests/test_cli.py
     (["--lora_name", "minimind"], "that name is the base model's"),
     (["--lora_name", "lora_a", "lora_a"], "names lora_a more than once"),
-    (["--lora_name", "../x"], "must be a plain name"),
     (["--max_batch_size", "0"], "--max_batch_size must be at least 1"),
     (["--dim", "32", "--lora_name", "lora_c"], "lora_c_32.pth not found"),
     (["--dim", "32", "--max_seq_len", "4096"], "--max_seq_len 4096 is more than the 2048 positions of"),
-])
-def test_bad_flags_are_one_line_user_errors(out, argv, message, capsys):
-    """Guards against a bad flag ending in a traceback, or being found only after the model loaded."""
-    code = errors.run_main(serve.main, ["--out_dir", str(out), "--port", "0", "--device", "cpu"] + argv)
-    err = capsys.readouterr().err.strip().splitlines()
-    assert code == 2 and message in err[-1] and "Traceback" not in "\n".join(err), err
+]
 
 
-def test_a_mixture_of_experts_model_is_refused_before_serving(tmp_path):
-    """Guards against the server taking an MoE checkpoint and failing on the first request (the engine's
-    per-row adapter products read each block's one feed-forward, which an MoE block does not have)."""
+def test_bad_flags_are_one_line_user_errors(out):
+    """Guards against a bad flag ending in a traceback, or being found only after the model loaded.
+    (The processes run side by side: each spends its time importing torch.)"""
+    procs = [run_script("--out_dir", out, "--port", "0", "--device", "cpu", *argv) for argv, _ in BAD_FLAGS]
+    for proc, (argv, message) in zip(procs, BAD_FLAGS):
+        _, err = proc.communicate(timeout=120)
+        lines = err.strip().splitlines()
+        assert proc.returncode == 2 and len(lines) == 1 and message in lines[0], (argv, err)
+        assert lines[0].startswith("serve_openai_api.py: error: ")
+
+
+def test_an_adapter_of_another_base_is_refused_at_start_unless_allowed(tmp_path):
+    """Guards against the server wearing an adapter trained on other base weights (its A and B mean
+    something only on those: the answers would be fluent nonsense) without a word, and against a
+    server with no way to load one anyway: refused at start-up in one line (exit 2), naming the flag;
+    served with --allow_other_base, as eval_model.py does."""
     tok = Tokenizer.load(TOKENIZER)
-    model = MiniMindLM(LMConfig(dim=32, n_layers=1, n_heads=4, n_kv_heads=2, vocab_size=tok.vocab_size, use_moe=True))
-    save_model(model, tmp_path / "full_sft_32_moe.pth", meta=checkpoint_meta("full_sft", TOKENIZER, tok))
-    args = serve.build_parser().parse_args(["--out_dir", str(tmp_path), "--dim", "32", "--use_moe", "--port", "0",
-                                            "--device", "cpu"])
-    with pytest.raises(errors.UserError, match="is a mixture-of-experts model") as refused:
-        serve.open_server(args).server_close()  # closed at once if it was wrongly opened, so the test fails, never hangs
-    assert "eval_model.py --use_moe" in str(refused.value)
+    save_model(random_model(1), tmp_path / "full_sft_32.pth", meta=checkpoint_meta("full_sft", TOKENIZER, tok))
+    save_adapters(random_model(2), tmp_path / "lora", {"lora_other": ADAPTERS["lora_b"]})  # trained on another base
+    flags = ["--out_dir", tmp_path, "--dim", "32", "--lora_name", "lora_other", "--port", "0", "--device", "cpu"]
+    refused, allowed = run_script(*flags), run_script(*flags, "--allow_other_base")
+    try:
+        _, err = refused.communicate(timeout=120)
+        assert refused.returncode == 2 and len(err.strip().splitlines()) == 1, err
+        assert "lora_other_32.pth" in err and "--allow_other_base" in err
+        line = allowed.stdout.readline()
+        assert line.startswith("serving minimind, lora_other at http://127.0.0.1:"), (line, allowed.stderr.read())
+        port = int(line.split("http://127.0.0.1:")[1].split("/")[0])
+        status, answer = post(port, chat("lora_other", "hi", max_tokens=2))
+        assert status == 200 and answer["model"] == "lora_other"
+    finally:
+        allowed.kill()
+        allowed.communicate()
 
 
-def test_base_flags_are_eval_models(out):
-    """Guards against the server and eval_model.py reading the same base checkpoint flags differently."""
-    ours = {a.dest: a for a in serve.build_parser()._actions}
-    theirs = {a.dest: a for a in eval_model.build_parser()._actions}
-    for flag in ("out_dir", "model_mode", "ckpt", "tokenizer", "dim", "n_layers", "n_heads", "n_kv_heads", "device", "dtype"):
-        assert (ours[flag].default, ours[flag].help, ours[flag].choices) == \
-               (theirs[flag].default, theirs[flag].help, theirs[flag].choices), flag
+def flag_help(script: str) -> dict:
+    """{flag: the lines `python SCRIPT --help` prints for it (name, choices, help, default), joined}."""
+    text = subprocess.run([sys.executable, str(ROOT / script), "--help"], capture_output=True, text=True, timeout=120,
+                          env={**os.environ, "COLUMNS": "100", "OMP_NUM_THREADS": "1"}).stdout
+    blocks, current = {}, None
+    for line in text.splitlines():
+        if line.startswith("  -"):  # a flag's first line; its help goes on on deeper-indented lines
+            current = line.split()[0].rstrip(",")
+            blocks[current] = []
+        if current is not None:
+            blocks[current].append(line.strip())
+    return {flag: " ".join(lines) for flag, lines in blocks.items()}
+
+
+def test_base_flags_are_eval_models():
+    """Guards against the server and eval_model.py reading the same base checkpoint flags differently:
+    the same names, choices, defaults and help, as each script's --help prints them."""
+    ours, theirs = flag_help("serve_openai_api.py"), flag_help("eval_model.py")
+    for flag in ("--out_dir", "--model_mode", "--ckpt", "--tokenizer", "--dim", "--n_layers", "--n_heads", "--n_kv_heads",
+                 "--use_moe", "--device", "--dtype", "--allow_other_base"):
+        assert ours[flag] == theirs[flag], flag
 
 
 def test_ctrl_c_stops_the_server_cleanly(out):
     """Guards against Ctrl-C leaving a traceback, a hung process or the port still taken."""
-    proc = subprocess.Popen([sys.executable, str(ROOT / "serve_openai_api.py"), "--out_dir", str(out), "--dim", "32",
-                             "--port", "0", "--device", "cpu"], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                            text=True, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    proc = run_script("--out_dir", out, "--dim", "32", "--port", "0", "--device", "cpu")
     try:
         line = proc.stdout.readline()
         port = int(line.split("http://127.0.0.1:")[1].split("/")[0])
@@ -667,42 +738,94 @@ def test_ctrl_c_stops_the_server_cleanly(out):
         socket.create_connection(("127.0.0.1", port), timeout=5)
 
 
+# ------------------------------------------------------------------------------------------------
+# Other models: bfloat16 weights, a mixture of experts
 
-def test_a_bfloat16_server_answers_as_eval_model_does_in_bfloat16(out, monkeypatch):
-    """Guards against --dtype reaching the server but not its engine (a float32 KV cache or adapter bank
-    beside bfloat16 weights, which fails or silently upcasts), and against a bfloat16 engine whose
-    per-row forward drifts from the model's own. On a CPU with native bfloat16 (mocked here; the
-    arithmetic is the same where it is emulated): the base model's greedy answers equal eval_model.py's
-    with --dtype bfloat16, token for token; an adapter's row, whose update the engine computes with
-    alpha/rank folded into B before rounding to bfloat16 (LoRALinear scales after), gives the logits of
-    the model with that adapter loaded within bfloat16's rounding (2% of their range)."""
-    from plumbing import device as device_module
-    monkeypatch.setattr(device_module, "cpu_has_native_bfloat16", lambda cpuinfo="/proc/cpuinfo": True)
-    server, port = start_server(out, "--dtype", "bfloat16")
+
+def test_a_bfloat16_server_answers_as_eval_model_does_in_bfloat16(out):
+    """Guards against bfloat16 weights served beside a float32 KV cache or adapter bank (which fails or
+    silently upcasts), and against a bfloat16 engine whose per-row forward drifts from the model's own:
+    the base model's greedy answers equal eval_model.py's with --dtype bfloat16, token for token; an
+    adapter's row, whose update the engine computes with alpha/rank folded into B before rounding to
+    bfloat16 (LoRALinear scales after), gives the logits of the model with that adapter loaded within
+    bfloat16's rounding (2% of their range)."""
+    server, port = start_server(out, dtype=torch.bfloat16)
     try:
         engine = server.service.engine
         assert engine.model.output.weight.dtype == engine.cache.keys[0].dtype == torch.bfloat16
+        assert {A.dtype for A in engine.bank.A.values()} == {torch.bfloat16}
         loaded = load_checkpoint(out / "full_sft_32.pth", dtype=torch.bfloat16)
-        want = eval_model.generate_answers(loaded.model, loaded.tokenizer, QUESTIONS, 24, 1, 2048)
+        want = evaluation.generate_answers(loaded.model, loaded.tokenizer, QUESTIONS, 24, 1, 2048)
         for question, answer in zip(QUESTIONS, want):
             status, got = post(port, chat("minimind", question, temperature=0, max_tokens=24))
             assert status == 200 and got["choices"][0]["message"]["content"] == answer, question
     finally:
         stop_server(server)
-    model, tok = loaded.model, loaded.tokenizer
+    reference, tok = loaded.model, loaded.tokenizer
+    model = load_checkpoint(out / "full_sft_32.pth", dtype=torch.bfloat16).model
     bank = AdapterBank("minimind", {name: read_adapter(model, out / "lora" / f"{name}_32.pth") for name in ADAPTERS},
                        dtype=torch.bfloat16)
-    rows = RowAdapters(bank, max_rows=3)
+    layers, rows = RowLoRALayers(model, bank), RowAdapters(bank, max_rows=3)
     for row, name in enumerate(MODELS):
         rows.wear(row, bank.index(name))
     prompt = tok.apply_chat_template([{"role": "user", "content": QUESTIONS[0]}], tokenize=True)
     cache = SlotKVCache(model.config, 3, len(prompt), dtype=torch.bfloat16)
-    logits = forward_rows(model, torch.tensor([prompt] * 3), cache, rows.rows(0, 3), slots=torch.arange(3),
-                          last=torch.tensor([len(prompt) - 1] * 3))
+    with layers.wearing(rows.rows(0, 3)):
+        logits = forward_rows(model, torch.tensor([prompt] * 3), cache, slots=torch.arange(3),
+                              last=torch.tensor([len(prompt) - 1] * 3))
     for row, name in enumerate(MODELS):
         if name != "minimind":
-            load_lora(model, out / "lora" / f"{name}_32.pth")
+            load_lora(reference, out / "lora" / f"{name}_32.pth")
         with torch.inference_mode():
-            alone = model(torch.tensor([prompt])).logits[0, -1].float()
-        remove_lora(model)
+            alone = reference(torch.tensor([prompt])).logits[0, -1].float()
+        remove_lora(reference)
         torch.testing.assert_close(logits[row], alone, rtol=0, atol=0.02 * alone.abs().max().item())
+
+
+MOE_ADAPTERS = {  # on a mixture of experts: one that leaves the experts alone, one inside them
+    "lora_attn": (8, ["wq", "wk", "wv", "wo", "output"]),
+    "lora_ffn": (4, ["w1", "w2", "w3"]),  # every expert's and the shared expert's
+}
+
+
+@pytest.fixture(scope="module")
+def moe_out(tmp_path_factory):
+    """out/full_sft_32_moe.pth (4 routed experts, 2 per token, a shared one) and out/lora/NAME_32_moe.pth."""
+    out = tmp_path_factory.mktemp("moe")
+    model = random_model(3, use_moe=True)
+    save_model(model, out / "full_sft_32_moe.pth", meta=checkpoint_meta("full_sft", TOKENIZER, Tokenizer.load(TOKENIZER)))
+    save_adapters(model, out / "lora", MOE_ADAPTERS, suffix="_moe")
+    return out
+
+
+def test_a_mixture_of_experts_model_is_served_with_eval_models_answers(moe_out):
+    """Guards against an engine that runs a forward of its own beside the model's (it had no mixture of
+    experts, so MoE checkpoints were refused) or that routes a row's tokens differently in a shared
+    batch: an MoE model's greedy answers, for the base and an adapter outside the experts sharing
+    batches, equal eval_model.py's (evaluation.generate_answers). An adapter inside the experts cannot
+    be worn per row (an expert sees every row's routed tokens at once): refused at start-up, naming
+    --lora_mode merged, where it is served with eval_model.py's answers too."""
+    def served(adapters, lora_mode):
+        server, port = start_server(moe_out, adapters, lora_mode, ckpt="full_sft_32_moe.pth", suffix="_moe")
+        try:
+            calls = [(m, q) for q in QUESTIONS for m in ["minimind", *adapters]]
+            results = in_threads([lambda m=m, q=q: post(port, chat(m, q, temperature=0, max_tokens=24)) for m, q in calls])
+            return {call: answer["choices"][0]["message"]["content"] for call, (_, answer) in zip(calls, results)}, \
+                dict(server.service.engine.stats)
+        finally:
+            stop_server(server)
+
+    def want(name):
+        return greedy_answers(moe_out, name, QUESTIONS, 24, ckpt="full_sft_32_moe.pth", suffix="_moe")
+
+    answers, stats = served(["lora_attn"], "batched")
+    assert stats["mixed_steps"] > 0  # the base and the adapter shared decode steps
+    for name in ("minimind", "lora_attn"):
+        assert [answers[(name, q)] for q in QUESTIONS] == want(name), name
+    assert answers[("minimind", QUESTIONS[0])] != answers[("lora_attn", QUESTIONS[0])]
+
+    with pytest.raises(errors.UserError, match=r"experts.0.w1 \(adapted by lora_ffn\) is inside a "
+                                               "mixture of experts.*--lora_mode merged"):
+        stop_server(start_server(moe_out, ["lora_ffn"], "batched", ckpt="full_sft_32_moe.pth", suffix="_moe")[0])
+    answers, _ = served(["lora_ffn"], "merged")
+    assert [answers[("lora_ffn", q)] for q in QUESTIONS] == want("lora_ffn")
