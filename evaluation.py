@@ -21,7 +21,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from dataset.lm_dataset import check_unicode, jsonl_lines, parse_line
+from dataset.records import check_unicode, jsonl_lines, parse_line
 from plumbing.errors import UserError
 
 # How a reply is sampled by default, in eval_model.py's chat and the server (scoring is always greedy).

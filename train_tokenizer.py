@@ -27,7 +27,7 @@ import sys
 
 from tqdm import tqdm
 
-from dataset.lm_dataset import check_record, jsonl_lines, parse_line
+from dataset.records import check_record, jsonl_lines, parse_line
 from plumbing.errors import UserError, run_main
 from formats.loader import path_for_sidecar, repo_path
 from plumbing.run_lock import make_out_dir

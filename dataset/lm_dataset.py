@@ -5,8 +5,8 @@ A language model is trained to predict token t+1 from tokens 0..t. A data set th
 sample, the token ids and which of them the model must learn to predict (the loss mask). This file builds
 that, top to bottom:
 
-1. Reading jsonl one line at a time; a bad line becomes an error naming FILE:LINE. (train_tokenizer.py
-   reads its text through the same functions, so every script reports bad data the same way.)
+1. (Reading jsonl one line at a time, each record checked, a bad line an error naming FILE:LINE, is
+   dataset/records.py's.)
 2. One record -> its text and the character spans to train on. Pretraining trains on every token after
    <s>; SFT only on each assistant reply and the </s> that closes it, never on the system prompt, the
    user, or the template.
@@ -15,13 +15,11 @@ that, top to bottom:
 4. PretrainDataset and SFTDataset, read from a pre-tokenized cache (dataset/token_cache.py: the file is
    tokenized once, streamed, into flat binary arrays read a sample at a time, so memory does not grow
    with the file; MiniMind reads whole files into RAM, on every process).
-5. `python -m dataset.lm_dataset --show FILE` prints one sample with its trained tokens marked.
+5. (`python -m dataset.show_sample --show FILE` prints one sample with its trained tokens marked.)
 
 The tokenizer is any byte-level BPE object with model/tokenizer.py's interface (encode_batch, decode,
 id_to_token, added_tokens, apply_chat_template, bos/eos/pad_token_id, vocab_size, save).
 """
-import argparse
-import json
 import os
 import sys
 
@@ -29,146 +27,8 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
+from dataset.records import check_pretrain_record, check_sft_record, parse_line
 from dataset.token_cache import DataError, build_cache, cache_folder, open_cache
-from plumbing.errors import UserError, run_main
-
-
-# ---------------------------------------------------------------------------------------------------
-# 1. Reading jsonl, and saying exactly which line is bad
-# ---------------------------------------------------------------------------------------------------
-# DataError ("FILE:LINE: problem (how to fix)") is defined in token_cache.py, whose builder counts and
-# skips bad lines, and imported from here by everyone else.
-
-def json_type(value):
-    """The JSON name of a parsed value's type, for error messages: json_type(None) -> 'null'."""
-    names = {type(None): "null", bool: "true/false", int: "a number", float: "a number",
-             str: "a string", list: "a list", dict: "an object"}
-    return names.get(type(value), type(value).__name__)
-
-
-def parse_line(raw, where):
-    """One jsonl line (bytes) -> the JSON object on it, or DataError naming `where` ("FILE:LINE").
-
-    parse_line(b'{"text": "hi"}\\n', "f.jsonl:1") -> {'text': 'hi'}
-    """
-    try:
-        # utf-8-sig also accepts the byte-order mark some Windows editors put at the start of a file.
-        line = raw.decode("utf-8-sig")
-    except UnicodeDecodeError as e:
-        raise DataError(f"{where}: invalid UTF-8 at byte {e.start + 1} of the line "
-                        "(re-save the file as UTF-8)") from None
-    try:
-        record = json.loads(line)
-    except json.JSONDecodeError as e:
-        raise DataError(f"{where}: invalid JSON: {e.msg} at column {e.colno} "
-                        "(each line must be one complete JSON object)") from None
-    if not isinstance(record, dict):
-        raise DataError(f"{where}: expected a JSON object, got {json_type(record)} "
-                        "(each line must be one {...} object)")
-    return record
-
-
-def check_unicode(text, where, what):
-    """JSON can spell a lone surrogate ("\\ud800"), which is not text and cannot be tokenized."""
-    try:
-        text.encode("utf-8")
-    except UnicodeEncodeError as e:
-        raise DataError(f"{where}: {what} holds a lone surrogate {text[e.start]!r} at character {e.start + 1}, "
-                        "which is not valid Unicode (fix the \\uXXXX escape)") from None
-
-
-def check_pretrain_record(record, where):
-    """{"text": "..."} -> the text, or DataError saying what is wrong with it."""
-    fix = 'each line must look like {"text": "..."}'
-    if "text" not in record:
-        raise DataError(f'{where}: missing key "text" ({fix})')
-    text = record["text"]
-    if not isinstance(text, str):
-        raise DataError(f'{where}: "text" must be a string, not {json_type(text)} ({fix})')
-    if not text.strip():
-        raise DataError(f'{where}: "text" is empty (remove the line or give it some text)')
-    check_unicode(text, where, '"text"')
-    return text
-
-
-def check_sft_record(record, where):
-    """{"conversations": [...]} -> the list of {"role", "content"} messages, or DataError.
-
-    The rules follow the chat template: an optional "system" turn first, then "user" and "assistant"
-    alternating, starting with "user". At least one assistant turn, or there is nothing to train on.
-    Extra keys (in the record or in a turn) are ignored.
-    """
-    fix = ('each line must look like {"conversations": [{"role": "user", "content": "..."}, '
-           '{"role": "assistant", "content": "..."}]}')
-    if "conversations" not in record:
-        raise DataError(f'{where}: missing key "conversations" ({fix})')
-    turns = record["conversations"]
-    if not isinstance(turns, list) or not turns:
-        what = "an empty list" if turns == [] else json_type(turns)
-        raise DataError(f'{where}: "conversations" must be a non-empty list, not {what} ({fix})')
-    messages = []
-    for number, turn in enumerate(turns, start=1):      # turns numbered from 1, as a person counts
-        if not isinstance(turn, dict):
-            raise DataError(f'{where}: turn {number} must be an object, not {json_type(turn)} ({fix})')
-        for key in ("role", "content"):
-            if key not in turn:
-                raise DataError(f'{where}: turn {number} has no "{key}" ({fix})')
-            if not isinstance(turn[key], str):
-                raise DataError(f'{where}: turn {number}: "{key}" must be a string, '
-                                f'not {json_type(turn[key])} ({fix})')
-        role, content = turn["role"], turn["content"]
-        if role not in ("system", "user", "assistant"):
-            raise DataError(f'{where}: turn {number}: unknown role "{role}" '
-                            '(use "system", "user" or "assistant")')
-        if role == "system" and number > 1:
-            raise DataError(f'{where}: turn {number}: "system" is only allowed as the first turn '
-                            '(move it to the front)')
-        expected = "user" if not messages or messages[-1]["role"] != "user" else "assistant"
-        if role != "system" and role != expected:
-            raise DataError(f'{where}: turn {number}: expected role "{expected}", got "{role}" '
-                            '(after an optional first "system" turn, turns alternate user, assistant, '
-                            'user, ...)')
-        if not content.strip():
-            raise DataError(f'{where}: turn {number} ({role}) has empty "content" '
-                            '(fill it in or remove the turn)')
-        check_unicode(content, where, f"turn {number} ({role})")
-        messages.append({"role": role, "content": content})
-    if not any(m["role"] == "assistant" for m in messages):
-        raise DataError(f"{where}: no assistant turn, so nothing to train on "
-                        "(add the assistant's reply, or use the line for pretraining)")
-    return messages
-
-
-def check_record(record, where):
-    """A record of either kind -> ("pretrain", text) or ("sft", messages), or DataError.
-
-    check_record({"text": "Hi."}, "f.jsonl:1") -> ("pretrain", "Hi.")
-    """
-    if "conversations" in record:
-        return "sft", check_sft_record(record, where)
-    if "text" in record:
-        return "pretrain", check_pretrain_record(record, where)
-    raise DataError(f'{where}: neither "text" (pretraining) nor "conversations" (SFT) in the record '
-                    f"(keys: {', '.join(record) or 'none'})")
-
-
-def jsonl_lines(path):
-    """Yield (raw line, "FILE:LINE") for every non-blank line of a jsonl file; parse each with parse_line.
-
-    Lines are read as bytes and decoded one by one, so invalid UTF-8 is reported with its line number
-    (reading the file as text would fail with a byte position in the whole file). The cache builder
-    reads byte ranges of a file in parallel instead (token_cache.tokenize_range), with the same rules.
-    """
-    try:
-        f = open(path, "rb")
-    except OSError as e:
-        raise DataError(f"{path}: cannot open ({e.strerror}) (check the path)") from None
-    with f:
-        if os.fstat(f.fileno()).st_size == 0:
-            raise DataError(f"{path}:1: the file is empty (expected one JSON object per line)")
-        for line_number, raw in enumerate(f, start=1):
-            if raw.strip():
-                yield raw, f"{path}:{line_number}"
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -399,91 +259,3 @@ class SFTDataset(TokenizedJsonl):
     def __init__(self, data_path, tokenizer, max_length=1024, skip_bad=False, cache_dir=None, build_workers=None,
                  verbose=True, checksums=True):
         super().__init__(data_path, tokenizer, max_length, skip_bad, cache_dir, build_workers, verbose, checksums)
-
-
-# ---------------------------------------------------------------------------------------------------
-# 5. --show: see the loss mask of one sample
-# ---------------------------------------------------------------------------------------------------
-
-def read_record(data_path, index):
-    """The index-th record (0-based, blank lines not counted) of a jsonl file -> (record, "FILE:LINE")."""
-    count = 0
-    for raw, where in jsonl_lines(data_path):
-        if count == index:
-            return parse_line(raw, where), where
-        count += 1
-    raise DataError(f"{data_path}: there is no record {index}, the file has {count} records "
-                    "(--index counts from 0)")
-
-
-def show_sample(data_path, tokenizer, index=0, max_length=512, color=False, per_token=False):
-    """One sample as text, its trained targets in [[...]] (or green when color=True), plus counts.
-
-    For '<s>user\\nHi</s>\\n<s>assistant\\nHello!</s>\\n' the output contains
-      <s>user
-      Hi</s>
-      <s>assistant
-      [[Hello!</s>]]
-    per_token=True adds a table: position, X (input token), Y (target), loss_mask.
-    """
-    record, where = read_record(data_path, index)
-    kind, content = check_record(record, where)
-    text_and_spans = sft_text(content, tokenizer) if kind == "sft" else pretrain_text(content, tokenizer)
-    [(ids, spans)] = encode_with_spans([text_and_spans], tokenizer)
-    X, Y, loss_mask = make_example(ids, spans, max_length, tokenizer.pad_token_id)
-    n = min(len(ids), max_length)       # real tokens in the window; the rest is padding
-    trained = int(loss_mask.sum())
-
-    # Y[p] is token p+1; group consecutive targets with the same mask value and decode each group whole
-    # (a character can be split over several byte-level tokens).
-    open_mark, close_mark = ("\033[1;32m", "\033[0m") if color else ("[[", "]]")
-    text = [tokenizer.decode(X[:1].tolist())]
-    p = 0
-    while p < n - 1:
-        q = p
-        while q < n - 1 and loss_mask[q] == loss_mask[p]:
-            q += 1
-        piece = tokenizer.decode(Y[p:q].tolist())
-        text.append(open_mark + piece + close_mark if loss_mask[p] else piece)
-        p = q
-    lines = [f"{where} ({'SFT' if kind == 'sft' else kind}) -- {len(ids)} tokens, max_length {max_length}: "
-             f"{n - 1} targets, {trained} trained" + (", the rest not" if trained < n - 1 else ""),
-             f"trained = the tokens the model learns to predict, shown {'in green' if color else 'in [[...]]'}",
-             "", "".join(text), ""]
-    if len(ids) > max_length:
-        lines.append(f"(cut at max_length: {len(ids) - max_length} more tokens dropped)")
-    lines.append(f"(+ {max_length - n} padding tokens, never trained)")
-    if per_token:
-        lines += ["", f"{'pos':>4}  {'X (reads)':<16} {'Y (predicts)':<16} loss_mask"]
-        for p in range(n - 1):
-            lines.append(f"{p:>4}  {tokenizer.decode([int(X[p])])!r:<16} "
-                         f"{tokenizer.decode([int(Y[p])])!r:<16} {int(loss_mask[p])}")
-    return "\n".join(lines)
-
-
-def build_parser():
-    parser = argparse.ArgumentParser(description="Print one sample of a pretraining or SFT jsonl file "
-                                                 "with the tokens it trains on marked.")
-    parser.add_argument("--show", required=True, metavar="FILE",
-                        help="jsonl file: {\"text\": ...} lines (pretraining) or {\"conversations\": [...]} (SFT)")
-    parser.add_argument("--index", type=int, default=0, help="which record to show, counting from 0")
-    parser.add_argument("--tokenizer", default=os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "model", "demo_tokenizer"),
-                        help="tokenizer directory or tokenizer.json (default: model/demo_tokenizer)")
-    parser.add_argument("--max_length", type=int, default=512, help="sequence length the sample is cut/padded to")
-    parser.add_argument("--tokens", action="store_true",
-                        help="also print every position: the token read (X), the target (Y) and its loss_mask")
-    return parser
-
-
-def main(argv=None):
-    args = build_parser().parse_args(argv)
-    if args.max_length < 2:
-        raise UserError(f"--max_length must be at least 2, got {args.max_length}")
-    from formats.loader import load_tokenizer  # imported here: the datasets work with any such tokenizer
-    tokenizer = load_tokenizer(args.tokenizer)
-    print(show_sample(args.show, tokenizer, args.index, args.max_length,
-                      color=sys.stdout.isatty(), per_token=args.tokens))
-
-
-if __name__ == "__main__":
-    sys.exit(run_main(main))

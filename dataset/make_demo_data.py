@@ -55,7 +55,7 @@ from pathlib import Path
 
 if __package__ in (None, ""):  # run as `python dataset/make_demo_data.py`: make the repository importable
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from dataset.demo_world import CONDITIONS, EVERYDAY, IDENTITIES, MEDICINE, TEMPLATES, TRIAGE_WORDS, WORLD  # noqa: E402
+from dataset.demo_world import CONDITIONS, IDENTITIES, MEDICINE, TEMPLATES, WORLD  # noqa: E402
 from plumbing.atomic import atomic_write_bytes  # noqa: E402  (standard library only, like this script)
 from plumbing.errors import UserError, run_main  # noqa: E402
 

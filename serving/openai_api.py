@@ -12,7 +12,8 @@ Read top to bottom:
 import json
 from dataclasses import dataclass
 
-from dataset.lm_dataset import DataError, check_unicode
+from dataset.records import check_unicode
+from dataset.token_cache import DataError
 from evaluation import MAX_NEW_TOKENS, TEMPERATURE, TOP_P
 from plumbing.untrusted_json import JSONError, loads
 

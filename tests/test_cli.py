@@ -205,7 +205,7 @@ USER_MISTAKES = [
     ("eval_model", ["--top_p", "2"], "--top_p must be in (0, 1]"),
     ("eval_model", ["--out_dir", "{tmp}"], "full_sft_128.pth not found: make it with `python train_full_sft.py"),
     ("convert_model", ["to-hf", "--ckpt", "{tmp}/none.pth", "--hf_dir", "{tmp}/hf"], "none.pth not found"),
-    ("dataset.lm_dataset", ["--show", "{tmp}/none.jsonl"], "none.jsonl: cannot open"),
+    ("dataset.show_sample", ["--show", "{tmp}/none.jsonl"], "none.jsonl: cannot open"),
     ("dataset.make_demo_data", ["--out_dir", "{tmp}/file", "--check"], "missing (run: python dataset/make_demo_data.py"),
     ("experiments.lora_medical", ["--out_dir", "{tmp}"], "full_sft_128.pth not found"),
     ("bench.bench_train", ["--steps", "0"], "--steps must be at least 1"),

@@ -13,7 +13,8 @@ import torch
 from conftest import MINIMIND2
 
 import train_tokenizer
-from dataset.lm_dataset import DataError, PretrainDataset, SFTDataset, encode_with_spans, main
+from dataset.lm_dataset import DataError, PretrainDataset, SFTDataset, encode_with_spans
+from dataset.show_sample import main
 from dataset.token_cache import build_cache
 from plumbing.errors import run_main
 from model.tokenizer import Tokenizer
@@ -389,7 +390,7 @@ def test_train_tokenizer_names_file_and_line_of_bad_data(tmp_path, capsys, bad, 
     decode byte 0xe9 in position 13: of which of a million lines?) or checking it differently from
     the datasets: it must give the datasets' FILE:LINE message, on one line, and exit 2."""
     path = write_jsonl(tmp_path / "d.jsonl", [{"text": "fine"}, "", bad])
-    argv = ["--data_path", path, "--vocab_size", "300", "--out_dir", str(tmp_path / "t")]
+    argv = ["--data_path", path, "--vocab_size", "300", "--tokenizer", str(tmp_path / "t")]
     assert run_main(train_tokenizer.main, argv) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and f"{path}:3: {problem}" in err, err

@@ -26,7 +26,7 @@ import train_full_sft
 import train_lora
 import train_pretrain
 import train_tokenizer
-from dataset import lm_dataset
+from dataset import show_sample
 from dataset.lm_dataset import DataError, PretrainDataset
 from dataset.token_cache import TEMPORARY_FOLDER, cache_problem
 from plumbing import errors, flags, run_lock
@@ -265,7 +265,7 @@ def test_a_damaged_tokenizer_json_is_one_line_naming_the_file(how, problem, tmp_
         file.write_text(json.dumps(_damage(json.loads(text), how), ensure_ascii=False), encoding="utf-8")
     with pytest.raises(TokenizerError, match=re.escape(f"{file}") + ".*" + re.escape(problem)):
         Tokenizer.load(tmp_path / "tok")
-    err = one_line_error(lm_dataset.main, ["--show", str(ROOT / "dataset" / "sft_demo.jsonl"), "--tokenizer",
+    err = one_line_error(show_sample.main, ["--show", str(ROOT / "dataset" / "sft_demo.jsonl"), "--tokenizer",
                                            str(tmp_path / "tok")], capsys)
     assert str(file) in err and problem in err
 

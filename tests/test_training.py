@@ -243,7 +243,7 @@ def test_a_failed_metrics_or_svg_write_keeps_the_previous_file(tmp_path, monkeyp
 
 
 @pytest.mark.parametrize("module", ["train_pretrain", "train_full_sft", "train_lora", "train_tokenizer",
-                                    "dataset.lm_dataset", "dataset.make_demo_data"])
+                                    "dataset.show_sample", "dataset.make_demo_data"])
 def test_every_flag_has_help_and_none_is_type_bool(module):
     """Guards against MiniMind's type=bool flags (where "False" parses as True) and undocumented flags."""
     for action in importlib.import_module(module).build_parser()._actions:
