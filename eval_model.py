@@ -28,11 +28,11 @@ from pathlib import Path
 import torch
 
 from evaluation import AUTO_PROMPTS, MAX_NEW_TOKENS, TEMPERATURE, TOP_P, evaluate_set, load_eval_set, prompt_ids
-from plumbing.device import DEVICE_HELP, DTYPES, INFERENCE_DTYPE_HELP, pick_device, pick_dtype
-from plumbing.errors import UserError, run_main
-from formats.loader import (MODEL_MODES, add_shape_args, adapter_path, check_adapter_name, find_checkpoint, list_adapters,
-                          load_checkpoint, missing_adapter_message, shape_from_args)
+from formats.loader import (MODEL_MODES, adapter_path, add_inference_args, check_adapter_name, find_checkpoint,
+                            list_adapters, load_checkpoint, missing_adapter_message, shape_from_args)
 from model.model_lora import load_lora, lora_state_dict, remove_lora
+from plumbing.device import pick_device, pick_dtype
+from plumbing.errors import UserError, run_main
 
 # ---------------------------------------------------------------------------------------------
 # 1. Adapters on the loaded base
@@ -273,17 +273,7 @@ def build_parser():
     p = argparse.ArgumentParser(description="Chat with, or score, a MiniMind checkpoint and its LoRA adapters.")
     p.add_argument("--mode", choices=["auto", "chat"], default=None,
                    help="auto (default): answer the built-in prompts and exit; chat: interactive chat")
-    p.add_argument("--model_mode", choices=sorted(MODEL_MODES), default="sft",
-                   help="which stage's checkpoint: pretrain -> OUT_DIR/pretrain_DIM.pth, sft -> OUT_DIR/full_sft_DIM.pth "
-                        "(default: %(default)s)")
-    p.add_argument("--ckpt", default=None, help="checkpoint file to load instead of the --model_mode one")
-    p.add_argument("--out_dir", default="out", help="where the checkpoints and lora/ adapters are (default: %(default)s)")
-    p.add_argument("--lora_name", nargs="+", default=None,
-                   help="adapter(s) OUT_DIR/lora/NAME_DIM.pth; several only with --compare; 'None' = no adapter")
-    p.add_argument("--allow_other_base", action="store_true",
-                   help="load an adapter even if it was trained on another base model than this checkpoint (its file "
-                        "records the base's weights; an adapter means something only on them)")
-    add_shape_args(p)
+    add_inference_args(p, lora_help="adapter(s) OUT_DIR/lora/NAME_DIM.pth; several only with --compare; 'None' = no adapter")
     p.add_argument("--max_seq_len", type=int, default=None,
                    help="context length: prompt + answer are cut to it (default: the model's max_seq_len)")
     p.add_argument("--max_new_tokens", type=int, default=MAX_NEW_TOKENS, help="longest answer, in tokens (default: %(default)s)")
@@ -296,8 +286,6 @@ def build_parser():
     p.add_argument("--history_cnt", type=int, default=0, help="chat: previous exchanges kept as context (default: %(default)s)")
     p.add_argument("--stream", action=argparse.BooleanOptionalAction, default=True,
                    help="print answers token by token as they are generated")
-    p.add_argument("--device", default="auto", help=DEVICE_HELP)
-    p.add_argument("--dtype", default="auto", choices=DTYPES, help=INFERENCE_DTYPE_HELP)
     p.add_argument("--eval_data", nargs="+", default=None,
                    help="score these jsonl files ({question, answer, must_contain}) instead of chatting")
     p.add_argument("--compare", action="store_true",

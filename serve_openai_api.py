@@ -17,9 +17,9 @@ import argparse
 import os
 import sys
 
-from formats.loader import (MODEL_MODES, add_shape_args, adapter_path, check_adapter_name, find_checkpoint, load_checkpoint,
-                            missing_adapter_message, shape_from_args)
-from plumbing.device import DEVICE_HELP, DTYPES, INFERENCE_DTYPE_HELP, pick_device, pick_dtype
+from formats.loader import (MODEL_MODES, adapter_path, add_inference_args, check_adapter_name, find_checkpoint,
+                            load_checkpoint, missing_adapter_message, shape_from_args)
+from plumbing.device import pick_device, pick_dtype
 from plumbing.errors import UserError, run_main
 from serving.http_server import ChatServer, listen
 from serving.multi_lora import read_adapter
@@ -60,22 +60,10 @@ def open_server(args) -> ChatServer:
 
 
 def build_parser():
-    """eval_model.py's flags for the base checkpoint and its adapters, plus the server's own."""
+    """eval_model.py's flags for the base checkpoint and its adapters (add_inference_args), plus the server's own."""
     p = argparse.ArgumentParser(description="Serve a MiniMind model and its LoRA adapters over OpenAI's chat API.")
-    p.add_argument("--out_dir", default="out", help="where the checkpoints and lora/ adapters are (default: %(default)s)")
-    p.add_argument("--model_mode", choices=sorted(MODEL_MODES), default="sft",
-                   help="which stage's checkpoint: pretrain -> OUT_DIR/pretrain_DIM.pth, sft -> OUT_DIR/full_sft_DIM.pth "
-                        "(default: %(default)s)")
-    p.add_argument("--ckpt", default=None, help="checkpoint file to load instead of the --model_mode one")
-    p.add_argument("--lora_name", nargs="+", default=[],
-                   help="adapters OUT_DIR/lora/NAME_DIM.pth to serve, each under its NAME beside the base "
-                        f"('{BASE_NAME}')")
-    p.add_argument("--allow_other_base", action="store_true",
-                   help="load an adapter even if it was trained on another base model than this checkpoint (its file "
-                        "records the base's weights; an adapter means something only on them)")
-    add_shape_args(p)
-    p.add_argument("--device", default="auto", help=DEVICE_HELP)
-    p.add_argument("--dtype", default="auto", choices=DTYPES, help=INFERENCE_DTYPE_HELP)
+    add_inference_args(p, lora_help=f"adapters OUT_DIR/lora/NAME_DIM.pth to serve, each under its NAME beside the base "
+                                    f"('{BASE_NAME}')")
     p.add_argument("--host", default="127.0.0.1",
                    help="address to listen on; 0.0.0.0 opens it to the network, with no authentication (default: %(default)s)")
     p.add_argument("--port", type=int, default=8998, help="port to listen on; 0 picks a free one (default: %(default)s, MiniMind2's)")
@@ -98,7 +86,7 @@ def build_parser():
 
 def check_args(args) -> list:
     """Refuse flags that cannot work, before anything is loaded -> the adapter names."""
-    names = list(args.lora_name)
+    names = list(args.lora_name or [])
     for name in names:
         check_adapter_name(name)
     if BASE_NAME in names:

@@ -26,14 +26,14 @@ from pathlib import Path
 
 import torch
 
-from formats.checkpoint import (clean_state_dict, config_flags, load_model, read_checkpoint, read_sidecar, sidecar_path,
-                              weights_fingerprint)
-from plumbing.device import pick_device
-from plumbing.errors import UserError
+from formats.checkpoint import (clean_state_dict, config_flags, load_model, read_checkpoint, read_sidecar,
+                                sidecar_path, weights_fingerprint)
 from model.LMConfig import LMConfig
 from model.model import MiniMindLM  # noqa: F401  (the type load_checkpoint returns)
 from model.model_lora import load_lora
 from model.tokenizer import Tokenizer
+from plumbing.device import DEVICE_HELP, DTYPES, INFERENCE_DTYPE_HELP, pick_device
+from plumbing.errors import UserError
 from speed.matvec import prepare_for_decoding
 
 REPO_ROOT = Path(__file__).resolve().parent.parent  # the folder holding model/, dataset/, train_*.py
@@ -205,6 +205,25 @@ def add_shape_args(parser) -> None:
     p.add_argument("--tokenizer", default=None,
                    help="tokenizer directory or tokenizer.json (default: the one the checkpoint's sidecar records; "
                         "required for a plain MiniMind2 .pth)")
+
+
+def add_inference_args(parser, lora_help: str) -> None:
+    """The flags of the tools that load one checkpoint and its adapters to run them (eval_model.py, the
+    server): which checkpoint (--out_dir, --model_mode, --ckpt, the shape flags above), which adapters
+    (--lora_name, with `lora_help`; --allow_other_base) and where, in which precision (--device, --dtype)."""
+    p = parser
+    p.add_argument("--out_dir", default="out", help="where the checkpoints and lora/ adapters are (default: %(default)s)")
+    p.add_argument("--model_mode", choices=sorted(MODEL_MODES), default="sft",
+                   help="which stage's checkpoint: pretrain -> OUT_DIR/pretrain_DIM.pth, sft -> OUT_DIR/full_sft_DIM.pth, "
+                        "the only one there or --dim's (default: %(default)s)")
+    p.add_argument("--ckpt", default=None, help="checkpoint file to load instead of the --model_mode one")
+    p.add_argument("--lora_name", nargs="+", default=None, help=lora_help)
+    p.add_argument("--allow_other_base", action="store_true",
+                   help="load an adapter even if it was trained on another base model than this checkpoint (its file "
+                        "records the base's weights; an adapter means something only on them)")
+    add_shape_args(p)
+    p.add_argument("--device", default="auto", help=DEVICE_HELP)
+    p.add_argument("--dtype", default="auto", choices=DTYPES, help=INFERENCE_DTYPE_HELP)
 
 
 def shape_from_args(args) -> dict:
