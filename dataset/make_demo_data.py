@@ -42,8 +42,8 @@ facts -> one writer per file -> checks -> command line. Everything random comes 
 `random.Random` seeded with "seed:file", so the same seed gives byte-identical files (with the same
 Python).
 
-    python dataset/make_demo_data.py                  # (re)write the demo files in dataset/
-    python dataset/make_demo_data.py --check          # verify the committed files, write nothing
+    python -m dataset.make_demo_data                  # (re)write the demo files in dataset/
+    python -m dataset.make_demo_data --check          # verify the committed files, write nothing
 """
 import argparse
 import itertools
@@ -53,11 +53,9 @@ import re
 import sys
 from pathlib import Path
 
-if __package__ in (None, ""):  # run as `python dataset/make_demo_data.py`: make the repository importable
-    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from dataset.demo_world import CONDITIONS, EVERYDAY, IDENTITIES, MEDICINE, TEMPLATES, TRIAGE_WORDS, WORLD  # noqa: E402
-from plumbing.atomic import atomic_write_bytes  # noqa: E402  (standard library only, like this script)
-from plumbing.errors import UserError, run_main  # noqa: E402
+from dataset.demo_world import CONDITIONS, EVERYDAY, IDENTITIES, MEDICINE, TEMPLATES, TRIAGE_WORDS, WORLD
+from plumbing.atomic import atomic_write_bytes  # standard library only, like this script
+from plumbing.errors import UserError, run_main
 
 LANGS = ("en", "zh")  # every table in demo_world holds (English, Chinese) or {"en": ..., "zh": ...}
 JOINER = dict(en=" ", zh="")  # how sentences join into a paragraph
@@ -611,7 +609,7 @@ def main(argv=None):
         for name, records in files.items():
             path = args.out_dir / name
             if not path.exists():
-                problems.append(f"{path}: missing (run: python dataset/make_demo_data.py --out_dir {args.out_dir})")
+                problems.append(f"{path}: missing (run: python -m dataset.make_demo_data --out_dir {args.out_dir})")
             elif path.read_bytes() != to_jsonl(records):
                 problems.append(f"{path}: differs from the generator's output with --seed {args.seed} "
                                 "(regenerate it rather than edit it by hand)")
