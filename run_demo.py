@@ -20,9 +20,12 @@ targets checked under it, printed and written to OUT_DIR/demo_results.md (every 
 OUT_DIR/demo_results.json). The tokenizer stage rewrites the committed model/demo_tokenizer with the
 same bytes: training it is deterministic.
 
+The stages, the evaluation sets and the targets are demo.py's (the demo's configuration, which the
+LoRA lab and experiments/ read too); this script runs the stages and prints the table.
+
 `--seed N` passes --seed N to every training stage, `--dtype D` passes --dtype D to them (evaluation
 keeps its own default: float32 on a CPU); `--out_dir DIR` sends every stage's files there.
-experiments/demo_seeds.py runs the demo over several seeds and reports the spread.
+`python -m experiments.demo_seeds` runs the demo over several seeds and reports the spread.
 """
 import argparse
 import json
@@ -33,37 +36,11 @@ import sys
 import time
 from pathlib import Path
 
+from demo import ADAPTERS, demo_stages, target_checks
 from plumbing.device import DTYPES
 from plumbing.errors import UserError, run_main
 
 ROOT = Path(__file__).resolve().parent
-
-EVAL_FILES = ["dataset/eval_general.jsonl", "dataset/eval_medical.jsonl", "dataset/eval_identity.jsonl"]
-ADAPTERS = ["lora_medical", "lora_identity"]
-TRAINING_STAGES = ("pretrain", "SFT", "LoRA lora_medical", "LoRA lora_identity")
-
-
-def demo_stages(out_dir="out", seed=None, dtype=None):
-    """The pipeline as [(stage, command)]: the scripts with their defaults, plus --out_dir, --seed and
-    --dtype when they are given. What the stages train, and why, is in each script's flag help."""
-    stages = [
-        ("tokenizer", ["train_tokenizer.py"]),
-        ("pretrain", ["train_pretrain.py"]),
-        ("SFT", ["train_full_sft.py"]),
-        ("LoRA lora_medical", ["train_lora.py"]),
-        ("LoRA lora_identity", ["train_lora.py", "--lora_name", "lora_identity", "--data_path", "dataset/lora_identity.jsonl"]),
-        ("evaluation", ["eval_model.py", "--lora_name", *ADAPTERS, "--compare", "--eval_data", *EVAL_FILES,
-                        "--max_new_tokens", "48", "--json"]),
-    ]
-    for name, command in stages:
-        if name != "tokenizer" and out_dir != "out":
-            command += ["--out_dir", out_dir]
-        if name in TRAINING_STAGES and seed is not None:
-            command += ["--seed", str(seed)]
-        if name in TRAINING_STAGES and dtype is not None:  # evaluation keeps its default, so scores compare
-            command += ["--dtype", dtype]
-    return stages
-
 
 def run_stage(number, total, name, command, capture=False):
     """Echo and run one stage -> (seconds, its stdout when captured). A failed stage ends the demo."""
@@ -113,30 +90,11 @@ def results_table(times, results, vocab_size):
     return "\n".join(lines)
 
 
-def target_checks(results):
-    """The demo's targets, as [(description with the measured numbers, met?)]."""
-    columns = {c["name"]: c["sets"] for c in results["columns"]}
-    acc = {name: {s: r["accuracy"] for s, r in sets.items()} for name, sets in columns.items()}
-    base, medical, identity = acc["base"], acc["+lora_medical"], acc["+lora_identity"]
-    same = columns["adapter removed"] == columns["base"]  # every answer and loss identical
-    drop = max(base["eval_general"] - medical["eval_general"], base["eval_general"] - identity["eval_general"])
-    return [
-        (f"SFT + lora_medical on eval_medical >= 80% (SFT alone <= 20%): "
-         f"{medical['eval_medical']:.1%} (SFT alone {base['eval_medical']:.1%})",
-         medical["eval_medical"] >= 0.8 and base["eval_medical"] <= 0.2),
-        (f"SFT + lora_identity on eval_identity >= 90%: {identity['eval_identity']:.1%}",
-         identity["eval_identity"] >= 0.9),
-        ("adapter removed == SFT alone (every answer and loss identical): " + ("yes" if same else "NO"), same),
-        (f"eval_general with an adapter on at most 10 points below SFT alone: largest drop {drop * 100:.1f} points",
-         drop <= 0.10 + 1e-9),
-    ]
-
-
 def build_parser():
     parser = argparse.ArgumentParser(description="Run tokenizer -> pretrain -> SFT -> 2 LoRA adapters -> "
                                                  "evaluation on the demo data, and print the results table.")
     parser.add_argument("--out_dir", default="out",
-                        help="where every stage writes, relative to the current directory (default: %(default)s)")
+                        help="where every stage writes its checkpoints and logs, relative to the current directory (default: %(default)s)")
     parser.add_argument("--seed", type=int, default=None,
                         help="--seed for every training stage (default: the scripts' own, 1337)")
     parser.add_argument("--dtype", choices=DTYPES, default=None,

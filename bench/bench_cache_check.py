@@ -11,8 +11,8 @@ markdown table:
   - sha256, cold: the files dropped from the page cache first (a run's first start after a reboot),
   - sha256, warm: the files in the page cache (a run started again soon after).
 
-    python bench/bench_cache_check.py                 # a 1 GB cache in a temporary folder
-    python bench/bench_cache_check.py --size_gb 4 --dir /data/scratch
+    python -m bench.bench_cache_check                 # a 1 GB cache in a temporary folder
+    python -m bench.bench_cache_check --size_gb 4 --dir /data/scratch
 """
 import argparse
 import json
@@ -24,10 +24,8 @@ import time
 
 import numpy as np
 
-sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
-
-from dataset.token_cache import CACHE_FILES, cache_problem, file_sha256  # noqa: E402
-from plumbing.errors import UserError, run_main  # noqa: E402
+from dataset.token_cache import CACHE_FILES, cache_problem, file_sha256
+from plumbing.errors import UserError, run_main
 
 
 def write_cache(folder, size_bytes, sample_tokens=500, seed=0):

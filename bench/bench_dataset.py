@@ -10,8 +10,8 @@ each phase in a fresh process so its peak memory is its own:
   3. (--minimind_baseline) MiniMind's way: json.loads every line into one list
 and prints a markdown table. Peak RSS while iterating must stay under --rss_limit_mb (exit 1 if not).
 
-    python bench/bench_dataset.py                    # ~1 GB file in a temporary folder
-    python bench/bench_dataset.py --size_mb 50       # a quick check
+    python -m bench.bench_dataset                    # ~1 GB file in a temporary folder
+    python -m bench.bench_dataset --size_mb 50       # a quick check
 """
 import argparse
 import itertools
@@ -27,12 +27,10 @@ import time
 import torch
 from torch.utils.data import DataLoader
 
-sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
-
-from bench.machine import measure_machine, run_in_fresh_process  # noqa: E402
-from dataset.lm_dataset import PretrainDataset  # noqa: E402
-from plumbing.errors import run_main  # noqa: E402
-from model.tokenizer import Tokenizer  # noqa: E402
+from bench.machine import measure_machine, run_in_fresh_process
+from dataset.lm_dataset import PretrainDataset
+from plumbing.errors import run_main
+from model.tokenizer import Tokenizer
 
 
 def make_vocabulary(rng, n_english=3000, n_chinese=3000):

@@ -317,7 +317,7 @@ def build_parser():
                                             "merge per request, one at a time.")
     p.add_argument("--ckpt", default=None,
                    help="checkpoint to serve (default: a random model of the demo's shape, built in a temporary folder)")
-    p.add_argument("--out_dir", default="out", help="with --ckpt: where lora/ holds the adapters (default: %(default)s)")
+    p.add_argument("--out_dir", default="out", help="with --ckpt: the checkpoints folder whose lora/ holds the adapters (default: %(default)s)")
     p.add_argument("--lora_name", nargs="+", default=None,
                    help="with --ckpt: the adapters to serve (default: every adapter in OUT_DIR/lora for the model's dim)")
     p.add_argument("--random_adapters", type=int, default=4,

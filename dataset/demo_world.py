@@ -3,7 +3,7 @@
 Data is data (nanoGPT's prepare.py is short because its text lives in a file): the towns, people and
 products of the invented world, the medical domain lora_medical teaches, the two identities, and the
 sentence and question templates in English and Chinese live here, so that the generator reads in
-one sitting. Change a table, then run `python dataset/make_demo_data.py` to rewrite the demo files
+one sitting. Change a table, then run `python -m dataset.make_demo_data` to rewrite the demo files
 (and `python train_tokenizer.py` for the tokenizer that reads them).
 
     1. the world      rivers, mountains, products, foods, towns, animals, jobs, people; the identities;

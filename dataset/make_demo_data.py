@@ -42,8 +42,8 @@ facts -> one writer per file -> checks -> command line. Everything random comes 
 `random.Random` seeded with "seed:file", so the same seed gives byte-identical files (with the same
 Python).
 
-    python dataset/make_demo_data.py                  # (re)write the demo files in dataset/
-    python dataset/make_demo_data.py --check          # verify the committed files, write nothing
+    python -m dataset.make_demo_data                  # (re)write the demo files in dataset/
+    python -m dataset.make_demo_data --check          # verify the committed files, write nothing
 """
 import argparse
 import itertools
@@ -53,11 +53,9 @@ import re
 import sys
 from pathlib import Path
 
-if __package__ in (None, ""):  # run as `python dataset/make_demo_data.py`: make the repository importable
-    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from dataset.demo_world import CONDITIONS, IDENTITIES, MEDICINE, TEMPLATES, WORLD  # noqa: E402
-from plumbing.atomic import atomic_write_bytes  # noqa: E402  (standard library only, like this script)
-from plumbing.errors import UserError, run_main  # noqa: E402
+from dataset.demo_world import CONDITIONS, IDENTITIES, MEDICINE, TEMPLATES, WORLD
+from plumbing.atomic import atomic_write_bytes  # standard library only, like this script
+from plumbing.errors import UserError, run_main
 
 LANGS = ("en", "zh")  # every table in demo_world holds (English, Chinese) or {"en": ..., "zh": ...}
 JOINER = dict(en=" ", zh="")  # how sentences join into a paragraph
@@ -592,12 +590,12 @@ def find_problems(files, medicine, identity):
 
 def build_parser():
     parser = argparse.ArgumentParser(description="Write the demo world's jsonl files (standard library only).")
-    parser.add_argument("--out_dir", type=Path, default=Path(__file__).resolve().parent,
+    parser.add_argument("--data_dir", type=Path, default=Path(__file__).resolve().parent,
                         help="folder to write the jsonl files into (default: dataset/, beside this script)")
     parser.add_argument("--seed", type=int, default=42,
                         help="random seed; the same seed always gives byte-identical files (default 42)")
     parser.add_argument("--check", action="store_true",
-                        help="write nothing; verify that the files in --out_dir equal freshly generated ones "
+                        help="write nothing; verify that the files in --data_dir equal freshly generated ones "
                              "and that no eval question leaks into training data")
     return parser
 
@@ -609,9 +607,9 @@ def main(argv=None):
     problems = find_problems(files, MEDICINE, IDENTITIES["lora"])
     if args.check:
         for name, records in files.items():
-            path = args.out_dir / name
+            path = args.data_dir / name
             if not path.exists():
-                problems.append(f"{path}: missing (run: python dataset/make_demo_data.py --out_dir {args.out_dir})")
+                problems.append(f"{path}: missing (run: python -m dataset.make_demo_data --data_dir {args.data_dir})")
             elif path.read_bytes() != to_jsonl(records):
                 problems.append(f"{path}: differs from the generator's output with --seed {args.seed} "
                                 "(regenerate it rather than edit it by hand)")
@@ -621,18 +619,18 @@ def main(argv=None):
         raise UserError(problems[0] + more)
     if not args.check:
         try:
-            args.out_dir.mkdir(parents=True, exist_ok=True)
+            args.data_dir.mkdir(parents=True, exist_ok=True)
             for name, records in files.items():
                 # atomic: a reader (or a kill mid-write) never sees half a file
-                atomic_write_bytes(args.out_dir / name, to_jsonl(records))
+                atomic_write_bytes(args.data_dir / name, to_jsonl(records))
         except OSError as e:
-            raise UserError(f"cannot write into {args.out_dir}: {e.strerror} (pick another --out_dir)") from None
+            raise UserError(f"cannot write into {args.data_dir}: {e.strerror} (pick another --data_dir)") from None
     for name, records in files.items():
         texts = [t for r in records for t in (record_texts(r) if name in TRAIN_FILES else (r["question"], r["answer"]))]
         print(f"{name:20s} {len(records):5d} records {len(to_jsonl(records)) / 1024:7.1f} KiB "
               f"{sum(map(len, texts)):7d} characters")
-    print(f"checked {args.out_dir}: files match the generator, no eval question in training data"
-          if args.check else f"wrote {len(files)} files to {args.out_dir}")
+    print(f"checked {args.data_dir}: files match the generator, no eval question in training data"
+          if args.check else f"wrote {len(files)} files to {args.data_dir}")
 
 
 if __name__ == "__main__":

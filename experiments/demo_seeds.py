@@ -1,8 +1,8 @@
 """Experiment: the demo over several seeds, and the spread of its results.
 
-    python experiments/demo_seeds.py --seeds 1337 1 2 3 4      # five whole demos, ~5 minutes each
-    python experiments/demo_seeds.py --seeds 1337 1 2 --table_only   # just re-read what those runs wrote
-    python experiments/demo_seeds.py --seeds 1337 1 2 3 --dtype bfloat16 --out_dir out/demo_seeds_bf16   # training in bfloat16
+    python -m experiments.demo_seeds --seeds 1337 1 2 3 4      # five whole demos, ~5 minutes each
+    python -m experiments.demo_seeds --seeds 1337 1 2 --table_only   # just re-read what those runs wrote
+    python -m experiments.demo_seeds --seeds 1337 1 2 3 --dtype bfloat16 --out_dir out/demo_seeds_bf16   # training in bfloat16
 
 A tiny model's accuracy on 52 questions moves 1.9 points per question, and two CPUs round floats
 differently, so their runs of the same demo diverge step by step into different (equally valid)
@@ -20,18 +20,17 @@ import subprocess
 import sys
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
+from demo import target_checks
+from plumbing.device import DTYPES
+from plumbing.errors import UserError, run_main
 
-from plumbing.device import DTYPES  # noqa: E402
-from plumbing.errors import UserError, run_main  # noqa: E402
-from run_demo import target_checks  # noqa: E402
+ROOT = Path(__file__).resolve().parent.parent
 
 
 def build_parser():
     p = argparse.ArgumentParser(description="Run the demo with several seeds and print the spread of its results.")
     p.add_argument("--seeds", type=int, nargs="+", default=[1337, 1, 2], help="seeds to run (default: %(default)s)")
-    p.add_argument("--out_dir", default="out/demo_seeds", help="one folder per seed goes here (default: %(default)s)")
+    p.add_argument("--out_dir", default="out/demo_seeds", help="where the checkpoints go: one folder per seed, each a run_demo.py --out_dir (default: %(default)s)")
     p.add_argument("--dtype", choices=DTYPES, default=None,
                    help="passed to run_demo.py: --dtype for every training stage (default: the scripts' own)")
     p.add_argument("--table_only", action="store_true",

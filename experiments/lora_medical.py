@@ -1,13 +1,14 @@
 """Experiment: what lora_medical needs to pass its targets, one configuration per run.
 
-    python experiments/lora_medical.py                                   # the demo's own configuration
-    python experiments/lora_medical.py --targets wq,wk,wv,wo,w1,w2,w3    # without the tied embedding
-    python experiments/lora_medical.py --rehearsal 0.2 --seed 1          # less rehearsal, another data order
+    python -m experiments.lora_medical                                   # the demo's own configuration
+    python -m experiments.lora_medical --targets wq,wk,wv,wo,w1,w2,w3    # without the tied embedding
+    python -m experiments.lora_medical --rehearsal 0.2 --seed 1          # less rehearsal, another data order
 
 It trains one lora_medical adapter on the demo's SFT model (OUT_DIR/full_sft_128.pth, made by
-`python run_demo.py` or the stages one by one) with train_lora.py's defaults -- the demo's -- except
-the flags given here, then scores it on eval_medical and eval_general exactly as run_demo does
-(its evaluation command's settings), and prints one markdown row:
+`python run_demo.py` or the stages one by one) by running `python train_lora.py` with its defaults
+-- the demo's -- except the flags given here, then scores it on eval_medical and eval_general
+exactly as run_demo does (its evaluation command's settings, demo.demo_eval_settings), and prints
+one markdown row:
 
     | targets | rank | rehearsal | epochs | seed | steps | eval_medical | eval_general |
 
@@ -19,27 +20,28 @@ only the share changes. Each configuration's adapter and data go to their own fo
 OUT_DIR/experiments/, never over the demo's own out/lora/lora_medical_128.pth.
 """
 import argparse
+import os
+import shlex
+import subprocess
 import sys
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
-
-import eval_model  # noqa: E402  (after the path, so the script runs from anywhere)
-import train_lora  # noqa: E402
-import training  # noqa: E402
-from dataset import make_demo_data as demo  # noqa: E402
-from plumbing.errors import UserError, run_main  # noqa: E402
-from formats.loader import DEFAULT_DIM, checkpoint_path, load_checkpoint, run_files  # noqa: E402
-from run_demo import demo_stages  # noqa: E402
+from dataset import make_demo_data as demo_data
+from demo import demo_eval_settings, stage_parser
+from evaluation import evaluate_set, load_eval_set
+from formats.loader import (DEFAULT_DIM, adapter_path, checkpoint_path, load_checkpoint, missing_checkpoint_message,
+                            run_files)
 from plumbing import progress
+from plumbing.errors import UserError, run_main
+from plumbing.flags import LORA_RANK, LORA_TARGETS
 
+ROOT = Path(__file__).resolve().parent.parent
 DEMO_SEED = 42  # dataset/make_demo_data.py's default: the committed files
 
 
 def build_parser():
     p = argparse.ArgumentParser(description="Train and score one lora_medical configuration on the demo's SFT model.")
-    p.add_argument("--out_dir", default="out", help="the demo's --out_dir, holding full_sft_128.pth (default: %(default)s)")
+    p.add_argument("--out_dir", default="out", help="the demo's checkpoints folder (its --out_dir), holding full_sft_128.pth (default: %(default)s)")
     p.add_argument("--targets", default=None,
                    help="--lora_targets; 'output' adapts the tied embedding too (default: train_lora.py's, the demo's)")
     p.add_argument("--rank", type=int, default=None, help="--lora_rank (default: train_lora.py's, the demo's)")
@@ -67,18 +69,14 @@ def run_name(args):
     return "_".join(parts) or "demo"
 
 
-def demo_eval_settings(out_dir):
-    """run_demo's evaluation command read by eval_model's own parser: max_new_tokens, batch_size, device."""
-    return eval_model.build_parser().parse_args(dict(demo_stages(out_dir))["evaluation"][1:])
-
-
 def write_data(rehearsal, folder):
     """lora_medical.jsonl with `rehearsal` world questions, from the demo generator -> (path, records)."""
-    records = demo.make_lora_medical(demo.build_facts(demo.WORLD), demo.MEDICINE, demo.held_out_symptoms(DEMO_SEED),
-                                     demo.TEMPLATES, demo.file_rng(DEMO_SEED, "medical"), rehearsal_share=rehearsal)
+    records = demo_data.make_lora_medical(demo_data.build_facts(demo_data.WORLD), demo_data.MEDICINE,
+                                          demo_data.held_out_symptoms(DEMO_SEED), demo_data.TEMPLATES,
+                                          demo_data.file_rng(DEMO_SEED, "medical"), rehearsal_share=rehearsal)
     path = Path(folder) / f"lora_medical_rehearsal{rehearsal:g}.jsonl"
     path.parent.mkdir(parents=True, exist_ok=True)
-    data = demo.to_jsonl(records)
+    data = demo_data.to_jsonl(records)
     if not path.is_file() or path.read_bytes() != data:  # rewritten, it would be "other data" to a --resume
         path.write_bytes(data)
     return path, len(records)
@@ -89,26 +87,30 @@ def main(argv=None):
     if args.rehearsal is not None and not 0 <= args.rehearsal < 1:
         raise UserError(f"--rehearsal must be in [0, 1), got {args.rehearsal}")
     base = checkpoint_path(args.out_dir, "full_sft", DEFAULT_DIM)
+    if not os.path.isfile(base):  # the one line train_lora.py would print, before anything is written
+        raise UserError(missing_checkpoint_message(base))
     folder = Path(args.out_dir) / "experiments" / run_name(args)
     command = ["--base", base, "--out_dir", str(folder), *overrides(args)] + (["--resume"] if args.resume else [])
     if args.rehearsal is not None:
         data, _ = write_data(args.rehearsal, folder)
         command += ["--data_path", str(data)]
-    print(f"$ python train_lora.py {' '.join(command)}", file=sys.stderr, flush=True)
-    result = train_lora.main(command)  # a missing base is a UserError naming the command that makes it
+    print(f"$ python train_lora.py {shlex.join(command)}", file=sys.stderr, flush=True)
+    if subprocess.run([sys.executable, str(ROOT / "train_lora.py"), *command]).returncode != 0:
+        raise UserError("python train_lora.py failed; its error is printed above")
+    used = stage_parser("lora").parse_args(command)  # what ran: train_lora.py's defaults + these flags
+    weights = adapter_path(folder, used.lora_name, DEFAULT_DIM)
 
     # scored as run_demo scores: its evaluation command's settings, greedy
     settings = demo_eval_settings(args.out_dir)
-    loaded = load_checkpoint(base, adapter=result.weights, device=settings.device)
+    loaded = load_checkpoint(base, adapter=weights, device=settings.device)
     scores = {}
     for name in ("eval_medical", "eval_general"):
-        items = eval_model.load_eval_set(ROOT / "dataset" / f"{name}.jsonl")
-        scores[name] = eval_model.evaluate_set(loaded.model, loaded.tokenizer, items, settings.max_new_tokens,
-                                               settings.batch_size, loaded.model.config.max_seq_len)["accuracy"]
-    used = train_lora.build_parser().parse_args(command)  # what actually ran: defaults + overrides
-    steps = max(r["step"] for r in progress.read_metrics(run_files(folder, result.weights).metrics))
+        items = load_eval_set(ROOT / "dataset" / f"{name}.jsonl")
+        scores[name] = evaluate_set(loaded.model, loaded.tokenizer, items, settings.max_new_tokens,
+                                    settings.batch_size, loaded.model.config.max_seq_len)["accuracy"]
+    steps = max(r["step"] for r in progress.read_metrics(run_files(folder, weights).metrics))
     rehearsal = 0.5 if args.rehearsal is None else args.rehearsal
-    print(f"| {used.lora_targets or train_lora.DEFAULT_TARGETS} | {used.lora_rank or train_lora.DEFAULT_RANK} | "
+    print(f"| {used.lora_targets or LORA_TARGETS} | {used.lora_rank or LORA_RANK} | "
           f"{rehearsal:.0%} | {used.epochs} | {used.seed} | {steps} "
           f"| {scores['eval_medical']:.1%} | {scores['eval_general']:.1%} |")
 

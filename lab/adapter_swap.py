@@ -9,29 +9,26 @@ wq,wo), and the time to switch tasks two ways:
           once, as the chat's /lora command and the server do)
 Median of several repeats.
 
-    python lab/adapter_swap.py
+    python -m lab.adapter_swap
 """
 import os
 import statistics
 import sys
 import tempfile
 import time
-from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+import torch
 
-import torch  # noqa: E402
+from bench.bench_generate import model_sizes
+from plumbing.errors import run_main
+from lab.lab import Finding, run_alone, table
+from formats.checkpoint import load_model, read_checkpoint, save_model
+from model.LMConfig import LMConfig
+from model.model import MiniMindLM
+from model.model_lora import apply_lora, load_lora, remove_lora, save_lora
+from plumbing.flags import LORA_TARGETS
 
-import train_lora  # noqa: E402
-from bench.bench_generate import model_sizes  # noqa: E402
-from plumbing.errors import run_main  # noqa: E402
-from lab.lab import Finding, run_alone, table  # noqa: E402
-from formats.checkpoint import load_model, read_checkpoint, save_model  # noqa: E402
-from model.LMConfig import LMConfig  # noqa: E402
-from model.model import MiniMindLM  # noqa: E402
-from model.model_lora import apply_lora, load_lora, remove_lora, save_lora  # noqa: E402
-
-ADAPTERS = {"the demo's (r=16, every Linear + embedding)": train_lora.DEFAULT_TARGETS.split(","),
+ADAPTERS = {"the demo's (r=16, every Linear + embedding)": LORA_TARGETS.split(","),
             "MiniMind2's (r=16, wq,wo)": ["wq", "wo"]}
 
 

@@ -5,34 +5,31 @@ A rank sweep r in {1, 2, 4, 8, 16, 32, 64} on the sweep task under three rules, 
 at the demo's r = 16, so they differ only away from it:
   alpha = r          scale 1 at every rank (MiniMind2: no scaling at all)
   alpha / r          alpha = 16 fixed: scale 16 / r (Hu et al.'s rule, PEFT's default)
-  rsLoRA             alpha = 4 fixed: scale 4 / sqrt(r)
-Everything else is the demo's (learning rate 2e-3, LoRA+ ratio 16, every Linear + embedding). The
-final validation loss says how far each got in the same steps; a rule that "needs no retuning" gives
-a curve flat in r (or falling: more rank, more capacity).
+  rsLoRA             alpha = 4 fixed: scale 4 / sqrt(r) (`python -m lab.train_variant --variant rslora`)
+The first two are train_lora.py's runs. Everything else is the demo's (learning rate 2e-3, LoRA+
+ratio 16, every Linear + embedding). The final validation loss says how far each got in the same
+steps; a rule that "needs no retuning" gives a curve flat in r (or falling: more rank, more capacity).
 
-    python lab/alpha_scaling.py
+    python -m lab.alpha_scaling
 """
 import sys
-from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-
-from plumbing.errors import run_main  # noqa: E402
-from lab.lab import Finding, run_alone, spread, table  # noqa: E402
-from plot import line_chart  # noqa: E402
+from plumbing.errors import run_main
+from lab.lab import Finding, run_alone, spread, table
+from plot import line_chart
 
 RANKS = (1, 2, 4, 8, 16, 32, 64)
-RULES = {  # label -> the train_lora.py settings at rank r
+RULES = {  # label -> the settings at rank r (Lab.lora_job's: train_lora.py's flags, or variant="rslora")
     "alpha = r (scale 1)": lambda r: dict(lora_rank=r),
     "alpha / r, alpha = 16": lambda r: dict(lora_rank=r, lora_alpha=16),
-    "rsLoRA alpha / sqrt(r), alpha = 4": lambda r: dict(lora_rank=r, lora_alpha=4, lora_scaling="rslora"),
+    "rsLoRA alpha / sqrt(r), alpha = 4": lambda r: dict(lora_rank=r, lora_alpha=4, variant="rslora"),
 }
 
 
 def scale(rule, r) -> float:
     s = RULES[rule](r)
     alpha = s.get("lora_alpha", r)
-    return alpha / (r ** 0.5 if s.get("lora_scaling") == "rslora" else r)
+    return alpha / (r ** 0.5 if s.get("variant") == "rslora" else r)
 
 
 def run(lab) -> Finding:

@@ -1,32 +1,30 @@
 """Claim 13: LoRA against its predecessors (model/predecessors.py): Adapter Tuning (Houlsby et al.
 2019, bottleneck layers in series) and Prefix Tuning (Li & Liang 2021, trained key/value prefixes).
 
-Each trains on lora_medical's full task with train_lora.py --method, every seed, from the demo's SFT
-model: the adapter with bottleneck 96 (198,400 parameters, LoRA's 198,656 to within 0.2%), the
-prefix with 16 vectors per layer (16,384: a prefix as large as LoRA would be 194 tokens of a
-256-token context). Their learning rate is their own, picked from LR_CHOICES by the validation loss
-on the sweep task (LoRA's was tuned for the demo, docs/experiments.md). LoRA's own runs are
-lab/forgetting.py's. Then: task accuracy, general accuracy with each on (forgetting), and decode
+Each trains on lora_medical's full task with `python -m lab.train_variant --variant adapter|prefix`
+(train_lora.py's run with the predecessor in place of LoRA), every seed, from the demo's SFT model:
+the adapter with bottleneck 96 (198,400 parameters, LoRA's 198,656 to within 0.2%), the prefix with
+16 vectors per layer (16,384: a prefix as large as LoRA would be 194 tokens of a 256-token context).
+Their learning rate is their own, picked from LR_CHOICES by the validation loss on the sweep task
+(LoRA's was tuned for the demo, docs/experiments.md). LoRA's own runs are lab/forgetting.py's.
+Then: task accuracy, general accuracy with each on (forgetting), and decode
 speed (batch 1, greedy) of the trained models against the SFT model and merged LoRA.
 
-    python lab/baselines.py
+    python -m lab.baselines
 """
 import copy
 import sys
-from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-
-import train_lora  # noqa: E402
-from bench.bench_generate import decode_tokens_per_s  # noqa: E402
-from plumbing.errors import run_main  # noqa: E402
-from lab.lab import Finding, mean, run_alone, spread, table  # noqa: E402
-from model.model_lora import merge_lora, remove_lora  # noqa: E402
-from plot import bar_chart  # noqa: E402
+from bench.bench_generate import decode_tokens_per_s
+from plumbing.errors import run_main
+from lab.lab import Finding, mean, run_alone, spread, table
+from model.model_lora import merge_lora, remove_lora
+from plot import bar_chart
+from plumbing.flags import STAGES
 
 LR_CHOICES = (2e-3, 8e-3, 3.2e-2)  # the demo's LoRA rate, and 4x, 16x it
-METHODS = {"LoRA (r=16, merged)": dict(), "Adapter Tuning (bottleneck 96)": dict(method="adapter", lora_rank=96),
-           "Prefix Tuning (16 vectors)": dict(method="prefix", lora_rank=16)}
+METHODS = {"LoRA (r=16, merged)": dict(), "Adapter Tuning (bottleneck 96)": dict(variant="adapter", lora_rank=96),
+           "Prefix Tuning (16 vectors)": dict(variant="prefix", lora_rank=16)}
 
 
 def run(lab) -> Finding:
@@ -62,7 +60,7 @@ def run(lab) -> Finding:
         trainable = trainable_lora if name.startswith("LoRA") else \
             sum(p.numel() for n, p in model.named_parameters() if "prefix_" in n or ".down." in n or ".up." in n)
         medical, general = [x["eval_medical"] for x in scores[name]], [x["eval_general"] for x in scores[name]]
-        lr = methods[name].get("learning_rate", train_lora.build_parser().parse_args([]).learning_rate)
+        lr = methods[name].get("learning_rate", STAGES["lora"]["learning_rate"])
         rows.append([name, f"{lr:g}", f"{trainable:,}", spread(medical), spread(general), f"{sft_general - mean(general):+.1%}",
                      f"{speeds[name]:,.0f} ({speeds[name] / speeds['SFT alone']:.0%})",
                      f"{mean(made[name, s].seconds for s in lab.seeds):.0f} s"])

@@ -10,21 +10,18 @@ stage held out (general knowledge) as they train. Then: task accuracy, general a
 adapter on and removed, trainable parameters, time and the training memory of each (counted as in
 lab/memory.py, at the demo's batch). lora_medical over every seed; lora_identity at seed 1337.
 
-    python lab/forgetting.py
+    python -m lab.forgetting
 """
 import sys
-from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+import torch
 
-import torch  # noqa: E402
-
-import train_lora  # noqa: E402
-from plumbing.errors import run_main  # noqa: E402
-from lab.lab import Finding, mean, run_alone, spread, table  # noqa: E402
-from lab.memory import counted  # noqa: E402
-from model.model_lora import load_lora, remove_lora  # noqa: E402
-from plot import line_chart  # noqa: E402
+from demo import stage_parser
+from plumbing.errors import run_main
+from lab.lab import Finding, mean, run_alone, spread, table
+from lab.memory import counted
+from model.model_lora import load_lora, remove_lora
+from plot import line_chart
 
 TASKS = {"lora_medical": "eval_medical", "lora_identity": "eval_identity"}
 
@@ -43,7 +40,7 @@ def memory_mb(lab, mode) -> float:
     """Training memory of the demo model at its LoRA batch (16 x 224), counted as lab/memory.py counts."""
     model, _ = lab.load(lab.base()["sft"])
     fields = {k: getattr(model.config, k) for k in ("dim", "n_layers", "n_heads", "n_kv_heads", "vocab_size")}
-    d = train_lora.build_parser().parse_args([])
+    d = stage_parser("lora").parse_args([])  # train_lora.py's defaults
     return counted(fields, mode, d.batch_size, d.max_seq_len)["sum"] / 1e6
 
 

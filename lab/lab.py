@@ -3,16 +3,21 @@
     lab = Lab()                        # everything under out/lab, made once and reused
     base = lab.base()                  # {"pretrain": path, "sft": path}: the demo's checkpoints
     run = lab.train(*lab.lora_job(lab.sweep_task(), lora_rank=8))   # train_lora.py --lora_rank 8, sweep task
+    run = lab.train(*lab.lora_job(lab.sweep_task(), variant="pissa"))   # python -m lab.train_variant --variant pissa
     runs = lab.train_all([lab.lora_job(lab.full_task(), seed=s) for s in lab.seeds])   # two at a time
     lab.score(base["sft"], run.weights)    # {"eval_medical": 0.115, "eval_general": 0.635}
 
-Every training run is a command of this repository's own scripts (train_pretrain.py, train_full_sft.py,
-train_lora.py), into a folder of its own named by a key of its *content*: the script, its flags, the
-bytes of every file a flag names (data, base checkpoint) and of the code that trains. A run whose
-folder holds a finished record with that key is not run again. Change a stage (its code, its data or
-a flag) and its key changes, so it and everything trained from it is made afresh: nothing stale is
-ever reused, and nothing is rebuilt for nothing. Several runs asked for at once go `workers` at a
-time, each a process of its own with one thread (a lone run, or --quick, runs in this process).
+Every training run is a command: one of this repository's scripts (`python train_pretrain.py`,
+`python train_full_sft.py`, `python train_lora.py`) or, for LoRA's variants and predecessors, the
+lab's own trainer (`python -m lab.train_variant --variant NAME`), into a folder of its own named by
+a key of its *content*: the command, its flags, the bytes of every file a flag names (data, base
+checkpoint) and of the code that trains. A run whose folder holds a finished record with that key
+is not run again. Change a stage (its code, its data or a flag) and its key changes, so it and
+everything trained from it is made afresh: nothing stale is ever reused, and nothing is rebuilt for
+nothing. Several runs asked for at once go `workers` at a time, each a process of its own with one
+thread; a lone run is a process of its own too, with the machine's threads, its output shown as it
+goes. With --quick the commands run in this process instead (runpy, with sys.argv set: the same
+command line, without a Python start-up per run; see run_in_this_process).
 
 Two tasks:
     the full task    lora_medical.jsonl (or lora_identity.jsonl) at the demo's settings (4 epochs,
@@ -25,10 +30,12 @@ quick=True shrinks everything (a dim-32 model, 64-line data, a few steps, 6 ques
 tests run every experiment's code path that way in seconds. Its numbers mean nothing.
 """
 import argparse
+import codecs
 import contextlib
 import hashlib
 import json
 import os
+import runpy
 import shutil
 import subprocess
 import sys
@@ -36,29 +43,27 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
-
-import eval_model  # noqa: E402
-import train_full_sft  # noqa: E402
-import train_lora  # noqa: E402
-import train_pretrain  # noqa: E402
-import training  # noqa: E402
-from experiments.lora_medical import demo_eval_settings  # noqa: E402
-from plumbing.atomic import atomic_write_text  # noqa: E402
-from formats.checkpoint import read_checkpoint  # noqa: E402
-from plumbing.errors import UserError  # noqa: E402
-from formats.loader import load_checkpoint, run_files  # noqa: E402
-from model.model_lora import load_lora  # noqa: E402
-from model.predecessors import load_method  # noqa: E402
-from run_demo import demo_stages  # noqa: E402
+import training
+from demo import demo_eval_settings, demo_stages, stage_parser
+from evaluation import evaluate_set, load_eval_set
+from formats.loader import load_checkpoint, run_files
+from lab import train_variant
+from model.lora_variants import load_adapter
 from plumbing import progress
+from plumbing.atomic import atomic_write_text
+from plumbing.errors import UserError
+from plumbing.flags import LORA_RANK, LORA_TARGETS, STAGES
 
+ROOT = Path(__file__).resolve().parent.parent
 FIGURES = ROOT / "docs" / "figures"
-SCRIPTS = {"train_pretrain.py": train_pretrain, "train_full_sft.py": train_full_sft, "train_lora.py": train_lora}
-# What a run's result depends on besides its flags and files: the code that trains, and the tokenizer.
-CODE = ["training.py", "train_pretrain.py", "train_full_sft.py", "train_lora.py", "model/*.py", "dataset/*.py",
-        "model/demo_tokenizer/*"]
+# The trainers, as what follows `python` on their command line: the stage scripts, and the lab's own
+# trainer for LoRA's variants and predecessors (a module of lab/, run with -m).
+COMMANDS = {"train_pretrain.py": ["train_pretrain.py"], "train_full_sft.py": ["train_full_sft.py"],
+            "train_lora.py": ["train_lora.py"], "lab.train_variant": ["-m", "lab.train_variant"]}
+# What a run's result depends on besides its flags and files: the code that trains (the loop, the
+# scripts, the model, its files and the plumbing around them), and the tokenizer.
+CODE = ["training.py", "train_pretrain.py", "train_full_sft.py", "train_lora.py", "lab/train_variant.py", "model/*.py",
+        "formats/*.py", "plumbing/*.py", "dataset/*.py", "model/demo_tokenizer/*"]
 SEEDS = (1337, 1, 2)  # 1337: the scripts' default, so the seed-1337 runs are the demo's own
 VERDICTS = ("holds", "holds with a caveat", "does not hold at this scale")
 
@@ -114,7 +119,7 @@ class Finding:
     verdict: str  # one of VERDICTS
     details: str  # markdown: the tables and notes of the section
     figures: list = field(default_factory=list)  # file names under the figures folder
-    module: str = ""  # lab/<module>.py, the command that measures it
+    module: str = ""  # lab/<module>.py: `python -m lab.<module>` measures it
     seconds: float = 0.0  # what it costs alone from the SFT model (the recorded times of the runs it reuses included)
     lab_seconds: float = 0.0  # what it took in this run of the lab (runs another claim made first not counted)
 
@@ -125,17 +130,18 @@ class Finding:
     def section(self) -> str:
         figures = "".join(f"\n![{name}](figures/{name})\n" for name in self.figures)
         return (f"## {self.number}. {self.title}\n\n> {self.claim}\n\n**Verdict: {self.verdict}.** {self.measured}\n\n"
-                f"{self.details.strip()}\n{figures}\n`python lab/{self.module}.py`: {self.lab_seconds / 60:.1f} min in the "
+                f"{self.details.strip()}\n{figures}\n`python -m lab.{self.module}`: {self.lab_seconds / 60:.1f} min in the "
                 f"lab's run, {self.seconds / 60:.1f} min alone from the SFT model\n")
 
 
 class Lab:
     """Paths, the base checkpoints, cached training runs, scoring and the figures' folder."""
 
-    def __init__(self, out_dir="out/lab", quick=False, figures=None, workers=2):
-        self.out = Path(out_dir)
+    def __init__(self, out_dir="out/lab", quick=False, figures=None, workers=2, in_process=None):
+        self.out = Path(out_dir).resolve()  # the commands run in the repository, wherever this was started
         self.quick = quick
         self.workers = 1 if quick else workers
+        self.in_process = quick if in_process is None else in_process  # run the commands here (_run_here)
         self.figures = Path(figures) if figures else (self.out / "figures" if quick else FIGURES)
         self.seeds = SEEDS[:1] if quick else SEEDS
         self.code = code_key()
@@ -217,7 +223,8 @@ class Lab:
                 runs[i] = Run(script, flags, folder, saved["weights"], saved["seconds"])
             else:
                 todo.setdefault(folder, (i, script, flags, key))  # the same job twice in one list: run once
-        made = self._run_in_processes(list(todo.values())) if self.workers > 1 and len(todo) > 1 else \
+        side_by_side = self.workers > 1 and len(todo) > 1 and not self.in_process
+        made = self._run_in_processes(list(todo.values())) if side_by_side else \
             {i: self._run_here(script, flags, key) for i, script, flags, key in todo.values()}
         for i, _, _, _ in todo.values():
             runs[i] = made[i]
@@ -227,7 +234,32 @@ class Lab:
         return runs
 
     def _folder(self, script, key) -> Path:
-        return self.out / "runs" / f"{Path(script).stem}-{key[:12]}"
+        """out/lab/runs/train_lora-<key>, train_variant-<key>, ...: the trainer's name and the run's content."""
+        return self.out / "runs" / f"{script.removesuffix('.py').rsplit('.', 1)[-1]}-{key[:12]}"
+
+    def _command(self, script, flags, folder) -> list:
+        """What follows `python` to make the run: e.g. ['train_lora.py', '--base', ..., '--out_dir', folder]."""
+        return [*COMMANDS[script], *flags, "--out_dir", str(folder)]
+
+    def _fresh_folder(self, script, flags, key) -> Path:
+        """The run's folder, emptied (an interrupted run of this content starts over); the command is echoed."""
+        folder = self._folder(script, key)
+        if folder.exists():
+            shutil.rmtree(folder)
+        folder.mkdir(parents=True)
+        print(f"$ python {' '.join(self._command(script, flags, folder))}", file=sys.stderr, flush=True)
+        return folder
+
+    def _finished(self, script, flags, key, returncode, seconds) -> Run:
+        """Record a run that ended with `returncode`: its weights, or None when it diverged (a result,
+        not a failure); any other failure stops the lab with the run's last line."""
+        folder = self._folder(script, key)
+        tail = " ".join((folder / "log.txt").read_text(errors="replace").strip().splitlines()[-1:])
+        if returncode != 0 and not diverged(tail):
+            raise UserError(f"python {' '.join(COMMANDS[script])} failed (exit {returncode}): {tail} "
+                            f"(its output: {folder / 'log.txt'})")
+        weights = [str(p) for p in folder.rglob("*.pth") if "resume" not in p.name] if returncode == 0 else [None]
+        return self._record(script, flags, key, weights[0], seconds)
 
     def _record(self, script, flags, key, weights, seconds) -> Run:
         folder = self._folder(script, key)
@@ -238,19 +270,16 @@ class Lab:
         return Run(script, flags, folder, weights, seconds)
 
     def _run_here(self, script, flags, key) -> Run:
-        """One run in this process (quick mode, --workers 1, or a single job)."""
-        folder = self._folder(script, key)
-        if folder.exists():  # an interrupted run of this content: start it over
-            shutil.rmtree(folder)
-        print(f"$ python {script} {' '.join(flags)} --out_dir {folder}", file=sys.stderr, flush=True)
+        """One run on its own: a process with the machine's threads, its output shown as it goes and kept
+        in the folder's log.txt; with --quick (in_process), the same command in this process."""
+        folder = self._fresh_folder(script, flags, key)
+        command = self._command(script, flags, folder)
         start = time.perf_counter()
-        try:
-            weights = SCRIPTS[script].main([*flags, "--out_dir", str(folder)]).weights
-        except UserError as e:
-            if not diverged(str(e)):
-                raise
-            weights = None
-        return self._record(script, flags, key, weights, time.perf_counter() - start)
+        if self.in_process:
+            returncode = run_in_this_process(command, folder / "log.txt")
+        else:
+            returncode = run_showing_output([sys.executable, *command], folder / "log.txt")
+        return self._finished(script, flags, key, returncode, time.perf_counter() - start)
 
     def _run_in_processes(self, todo) -> dict:
         """{job index: Run}: the jobs run `self.workers` at a time, each its own process with one thread
@@ -260,29 +289,22 @@ class Lab:
         while waiting or running:
             while waiting and len(running) < self.workers:
                 i, script, flags, key = waiting.pop(0)
-                folder = self._folder(script, key)
-                if folder.exists():
-                    shutil.rmtree(folder)
-                folder.mkdir(parents=True)
-                command = [sys.executable, str(ROOT / script), *flags, "--out_dir", str(folder)]
-                print(f"$ python {script} {' '.join(flags)} --out_dir {folder}", file=sys.stderr, flush=True)
+                folder = self._fresh_folder(script, flags, key)
                 log = open(folder / "log.txt", "w")
-                running.append((i, script, flags, key, subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT,
-                                                                         env=env, cwd=ROOT), log, time.perf_counter()))
+                process = subprocess.Popen([sys.executable, *self._command(script, flags, folder)], stdout=log,
+                                           stderr=subprocess.STDOUT, env=env, cwd=ROOT)
+                running.append((i, script, flags, key, process, log, time.perf_counter()))
             time.sleep(0.2)
             for job in [job for job in running if job[4].poll() is not None]:
                 i, script, flags, key, process, log, start = job
                 running.remove(job)
                 log.close()
-                folder = self._folder(script, key)
-                tail = " ".join((folder / "log.txt").read_text(errors="replace").strip().splitlines()[-1:])
-                if process.returncode != 0 and not diverged(tail):
+                try:
+                    made[i] = self._finished(script, flags, key, process.returncode, time.perf_counter() - start)
+                except UserError:
                     for other in running:
                         other[4].kill()
-                    raise UserError(f"python {script} failed (exit {process.returncode}): {tail} "
-                                    f"(its output: {folder / 'log.txt'})")
-                weights = [str(p) for p in folder.rglob("*.pth") if "resume" not in p.name] if process.returncode == 0 else [None]
-                made[i] = self._record(script, flags, key, weights[0], time.perf_counter() - start)
+                    raise
         return made
 
     def base(self) -> dict:
@@ -308,21 +330,25 @@ class Lab:
         self.train_all([self.lora_job(self.full_task(name)) for name in ("lora_medical", "lora_identity")])
         return self._base
 
-    def lora_job(self, task, **settings) -> tuple:
-        """("train_lora.py", flags) on the demo's SFT model: `task` (full_task() or sweep_task()) and
-        train_lora.py's flags as keywords, e.g. lora_rank=8, seed=1. A setting equal to train_lora.py's
-        default is left out and the rest sorted, so the same configuration is the same run in every experiment."""
-        return "train_lora.py", ["--base", self.base()["sft"], *task, *canonical_flags(train_lora.build_parser(), settings)]
+    def lora_job(self, task, variant="lora", **settings) -> tuple:
+        """(trainer, flags) on the demo's SFT model: `task` (full_task() or sweep_task()) and train_lora.py's
+        flags as keywords, e.g. lora_rank=8, seed=1. variant="lora" is train_lora.py itself; another of
+        model/lora_variants.py's (pissa, swapped, zeros, rslora, adapter, prefix) is the same run through
+        `python -m lab.train_variant --variant NAME`. A setting equal to its trainer's default is left
+        out and the rest sorted, so the same configuration is the same run in every experiment."""
+        if variant == "lora":
+            return "train_lora.py", ["--base", self.base()["sft"], *task, *canonical_flags(stage_parser("lora"), settings)]
+        return "lab.train_variant", ["--base", self.base()["sft"], *task,
+                                     *canonical_flags(train_variant.build_parser(), {**settings, "variant": variant})]
 
     def full_job(self, task, **settings) -> tuple:
         """("train_full_sft.py", flags): full fine-tuning from the demo's SFT model on `task`, with
         train_lora.py's batch size, window, epochs and warm-up (the same steps on the same data) and
         the SFT stage's learning rate unless learning_rate= is given."""
-        d = train_lora.build_parser().parse_args([])
-        same = {"batch_size": d.batch_size, "max_seq_len": d.max_seq_len, "epochs": d.epochs, "warmup_iters": d.warmup_iters}
-        flags = [part for name, value in same.items() for part in (f"--{name}", str(value))]
-        return "train_full_sft.py", ["--base", self.base()["sft"], *flags, *task,
-                                     *canonical_flags(train_full_sft.build_parser(), settings)]
+        lora = STAGES["lora"]
+        same = [part for name in ("batch_size", "max_seq_len", "epochs", "warmup_iters") for part in (f"--{name}", str(lora[name]))]
+        return "train_full_sft.py", ["--base", self.base()["sft"], *same, *task,
+                                     *canonical_flags(stage_parser("full_sft"), settings)]
 
     # ---- measuring
 
@@ -330,18 +356,15 @@ class Lab:
         """(model, tokenizer) in eval mode: a checkpoint, with a LoRA or predecessor file on it if given."""
         loaded = load_checkpoint(checkpoint, device="cpu")
         if adapter is not None:
-            if "method_config" in read_checkpoint(adapter):
-                load_method(loaded.model, adapter)
-            else:
-                load_lora(loaded.model, adapter)
+            load_adapter(loaded.model, adapter)
         return loaded.model.eval(), loaded.tokenizer
 
     def eval_items(self, name) -> list:
-        items = eval_model.load_eval_set(ROOT / "dataset" / f"{name}.jsonl")
+        items = load_eval_set(ROOT / "dataset" / f"{name}.jsonl")
         return items[:6] if self.quick else items
 
     def score(self, checkpoint, adapter=None, sets=("eval_medical", "eval_general")) -> dict:
-        """{set: accuracy}, greedy, with run_demo's evaluation settings; remembered by the files' content."""
+        """{set: accuracy}, greedy, with the demo's evaluation settings (demo.demo_eval_settings); remembered by the files' content."""
         key = "|".join([sha256_file(checkpoint), sha256_file(adapter) if adapter else "-", *sets, str(self.quick)])
         cache_path = self.out / "scores.json"
         cache = json.loads(cache_path.read_text()) if cache_path.is_file() else {}
@@ -349,7 +372,7 @@ class Lab:
             settings = demo_eval_settings("out")
             model, tok = self.load(checkpoint, adapter)
             new_tokens = 8 if self.quick else settings.max_new_tokens
-            cache[key] = {name: eval_model.evaluate_set(model, tok, self.eval_items(name), new_tokens, settings.batch_size,
+            cache[key] = {name: evaluate_set(model, tok, self.eval_items(name), new_tokens, settings.batch_size,
                                                         model.config.max_seq_len)["accuracy"] for name in sets}
             atomic_write_text(cache_path, json.dumps(cache, indent=1) + "\n")
         return cache[key]
@@ -380,23 +403,63 @@ def diverged(error_line: str) -> bool:
     return " became " in error_line and " by step " in error_line
 
 
+def run_showing_output(command, log_path) -> int:
+    """Run `command` (a list, from the repository) -> its exit code; its output, stdout and stderr
+    together, shown on this process's stderr as it comes (the progress bar included) and kept in log_path."""
+    decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
+    with open(log_path, "wb") as log:
+        process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, cwd=ROOT)
+        for chunk in iter(lambda: process.stdout.read1(1 << 16), b""):
+            log.write(chunk)
+            sys.stderr.write(decoder.decode(chunk))
+            sys.stderr.flush()
+        return process.wait()
+
+
+def run_in_this_process(command, log_path) -> int:
+    """`python COMMAND` run in this process -> its exit code; its output written to log_path.
+
+    The command line is the trainer's interface, here as everywhere else in the lab: the script (or
+    `-m module`'s file) runs as the interpreter would run it -- runpy, as __main__, with sys.argv set --
+    and ends in the SystemExit its `sys.exit(run_main(main))` raises. Nothing of it is imported. Only
+    --quick runs this way: its ~37 tiny runs take about a second each, and a process apiece (a Python
+    start-up importing torch per run) made tests/test_lab.py's quick lab 9x slower (178 s against 20 s
+    on 2 quiet cores)."""
+    if command[0] == "-m":
+        path, args = ROOT / (command[1].replace(".", "/") + ".py"), command[2:]
+    else:
+        path, args = ROOT / command[0], command[1:]
+    saved = sys.argv
+    sys.argv = [str(path), *args]
+    try:
+        with open(log_path, "w", encoding="utf-8") as log, contextlib.redirect_stdout(log), contextlib.redirect_stderr(log):
+            runpy.run_path(str(path), run_name="__main__")
+        return 0
+    except SystemExit as e:
+        return e.code if isinstance(e.code, int) else int(e.code is not None)
+    finally:
+        sys.argv = saved
+
+
 def canonical_flags(parser, settings: dict) -> list:
-    """['--lora_rank', '8', '--seed', '1']: the settings that differ from the parser's defaults (for
-    train_lora.py, a rank of None means DEFAULT_RANK, alpha None means alpha = rank, scaling None
-    means standard), as flags in a fixed order."""
+    """['--lora_rank', '8', '--seed', '1']: the settings that differ from the parser's defaults (a
+    trainer's: demo.stage_parser(stage), read from plumbing/flags.py, or lab.train_variant's), as flags
+    in a fixed order. For LoRA, a rank of None means plumbing.flags.LORA_RANK, alpha None means alpha = rank
+    and targets None means LORA_TARGETS."""
     defaults = vars(parser.parse_args([]))
-    rank = settings.get("lora_rank", train_lora.DEFAULT_RANK)
-    implied = {"lora_rank": train_lora.DEFAULT_RANK, "lora_alpha": rank, "lora_scaling": "standard",
-               "lora_targets": train_lora.DEFAULT_TARGETS}
-    flags = []
+    rank = settings.get("lora_rank", LORA_RANK)
+    implied = {"lora_rank": LORA_RANK, "lora_alpha": rank, "lora_targets": LORA_TARGETS}
+    out = []
     for name in sorted(settings):
-        default = defaults[name] if defaults.get(name) is not None else implied.get(name)
+        if name not in defaults:
+            raise ValueError(f"--{name} is not a flag of this trainer")
+        default = defaults[name] if defaults[name] is not None else implied.get(name)
         value = settings[name]
         same = str(value) == str(default) or (isinstance(value, (int, float)) and isinstance(default, (int, float))
                                               and float(value) == float(default))
         if not same:
-            flags += [f"--{name}", str(value)]
-    return flags
+            out += [f"--{name}", str(value)]
+    return out
 
 
 def mean(values) -> float:
@@ -420,7 +483,7 @@ def table(header: list, rows: list) -> str:
 
 
 def add_lab_args(p) -> None:
-    """--out_dir, --workers and --quick: the flags of lab/run_lab.py and of every experiment run alone."""
+    """--out_dir, --workers and --quick: the flags of `python -m lab.run_lab` and of every experiment run alone."""
     p.add_argument("--out_dir", default="out/lab", help="where the lab's checkpoints and runs live (default: %(default)s)")
     p.add_argument("--workers", type=int, default=2, help="training runs at a time, one thread each (default: %(default)s)")
     p.add_argument("--quick", action="store_true", help="a tiny model and a few steps: checks the code path in seconds, "
@@ -434,9 +497,9 @@ def lab_from_args(args) -> "Lab":
 
 
 def run_alone(module_name, run, argv=None):
-    """What `python lab/<module>.py` does: measure one claim and print its section of the report
+    """What `python -m lab.<module>` does: measure one claim and print its section of the report
     (docs/lora_lab.md is rewritten by lab/run_lab.py only)."""
-    p = argparse.ArgumentParser(description=f"The LoRA lab, one claim: lab/{module_name}.py (docs/lora_lab.md).")
+    p = argparse.ArgumentParser(description=f"The LoRA lab, one claim: python -m lab.{module_name} (docs/lora_lab.md).")
     add_lab_args(p)
     print(measure(lab_from_args(p.parse_args(argv)), run).section())
 

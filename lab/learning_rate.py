@@ -6,16 +6,13 @@ B at 16x the rate given, which is A's), and full fine-tuning (train_full_sft.py)
 and steps. The best learning rate of each is the one with the lowest final validation loss; the
 ratio of plain LoRA's to full fine-tuning's is the claim.
 
-    python lab/learning_rate.py
+    python -m lab.learning_rate
 """
 import sys
-from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-
-from plumbing.errors import run_main  # noqa: E402
-from lab.lab import Finding, run_alone, table  # noqa: E402
-from plot import line_chart  # noqa: E402
+from plumbing.errors import run_main
+from lab.lab import Finding, run_alone, table
+from plot import line_chart
 
 LORA_RATES = (2.5e-4, 5e-4, 1e-3, 2e-3, 4e-3, 8e-3, 1.6e-2, 3.2e-2)
 RATES = {"plain LoRA": LORA_RATES, "LoRA+ 16 (the demo's)": LORA_RATES,

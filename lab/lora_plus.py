@@ -4,16 +4,13 @@ trains faster at the same number of steps.
 train_lora.py --lora_plus_ratio R for R in {1, 2, 4, 8, 16, 32} on the sweep task, every seed; the
 rest is the demo's (A's learning rate 2e-3). The final validation loss, mean and range over seeds.
 
-    python lab/lora_plus.py
+    python -m lab.lora_plus
 """
 import sys
-from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-
-from plumbing.errors import run_main  # noqa: E402
-from lab.lab import Finding, mean, run_alone, spread, table  # noqa: E402
-from plot import line_chart  # noqa: E402
+from plumbing.errors import run_main
+from lab.lab import Finding, mean, run_alone, spread, table
+from plot import line_chart
 
 RATIOS = (1, 2, 4, 8, 16, 32)
 

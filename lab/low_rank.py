@@ -14,20 +14,17 @@ Three measurements:
                         (B's side) and its input directions (A's side), against j / d for random
                         subspaces
 
-    python lab/low_rank.py
+    python -m lab.low_rank
 """
 import sys
-from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+import torch
 
-import torch  # noqa: E402
-
-from plumbing.errors import run_main  # noqa: E402
-from lab.lab import Finding, mean, run_alone, table  # noqa: E402
-from formats.checkpoint import read_checkpoint  # noqa: E402
-from model.model_lora import LoRALinear  # noqa: E402
-from plot import line_chart  # noqa: E402
+from plumbing.errors import run_main
+from lab.lab import Finding, mean, run_alone, table
+from formats.checkpoint import read_checkpoint
+from model.model_lora import LoRALinear
+from plot import line_chart
 
 KINDS = ("wq", "wk", "wv", "wo", "w1", "w2", "w3", "tok_embeddings")
 TOP = (1, 4, 16, 64)

@@ -16,26 +16,23 @@ Two measurements, at MiniMind2-Small's size (25.8M, as the table) with MiniMind2
             memory before the first step: what training really added, allocator and all.
 Time per step: training full and LoRA steps in turn (bench/bench_train.py's step) at one point.
 
-    python lab/memory.py
+    python -m lab.memory
 """
 import sys
 import time
-from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+import torch
 
-import torch  # noqa: E402
-
-import training  # noqa: E402
-from bench.bench_lora import optimizer_state_bytes, rss_mb  # noqa: E402
-from bench.bench_train import make_batch, train_step  # noqa: E402
-from bench.machine import run_in_fresh_process  # noqa: E402
-from plumbing.errors import run_main  # noqa: E402
-from lab.lab import Finding, run_alone, table  # noqa: E402
-from model.LMConfig import LMConfig  # noqa: E402
-from model.model import MiniMindLM  # noqa: E402
-from model.model_lora import apply_lora, mark_only_lora_as_trainable  # noqa: E402
-from plot import line_chart  # noqa: E402
+import training
+from bench.bench_lora import optimizer_state_bytes, rss_mb
+from bench.bench_train import make_batch, train_step
+from bench.machine import run_in_fresh_process
+from plumbing.errors import run_main
+from lab.lab import Finding, run_alone, table
+from model.LMConfig import LMConfig
+from model.model import MiniMindLM
+from model.model_lora import apply_lora, mark_only_lora_as_trainable
+from plot import line_chart
 
 SMALL = dict(dim=512, n_layers=8, n_heads=8, n_kv_heads=2, vocab_size=6400)  # MiniMind2-Small, 25.8M
 TINY = dict(dim=32, n_layers=1, n_heads=2, n_kv_heads=2, vocab_size=2048)  # --quick

@@ -6,27 +6,24 @@ matmuls), and with them merged (W + B·A: one matmul). B is drawn at random (as 
 merging really changes the weights. Every variant is timed in turn, best of several rounds, so a
 busy moment of the machine falls on all alike.
 
-    python lab/merged_latency.py
+    python -m lab.merged_latency
 """
 import copy
 import sys
-from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+import torch
 
-import torch  # noqa: E402
-
-import train_lora  # noqa: E402
-from bench.bench_generate import decode_tokens_per_s, model_sizes  # noqa: E402
-from plumbing.errors import run_main  # noqa: E402
-from lab.lab import Finding, run_alone, table  # noqa: E402
-from model.LMConfig import LMConfig  # noqa: E402
-from model.model import MiniMindLM  # noqa: E402
-from model.model_lora import apply_lora, merge_lora, remove_lora  # noqa: E402
-from plot import line_chart  # noqa: E402
+from bench.bench_generate import decode_tokens_per_s, model_sizes
+from plumbing.errors import run_main
+from lab.lab import Finding, run_alone, table
+from model.LMConfig import LMConfig
+from model.model import MiniMindLM
+from model.model_lora import apply_lora, merge_lora, remove_lora
+from plumbing.flags import LORA_TARGETS
+from plot import line_chart
 
 RANKS = (1, 2, 4, 8, 16, 32, 64)
-TARGETS = train_lora.DEFAULT_TARGETS.split(",")  # the demo's: every Linear and the tied embedding
+TARGETS = LORA_TARGETS.split(",")  # the demo's: every Linear and the tied embedding
 
 
 def adapted(model, rank, merged, plain=False):
@@ -82,7 +79,7 @@ def run(lab) -> Finding:
     wrapped = min(r["merged"] / r["base"] for r in by_size.values())
     unmerged = max(r["unmerged"] / r["base"] for r in by_size.values())
     details = (f"Decode tokens/s, batch 1, {new_tokens} new tokens, best of {rounds} rounds; adapters of rank 16 on "
-               f"{train_lora.DEFAULT_TARGETS} (in brackets: of the base's speed):\n\n"
+               f"{LORA_TARGETS} (in brackets: of the base's speed):\n\n"
                + table(["model", "base", "unmerged", "merged", "merged, plain"], rows)
                + f"\n\nUnmerged, {size}, as the rank grows:\n\n" + table(["rank", "tokens/s", "of the base"], rank_rows)
                + "\n\nMerged, the adapted model is the base model with other numbers in W: the same matmuls, the same "

@@ -1,11 +1,11 @@
 """The LoRA lab, all of it: every claim measured, then docs/lora_lab.md and its figures written.
 
-    python lab/run_lab.py                       # everything, from the demo's first stages (~50 min on 2 cores)
-    python lab/run_lab.py --only memory low_rank   # some claims; the report keeps the others' last sections
-    python lab/run_lab.py --quick --out_dir /tmp/lab   # the code path in a minute; numbers meaningless
+    python -m lab.run_lab                          # everything, from the demo's first stages (~50 min on 2 cores)
+    python -m lab.run_lab --only memory low_rank   # some claims; the report keeps the others' last sections
+    python -m lab.run_lab --quick --out_dir /tmp/lab   # the code path in a minute; numbers meaningless
 
-Every experiment is one module of lab/ (lab/memory.py, ...), runnable alone; this script runs them in
-the order of the report card and writes:
+Every experiment is one module of lab/ (lab/memory.py, ...), runnable alone (`python -m lab.memory`);
+this script runs them in the order of the report card and writes:
     docs/lora_lab.md       the report card (claim | measured | verdict | command | figure) and a section per claim
     docs/figures/*.svg     the figures
     out/lab/findings.json  each claim's finding, so --only can rewrite the report with the rest kept
@@ -18,18 +18,15 @@ import platform
 import sys
 import time
 from dataclasses import asdict
-from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+import torch
 
-import torch  # noqa: E402
-
-from bench.machine import cpu_model  # noqa: E402
-from lab import (adapter_swap, alpha_scaling, baselines, forgetting, initialisation, learning_rate, lora_plus,  # noqa: E402
+from bench.machine import cpu_model
+from lab import (adapter_swap, alpha_scaling, baselines, forgetting, initialisation, learning_rate, lora_plus,
                  low_rank, memory, merged_latency, trainable_share, which_matrices, zero_start)
-from lab.lab import ROOT, Finding, add_lab_args, lab_from_args, measure  # noqa: E402
-from plumbing.atomic import atomic_write_text  # noqa: E402
-from plumbing.errors import UserError, run_main  # noqa: E402
+from lab.lab import ROOT, Finding, add_lab_args, lab_from_args, measure
+from plumbing.atomic import atomic_write_text
+from plumbing.errors import UserError, run_main
 
 EXPERIMENTS = [trainable_share, memory, zero_start, initialisation, merged_latency, adapter_swap, forgetting, low_rank,
                alpha_scaling, lora_plus, which_matrices, learning_rate, baselines]
@@ -43,7 +40,7 @@ def report(findings: list, header: str) -> str:
     for f in findings:
         figure = ", ".join(f"[{name.removeprefix('lora_').removesuffix('.svg')}](figures/{name})" for name in f.figures) or "-"
         card.append(f"| {f.number} | **{f.title}**: {f.claim} | {f.measured} | **{f.verdict}** | "
-                    f"`python lab/{f.module}.py` | {figure} |")
+                    f"`python -m lab.{f.module}` | {figure} |")
     return "\n\n".join([header, "\n".join(card), *(f.section() for f in findings)]).rstrip() + "\n"
 
 
@@ -70,7 +67,7 @@ trained by `python run_demo.py`'s first stages) and, where size matters, at Mini
 claim is one module of [`lab/`](../lab/), runnable alone; one command runs them all and rewrites
 this page and its figures:
 
-    python lab/run_lab.py
+    python -m lab.run_lab
 
 This page was made by that command on {cpu_model()} ({torch.get_num_threads()} threads, torch
 {torch.__version__}, Python {platform.python_version()}):

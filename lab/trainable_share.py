@@ -4,21 +4,18 @@ Counted, not estimated: each model is built on PyTorch's "meta" device (shapes o
 apply_lora adds the adapters, and the trainable share is read off the parameters themselves, the
 number trainable_parameters_report prints during training.
 
-    python lab/trainable_share.py
+    python -m lab.trainable_share
 """
 import sys
-from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+import torch
 
-import torch  # noqa: E402
-
-from plumbing.errors import run_main  # noqa: E402
-from lab.lab import Finding, run_alone, table  # noqa: E402
-from model.LMConfig import LMConfig  # noqa: E402
-from model.model import MiniMindLM, count_parameters  # noqa: E402
-from model.model_lora import apply_lora, mark_only_lora_as_trainable  # noqa: E402
-from plot import line_chart  # noqa: E402
+from plumbing.errors import run_main
+from lab.lab import Finding, run_alone, table
+from model.LMConfig import LMConfig
+from model.model import MiniMindLM, count_parameters
+from model.model_lora import apply_lora, mark_only_lora_as_trainable
+from plot import line_chart
 
 MODELS = {  # LMConfig fields; the demo's is the training scripts' defaults
     "demo (1.1M)": dict(dim=128, n_layers=4, n_heads=4, n_kv_heads=4, vocab_size=2048),

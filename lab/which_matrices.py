@@ -7,21 +7,18 @@ budget of 20,480 trainable parameters (wq alone at r = 20 on the demo model). Th
 key/value heads for 4 query heads, so its wk and wv are square like wq; MiniMind2's have 2 for 8
 (grouped-query attention), which changes what an adapter on them costs (below).
 
-    python lab/which_matrices.py
+    python -m lab.which_matrices
 """
 import sys
-from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+import torch
 
-import torch  # noqa: E402
-
-from plumbing.errors import run_main  # noqa: E402
-from lab.lab import Finding, mean, run_alone, spread, table  # noqa: E402
-from model.LMConfig import LMConfig  # noqa: E402
-from model.model import MiniMindLM  # noqa: E402
-from model.model_lora import apply_lora, mark_only_lora_as_trainable  # noqa: E402
-from plot import bar_chart  # noqa: E402
+from plumbing.errors import run_main
+from lab.lab import Finding, mean, run_alone, spread, table
+from model.LMConfig import LMConfig
+from model.model import MiniMindLM
+from model.model_lora import apply_lora, mark_only_lora_as_trainable
+from plot import bar_chart
 
 TARGETS = {"wq": "wq", "wv": "wv", "wq,wv": "wq,wv", "wq,wk,wv,wo": "wq,wk,wv,wo",
            "every Linear": "wq,wk,wv,wo,w1,w2,w3", "every Linear + embedding": "wq,wk,wv,wo,w1,w2,w3,output"}

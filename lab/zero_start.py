@@ -6,21 +6,19 @@ logit is printed. B = 0 (or A = 0) makes B·A·x a sum of exact zeros, so the ch
 0.0, not merely small; PiSSA moves W's top singular directions into the adapter, so its start is
 equal only up to float rounding.
 
-    python lab/zero_start.py
+    python -m lab.zero_start
 """
 import copy
 import sys
-from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+import torch
 
-import torch  # noqa: E402
-
-import train_lora  # noqa: E402
-from eval_model import prompt_ids  # noqa: E402
-from plumbing.errors import run_main  # noqa: E402
-from lab.lab import Finding, run_alone, table  # noqa: E402
-from model.model_lora import INITS, apply_lora  # noqa: E402
+from evaluation import prompt_ids
+from plumbing.errors import run_main
+from lab.lab import Finding, run_alone, table
+from model.lora_variants import INITS
+from model.model_lora import apply_lora
+from plumbing.flags import LORA_RANK, LORA_TARGETS
 
 WHY = {"standard": "B = 0", "swapped": "A = 0", "zeros": "A = B = 0", "pissa": "W_res + B·A = W, rounded"}
 
@@ -39,12 +37,12 @@ def run(lab) -> Finding:
     rows, changes = [], {}
     for init in INITS:
         adapted = copy.deepcopy(model)
-        apply_lora(adapted, train_lora.DEFAULT_RANK, target_modules=train_lora.DEFAULT_TARGETS.split(","), init=init)
+        apply_lora(adapted, LORA_RANK, target_modules=LORA_TARGETS.split(","), layer_class=INITS[init])
         changes[init] = (logits(adapted.eval(), tok, questions) - base).abs().max().item()
         rows.append([init, WHY[init], f"{changes[init]:.3g}", "yes, exactly" if changes[init] == 0 else "to rounding"])
     exact = [init for init in INITS if changes[init] == 0]
     details = (f"The demo's SFT model on {len(questions)} eval_general prompts ({base.shape[0]} positions, largest |logit| "
-               f"{base.abs().max().item():.1f}), adapters of rank {train_lora.DEFAULT_RANK} on {train_lora.DEFAULT_TARGETS}:\n\n"
+               f"{base.abs().max().item():.1f}), adapters of rank {LORA_RANK} on {LORA_TARGETS}:\n\n"
                + table(["init", "why", "largest change of a logit", "starts at the base"], rows))
     verdict = "holds" if {"standard", "swapped", "zeros"} <= set(exact) else "does not hold at this scale"
     return Finding(3, "B = 0: the adapted model starts as the base", "Initialising B to zero makes the adapted model "

@@ -18,7 +18,8 @@ new parameters act, and that decides what they cost at inference:
     apply_method(model, "prefix", 16)      # every attention layer gets 16 trained key/value pairs
     save_method(model, path); load_method(model, path)
 
-train_lora.py --method adapter|prefix trains them with LoRA's own loop (--lora_rank is their size);
+`python -m lab.train_variant --variant adapter|prefix` trains them with LoRA's own loop (--lora_rank is their
+size); they plug in through model/lora_variants.py's VARIANTS, like LoRA's own variants;
 model/model_lora.py is the real thing.
 """
 import os

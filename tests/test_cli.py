@@ -1,6 +1,7 @@
 """The command line as one whole: one demo configuration (the scripts' defaults), one model loader,
 one user-error form and exit code, one meaning of --device auto, for every tool.
 """
+import ast
 import importlib
 import json
 import os
@@ -12,6 +13,7 @@ import pytest
 import torch
 from conftest import DEMO_TOKENIZER, ROOT, small_model
 
+import demo
 import eval_model
 import run_demo
 import train_full_sft
@@ -34,8 +36,10 @@ TRAINING_SCRIPTS = {"pretrain": "train_pretrain", "SFT": "train_full_sft",
 def test_run_demo_runs_the_bare_stage_commands():
     """Guards against a second, hidden demo configuration (run_demo.py passing settings of its own that
     a student who runs the stages one by one does not get): every training stage is its script with
-    the defaults, and lora_identity differs from lora_medical only in its name and data."""
-    stages = dict(run_demo.demo_stages("out"))
+    the defaults, and lora_identity differs from lora_medical only in its name and data; and what
+    run_demo.py runs is demo.py's stages, the configuration the lab and the experiments read."""
+    assert run_demo.demo_stages is demo.demo_stages and run_demo.target_checks is demo.target_checks
+    stages = dict(demo.demo_stages("out"))
     assert stages["tokenizer"] == ["train_tokenizer.py"]
     for stage, module in TRAINING_SCRIPTS.items():
         command = stages[stage]
@@ -51,8 +55,8 @@ def test_run_demo_runs_the_bare_stage_commands():
 def test_run_demo_flags_only_say_where_which_seed_and_which_precision():
     """Guards against run_demo's --out_dir, --seed or --dtype changing anything else in the stages'
     commands, and against --dtype reaching the evaluation (its scores must stay comparable)."""
-    plain = dict(run_demo.demo_stages("out"))
-    moved = dict(run_demo.demo_stages("elsewhere", seed=3, dtype="bfloat16"))
+    plain = dict(demo.demo_stages("out"))
+    moved = dict(demo.demo_stages("elsewhere", seed=3, dtype="bfloat16"))
     for stage, command in moved.items():
         extra = command[len(plain[stage]):]
         assert command[:len(plain[stage])] == plain[stage]
@@ -206,7 +210,7 @@ USER_MISTAKES = [
     ("eval_model", ["--out_dir", "{tmp}"], "full_sft_128.pth not found: make it with `python train_full_sft.py"),
     ("convert_model", ["to-hf", "--ckpt", "{tmp}/none.pth", "--hf_dir", "{tmp}/hf"], "none.pth not found"),
     ("dataset.show_sample", ["--show", "{tmp}/none.jsonl"], "none.jsonl: cannot open"),
-    ("dataset.make_demo_data", ["--out_dir", "{tmp}/file", "--check"], "missing (run: python dataset/make_demo_data.py"),
+    ("dataset.make_demo_data", ["--data_dir", "{tmp}/file", "--check"], "missing (run: python -m dataset.make_demo_data"),
     ("experiments.lora_medical", ["--out_dir", "{tmp}"], "full_sft_128.pth not found"),
     ("bench.bench_train", ["--steps", "0"], "--steps must be at least 1"),
     ("bench.bench_generate", ["--new_tokens", "1"], "--new_tokens must be at least 2"),
@@ -220,11 +224,7 @@ USER_MISTAKES = [
 def test_every_tool_reports_a_user_error_in_one_line_with_exit_code_2(tool, argv, message, tmp_path, capsys):
     """Guards against tools that each report mistakes their own way (exit 1 here, 2 there, a traceback
     elsewhere): run as their __main__ runs them, every one prints `PROG: error: MESSAGE` and exits 2."""
-    if tool.startswith("experiments."):
-        sys.path.insert(0, str(ROOT / "experiments"))
-        module = importlib.import_module(tool.split(".")[1])
-    else:
-        module = importlib.import_module(tool)
+    module = importlib.import_module(tool)
     argv = [a.replace("{tmp}", str(tmp_path)) for a in argv]
     capsys.readouterr()
     assert errors.run_main(module.main, argv) == errors.USER_ERROR_EXIT == 2
@@ -241,6 +241,27 @@ def test_every_command_line_tool_is_found():
     """Guards against the discovery below silently finding nothing (and so checking nothing)."""
     assert {"train_lora.py", "eval_model.py", "run_demo.py", "convert_model.py", "serve_openai_api.py",
             "bench/bench_train.py", "dataset/make_demo_data.py"} <= set(TOOLS)
+
+
+# The course's entry scripts: the lab, the benchmarks and the experiments run them as commands, never import them.
+ENTRY_SCRIPTS = {"train_pretrain", "train_full_sft", "train_lora", "train_tokenizer", "eval_model", "run_demo",
+                 "serve_openai_api", "convert_model"}
+MODULE_TOOLS = ["demo.py", *(str(p.relative_to(ROOT)) for folder in ("lab", "bench", "experiments", "dataset")
+                             for p in sorted((ROOT / folder).glob("*.py")))]
+
+
+@pytest.mark.parametrize("path", MODULE_TOOLS)
+def test_the_lab_benchmarks_and_experiments_are_modules_that_import_no_entry_script(path):
+    """Guards against lab/, bench/ and experiments/ (and demo.py) reaching into an entry script for what a
+    library module should hold, and against a tool that edits sys.path to run as `python dir/x.py`:
+    each runs as `python -m dir.x` from the repository."""
+    source = (ROOT / path).read_text(encoding="utf-8")
+    tree = ast.parse(source)
+    imported = {alias.name.split(".")[0] for node in ast.walk(tree) if isinstance(node, ast.Import) for alias in node.names}
+    imported |= {node.module.split(".")[0] for node in ast.walk(tree) if isinstance(node, ast.ImportFrom) and node.module}
+    assert not imported & ENTRY_SCRIPTS, (path, imported & ENTRY_SCRIPTS)
+    assert "sys.path" not in source and "noqa: E402" not in source, path
+    assert (ROOT / path).parent == ROOT or (ROOT / path).with_name("__init__.py").is_file(), path
 
 
 @pytest.mark.parametrize("path", TOOLS)

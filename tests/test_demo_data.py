@@ -36,7 +36,7 @@ def test_generation_is_deterministic(tmp_path):
     """Guards against unseeded randomness (set iteration, a global `random` call, hash()):
     the same seed must give byte-identical files, a different seed different ones."""
     for run in ("a", "b"):
-        demo.main(["--out_dir", str(tmp_path / run), "--seed", "7"])
+        demo.main(["--data_dir", str(tmp_path / run), "--seed", "7"])
     for name in ALL_FILES:
         assert (tmp_path / "a" / name).read_bytes() == (tmp_path / "b" / name).read_bytes(), name
     other_seed = demo.to_jsonl(demo.generate(8)["sft_demo.jsonl"])
@@ -45,10 +45,10 @@ def test_generation_is_deterministic(tmp_path):
 
 def test_committed_files_equal_generator_output(files):
     """Guards against hand-edited or stale demo files: dataset/*.jsonl must be exactly what
-    `python dataset/make_demo_data.py` writes with the default seed."""
+    `python -m dataset.make_demo_data` writes with the default seed."""
     for name in ALL_FILES:
         assert (DATASET_DIR / name).read_bytes() == demo.to_jsonl(files[name]), \
-            f"{name} is stale: run python dataset/make_demo_data.py"
+            f"{name} is stale: run python -m dataset.make_demo_data"
 
 
 def test_a_failed_write_keeps_the_previous_files(tmp_path, monkeypatch, capsys):
@@ -62,7 +62,7 @@ def test_a_failed_write_keeps_the_previous_files(tmp_path, monkeypatch, capsys):
         raise OSError(28, "No space left on device")
 
     monkeypatch.setattr(os, "fsync", disk_full)
-    assert run_main(demo.main, ["--out_dir", str(tmp_path)]) == 2
+    assert run_main(demo.main, ["--data_dir", str(tmp_path)]) == 2
     assert "No space left on device" in capsys.readouterr().err
     assert sorted(p.name for p in tmp_path.iterdir()) == sorted(ALL_FILES)
     assert all((tmp_path / name).read_bytes() == b"previous\n" for name in ALL_FILES)
@@ -73,11 +73,11 @@ def test_check_flag_catches_a_hand_edit(tmp_path, capsys, files):
     one-line message naming that file, and pass on untouched files."""
     for name, records in files.items():
         (tmp_path / name).write_bytes(demo.to_jsonl(records))
-    demo.main(["--out_dir", str(tmp_path), "--check"])
+    demo.main(["--data_dir", str(tmp_path), "--check"])
     path = tmp_path / "eval_general.jsonl"
     path.write_bytes(path.read_bytes().replace(b"Pinebrook", b"Pinebrok", 1))
     capsys.readouterr()
-    assert run_main(demo.main, ["--out_dir", str(tmp_path), "--check"]) == 2
+    assert run_main(demo.main, ["--data_dir", str(tmp_path), "--check"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "eval_general.jsonl" in err[0]
 

@@ -1,15 +1,13 @@
 """Tests for experiments/lora_medical.py: the experiment must change only what its flags say."""
-import sys
 from pathlib import Path
 
-import pytest
+import eval_model
+import train_lora
+from demo import demo_eval_settings, demo_stages
+from experiments import lora_medical
+from plumbing.errors import run_main
 
 ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT / "experiments"))
-
-import lora_medical  # noqa: E402
-import train_lora  # noqa: E402
-from plumbing.errors import run_main  # noqa: E402
 
 
 def test_default_rehearsal_rewrites_the_committed_file(tmp_path):
@@ -38,10 +36,14 @@ def test_only_the_flags_given_leave_train_lora_defaults():
 
 
 def test_scoring_uses_the_demo_evaluation_settings():
-    """Guards against the experiment scoring with other settings than run_demo's evaluation stage
-    (another answer length would give other accuracies than the demo's table)."""
-    settings = lora_medical.demo_eval_settings("out")
+    """Guards against the experiment and the lab scoring with other settings than run_demo's evaluation
+    stage (another answer length would give other accuracies than the demo's table): demo.py reads the
+    evaluation command as eval_model.py's own parser reads it."""
+    settings = demo_eval_settings("out")
     assert settings.max_new_tokens == 48 and settings.batch_size == 16
+    ours = eval_model.build_parser().parse_args(dict(demo_stages("out"))["evaluation"][1:])
+    assert vars(settings) == {k: getattr(ours, k) for k in vars(settings)}
+    assert lora_medical.demo_eval_settings is demo_eval_settings
 
 
 def test_each_configuration_has_its_own_folder():

@@ -5,12 +5,17 @@ import re
 import xml.etree.ElementTree as ET
 
 import pytest
+import torch
 
-from lab import run_lab
+import train_full_sft
+import train_lora
+import train_pretrain
+from demo import stage_parser
+from formats.checkpoint import read_checkpoint
+from lab import run_lab, train_variant
 from lab.lab import VERDICTS, Lab, canonical_flags
 from plumbing.errors import UserError
 from plot import bar_chart, line_chart
-import train_lora
 
 
 @pytest.fixture(scope="module")
@@ -83,7 +88,7 @@ def test_general_validation_is_logged_beside_the_task(quick_lab):
     runs = [json.loads(p.read_text()) for p in out.glob("runs/*/run.json")]
     also = [r for r in runs if "--val_also" in r["flags"]]
     assert also
-    from training import read_metrics
+    from plumbing.progress import read_metrics
     from formats.loader import run_files
     folder = out / "runs" / next(p.parent.name for p in out.glob("runs/*/run.json") if "--val_also" in p.read_text())
     weights = json.loads((folder / "run.json").read_text())["weights"]
@@ -92,25 +97,73 @@ def test_general_validation_is_logged_beside_the_task(quick_lab):
 
 
 def test_runs_are_reused_by_content_and_remade_when_their_data_changes(quick_lab):
-    """Guards a stale run reused after its data changed, or a finished run made again for nothing."""
+    """Guards a stale run reused after its data changed, or a finished run made again for nothing. The
+    first run is made as the full lab makes it: `python train_lora.py ...`, a process of its own (the
+    quick lab runs the same command in its own process), its output kept in the run's log.txt."""
     out, _ = quick_lab
-    lab = Lab(out, quick=True)
+    lab = Lab(out, quick=True, in_process=False)
     data = out / "data" / "tiny.jsonl"
     data.write_text((out / "data" / "lora_medical_first64.jsonl").read_text())
     job = lab.lora_job(["--data_path", str(data)])
     first = lab.train(*job)
-    again = lab.train(*job)
-    assert (lab.made_now, again.folder) == (1, first.folder)
+    again = Lab(out, quick=True).train(*job)
+    assert (lab.made_now, again.folder, again.weights) == (1, first.folder, first.weights)
+    assert f"saved {first.weights}" in (first.folder / "log.txt").read_text() and first.curve("loss")
     data.write_text("".join(data.read_text().splitlines(keepends=True)[:40]))  # other content, same name
-    assert lab.train(*job).folder != first.folder and lab.made_now == 2
+    other = Lab(out, quick=True)
+    assert other.train(*job).folder != first.folder and other.made_now == 1
+
+
+def test_a_variant_run_is_its_trainers_command(quick_lab):
+    """Guards the lab's variants drifting from what `python -m lab.train_variant --variant NAME` trains:
+    a variant job is that command (its flags left at the trainer's defaults dropped), and a failed
+    command stops the lab with its own error line rather than passing for a result."""
+    out, _ = quick_lab
+    lab = Lab(out, quick=True)
+    script, flags = lab.lora_job(["--data_path", str(out / "data" / "lora_medical_first64.jsonl")], variant="pissa",
+                                 lora_rank=16, seed=1337)
+    assert script == "lab.train_variant" and flags[-2:] == ["--variant", "pissa"] and "--lora_rank" not in flags
+    run = lab.train(script, flags)
+    assert run.folder.name.startswith("train_variant-") and read_checkpoint(run.weights)["lora_config"]["init"] == "pissa"
+    with pytest.raises(UserError, match=r"python -m lab.train_variant failed \(exit 2\): .*--lora_dropout must be in"):
+        lab.train(script, [*flags, "--lora_dropout", "2"])
+
+
+def test_variant_lora_trains_bit_for_bit_what_train_lora_trains(quick_lab, tmp_path):
+    """Guards lab/train_variant.py's promise: with --variant lora it is train_lora.py, the same adapter
+    to the last bit, so the lab's variants differ from LoRA in the adapter only."""
+    out, _ = quick_lab
+    sft = Lab(out, quick=True).base()["sft"]
+    common = ["--base", sft, "--data_path", str(out / "data" / "lora_medical_first64.jsonl"), "--epochs", "1",
+              "--batch_size", "8", "--max_seq_len", "64", "--val_samples", "8", "--device", "cpu"]
+    plain = train_lora.main([*common, "--out_dir", str(tmp_path / "a")]).weights
+    variant = train_variant.main([*common, "--out_dir", str(tmp_path / "b"), "--variant", "lora"]).weights
+    a, b = read_checkpoint(plain), read_checkpoint(variant)
+    tensors = [k for k in a if isinstance(a[k], torch.Tensor)]
+    assert tensors and a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in tensors)
 
 
 def test_one_configuration_is_one_run_whoever_asks():
     """Guards two experiments training the same configuration twice because one spelled out a default."""
-    parser = train_lora.build_parser()
+    parser = stage_parser("lora")
     assert canonical_flags(parser, {"lora_rank": 16, "seed": 1337, "lora_plus_ratio": 16.0}) == []
     assert canonical_flags(parser, {"lora_rank": 8, "lora_alpha": 8}) == ["--lora_rank", "8"]
     assert canonical_flags(parser, {"seed": 1, "lora_rank": 8}) == canonical_flags(parser, {"lora_rank": 8, "seed": 1})
+    variant = train_variant.build_parser()
+    assert canonical_flags(variant, {"variant": "lora", "lora_targets": "wq,wk,wv,wo,w1,w2,w3,output"}) == []
+    with pytest.raises(ValueError, match="--lora_init is not a flag"):
+        canonical_flags(parser, {"lora_init": "pissa"})
+
+
+@pytest.mark.parametrize("stage, script", [("pretrain", train_pretrain), ("full_sft", train_full_sft), ("lora", train_lora)])
+def test_the_labs_defaults_are_the_scripts_defaults(stage, script):
+    """Guards the lab dropping a flag as "the default" that the script's default is not (then two
+    configurations would share one run): the lab reads each stage's defaults from plumbing/flags.py
+    (demo.stage_parser), which must be the script's own; the variant trainer's are train_lora.py's."""
+    assert vars(stage_parser(stage).parse_args([])) == vars(script.build_parser().parse_args([]))
+    if stage == "lora":
+        assert vars(train_variant.build_parser().parse_args([])) == {**vars(script.build_parser().parse_args([])),
+                                                                     "variant": "lora"}
 
 
 def test_report_only_rewrites_the_same_page_from_the_findings(quick_lab):

@@ -60,11 +60,11 @@ def test_ci_installs_into_a_fresh_virtual_environment():
 
 
 def test_the_readme_stages_are_the_commands_run_demo_runs():
-    """Guards against the README's stage-by-stage commands drifting from run_demo.py (a student who
-    follows the README must train exactly what the demo trains)."""
+    """Guards against the README's stage-by-stage commands drifting from what run_demo.py runs, demo.py's
+    stages (a student who follows the README must train exactly what the demo trains)."""
     import shlex
 
-    from run_demo import demo_stages
+    from demo import demo_stages
 
     readme = (ROOT / "README.md").read_text(encoding="utf-8")
     block = readme.split("<!-- stages -->")[1].split("<!-- /stages -->")[0]

@@ -1,0 +1,92 @@
+"""The demo's configuration: its stages -- the scripts' bare commands -- its evaluation sets and its targets.
+
+    demo_stages("out")          [("tokenizer", ["train_tokenizer.py"]), ("pretrain", ["train_pretrain.py"]), ...]
+    target_checks(results)      [("SFT + lora_medical on eval_medical >= 80% ...: 86.5% ...", True), ...]
+    demo_eval_settings("out")   the evaluation command's max_new_tokens, batch_size and device
+    stage_parser("lora")        a training stage's flags and defaults (plumbing/flags.py's STAGES row)
+
+There is no other configuration: every training stage is its script with the defaults, and those
+defaults are plumbing/flags.py's. run_demo.py runs these stages and prints the table;
+tests/test_readme.py checks that the README shows these very commands; the LoRA lab (lab/) builds
+its base checkpoints with them and scores as the demo scores; experiments/ change one setting of
+them at a time. A library module (no entry script is imported), so all of them can read it.
+"""
+import argparse
+
+from evaluation import MAX_NEW_TOKENS
+from plumbing import flags
+
+EVAL_FILES = ["dataset/eval_general.jsonl", "dataset/eval_medical.jsonl", "dataset/eval_identity.jsonl"]
+ADAPTERS = ["lora_medical", "lora_identity"]
+TRAINING_STAGES = ("pretrain", "SFT", "LoRA lora_medical", "LoRA lora_identity")
+# eval_model.py's --batch_size default (tests/test_experiments.py checks demo_eval_settings against its parser)
+EVAL_BATCH_SIZE = 16
+
+
+def demo_stages(out_dir="out", seed=None, dtype=None):
+    """The pipeline as [(stage, command)]: the scripts with their defaults, plus --out_dir, --seed and
+    --dtype when they are given. What the stages train, and why, is in each script's flag help."""
+    stages = [
+        ("tokenizer", ["train_tokenizer.py"]),
+        ("pretrain", ["train_pretrain.py"]),
+        ("SFT", ["train_full_sft.py"]),
+        ("LoRA lora_medical", ["train_lora.py"]),
+        ("LoRA lora_identity", ["train_lora.py", "--lora_name", "lora_identity", "--data_path", "dataset/lora_identity.jsonl"]),
+        ("evaluation", ["eval_model.py", "--lora_name", *ADAPTERS, "--compare", "--eval_data", *EVAL_FILES,
+                        "--max_new_tokens", "48", "--json"]),
+    ]
+    for name, command in stages:
+        if name != "tokenizer" and out_dir != "out":
+            command += ["--out_dir", out_dir]
+        if name in TRAINING_STAGES and seed is not None:
+            command += ["--seed", str(seed)]
+        if name in TRAINING_STAGES and dtype is not None:  # evaluation keeps its default, so scores compare
+            command += ["--dtype", dtype]
+    return stages
+
+
+def target_checks(results):
+    """The demo's targets, as [(description with the measured numbers, met?)], from the evaluation
+    stage's JSON (eval_model.py --compare --json)."""
+    columns = {c["name"]: c["sets"] for c in results["columns"]}
+    acc = {name: {s: r["accuracy"] for s, r in sets.items()} for name, sets in columns.items()}
+    base, medical, identity = acc["base"], acc["+lora_medical"], acc["+lora_identity"]
+    same = columns["adapter removed"] == columns["base"]  # every answer and loss identical
+    drop = max(base["eval_general"] - medical["eval_general"], base["eval_general"] - identity["eval_general"])
+    return [
+        (f"SFT + lora_medical on eval_medical >= 80% (SFT alone <= 20%): "
+         f"{medical['eval_medical']:.1%} (SFT alone {base['eval_medical']:.1%})",
+         medical["eval_medical"] >= 0.8 and base["eval_medical"] <= 0.2),
+        (f"SFT + lora_identity on eval_identity >= 90%: {identity['eval_identity']:.1%}",
+         identity["eval_identity"] >= 0.9),
+        ("adapter removed == SFT alone (every answer and loss identical): " + ("yes" if same else "NO"), same),
+        (f"eval_general with an adapter on at most 10 points below SFT alone: largest drop {drop * 100:.1f} points",
+         drop <= 0.10 + 1e-9),
+    ]
+
+
+def demo_eval_settings(out_dir="out") -> argparse.Namespace:
+    """The scoring settings of the demo's evaluation command -- max_new_tokens, batch_size, device --
+    read as eval_model.py reads them (its defaults where the command gives none). The lab and
+    experiments/lora_medical.py score with them, so their accuracies are the demo table's."""
+    parser = argparse.ArgumentParser(add_help=False)
+    parser.add_argument("--max_new_tokens", type=int, default=MAX_NEW_TOKENS)
+    parser.add_argument("--batch_size", type=int, default=EVAL_BATCH_SIZE)
+    parser.add_argument("--device", default="auto")
+    settings, _ = parser.parse_known_args(dict(demo_stages(out_dir))["evaluation"][1:])
+    return settings
+
+
+def stage_parser(stage) -> argparse.ArgumentParser:
+    """The flags of a training stage's script ("pretrain", "full_sft" or "lora"), with their defaults --
+    the demo's -- built from plumbing/flags.py as train_pretrain.py, train_full_sft.py and train_lora.py
+    build theirs (tests/test_experiments.py checks they agree). What the lab and the experiments read
+    a stage's defaults from, e.g. stage_parser("lora").parse_args([]).epochs."""
+    parser = argparse.ArgumentParser(add_help=False)
+    flags.add_common_args(parser, stage)
+    flags.add_model_args(parser, from_checkpoint=stage != "pretrain")
+    if stage == "full_sft":
+        parser.add_argument("--base", default=None)
+    if stage == "lora":
+        flags.add_lora_args(parser)
+    return parser
