@@ -13,6 +13,7 @@ import torch
 from model.LMConfig import LMConfig
 from model.model import MiniMindLM
 from model.model_lora import LoRALinear
+from plumbing import errors
 
 ROOT = Path(__file__).resolve().parent.parent
 # Made by MiniMind2's own code (each folder's README says how): a tiny model's config and weights, the
@@ -107,3 +108,20 @@ def logits_of(model, ids) -> torch.Tensor:
     """The model's logits for ids, without building a graph."""
     with torch.no_grad():
         return model(ids).logits
+
+
+# ------------------------------------------------------------------------------------------------
+# Command-line errors
+
+
+def one_line_error(main, argv, capsys, run_main=errors.run_main) -> str:
+    """Run a script's main as its __main__ does (run_main; a training script passes training.run_main),
+    which must fail: exit code 2, no traceback, and one error line "PROG: error: ...", the last on stderr
+    (notes such as "tokenizing ..." may come before it) -> that line's message."""
+    capsys.readouterr()  # drop what earlier runs printed
+    assert run_main(main, argv) == 2
+    err = capsys.readouterr().err
+    lines = err.strip().splitlines()
+    assert "Traceback" not in err and ": error: " in lines[-1], err
+    assert [line for line in lines if "error" in line.lower()] == lines[-1:], err
+    return lines[-1].split(": error: ", 1)[1]

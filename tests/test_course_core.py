@@ -152,3 +152,17 @@ def test_out_dir_means_where_checkpoints_go_in_every_tool():
                 help_ = next((k.value for k in node.keywords if k.arg == "help"), None)
                 helps[f"{path.relative_to(ROOT)}:{node.lineno}"] = ast.get_source_segment(source, help_) if help_ else ""
     assert helps and all("checkpoint" in h for h in helps.values()), helps
+
+
+def test_test_helpers_are_defined_once():
+    """Guards against model builders and helpers copied from test file to test file (7 definitions of the
+    small models across 6 files): a helper two files need lives in tests/conftest.py; a helper of one
+    file has a name of its own. (pytest fixtures are per file by design and left out.)"""
+    import collections
+
+    defined = collections.defaultdict(list)
+    for path in sorted((ROOT / "tests").glob("*.py")):
+        for node in ast.parse(path.read_text(encoding="utf-8")).body:
+            if isinstance(node, ast.FunctionDef) and not node.name.startswith("test_") and not node.decorator_list:
+                defined[node.name].append(path.name)
+    assert not {name: files for name, files in defined.items() if len(files) > 1}

@@ -180,7 +180,7 @@ def test_the_permutation_is_undone_exactly(rows, cols, heads):
 # Here -> Hugging Face, and back
 
 
-def random_model(**fields) -> MiniMindLM:
+def model_with_random_norms(**fields) -> MiniMindLM:
     """A small MiniMindLM whose norms are random too, so a misplaced norm weight would show."""
     torch.manual_seed(0)
     config = LMConfig(**{"dim": 64, "n_layers": 2, "n_heads": 4, "n_kv_heads": 2, "vocab_size": 2048,
@@ -218,7 +218,7 @@ def test_import_then_export_gives_back_transformers_own_files(tmp_path):
 def test_export_then_import_is_bit_exact(tmp_path):
     """Guards against an export/import pair that is not each other's inverse (a permutation applied one way
     only, a config field lost: rope_theta, norm_eps, max_seq_len, hidden_dim, n_kv_heads)."""
-    model = random_model(hidden_dim=160)  # not the default 8/3 rule: must travel as intermediate_size
+    model = model_with_random_norms(hidden_dim=160)  # not the default 8/3 rule: must travel as intermediate_size
     save_llama_folder(tmp_path / "hf", model, Tokenizer.load(DEMO_TOKENIZER))
     config, state = read_llama_folder(tmp_path / "hf")
     for field in ("dim", "n_layers", "n_heads", "n_kv_heads", "vocab_size", "hidden_dim", "norm_eps", "max_seq_len", "rope_theta"):
@@ -234,7 +234,7 @@ def test_export_then_import_is_bit_exact(tmp_path):
 def test_adapter_export_then_import_is_bit_exact(targets, rank, alpha, tmp_path):
     """Guards against an adapter that changes on the way out and back: lora_B of wq/wk permuted one way only,
     a non-square target transposed, the scale or the targets lost."""
-    model = random_model()
+    model = model_with_random_norms()
     apply_lora(model, rank=rank, alpha=alpha, target_modules=targets)
     with torch.no_grad():
         for name, p in model.named_parameters():
@@ -252,7 +252,7 @@ def test_adapter_export_then_import_is_bit_exact(targets, rank, alpha, tmp_path)
 def test_an_adapter_on_the_tied_embedding_is_refused_for_peft_with_a_hint_to_merge(tmp_path):
     """Guards against exporting our shared ΔE as PEFT adapters on embed_tokens and lm_head: two adapters on
     one tied matrix that PEFT's merge would add twice. Refused in one line that suggests --merge."""
-    model = random_model()
+    model = model_with_random_norms()
     apply_lora(model, rank=2, target_modules=["wq", "output"])
     with pytest.raises(ConversionError, match=r"tied embedding \('output' target\).*add --merge") as caught:
         save_peft_folder(tmp_path / "adapter", adapter_state(model), model.config)
@@ -499,7 +499,7 @@ def test_peft_tensors_with_no_counterpart_are_refused():
 # The command line
 
 
-def run(argv, capsys):
+def convert(argv, capsys):
     """convert_model.py as its __main__ runs it -> (exit code, stdout, stderr)."""
     capsys.readouterr()
     code = errors.run_main(convert_model.main, [str(a) for a in argv])
@@ -513,7 +513,7 @@ def test_from_hf_writes_a_checkpoint_and_adapter_the_scripts_use(tmp_path, capsy
     eval_model.py --lora_name and further LoRA training use -- all giving transformers'/PEFT's logits."""
     tok = tokenizer_320(tmp_path / "tok320")
     out = tmp_path / "out"
-    code, stdout, stderr = run(["from-hf", "--hf_dir", HF_MODEL, "--out", out / "llama_64.safetensors", "--tokenizer", tok,
+    code, stdout, stderr = convert(["from-hf", "--hf_dir", HF_MODEL, "--out", out / "llama_64.safetensors", "--tokenizer", tok,
                                 "--peft_dir", HF_ADAPTER, "--lora_out", out / "lora" / "peft_64.pth"], capsys)
     assert code == 0, stderr
     assert "wrote" in stdout
@@ -543,7 +543,7 @@ def test_from_hf_takes_the_folders_own_tokenizer_and_writes_it_beside_the_checkp
     or deleted) or records none: the tokenizer is copied to OUT_STEM_tokenizer/ and the sidecar names it."""
     folder = _copy_fixture(tmp_path)
     tokenizer_320(folder)  # now the folder carries its tokenizer, as a real model folder does
-    code, _, stderr = run(["from-hf", "--hf_dir", folder, "--out", tmp_path / "out" / "m.pth"], capsys)
+    code, _, stderr = convert(["from-hf", "--hf_dir", folder, "--out", tmp_path / "out" / "m.pth"], capsys)
     assert code == 0, stderr
     assert (tmp_path / "out" / "m_tokenizer" / "tokenizer.json").is_file()
     loaded = load_checkpoint(tmp_path / "out" / "m.pth")
@@ -553,7 +553,7 @@ def test_from_hf_takes_the_folders_own_tokenizer_and_writes_it_beside_the_checkp
 @pytest.fixture()
 def our_checkpoint(tmp_path):
     """A checkpoint of ours (with sidecar) and an adapter on every Linear with a non-trivial scale."""
-    model = random_model()
+    model = model_with_random_norms()
     save_model(model, tmp_path / "full_sft_64.pth", meta=checkpoint_meta("full_sft", DEMO_TOKENIZER, Tokenizer.load(DEMO_TOKENIZER)))
     apply_lora(model, rank=4, alpha=6, target_modules=["wq", "wk", "wv", "wo", "w1", "w2", "w3"])
     with torch.no_grad():
@@ -568,12 +568,12 @@ def test_to_hf_then_from_hf_gives_back_the_checkpoint_and_adapter_bit_exact(our_
     """Guards against the two subcommands not being inverses: out and back in, the weights and the adapter
     are bit-identical, and the tokenizer is the very one the model was trained with (same fingerprint)."""
     ckpt, lora, _ = our_checkpoint
-    code, stdout, stderr = run(["to-hf", "--ckpt", ckpt, "--hf_dir", tmp_path / "hf", "--lora_path", lora], capsys)
+    code, stdout, stderr = convert(["to-hf", "--ckpt", ckpt, "--hf_dir", tmp_path / "hf", "--lora_path", lora], capsys)
     assert code == 0, stderr
     assert {p.name for p in (tmp_path / "hf").iterdir()} == {"config.json", "generation_config.json", "model.safetensors",
                                                              "tokenizer.json", "tokenizer_config.json", "adapter"}
     assert {p.name for p in (tmp_path / "hf" / "adapter").iterdir()} == {"adapter_config.json", "adapter_model.safetensors"}
-    code, _, stderr = run(["from-hf", "--hf_dir", tmp_path / "hf", "--out", tmp_path / "back.pth",
+    code, _, stderr = convert(["from-hf", "--hf_dir", tmp_path / "hf", "--out", tmp_path / "back.pth",
                            "--peft_dir", tmp_path / "hf" / "adapter", "--lora_out", tmp_path / "back_lora.pth"], capsys)
     assert code == 0, stderr
     original, back = read_checkpoint(ckpt), read_checkpoint(tmp_path / "back.pth")
@@ -590,7 +590,7 @@ def test_to_hf_merge_writes_the_adapted_model_as_a_plain_folder(our_checkpoint, 
     """Guards against --merge exporting the base (adapter forgotten) or a folder that still needs PEFT: the
     merged folder alone computes what base + adapter compute here."""
     ckpt, lora, adapted = our_checkpoint
-    code, _, stderr = run(["to-hf", "--ckpt", ckpt, "--hf_dir", tmp_path / "merged", "--lora_path", lora, "--merge"], capsys)
+    code, _, stderr = convert(["to-hf", "--ckpt", ckpt, "--hf_dir", tmp_path / "merged", "--lora_path", lora, "--merge"], capsys)
     assert code == 0, stderr
     assert not (tmp_path / "merged" / "adapter").exists()
     model = imported_model(tmp_path / "merged")
@@ -602,9 +602,9 @@ def test_to_hf_merge_writes_the_adapted_model_as_a_plain_folder(our_checkpoint, 
 def test_to_hf_reads_a_minimind2_file_with_the_shape_flags(tmp_path, capsys):
     """Guards against to-hf needing a sidecar: a plain MiniMind2 .pth exports with --dim/--n_layers/
     --n_heads/--n_kv_heads/--tokenizer, as load_checkpoint takes them."""
-    model = random_model()
+    model = model_with_random_norms()
     torch.save(model.state_dict(), tmp_path / "full_sft_64.pth")  # MiniMind2 style: no sidecar
-    code, _, stderr = run(["to-hf", "--ckpt", tmp_path / "full_sft_64.pth", "--hf_dir", tmp_path / "hf", "--dim", 64,
+    code, _, stderr = convert(["to-hf", "--ckpt", tmp_path / "full_sft_64.pth", "--hf_dir", tmp_path / "hf", "--dim", 64,
                            "--n_layers", 2, "--n_heads", 4, "--n_kv_heads", 2, "--tokenizer", DEMO_TOKENIZER], capsys)
     assert code == 0, stderr
     assert json.loads((tmp_path / "hf" / "config.json").read_text())["num_key_value_heads"] == 2
@@ -613,10 +613,10 @@ def test_to_hf_reads_a_minimind2_file_with_the_shape_flags(tmp_path, capsys):
 def _mistakes(tmp_path, our_checkpoint):
     ckpt, lora, model = our_checkpoint
     tied = tmp_path / "tied_64.pth"
-    apply_lora(tied_model := random_model(), rank=2, target_modules=["wq", "output"])
+    apply_lora(tied_model := model_with_random_norms(), rank=2, target_modules=["wq", "output"])
     save_lora(tied_model, tied)
     other_template = tmp_path / "other_template"
-    save_llama_folder(other_template, random_model(), Tokenizer.load(DEMO_TOKENIZER))
+    save_llama_folder(other_template, model_with_random_norms(), Tokenizer.load(DEMO_TOKENIZER))
     config = json.loads((other_template / "tokenizer_config.json").read_text())
     (other_template / "tokenizer_config.json").write_text(json.dumps({**config, "chat_template": "{{ messages }}"}))
     qwen = _copy_fixture(tmp_path)
@@ -643,7 +643,7 @@ def test_every_mistake_is_one_line_and_exit_code_2(our_checkpoint, tmp_path, cap
     """Guards against a conversion mistake reported as a traceback, or a half-written output: each is
     `convert_model.py: error: MESSAGE` (one line) with exit code 2, and a refused to-hf writes nothing."""
     for argv, message in _mistakes(tmp_path, our_checkpoint):
-        code, stdout, stderr = run(argv, capsys)
+        code, stdout, stderr = convert(argv, capsys)
         lines = stderr.strip().splitlines()
         assert code == 2, (argv, stderr)
         assert len(lines) == 1 and ": error: " in lines[0] and message in lines[0], (argv, stderr)
@@ -666,13 +666,13 @@ def test_from_hf_replaces_nothing_without_force(tmp_path, capsys):
     import is refused in one line and leaves every file as it was; with --force it replaces them."""
     out = tmp_path / "out" / "llama_64.pth"
     argv = ["from-hf", "--hf_dir", HF_MODEL, "--out", out, "--tokenizer", tokenizer_320(tmp_path / "tok")]
-    assert run(argv, capsys)[0] == 0
+    assert convert(argv, capsys)[0] == 0
     out.write_bytes(b"an earlier checkpoint")
     before = _tree(tmp_path / "out")
-    code, _, stderr = run(argv, capsys)
+    code, _, stderr = convert(argv, capsys)
     assert code == 2 and f"--out {out} exists; pass --force to replace it" in stderr, stderr
     assert _tree(tmp_path / "out") == before
-    code, _, stderr = run([*argv, "--force"], capsys)
+    code, _, stderr = convert([*argv, "--force"], capsys)
     assert code == 0, stderr
     assert load_checkpoint(out).model.config.dim == 64  # a checkpoint again, not the bytes written above
 
@@ -685,7 +685,7 @@ def test_from_hf_refuses_a_file_name_whose_dim_is_not_the_models(tmp_path, capsy
                                " names dim 128, but the model's dim is 64: scripts find files by NAME_DIM, so call it llama_64.pth"),
                               (["--out", tmp_path / "llama_64.pth", "--peft_dir", HF_ADAPTER, "--lora_out", tmp_path / "x_128.pth"],
                                "--lora_out " + str(tmp_path / "x_128.pth") + " names dim 128")]:
-        code, _, stderr = run(["from-hf", "--hf_dir", HF_MODEL, "--tokenizer", tok, *outputs], capsys)
+        code, _, stderr = convert(["from-hf", "--hf_dir", HF_MODEL, "--tokenizer", tok, *outputs], capsys)
         assert code == 2 and message in stderr, stderr
     assert sorted(p.name for p in tmp_path.iterdir()) == ["tok"]
 
@@ -698,7 +698,7 @@ def test_a_refused_peft_folder_leaves_every_output_unwritten(tmp_path, capsys):
     peft = tmp_path / "pissa"
     shutil.copytree(HF_ADAPTER, peft)
     (peft / "adapter_config.json").write_text(json.dumps({**BASE_ADAPTER, "init_lora_weights": "pissa"}))
-    code, _, stderr = run(["from-hf", "--hf_dir", folder, "--out", tmp_path / "out" / "m.pth", "--peft_dir", peft,
+    code, _, stderr = convert(["from-hf", "--hf_dir", folder, "--out", tmp_path / "out" / "m.pth", "--peft_dir", peft,
                            "--lora_out", tmp_path / "out" / "lora" / "p_64.pth"], capsys)
     assert code == 2 and "init_lora_weights='pissa' cannot be converted" in stderr, stderr
     assert not (tmp_path / "out").exists()
@@ -716,7 +716,7 @@ def test_from_hf_refuses_outputs_that_would_overwrite_each_other(out, lora_out, 
     folder = _copy_fixture(tmp_path)
     tokenizer_320(folder)
     extra = ["--peft_dir", HF_ADAPTER, "--lora_out", tmp_path / "out" / lora_out] if lora_out else []
-    code, _, stderr = run(["from-hf", "--hf_dir", folder, "--out", tmp_path / "out" / out, *extra], capsys)
+    code, _, stderr = convert(["from-hf", "--hf_dir", folder, "--out", tmp_path / "out" / out, *extra], capsys)
     assert code == 2 and message in stderr, stderr
     assert not (tmp_path / "out").exists()
 
@@ -724,11 +724,11 @@ def test_from_hf_refuses_outputs_that_would_overwrite_each_other(out, lora_out, 
 def _earlier_export(folder: Path, capsys) -> None:
     """An export with an adapter, plus what transformers' save_pretrained of a bigger model leaves (shards, their
     index, chat_template.jinja), plus a file of the user's."""
-    model = random_model()
+    model = model_with_random_norms()
     save_model(model, folder.parent / "base_64.pth", meta=checkpoint_meta("full_sft", DEMO_TOKENIZER, Tokenizer.load(DEMO_TOKENIZER)))
     apply_lora(model, rank=2, target_modules=["wq"])
     save_lora(model, folder.parent / "wq_64.pth")
-    assert run(["to-hf", "--ckpt", folder.parent / "base_64.pth", "--hf_dir", folder, "--lora_path", folder.parent / "wq_64.pth"],
+    assert convert(["to-hf", "--ckpt", folder.parent / "base_64.pth", "--hf_dir", folder, "--lora_path", folder.parent / "wq_64.pth"],
                capsys)[0] == 0
     for name in ("chat_template.jinja", "model-00001-of-00002.safetensors", "model.safetensors.index.json", "notes.txt"):
         (folder / name).write_text("from before")
@@ -740,7 +740,7 @@ def test_to_hf_refuses_a_folder_that_is_not_empty_without_force(tmp_path, capsys
     folder = tmp_path / "hf"
     _earlier_export(folder, capsys)
     before = _tree(folder)
-    code, _, stderr = run(["to-hf", "--ckpt", tmp_path / "base_64.pth", "--hf_dir", folder, "--lora_path",
+    code, _, stderr = convert(["to-hf", "--ckpt", tmp_path / "base_64.pth", "--hf_dir", folder, "--lora_path",
                            tmp_path / "wq_64.pth", "--merge"], capsys)
     assert code == 2 and f"--hf_dir {folder} is not empty; pass --force" in stderr, stderr
     assert _tree(folder) == before
@@ -752,7 +752,7 @@ def test_to_hf_force_replaces_an_earlier_export_and_keeps_other_files(tmp_path, 
     and named, anything else is kept."""
     folder = tmp_path / "hf"
     _earlier_export(folder, capsys)
-    code, _, stderr = run(["to-hf", "--ckpt", tmp_path / "base_64.pth", "--hf_dir", folder, "--lora_path",
+    code, _, stderr = convert(["to-hf", "--ckpt", tmp_path / "base_64.pth", "--hf_dir", folder, "--lora_path",
                            tmp_path / "wq_64.pth", "--merge", "--force"], capsys)
     assert code == 0, stderr
     assert sorted(_tree(folder)) == ["config.json", "generation_config.json", "model.safetensors", "notes.txt",

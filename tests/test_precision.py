@@ -101,7 +101,7 @@ def test_every_script_takes_one_dtype_flag():
 # Training under bfloat16 autocast
 
 
-def run(out, data, *flags):
+def pretrain_tiny(out, data, *flags):
     """A tiny pretraining run (2 layers, dim 32, 8 optimizer steps) -> RunResult."""
     return train_pretrain.main(["--dim", "32", "--n_layers", "2", "--n_heads", "4", "--n_kv_heads", "2",
                                 "--device", "cpu", "--max_seq_len", "64", "--batch_size", "8", "--val_samples", "8",
@@ -129,8 +129,8 @@ def test_bfloat16_training_writes_the_float32_files_and_resume_refuses_a_change(
     kept in bfloat16, against a loss that bfloat16 autocast moves far from float32's, and against a
     --resume that continues in another precision than the run started in."""
     native(True)
-    float32 = run(tmp_path / "f32", data, "--dtype", "float32")
-    bf16 = run(tmp_path / "bf16", data, "--dtype", "bfloat16")
+    float32 = pretrain_tiny(tmp_path / "f32", data, "--dtype", "float32")
+    bf16 = pretrain_tiny(tmp_path / "bf16", data, "--dtype", "bfloat16")
     assert "cpu, bfloat16 autocast, 1 process" in capsys.readouterr().out
     # the same files, tensor for tensor: float32, the same keys and shapes; the same sidecar config
     assert tensor_format(bf16.weights) == tensor_format(float32.weights)
@@ -146,7 +146,7 @@ def test_bfloat16_training_writes_the_float32_files_and_resume_refuses_a_change(
     monkeypatch.setattr(training, "get_lr", lambda step, *a: (_ for _ in ()).throw(KeyboardInterrupt) if step == 5
                         else real_get_lr(step, *a))
     with pytest.raises(KeyboardInterrupt):
-        run(tmp_path / "cut", data, "--dtype", "bfloat16")
+        pretrain_tiny(tmp_path / "cut", data, "--dtype", "bfloat16")
     monkeypatch.setattr(training, "get_lr", real_get_lr)
     state = torch.load(tmp_path / "cut" / "pretrain_32_resume.pth", weights_only=True)
     assert state["plan"]["dtype"] == "bfloat16" and state["step"] == 4
@@ -154,12 +154,12 @@ def test_bfloat16_training_writes_the_float32_files_and_resume_refuses_a_change(
     moments = [t for s in state["optimizer"]["state"].values() for name, t in s.items() if name.startswith("exp_avg")]
     assert moments and all(t.dtype == torch.float32 for t in moments)
     with pytest.raises(UserError, match="dtype=bfloat16 then, float32 now"):
-        run(tmp_path / "cut", data, "--dtype", "float32", "--resume")
+        pretrain_tiny(tmp_path / "cut", data, "--dtype", "float32", "--resume")
     native(False)  # the same flags on a machine without native bfloat16 would continue in float32: refused
     with pytest.raises(UserError, match="dtype=bfloat16 then, float32 now"):
-        run(tmp_path / "cut", data, "--dtype", "bfloat16", "--resume")
+        pretrain_tiny(tmp_path / "cut", data, "--dtype", "bfloat16", "--resume")
     native(True)
-    assert run(tmp_path / "cut", data, "--dtype", "bfloat16", "--resume").final_loss == pytest.approx(bf16.final_loss, rel=1e-3)
+    assert pretrain_tiny(tmp_path / "cut", data, "--dtype", "bfloat16", "--resume").final_loss == pytest.approx(bf16.final_loss, rel=1e-3)
 
 
 # ------------------------------------------------------------------------------------------------

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import DEMO_TOKENIZER, ROOT, first_lines, small_model
+from conftest import DEMO_TOKENIZER, ROOT, first_lines, one_line_error, small_model
 
 import eval_model
 import train_full_sft
@@ -40,18 +40,6 @@ from model.tokenizer import Tokenizer, TokenizerError
 SHAPE = ["--dim", "32", "--n_layers", "2", "--n_heads", "4", "--n_kv_heads", "2"]
 FAST = ["--device", "cpu", "--max_seq_len", "64", "--batch_size", "8", "--val_samples", "16"]
 ENV = {**os.environ, "OMP_NUM_THREADS": "1"}
-
-
-def one_line_error(main, argv, capsys):
-    """Run main through run_main: exit code 2, no traceback, the last stderr line `PROG: error: ...`
-    and no other error line -> the message."""
-    capsys.readouterr()
-    assert errors.run_main(main, argv) == 2
-    err = capsys.readouterr().err
-    lines = err.strip().splitlines()
-    assert "Traceback" not in err and ": error: " in lines[-1], err
-    assert [line for line in lines if "error" in line.lower()] == lines[-1:], err
-    return lines[-1].split(": error: ", 1)[1]
 
 
 @pytest.fixture(scope="module")

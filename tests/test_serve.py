@@ -45,7 +45,7 @@ MODELS = ["minimind", "lora_a", "lora_b"]
 LONG_TOKENS = 1200  # a request that runs for a while (about a second) beside the others
 
 
-def random_model(seed: int, **config) -> MiniMindLM:
+def sharp_model(seed: int, **config) -> MiniMindLM:
     """A tiny model whose weights have std 3/sqrt(fan-in): at the usual 0.02 a random model's greedy
     answer is one token repeated, which any bug would reproduce."""
     torch.manual_seed(seed)
@@ -74,7 +74,7 @@ def save_adapters(model, folder, adapters: dict, suffix: str = "") -> None:
 def out(tmp_path_factory):
     """out/full_sft_32.pth (+ sidecar) and out/lora/lora_a_32.pth, lora_b_32.pth."""
     out = tmp_path_factory.mktemp("out")
-    model = random_model(0)
+    model = sharp_model(0)
     save_model(model, out / "full_sft_32.pth", meta=checkpoint_meta("full_sft", TOKENIZER, Tokenizer.load(TOKENIZER)))
     save_adapters(model, out / "lora", ADAPTERS)
     return out
@@ -132,7 +132,7 @@ def references(out):
     return answers
 
 
-def chat(model, question, **fields):
+def chat_request(model, question, **fields):
     return {"model": model, "messages": [{"role": "user", "content": question}], **fields}
 
 
@@ -282,7 +282,7 @@ def test_greedy_answers_equal_eval_model_in_a_batch_mixing_base_and_two_adapters
     server, port = server
     before = server.service.engine.stats["mixed_steps"]
     calls = [(m, q) for q in QUESTIONS for m in MODELS]
-    results = in_threads([lambda m=m, q=q: post(port, chat(m, q, temperature=0, max_tokens=24)) for m, q in calls])
+    results = in_threads([lambda m=m, q=q: post(port, chat_request(m, q, temperature=0, max_tokens=24)) for m, q in calls])
     for (m, q), (status, answer) in zip(calls, results):
         assert status == 200, answer
         assert answer["choices"][0]["message"]["content"] == references[m][q], (m, q)
@@ -297,8 +297,8 @@ def test_a_streamed_answer_concatenates_to_the_whole_answer(server):
     against a seed that does not make sampling repeatable."""
     _, port = server
     for fields in ({"temperature": 0, "max_tokens": 30}, {"temperature": 0.9, "top_p": 0.9, "seed": 7, "max_tokens": 30}):
-        status, whole = post(port, chat("lora_a", QUESTIONS[1], **fields))
-        events = stream(port, chat("lora_a", QUESTIONS[1], **fields, stream_options={"include_usage": True}))
+        status, whole = post(port, chat_request("lora_a", QUESTIONS[1], **fields))
+        events = stream(port, chat_request("lora_a", QUESTIONS[1], **fields, stream_options={"include_usage": True}))
         assert status == 200 and events[-1] == "[DONE]"
         assert events[0]["choices"][0]["delta"] == {"role": "assistant", "content": ""}
         assert all(e["object"] == "chat.completion.chunk" and e["id"] == events[0]["id"] for e in events[:-1])
@@ -331,17 +331,17 @@ BAD_REQUESTS = [  # (body, status, param, what the message says)
     ({"model": "minimind", "messages": [{"role": "user", "content": "hi"}, {"role": "system", "content": "x"}]},
      400, "messages[1].role", "only the first"),
     ({"model": "minimind", "messages": [{"role": "user", "content": 3}]}, 400, "messages[0].content", "string"),
-    (chat("gpt-4", "hi"), 404, "model", "this server has: minimind, lora_a, lora_b"),
-    (chat("minimind", "hi", max_tokens=-1), 400, "max_tokens", "at least 1"),
-    (chat("minimind", "hi", max_tokens=0), 400, "max_tokens", "at least 1"),
-    (chat("minimind", "hi", max_tokens=10**12), 400, "max_tokens", "context is 2048 tokens"),
-    (chat("minimind", "hi", max_tokens="5"), 400, "max_tokens", "integer"),
-    (chat("minimind", LONG), 400, "messages", "context is 2048 tokens"),
-    (chat("minimind", "hi", temperature=5), 400, "temperature", "[0, 2]"),
-    (chat("minimind", "hi", top_p=0), 400, "top_p", "(0, 1]"),
-    (chat("minimind", "hi", n=2), 400, "n", "must be 1"),
-    (chat("minimind", "hi", tools=[{"type": "function"}]), 400, "tools", "unsupported parameter"),
-    (chat("minimind", "hi", stream="yes"), 400, "stream", "true or false"),
+    (chat_request("gpt-4", "hi"), 404, "model", "this server has: minimind, lora_a, lora_b"),
+    (chat_request("minimind", "hi", max_tokens=-1), 400, "max_tokens", "at least 1"),
+    (chat_request("minimind", "hi", max_tokens=0), 400, "max_tokens", "at least 1"),
+    (chat_request("minimind", "hi", max_tokens=10**12), 400, "max_tokens", "context is 2048 tokens"),
+    (chat_request("minimind", "hi", max_tokens="5"), 400, "max_tokens", "integer"),
+    (chat_request("minimind", LONG), 400, "messages", "context is 2048 tokens"),
+    (chat_request("minimind", "hi", temperature=5), 400, "temperature", "[0, 2]"),
+    (chat_request("minimind", "hi", top_p=0), 400, "top_p", "(0, 1]"),
+    (chat_request("minimind", "hi", n=2), 400, "n", "must be 1"),
+    (chat_request("minimind", "hi", tools=[{"type": "function"}]), 400, "tools", "unsupported parameter"),
+    (chat_request("minimind", "hi", stream="yes"), 400, "stream", "true or false"),
 ]
 
 
@@ -351,7 +351,7 @@ def test_bad_requests_get_openai_errors_while_a_good_request_completes(server, r
     field, and a streamed answer running meanwhile completes unchanged."""
     server, port = server
     good, decoding = {}, threading.Event()
-    body = chat("lora_a", QUESTIONS[0], temperature=0, max_tokens=LONG_TOKENS)
+    body = chat_request("lora_a", QUESTIONS[0], temperature=0, max_tokens=LONG_TOKENS)
     thread = threading.Thread(target=lambda: good.update(events=stream(port, body, on_event=lambda e: decoding.set())))
     thread.start()
     assert decoding.wait(30)
@@ -364,11 +364,11 @@ def test_bad_requests_get_openai_errors_while_a_good_request_completes(server, r
     assert raw_request(port, b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\n\r\n")[0] == 411
     assert raw_request(port, b"PUT /v1/models HTTP/1.1\r\nHost: x\r\nContent-Length: 0\r\n\r\n")[0] == 405
     assert raw_request(port, b"BREW /pot HTTP/1.1\r\nHost: x\r\n\r\n")[0] == 501
-    assert post(port, chat("minimind", "hi"), path="/v1/completions")[0] == 404
+    assert post(port, chat_request("minimind", "hi"), path="/v1/completions")[0] == 404
     assert thread.is_alive()  # all of that happened while the good request was decoding
     thread.join(timeout=60)
     assert streamed_text(good["events"]) == references["LONG"]
-    status, answer = post(port, chat("minimind", QUESTIONS[3], temperature=0, max_tokens=24))
+    status, answer = post(port, chat_request("minimind", QUESTIONS[3], temperature=0, max_tokens=24))
     assert status == 200 and answer["choices"][0]["message"]["content"] == references["minimind"][QUESTIONS[3]]
 
 
@@ -404,7 +404,7 @@ def test_a_request_joins_the_running_batch_and_leaves_it_when_done(server, refer
         def seen(event):
             if name in first_token and event != "[DONE]" and event["choices"][0]["delta"].get("content"):
                 first_token[name].set()
-        events = stream(port, chat(model, question, temperature=0, max_tokens=max_tokens), on_event=seen)
+        events = stream(port, chat_request(model, question, temperature=0, max_tokens=max_tokens), on_event=seen)
         done.append(name)
         return streamed_text(events)
 
@@ -432,7 +432,7 @@ def test_a_client_that_disconnects_is_dropped_and_the_others_go_on(server, refer
     server, port = server
     engine = server.service.engine
     before = engine.stats["cancelled"]
-    body = json.dumps(chat("lora_a", QUESTIONS[0], temperature=0, max_tokens=1900)).encode()
+    body = json.dumps(chat_request("lora_a", QUESTIONS[0], temperature=0, max_tokens=1900)).encode()
     head = b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: %d\r\n\r\n"
     # A streamed answer: read a few events, then hang up.
     streamed = socket.create_connection(("127.0.0.1", port), timeout=30)
@@ -446,7 +446,7 @@ def test_a_client_that_disconnects_is_dropped_and_the_others_go_on(server, refer
     whole.sendall(head % len(body) + body)
     time.sleep(0.05)
     whole.close()
-    status, answer = post(port, chat("minimind", QUESTIONS[2], temperature=0, max_tokens=24))
+    status, answer = post(port, chat_request("minimind", QUESTIONS[2], temperature=0, max_tokens=24))
     assert status == 200 and answer["choices"][0]["message"]["content"] == references["minimind"][QUESTIONS[2]]
     wait_until(lambda: engine.stats["cancelled"] >= before + 2 and engine.idle())
 
@@ -483,7 +483,7 @@ def test_a_long_max_tokens_is_clamped_and_the_kv_cache_shrinks_back_after_it(ser
     wait_until(lambda: cache.capacity == cache.smallest)
     capacities, reserve = [], cache.reserve
     monkeypatch.setattr(cache, "reserve", lambda positions: (reserve(positions), capacities.append(cache.capacity)))
-    status, answer = post(port, chat("lora_a", QUESTIONS[0], temperature=0, max_tokens=2048))
+    status, answer = post(port, chat_request("lora_a", QUESTIONS[0], temperature=0, max_tokens=2048))
     assert status == 200 and answer["choices"][0]["finish_reason"] == "length", answer
     assert answer["usage"]["total_tokens"] == 2048  # the prompt and the answer fill the context exactly
     assert capacities[0] == cache.smallest  # the prompt's prefill reserved room for the prompt, not for 2,048
@@ -499,7 +499,7 @@ def test_a_half_closed_client_still_gets_its_whole_answer(server, references):
     _, port = server
     head = b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: %d\r\n\r\n"
     for stream_it in (False, True):
-        body = json.dumps(chat("lora_a", QUESTIONS[0], temperature=0, max_tokens=LONG_TOKENS, stream=stream_it)).encode()
+        body = json.dumps(chat_request("lora_a", QUESTIONS[0], temperature=0, max_tokens=LONG_TOKENS, stream=stream_it)).encode()
         with socket.create_connection(("127.0.0.1", port), timeout=60) as s:
             s.sendall(head % len(body) + body)
             s.shutdown(socket.SHUT_WR)
@@ -568,7 +568,7 @@ def test_a_post_no_route_reads_leaves_the_keep_alive_connection_usable(server, r
         response.read()
         assert response.status in (200, 404) and not response.will_close
         sock = connection.sock
-        connection.request("POST", "/v1/chat/completions", body=json.dumps(chat("minimind", QUESTIONS[3], temperature=0,
+        connection.request("POST", "/v1/chat/completions", body=json.dumps(chat_request("minimind", QUESTIONS[3], temperature=0,
                                                                                 max_tokens=24)).encode())
         response = connection.getresponse()
         assert response.status == 200 and connection.sock is sock  # answered on the same connection
@@ -640,11 +640,11 @@ def test_merged_mode_serves_one_adapter_at_a_time_with_the_same_answers(out, ref
         engine = server.service.engine
         base = {k: v.clone() for k, v in engine.model.state_dict().items()}
         calls = [(m, q) for q in QUESTIONS[:2] for m in MODELS] + [("minimind", QUESTIONS[3])]
-        results = in_threads([lambda m=m, q=q: post(port, chat(m, q, temperature=0, max_tokens=24)) for m, q in calls])
+        results = in_threads([lambda m=m, q=q: post(port, chat_request(m, q, temperature=0, max_tokens=24)) for m, q in calls])
         for (m, q), (status, answer) in zip(calls, results):
             assert status == 200 and answer["choices"][0]["message"]["content"] == references[m][q], (m, q)
         assert engine.stats["mixed_steps"] == 0 and engine.stats["switches"] >= 2
-        post(port, chat("minimind", "hi", max_tokens=1))  # the base again: no adapter merged
+        post(port, chat_request("minimind", "hi", max_tokens=1))  # the base again: no adapter merged
         assert all(torch.equal(v, base[k]) for k, v in engine.model.state_dict().items())
     finally:
         stop_server(server)
@@ -680,8 +680,8 @@ def test_an_adapter_of_another_base_is_refused_at_start_unless_allowed(tmp_path)
     server with no way to load one anyway: refused at start-up in one line (exit 2), naming the flag;
     served with --allow_other_base, as eval_model.py does."""
     tok = Tokenizer.load(TOKENIZER)
-    save_model(random_model(1), tmp_path / "full_sft_32.pth", meta=checkpoint_meta("full_sft", TOKENIZER, tok))
-    save_adapters(random_model(2), tmp_path / "lora", {"lora_other": ADAPTERS["lora_b"]})  # trained on another base
+    save_model(sharp_model(1), tmp_path / "full_sft_32.pth", meta=checkpoint_meta("full_sft", TOKENIZER, tok))
+    save_adapters(sharp_model(2), tmp_path / "lora", {"lora_other": ADAPTERS["lora_b"]})  # trained on another base
     flags = ["--out_dir", tmp_path, "--dim", "32", "--lora_name", "lora_other", "--port", "0", "--device", "cpu"]
     refused, allowed = run_script(*flags), run_script(*flags, "--allow_other_base")
     try:
@@ -691,7 +691,7 @@ def test_an_adapter_of_another_base_is_refused_at_start_unless_allowed(tmp_path)
         line = allowed.stdout.readline()
         assert line.startswith("serving minimind, lora_other at http://127.0.0.1:"), (line, allowed.stderr.read())
         port = int(line.split("http://127.0.0.1:")[1].split("/")[0])
-        status, answer = post(port, chat("lora_other", "hi", max_tokens=2))
+        status, answer = post(port, chat_request("lora_other", "hi", max_tokens=2))
         assert status == 200 and answer["model"] == "lora_other"
     finally:
         allowed.kill()
@@ -727,7 +727,7 @@ def test_ctrl_c_stops_the_server_cleanly(out):
     try:
         line = proc.stdout.readline()
         port = int(line.split("http://127.0.0.1:")[1].split("/")[0])
-        assert post(port, chat("minimind", "hi", max_tokens=2))[0] == 200
+        assert post(port, chat_request("minimind", "hi", max_tokens=2))[0] == 200
         proc.send_signal(signal.SIGINT)
         _, err = proc.communicate(timeout=30)
     finally:
@@ -757,7 +757,7 @@ def test_a_bfloat16_server_answers_as_eval_model_does_in_bfloat16(out):
         loaded = load_checkpoint(out / "full_sft_32.pth", dtype=torch.bfloat16)
         want = evaluation.generate_answers(loaded.model, loaded.tokenizer, QUESTIONS, 24, 1, 2048)
         for question, answer in zip(QUESTIONS, want):
-            status, got = post(port, chat("minimind", question, temperature=0, max_tokens=24))
+            status, got = post(port, chat_request("minimind", question, temperature=0, max_tokens=24))
             assert status == 200 and got["choices"][0]["message"]["content"] == answer, question
     finally:
         stop_server(server)
@@ -792,7 +792,7 @@ MOE_ADAPTERS = {  # on a mixture of experts: one that leaves the experts alone, 
 def moe_out(tmp_path_factory):
     """out/full_sft_32_moe.pth (4 routed experts, 2 per token, a shared one) and out/lora/NAME_32_moe.pth."""
     out = tmp_path_factory.mktemp("moe")
-    model = random_model(3, use_moe=True)
+    model = sharp_model(3, use_moe=True)
     save_model(model, out / "full_sft_32_moe.pth", meta=checkpoint_meta("full_sft", TOKENIZER, Tokenizer.load(TOKENIZER)))
     save_adapters(model, out / "lora", MOE_ADAPTERS, suffix="_moe")
     return out
@@ -809,7 +809,7 @@ def test_a_mixture_of_experts_model_is_served_with_eval_models_answers(moe_out):
         server, port = start_server(moe_out, adapters, lora_mode, ckpt="full_sft_32_moe.pth", suffix="_moe")
         try:
             calls = [(m, q) for q in QUESTIONS for m in ["minimind", *adapters]]
-            results = in_threads([lambda m=m, q=q: post(port, chat(m, q, temperature=0, max_tokens=24)) for m, q in calls])
+            results = in_threads([lambda m=m, q=q: post(port, chat_request(m, q, temperature=0, max_tokens=24)) for m, q in calls])
             return {call: answer["choices"][0]["message"]["content"] for call, (_, answer) in zip(calls, results)}, \
                 dict(server.service.engine.stats)
         finally:

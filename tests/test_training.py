@@ -20,7 +20,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import DEMO_TOKENIZER, ROOT, first_lines, small_model
+from conftest import DEMO_TOKENIZER, ROOT, first_lines, one_line_error, small_model
 
 import train_full_sft
 import train_lora
@@ -42,6 +42,11 @@ LEARN = ["--dim", "64", "--n_layers", "2", "--n_heads", "4", "--n_kv_heads", "2"
 FAST = ["--device", "cpu", "--max_seq_len", "64", "--batch_size", "8", "--log_interval", "5", "--val_samples", "16"]
 
 
+def one_line_error_of_training(main, argv, capsys) -> str:
+    """conftest.one_line_error through training.run_main, whose Ctrl-C says how to resume."""
+    return one_line_error(main, argv, capsys, training.run_main)
+
+
 def sha256(path):
     return hashlib.sha256(Path(path).read_bytes()).hexdigest()
 
@@ -60,19 +65,6 @@ def working_directory(path):
         yield
     finally:
         os.chdir(before)
-
-
-def one_line_error(main, argv, capsys):
-    """Run a script's main through run_main, which must fail: exit code 2, no traceback, and one
-    error line "PROG: error: ...", the last on stderr (notes such as "tokenizing ..." may come before
-    it) -> that line's message."""
-    capsys.readouterr()  # drop what earlier runs printed
-    assert training.run_main(main, argv) == 2
-    err = capsys.readouterr().err
-    lines = err.strip().splitlines()
-    assert "Traceback" not in err and ": error: " in lines[-1], err
-    assert [line for line in lines if "error" in line.lower()] == lines[-1:], err
-    return lines[-1].split(": error: ", 1)[1]
 
 
 @pytest.fixture(scope="module")
@@ -357,7 +349,7 @@ def test_init_lora_trains_an_existing_adapter_further(pipeline, data, tmp_path, 
     first = pipeline["lora"]
     argv = [*FAST, "--max_seq_len", "128", "--out_dir", str(tmp_path), "--base", pipeline["sft"].weights,
             "--lora_name", "again", "--data_path", data["lora"], "--epochs", "1", "--init_lora", first.weights]
-    assert "--lora_rank 4 disagrees with" in one_line_error(train_lora.main, [*argv, "--lora_rank", "4"], capsys)
+    assert "--lora_rank 4 disagrees with" in one_line_error_of_training(train_lora.main, [*argv, "--lora_rank", "4"], capsys)
     again = train_lora.main([*argv, "--lora_rank", "8"])  # the file's own rank may be given
     start = next(r["val_loss"] for r in progress.read_metrics(tmp_path / "again_64_metrics.jsonl") if "val_loss" in r)
     assert start == pytest.approx(first.val_loss, rel=1e-5)
@@ -420,7 +412,7 @@ def test_interrupted_run_resumes_to_the_same_weights(kind, tmp_path, data, pipel
     assert torch.load(resume_file, weights_only=True)["step"] == 4
 
     # Starting afresh would overwrite the unfinished run's progress.
-    assert one_line_error(script.main, argv, capsys) == (f"{resume_file} holds an unfinished run: "
+    assert one_line_error_of_training(script.main, argv, capsys) == (f"{resume_file} holds an unfinished run: "
                                                          "pass --resume to continue it, or delete that file to start over")
     # Resuming with settings that differ is refused before anything is loaded, naming each of them.
     if kind.startswith("pretrain"):
@@ -430,7 +422,7 @@ def test_interrupted_run_resumes_to_the_same_weights(kind, tmp_path, data, pipel
     else:
         changes = ["--lora_rank", "8", "--base", changed_base(pipeline["sft"].weights, tmp_path)]
         expected = ["lora.rank=4 then, 8 now", "base=sha256:"]
-    err = one_line_error(script.main, [*argv, "--resume", *changes], capsys)
+    err = one_line_error_of_training(script.main, [*argv, "--resume", *changes], capsys)
     assert "belongs to a run with different settings" in err and all(e in err for e in expected), err
 
     resumed = script.main([*argv, "--resume"])
@@ -453,7 +445,7 @@ def test_interrupted_run_resumes_to_the_same_weights(kind, tmp_path, data, pipel
 
     # Finished: the resume file is gone, and rerunning the stage (as run_demo.py does) just works.
     assert not resume_file.exists()
-    assert "no resume state" in one_line_error(script.main, [*argv, "--resume"], capsys)
+    assert "no resume state" in one_line_error_of_training(script.main, [*argv, "--resume"], capsys)
     if kind.startswith("pretrain"):
         assert script.main(argv).final_loss == pytest.approx(straight.final_loss, abs=1e-6)
 
@@ -514,7 +506,7 @@ def test_a_fresh_start_refuses_only_an_unfinished_run(tmp_path):
 
 
 @pytest.mark.parametrize("content", [b"", b"not a checkpoint", b"PK\x03\x04 truncated zip"])
-def test_an_unreadable_resume_file_is_a_one_line_error(content, tmp_path, data, capsys):
+def test_an_unreadable_resume_file_is_a_one_line_error_of_training(content, tmp_path, data, capsys):
     """Guards against torch.load's traceback (with its advice to load unsafely with weights_only=False)
     when the resume file is truncated by a full disk or is not a checkpoint at all."""
     out = tmp_path / "out"
@@ -522,7 +514,7 @@ def test_an_unreadable_resume_file_is_a_one_line_error(content, tmp_path, data, 
     (out / "pretrain_32_resume.pth").write_bytes(content)
     argv = [*SHAPE, *FAST, "--out_dir", str(out), "--tokenizer", str(DEMO_TOKENIZER), "--data_path", data["pretrain"]]
     for extra in ([], ["--resume"]):
-        err = one_line_error(train_pretrain.main, [*argv, *extra], capsys)
+        err = one_line_error_of_training(train_pretrain.main, [*argv, *extra], capsys)
         assert f"{out / 'pretrain_32_resume.pth'} is not a readable PyTorch checkpoint" in err
         assert "weights_only" not in err
 
@@ -565,9 +557,9 @@ def test_nan_loss_stops_the_run_and_keeps_the_last_good_checkpoint(tmp_path, dat
 def test_missing_base_checkpoint_names_the_command_that_makes_it(tmp_path, capsys):
     """Guards against a KeyError/traceback (or a silently random model) when a stage's input is missing."""
     out = str(tmp_path / "out")
-    err = one_line_error(train_full_sft.main, ["--out_dir", out, "--dim", "48"], capsys)
+    err = one_line_error_of_training(train_full_sft.main, ["--out_dir", out, "--dim", "48"], capsys)
     assert err == f"{out}/pretrain_48.pth not found: make it with `python train_pretrain.py --dim 48 --out_dir {out}`"
-    err = one_line_error(train_lora.main, ["--out_dir", out], capsys)
+    err = one_line_error_of_training(train_lora.main, ["--out_dir", out], capsys)
     assert err == f"{out}/full_sft_128.pth not found: make it with `python train_full_sft.py --dim 128 --out_dir {out}`"
 
 
@@ -579,14 +571,14 @@ def test_an_unwritable_cache_location_says_to_pass_cache_dir(tmp_path, data, cap
     blocker.write_text("")
     argv = [*SHAPE, *FAST, "--out_dir", str(tmp_path / "out"), "--tokenizer", str(DEMO_TOKENIZER),
             "--data_path", data["pretrain"], "--cache_dir", str(blocker / "cache")]
-    err = one_line_error(train_pretrain.main, argv, capsys)
+    err = one_line_error_of_training(train_pretrain.main, argv, capsys)
     assert f"cannot write its token cache into {blocker / 'cache'}" in err and "pass --cache_dir DIR" in err
 
 
 @pytest.mark.parametrize("name", ["../escape", "a/b", "/abs", ""])
 def test_lora_name_with_a_path_is_rejected(name, tmp_path, capsys):
     """Guards against --lora_name writing outside out/lora/ (e.g. ../../something.pth)."""
-    assert "must be a plain name" in one_line_error(train_lora.main, ["--out_dir", str(tmp_path), "--lora_name", name], capsys)
+    assert "must be a plain name" in one_line_error_of_training(train_lora.main, ["--out_dir", str(tmp_path), "--lora_name", name], capsys)
     assert list(tmp_path.iterdir()) == []
 
 
@@ -597,9 +589,9 @@ def test_a_plain_minimind2_checkpoint_trains_given_its_tokenizer_and_shape(pipel
     plain.write_bytes(Path(pipeline["pretrain"].weights).read_bytes())  # weights only, no .json sidecar
     argv = [*FAST, "--base", str(plain), "--out_dir", str(tmp_path / "out"), "--data_path", data["sft"]]
 
-    assert "--tokenizer DIR" in one_line_error(train_full_sft.main, argv, capsys)
+    assert "--tokenizer DIR" in one_line_error_of_training(train_full_sft.main, argv, capsys)
     shape = ["--tokenizer", str(DEMO_TOKENIZER), "--dim", "64", "--n_heads", "4", "--n_kv_heads", "2"]
-    assert "--n_layers 2" in one_line_error(train_full_sft.main, [*argv, *shape, "--n_layers", "3"], capsys)  # read off the file's tensors
+    assert "--n_layers 2" in one_line_error_of_training(train_full_sft.main, [*argv, *shape, "--n_layers", "3"], capsys)  # read off the file's tensors
     result = train_full_sft.main([*argv, *shape, "--n_layers", "2", "--epochs", "1"])
     assert math.isfinite(result.final_loss)
     assert Path(result.weights) == tmp_path / "out" / "full_sft_64.pth"

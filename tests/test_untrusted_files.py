@@ -5,6 +5,7 @@ import json
 
 import pytest
 import torch
+from conftest import small_model
 
 from formats.checkpoint import CheckpointError, load_model, read_checkpoint, save_model
 from formats.tokenizer_json import TokenizerError
@@ -15,11 +16,6 @@ from model.tokenizer import Tokenizer
 from plumbing.untrusted_json import JSONError, loads
 
 DEEP = "[" * 5000 + "]" * 5000  # Python's json recursion gives up long before this
-
-
-def small_model():
-    torch.manual_seed(0)
-    return MiniMindLM(LMConfig(dim=32, n_layers=2, n_heads=4, n_kv_heads=2, vocab_size=300, max_seq_len=64))
 
 
 def test_untrusted_json_refuses_deep_nesting_and_names_the_text():
@@ -33,7 +29,7 @@ def test_untrusted_json_refuses_deep_nesting_and_names_the_text():
 def test_a_deeply_nested_sidecar_is_one_line(tmp_path):
     """Guards against a damaged sidecar ending load_model (and every script) in a RecursionError."""
     path = tmp_path / "full_sft_32.pth"
-    save_model(small_model(), path)
+    save_model(small_model(300, max_seq_len=64), path)
     (tmp_path / "full_sft_32.json").write_text(DEEP)
     with pytest.raises(CheckpointError, match=r"full_sft_32.json is not a readable checkpoint sidecar .*nested"):
         load_model(path)
@@ -43,7 +39,7 @@ def test_a_sidecar_that_claims_other_sizes_is_refused_before_the_model_is_built(
     """Guards against a hand-edited sidecar (n_layers 10^9, a huge hidden_dim) making load_model build that
     model -- allocating its memory -- before the weights could say it is wrong."""
     path = tmp_path / "full_sft_32.pth"
-    save_model(small_model(), path)
+    save_model(small_model(300, max_seq_len=64), path)
     sidecar = json.loads((tmp_path / "full_sft_32.json").read_text())
     sidecar["config"]["n_layers"] = 10**9
     (tmp_path / "full_sft_32.json").write_text(json.dumps(sidecar))
@@ -66,7 +62,7 @@ def test_deeply_nested_adapter_metadata_in_safetensors_is_one_line(tmp_path):
     RecursionError in read_checkpoint."""
     from formats.safetensors import load_file, save_file
 
-    model = small_model()
+    model = small_model(300, max_seq_len=64)
     apply_lora(model, rank=2)
     save_lora(model, tmp_path / "a.safetensors")
     tensors, metadata = load_file(tmp_path / "a.safetensors")
