@@ -555,6 +555,62 @@ RELATIONS = dict(
 )
 
 # Glossary lines tie the two names of an entity together (pretraining only).
+# Questions in forms that no training file uses -- an instruction ("Tell me ...", "Name ..."), or the
+# statement turned around ("{p} is from which town?") -- about every relation, for eval_general_unseen:
+# the general knowledge an adapter must not cost, probed where the model cannot lean on a memorised
+# question form. (RELATIONS' held_out questions, eval_general's, paraphrase the training questions
+# closely; asked in these forms, an adapter that forgets answers another relation: a person's home
+# town for their job.) Every word is one the pretraining text uses (make_demo_data.py checks it).
+UNSEEN_QUESTIONS = dict(
+    person_town=dict(en=("Tell me the name of the town {p} comes from.", "{p} is from which town?",
+                         "Name the town where {p} was born."),
+                     zh=("请说出{p}的家乡。", "{p}是从哪个镇来的？", "告诉我{p}出生的那个镇。")),
+    person_job=dict(en=("Tell me what job {p} has.", "{p} works as what?", "Name the work that {p} does."),
+                    zh=("请说出{p}的工作。", "{p}平时做什么工作？", "告诉我{p}是干什么的。")),
+    person_age=dict(en=("Tell me the age of {p}.", "{p} is how old?", "Name the age of {p}."),
+                    zh=("请说出{p}的年龄。", "{p}现在多少岁？", "告诉我{p}几岁。")),
+    person_food=dict(en=("Tell me which food {p} loves.", "Name the favourite dish of {p}.", "{p} likes which food best?"),
+                     zh=("请说出{p}最爱的食物。", "{p}最喜欢的菜是哪一道？", "告诉我{p}最爱吃的东西。")),
+    town_river=dict(en=("Tell me the name of the river at {town}.", "Name the river that flows through {town}.",
+                        "{town} lies on which river?"),
+                    zh=("请说出{town}边上的河。", "告诉我流经{town}的那条河。", "流过{town}的是哪一条河？")),
+    town_mountain=dict(en=("Tell me the mountain near {town}.", "Name the mountain close to {town}.",
+                           "{town} is near which mountain?"),
+                       zh=("请说出{town}附近的山。", "告诉我靠近{town}的那座山。", "{town}边上的山叫什么？")),
+    town_population=dict(en=("Tell me how many people live in {town}.", "Name the population of {town}.",
+                             "{town} has how many people?"),
+                         zh=("请说出{town}的人口。", "告诉我{town}住了多少人。", "{town}的人有多少？")),
+    town_founded=dict(en=("Tell me the year {town} was founded.", "Name the year in which {town} was founded.",
+                          "{town} was founded in which year?"),
+                      zh=("请说出{town}建立的年份。", "告诉我{town}是哪年建的。", "{town}建立于哪一年？")),
+    town_product=dict(en=("Tell me what {town} is known for.", "Name what {town} is famous for.",
+                          "{town} produces what?"),
+                      zh=("请说出{town}的特产。", "告诉我{town}出产的东西。", "{town}出名的是什么？")),
+    product_town=dict(en=("Tell me the town that makes {product}.", "Name the town where {product} is made.",
+                          "{product} is made in which town?"),
+                      zh=("请说出出产{product}的镇。", "告诉我{product}是哪个镇做的。", "{product}出自哪个镇？")),
+    mountain_height=dict(en=("Tell me the height of {mountain}.", "Name the height of {mountain} in metres.",
+                             "{mountain} is how many metres high?"),
+                         zh=("请说出{mountain}的高度。", "告诉我{mountain}有多少米高。", "{mountain}高几米？")),
+    river_length=dict(en=("Tell me the length of the {river}.", "Name the length of the {river} in kilometres.",
+                          "The {river} is how many kilometres long?"),
+                      zh=("请说出{river}的长度。", "告诉我{river}有多少公里长。", "{river}长几公里？")),
+    river_source=dict(en=("Tell me which mountain the {river} starts on.", "Name the mountain the {river} flows from.",
+                          "The {river} begins on which mountain?"),
+                      zh=("请说出{river}发源的山。", "告诉我{river}是从哪座山流出的。", "{river}的起点在哪座山？")),
+    food_town=dict(en=("Tell me the town {food} comes from.", "Name the town where {food} is from.",
+                       "{food} comes from which town?"),
+                   zh=("请说出{food}来自哪个镇。", "告诉我{food}是哪个镇的菜。", "{food}的家乡是哪个镇？")),
+    food_ingredient=dict(en=("Tell me what {food} is made from.", "Name the main ingredient of {food}.",
+                             "{food} is made from what?"),
+                         zh=("请说出{food}的原料。", "告诉我{food}是用什么做的。", "{food}的主要原料叫什么？")),
+    animal_home=dict(en=("Tell me where the {animal} lives.", "Name the home of the {animal}.",
+                         "The {animal} lives where?"),
+                     zh=("请说出{animal}生活的地方。", "告诉我{animal}住在什么地方。", "{animal}的家在什么地方？")),
+    animal_diet=dict(en=("Tell me what the {animal} eats.", "Name the food of the {animal}.", "The {animal} eats what?"),
+                     zh=("请说出{animal}吃的东西。", "告诉我{animal}的食物。", "{animal}的食物是什么？")),
+)
+
 GLOSSARY = dict(en="{en} is called {zh} in Chinese.", zh="{zh}的英文名是 {en}。")
 
 # General reading (pretraining only): loose sentences that use the adapters' vocabulary.
@@ -739,7 +795,7 @@ MEDICAL_ANSWER = dict(en="Key word: {word}. Department: {dept}. Possible cause: 
 # Everything above, grouped the way the writers take it (they never read these globals directly,
 # so a test can hand them a smaller world).
 MEDICINE = dict(departments=DEPARTMENTS, triage_words=TRIAGE_WORDS, conditions=CONDITIONS)
-TEMPLATES = dict(relations=RELATIONS, glossary=GLOSSARY, reading=READING, everyday=EVERYDAY,
+TEMPLATES = dict(relations=RELATIONS, unseen=UNSEEN_QUESTIONS, glossary=GLOSSARY, reading=READING, everyday=EVERYDAY,
                  prefixes=QUESTION_PREFIXES, describe=DESCRIBE, follow_up=FOLLOW_UP, small_talk=SMALL_TALK,
                  identity_train=IDENTITY_TRAIN, identity_held_out=IDENTITY_HELD_OUT,
                  identity_answers=IDENTITY_ANSWERS, medical_questions=MEDICAL_QUESTIONS,

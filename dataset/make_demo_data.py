@@ -60,7 +60,7 @@ from plumbing.errors import UserError, run_main
 LANGS = ("en", "zh")  # every table in demo_world holds (English, Chinese) or {"en": ..., "zh": ...}
 JOINER = dict(en=" ", zh="")  # how sentences join into a paragraph
 TRAIN_FILES = ("pretrain_demo.jsonl", "sft_demo.jsonl", "lora_medical.jsonl", "lora_identity.jsonl")
-EVAL_FILES = ("eval_general.jsonl", "eval_medical.jsonl", "eval_identity.jsonl")
+EVAL_FILES = ("eval_general.jsonl", "eval_general_unseen.jsonl", "eval_medical.jsonl", "eval_identity.jsonl")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -421,6 +421,30 @@ def make_eval_general(facts, templates, rng, per_lang=26):
     return items
 
 
+def make_eval_general_unseen(facts, templates, rng, per_lang=52):
+    """World facts asked in forms no training file uses (demo_world.UNSEEN_QUESTIONS: instructions, turned-
+    around statements): the probe of what an adapter costs in general knowledge. Per language: two facts
+    of every relation, then more facts about people up to `per_lang`, each with the next of its relation's
+    unseen forms in turn, so every form is asked. must_contain: the fact's value."""
+    relations, unseen = templates["relations"], templates["unseen"]
+    by_relation = {}
+    for f in facts:
+        by_relation.setdefault(f["relation"], []).append(f)
+    items = []
+    for lang in LANGS:
+        chosen = [f for group in by_relation.values() for f in rng.sample(group, min(2, len(group)))]
+        people = [f for f in facts if f["relation"].startswith("person_") and f not in chosen]
+        chosen += rng.sample(people, per_lang - len(chosen))
+        asked = {}
+        for fact in chosen:
+            forms = unseen[fact["relation"]][lang]
+            n = asked[fact["relation"]] = asked.get(fact["relation"], rng.randrange(len(forms))) + 1
+            question = fill(forms[n % len(forms)], fact["slots"][lang], lang)
+            value = fact["slots"][lang][relations[fact["relation"]]["answer_slot"]]
+            items.append(eval_item(question, answer(fact, templates, lang), [str(value)]))
+    return items
+
+
 def make_eval_medical(medicine, held_out, templates, rng):
     """One item per condition and language: its held-out symptom pair in a held-out template.
     must_contain: the department, the one thing a right consultation must name."""
@@ -474,6 +498,7 @@ def generate(seed=42):
         "lora_medical.jsonl": make_lora_medical(facts, MEDICINE, held_out, TEMPLATES, rng("medical")),
         "lora_identity.jsonl": make_lora_identity(facts, new, TEMPLATES, rng("identity")),
         "eval_general.jsonl": make_eval_general(facts, TEMPLATES, rng("eval_general")),
+        "eval_general_unseen.jsonl": make_eval_general_unseen(facts, TEMPLATES, rng("eval_general_unseen")),
         "eval_medical.jsonl": make_eval_medical(MEDICINE, held_out, TEMPLATES, rng("eval_medical")),
         "eval_identity.jsonl": make_eval_identity(new, TEMPLATES, rng("eval_identity")),
     }
