@@ -584,7 +584,7 @@ UNSEEN_QUESTIONS = dict(
                           "{town} was founded in which year?"),
                       zh=("请说出{town}建立的年份。", "告诉我{town}是哪年建的。", "{town}建立于哪一年？")),
     town_product=dict(en=("Tell me what {town} is known for.", "Name what {town} is famous for.",
-                          "{town} produces what?"),
+                          "{town} makes what?"),
                       zh=("请说出{town}的特产。", "告诉我{town}出产的东西。", "{town}出名的是什么？")),
     product_town=dict(en=("Tell me the town that makes {product}.", "Name the town where {product} is made.",
                           "{product} is made in which town?"),
