@@ -16,7 +16,11 @@ import argparse
 from evaluation import MAX_NEW_TOKENS
 from plumbing import flags
 
-EVAL_FILES = ["dataset/eval_general.jsonl", "dataset/eval_medical.jsonl", "dataset/eval_identity.jsonl"]
+EVAL_FILES = ["dataset/eval_general.jsonl", "dataset/eval_general_unseen.jsonl", "dataset/eval_medical.jsonl",
+              "dataset/eval_identity.jsonl"]
+# General knowledge, asked as SFT asks it and in forms no training file uses: an adapter may cost at most
+# 10 points of either (the forgetting eval_general alone could not see: docs/demo.md).
+GENERAL_SETS = ("eval_general", "eval_general_unseen")
 ADAPTERS = ["lora_medical", "lora_identity"]
 TRAINING_STAGES = ("pretrain", "SFT", "LoRA lora_medical", "LoRA lora_identity")
 # eval_model.py's --batch_size default (tests/test_experiments.py checks demo_eval_settings against its parser)
@@ -45,6 +49,13 @@ def demo_stages(out_dir="out", seed=None, dtype=None):
     return stages
 
 
+def general_drops(results) -> dict:
+    """{general set: the largest drop in accuracy, in points, that an adapter causes on it} from the
+    evaluation stage's JSON, e.g. {"eval_general": 1.9, "eval_general_unseen": 4.8}."""
+    acc = {c["name"]: {s: r["accuracy"] for s, r in c["sets"].items()} for c in results["columns"]}
+    return {s: max(100 * (acc["base"][s] - acc[a][s]) for a in ("+lora_medical", "+lora_identity")) for s in GENERAL_SETS}
+
+
 def target_checks(results):
     """The demo's targets, as [(description with the measured numbers, met?)], from the evaluation
     stage's JSON (eval_model.py --compare --json)."""
@@ -52,7 +63,7 @@ def target_checks(results):
     acc = {name: {s: r["accuracy"] for s, r in sets.items()} for name, sets in columns.items()}
     base, medical, identity = acc["base"], acc["+lora_medical"], acc["+lora_identity"]
     same = columns["adapter removed"] == columns["base"]  # every answer and loss identical
-    drop = max(base["eval_general"] - medical["eval_general"], base["eval_general"] - identity["eval_general"])
+    drops = general_drops(results)
     return [
         (f"SFT + lora_medical on eval_medical >= 80% (SFT alone <= 20%): "
          f"{medical['eval_medical']:.1%} (SFT alone {base['eval_medical']:.1%})",
@@ -60,8 +71,9 @@ def target_checks(results):
         (f"SFT + lora_identity on eval_identity >= 90%: {identity['eval_identity']:.1%}",
          identity["eval_identity"] >= 0.9),
         ("adapter removed == SFT alone (every answer and loss identical): " + ("yes" if same else "NO"), same),
-        (f"eval_general with an adapter on at most 10 points below SFT alone: largest drop {drop * 100:.1f} points",
-         drop <= 0.10 + 1e-9),
+        ("general knowledge with an adapter on at most 10 points below SFT alone, on both general sets: largest drop "
+         + ", ".join(f"{d:.1f} points ({s})" for s, d in drops.items()),
+         all(d <= 10 + 1e-6 for d in drops.values())),
     ]
 
 

@@ -7,6 +7,7 @@ import json
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -288,3 +289,22 @@ def test_device_auto_means_one_thing_everywhere(module):
     assert action.default == "auto" and action.help == DEVICE_HELP
     expected = "cuda" if torch.cuda.is_available() else "mps" if torch.backends.mps.is_available() else "cpu"
     assert pick_device("auto").type == expected
+
+
+def test_run_demo_trains_the_adapters_side_by_side_each_timed_and_a_failure_stops_the_other(tmp_path, capsys):
+    """Guards against running the two adapters side by side losing a failure (the demo would go on to
+    evaluate an adapter that was never written), losing a stage's own time, or leaving the other run
+    going after one failed."""
+    stages = [("LoRA a", ["-c", "import time; time.sleep(0.2); print('a done')"]),
+              ("LoRA b", ["-c", "import os; print('b done', os.environ['OMP_NUM_THREADS'])"])]
+    times = run_demo.run_side_by_side(4, 6, stages, str(tmp_path))
+    assert set(times) == {"LoRA a", "LoRA b"} and times["LoRA a"] >= 0.2
+    out = capsys.readouterr().out
+    assert "LoRA a: a done" in out and "LoRA b: b done 1" in out  # one thread each
+    assert (tmp_path / "LoRA_a.log").read_text().strip() == "a done"
+
+    failing = [("LoRA a", ["-c", "import time; time.sleep(30)"]), ("LoRA b", ["-c", "import sys; print('bad'); sys.exit(3)"])]
+    start = time.perf_counter()
+    with pytest.raises(errors.UserError, match=r"stage 'LoRA b' failed \(exit code 3\): bad"):
+        run_demo.run_side_by_side(4, 6, failing, str(tmp_path))
+    assert time.perf_counter() - start < 20  # the other run was stopped, not waited for
