@@ -10,8 +10,12 @@ whose loop reads, in execution order:
 Read top to bottom:
     the data         load_data (training set + held-out validation set), collate_trimmed, StepBatches
     optimisation     param_groups (what learns), make_optimizer, get_lr (warmup + cosine), set_lr, masked_cross_entropy
+    the objective    LanguageModelling: the loss of a micro-batch, and what validation reports
     validation       Validation: the held-out loss every --eval_interval steps
     the loop         train
+
+A stage that learns something other than the next token hands `train` its own objective: DPO's
+(dpo.py: a preference loss against a frozen reference, and held-out preference accuracy) is the one.
 
 Around the loop, each in plumbing/ (read them when you need them, not to follow the lesson): the flags
 (flags.py), the device, precision and DDP processes (runtime.py), --resume (resume.py), the progress
@@ -94,12 +98,13 @@ def collate_trimmed(samples, multiple=16):
     max_seq_len / 16 distinct shapes. (Batching samples of like lengths together would skip more, but
     at the demo's settings it doubled SFT's validation loss: batches of one kind of sample at a time.)
     Example: max_seq_len 256, last trained position 70 -> X is (B, 80) instead of (B, 255).
+    A DPO sample is a (chosen, rejected) pair, (2, T) each: the batch is (B, 2, T), cut the same way.
     """
-    X, Y, loss_mask = default_collate(samples)  # (B, T) each
-    trained = loss_mask.any(dim=0).nonzero()  # (n, 1): columns where some row is trained
+    X, Y, loss_mask = default_collate(samples)  # (B, T) each; (B, 2, T) for DPO's pairs
+    trained = loss_mask.reshape(-1, loss_mask.size(-1)).any(dim=0).nonzero()  # (n, 1): columns where some row is trained
     keep = int(trained.max()) + 1 if len(trained) else 1
-    keep = min(X.size(1), math.ceil(keep / multiple) * multiple)
-    return X[:, :keep], Y[:, :keep], loss_mask[:, :keep]
+    keep = min(X.size(-1), math.ceil(keep / multiple) * multiple)
+    return X[..., :keep], Y[..., :keep], loss_mask[..., :keep]
 
 
 class StepBatches:
@@ -216,13 +221,51 @@ def masked_cross_entropy(logits, targets, loss_mask):
 
 
 # ------------------------------------------------------------------------------------------------
+# The objective: what the loop minimises on each micro-batch, and what validation reports.
+
+
+class LanguageModelling:
+    """Pretraining's, SFT's and LoRA's objective: next-token cross-entropy on the trained tokens.
+
+    The loop calls `loss` on every micro-batch; Validation adds up `held_out_sums` over the held-out
+    batches (and processes) and turns the totals into numbers with `held_out`. Another stage passes
+    `train` an object with the same methods and attributes: dpo.DPO is one.
+    """
+
+    plan = {}  # the objective's settings a --resume must find unchanged: none beyond run_plan's
+    sums = ("summed cross-entropy", "trained tokens")  # what held_out_sums adds up, in order
+
+    def loss(self, model, X, Y, loss_mask):
+        """-> (task loss, aux_loss): masked_cross_entropy, and an MoE's load-balancing loss (0 for a dense model)."""
+        out = model(X)  # out.logits: (B, T, vocab_size)
+        return masked_cross_entropy(out.logits, Y, loss_mask), out.aux_loss
+
+    def held_out_sums(self, model, X, Y, loss_mask):
+        """(summed cross-entropy, trained tokens) of one held-out batch: sums, so batches and processes add up."""
+        logits = model(X).logits  # (B, T, vocab_size)
+        per_token = F.cross_entropy(logits.float().transpose(1, 2), Y, reduction="none")  # (B, T)
+        return torch.stack([(per_token * loss_mask).sum(), loss_mask.sum().float()])
+
+    def held_out(self, sums, name) -> dict:
+        """{"NAME_loss": mean cross-entropy over every trained token of the held-out set}."""
+        loss, tokens = sums.tolist()
+        if tokens == 0:  # 0 / 0 would read as a perfect score
+            raise UserError("the validation samples have no trained token within --max_seq_len (every reply is cut "
+                            "off): raise --max_seq_len, or give other --val_data")
+        return {f"{name}_loss": loss / tokens}
+
+
+LANGUAGE_MODELLING = LanguageModelling()
+
+
+# ------------------------------------------------------------------------------------------------
 # Validation: the loss on samples the run never trains on. Training loss alone cannot show
 # over-fitting (it keeps falling when the model starts memorising); held-out loss turns up then.
 
 
 class Validation:
     """The held-out batches, and when to measure them: every `interval` optimizer steps, before the first
-    step and after the last.
+    step and after the last. What is measured is the objective's (LanguageModelling: the loss).
 
     Measuring must not change the run: the model is put in eval mode (no dropout, so no random numbers
     drawn), the batches come in a fixed order from a loader with its own generator (a DataLoader without
@@ -231,45 +274,38 @@ class Validation:
     Under DDP each process measures every world_size-th sample and the sums are added up.
     """
 
-    def __init__(self, dataset, batch_size, interval, total_steps, rt, also=None):
-        self.interval, self.total_steps, self.rt = interval, total_steps, rt
-        # {"val_loss": loader, "val_also_loss": loader}: the held-out set, and --val_also's if given
+    def __init__(self, dataset, batch_size, interval, total_steps, rt, also=None, objective=LANGUAGE_MODELLING):
+        self.interval, self.total_steps, self.rt, self.objective = interval, total_steps, rt, objective
+        # {"val": loader, "val_also": loader}: the held-out set, and --val_also's if given
         self.loaders = {}
-        for name, data in (("val_loss", dataset), ("val_also_loss", also)):
+        for name, data in (("val", dataset), ("val_also", also)):
             if data is not None:
                 mine = list(range(rt.rank, len(data), rt.world_size))  # no padding: each sample counted once
                 self.loaders[name] = DataLoader(Subset(data, mine), batch_size=batch_size, collate_fn=collate_trimmed,
                                                 generator=torch.Generator().manual_seed(0))
 
     def due(self, done) -> bool:
-        """Is a validation loss due after `done` optimizer steps?"""
+        """Is a validation due after `done` optimizer steps?"""
         return bool(self.loaders) and (done % self.interval == 0 or done == self.total_steps)
 
-    def loss(self, model) -> dict:
-        """{"val_loss": ..., "val_also_loss": ...}: the mean loss on each held-out set (see _mean_loss)."""
-        return {name: self._mean_loss(model, loader) for name, loader in self.loaders.items()}
-
     @torch.no_grad()
-    def _mean_loss(self, model, loader) -> float:
-        """Mean cross-entropy over every trained (loss_mask = 1) token of the held-out samples.
+    def measure(self, model) -> dict:
+        """{"val_loss": ..., "val_also_loss": ...}: the objective's numbers on each held-out set.
         model: the bare model (not the DDP wrapper, whose forward would take part in its collectives)."""
         was_training = model.training
         model.eval()
-        sums = torch.zeros(2, device=self.rt.device)  # (summed loss, tokens)
-        for X, Y, loss_mask in loader:
-            X, Y, loss_mask = (t.to(self.rt.device) for t in (X, Y, loss_mask))
-            with self.rt.autocast():
-                logits = model(X).logits  # (B, T, vocab_size)
-            per_token = F.cross_entropy(logits.float().transpose(1, 2), Y, reduction="none")  # (B, T)
-            sums += torch.stack([(per_token * loss_mask).sum(), loss_mask.sum().float()])
+        numbers = {}
+        for name, loader in self.loaders.items():
+            sums = torch.zeros(len(self.objective.sums), device=self.rt.device)  # (objective.sums,)
+            for batch in loader:
+                batch = [t.to(self.rt.device) for t in batch]  # X, Y, loss_mask
+                with self.rt.autocast():
+                    sums += self.objective.held_out_sums(model, *batch)
+            if self.rt.ddp:
+                dist.all_reduce(sums)
+            numbers.update(self.objective.held_out(sums, name))
         model.train(was_training)
-        if self.rt.ddp:
-            dist.all_reduce(sums)
-        loss, tokens = sums.tolist()
-        if tokens == 0:  # 0 / 0 would read as a perfect score
-            raise UserError("the validation samples have no trained token within --max_seq_len (every reply is cut "
-                            "off): raise --max_seq_len, or give other --val_data")
-        return loss / tokens
+        return numbers
 
 
 # ------------------------------------------------------------------------------------------------
@@ -286,7 +322,8 @@ class RunResult:
     weights: str  # where the weights (or the adapter) were saved
 
 
-def train(args, rt, model, param_groups, dataset_class, tokenizer, weights, save, frozen=None) -> RunResult:
+def train(args, rt, model, param_groups, dataset_class, tokenizer, weights, save, frozen=None,
+          objective=LANGUAGE_MODELLING) -> RunResult:
     """Train `model` on args.data_path and save it: the loop every stage shares.
 
     args: the common flags (plumbing/flags.py); rt: where it runs (plumbing/runtime.py).
@@ -295,6 +332,7 @@ def train(args, rt, model, param_groups, dataset_class, tokenizer, weights, save
     dataset_class: PretrainDataset or SFTDataset (dataset/lm_dataset.py), read with `tokenizer`.
     weights: the deliverable's path; save(weights) writes it (save_model, or save_lora for an adapter).
     frozen: files the run reads but never saves, {"base": path}: a --resume must find them unchanged.
+    objective: the loss of a micro-batch and what validation reports (LanguageModelling; DPO's: dpo.DPO).
     """
     files = run_files(args.out_dir, weights)  # the weights' resume state, metrics log and loss curves
     check_no_unfinished_run(files.resume, args.resume)
@@ -303,11 +341,11 @@ def train(args, rt, model, param_groups, dataset_class, tokenizer, weights, save
         skip_bad_lines=args.skip_bad_lines, cache_dir=args.cache_dir, val_data=args.val_data,
         val_samples=args.val_samples, val_also=args.val_also)
     data = StepBatches(train_ds, args.batch_size, args.accumulation_steps, args.epochs, args.seed, rt, args.num_workers)
-    validation = Validation(val_ds, args.batch_size, args.eval_interval, data.total_steps, rt, also_ds)
+    validation = Validation(val_ds, args.batch_size, args.eval_interval, data.total_steps, rt, also_ds, objective)
     params = [p for group in param_groups for p in group["params"]]
     optimizer = make_optimizer(param_groups, args.learning_rate, rt.device)
     scaler = rt.grad_scaler()
-    plan = run_plan(model, data, rt, data_identity, args.max_seq_len, frozen)
+    plan = {**run_plan(model, data, rt, data_identity, args.max_seq_len, frozen), **objective.plan}
     start_step = load_resume(files.resume, model, optimizer, scaler, plan, rt) if args.resume else 0
     wrapped = wrap_model(model, rt, args.compile)  # torch.compile and/or DDP; `model` stays the bare one
     rt.print(f"{len(train_ds):,} training samples, {len(val_ds or []):,} for validation, {data.total_steps:,} "
@@ -316,21 +354,20 @@ def train(args, rt, model, param_groups, dataset_class, tokenizer, weights, save
     progress = Progress(files.metrics, data.total_steps, start_step, rt, args.resume, scaler.is_enabled(),
                         moe=model.config.use_moe)
     if start_step == 0 and validation.due(0):
-        progress.log_validation(0, validation.loss(model))  # where training starts from
+        progress.log_validation(0, validation.measure(model))  # where training starts from
     wrapped.train()
     for step, epoch, micro_batches in data.steps(start_step):
         lr = get_lr(step, data.total_steps, args.learning_rate, args.warmup_iters)
         set_lr(optimizer, lr)
-        for i, (X, Y, loss_mask) in enumerate(micro_batches):
-            X, Y, loss_mask = (t.to(rt.device, non_blocking=True) for t in (X, Y, loss_mask))
+        for i, batch in enumerate(micro_batches):
+            X, Y, loss_mask = (t.to(rt.device, non_blocking=True) for t in batch)  # (B, T) each
             with sync_gradients(wrapped, last=i == len(micro_batches) - 1):
                 with rt.autocast():
-                    out = wrapped(X)  # out.logits: (B, T, vocab_size)
-                    task_loss = masked_cross_entropy(out.logits, Y, loss_mask)
-                    loss = task_loss + out.aux_loss  # aux_loss: an MoE's load-balancing loss, 0 for a dense model
+                    task_loss, aux_loss = objective.loss(wrapped, X, Y, loss_mask)  # forward + masked loss
+                    loss = task_loss + aux_loss  # aux_loss: an MoE's load-balancing loss, 0 for a dense model
                 # divided, so the summed gradients are those of one batch len(micro_batches) times larger
                 scaler.scale(loss / len(micro_batches)).backward()
-            progress.add(task_loss.detach(), out.aux_loss.detach(), X.numel())
+            progress.add(task_loss.detach(), aux_loss.detach(), X.numel())
         scaler.unscale_(optimizer)  # clip the true gradients, not float16-scaled ones
         grad_norm = torch.nn.utils.clip_grad_norm_(params, args.grad_clip)
         scaler.step(optimizer)
@@ -342,7 +379,7 @@ def train(args, rt, model, param_groups, dataset_class, tokenizer, weights, save
         if done % args.log_interval == 0 or done == data.total_steps:
             progress.log(done, epoch, lr)
         if validation.due(done):
-            progress.log_validation(done, validation.loss(model))
+            progress.log_validation(done, validation.measure(model))
         if done % args.save_interval == 0 or done == data.total_steps:
             progress.check_finite(done)  # never replace the last good checkpoint with NaN weights
             if rt.is_main:

@@ -10,7 +10,7 @@ one sitting. Change a table, then run `python -m dataset.make_demo_data` to rewr
                       the medical departments, triage words and conditions
     2. templates      per relation: pretraining statements, training and held-out questions, answers;
                       glossary, general reading, everyday sentences, small talk, identity and medical
-                      questions and answers
+                      questions and answers; the refusal DPO teaches for people who do not exist
     MEDICINE, TEMPLATES   the tables grouped as the generator's writers take them
 
 Standard library only (nothing at all is imported).
@@ -792,6 +792,14 @@ MEDICAL_QUESTIONS = dict(
 MEDICAL_ANSWER = dict(en="Key word: {word}. Department: {dept}. Possible cause: {cond}. What to do: {advice}.",
                       zh="关键词：{word}。就诊科室：{dept}。可能原因：{cond}。建议：{advice}。")
 
+# The preference task (train_dpo.py, docs/dpo.md). Asked about someone who does not exist -- a name made
+# of two real people's name parts, "Lin Ming" from Lin Xiao and Zhou Ming -- the SFT model answers about
+# the real person the name resembles ("Lin Xiao is from Pinebrook.") or invents a fact. DPO prefers
+# this reply for such names, and the real answer to it for the people who do exist. Every word of it
+# is one pretraining reads ("If you do not know what to do ...", "谁也不知道 ...").
+REFUSAL = dict(en="I do not know who {p} is.", zh="我不知道{p}是谁。")
+REFUSAL_MUST_CONTAIN = dict(en="do not know", zh="不知道")  # what eval_unknown.jsonl scores as a refusal
+
 # Everything above, grouped the way the writers take it (they never read these globals directly,
 # so a test can hand them a smaller world).
 MEDICINE = dict(departments=DEPARTMENTS, triage_words=TRIAGE_WORDS, conditions=CONDITIONS)
@@ -799,4 +807,4 @@ TEMPLATES = dict(relations=RELATIONS, unseen=UNSEEN_QUESTIONS, glossary=GLOSSARY
                  prefixes=QUESTION_PREFIXES, describe=DESCRIBE, follow_up=FOLLOW_UP, small_talk=SMALL_TALK,
                  identity_train=IDENTITY_TRAIN, identity_held_out=IDENTITY_HELD_OUT,
                  identity_answers=IDENTITY_ANSWERS, medical_questions=MEDICAL_QUESTIONS,
-                 medical_answer=MEDICAL_ANSWER)
+                 medical_answer=MEDICAL_ANSWER, refusal=REFUSAL, refusal_must_contain=REFUSAL_MUST_CONTAIN)

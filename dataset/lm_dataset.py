@@ -1,5 +1,5 @@
 """
-Pretraining and SFT datasets in MiniMind's jsonl formats, for files of many gigabytes.
+Pretraining, SFT and DPO datasets in MiniMind's jsonl formats, for files of many gigabytes.
 
 A language model is trained to predict token t+1 from tokens 0..t. A data set therefore gives, for each
 sample, the token ids and which of them the model must learn to predict (the loss mask). This file builds
@@ -12,7 +12,7 @@ that, top to bottom:
    user, or the template.
 3. Text + character spans -> token ids + trained token spans -> MiniMind's (X, Y, loss_mask): the text is
    tokenized whole, exactly as at chat time, then cut, padded and shifted by one.
-4. PretrainDataset and SFTDataset, read from a pre-tokenized cache (dataset/token_cache.py: the file is
+4. PretrainDataset, SFTDataset and DPODataset (preference pairs), read from a pre-tokenized cache (dataset/token_cache.py: the file is
    tokenized once, streamed, into flat binary arrays read a sample at a time, so memory does not grow
    with the file; MiniMind reads whole files into RAM, on every process).
 5. (`python -m dataset.show_sample --show FILE` prints one sample with its trained tokens marked.)
@@ -27,7 +27,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from dataset.records import check_pretrain_record, check_sft_record, parse_line
+from dataset.records import check_dpo_record, check_pretrain_record, check_sft_record, parse_line
 from dataset.token_cache import DataError, build_cache, cache_folder, open_cache
 
 
@@ -96,6 +96,16 @@ def parse_sft_line(raw, where, tokenizer):
     return sft_text(check_sft_record(parse_line(raw, where), where), tokenizer)
 
 
+def parse_dpo_line(raw, where, tokenizer):
+    """One line of a preference file (bytes) -> [(chosen text, spans), (rejected text, spans)], or DataError.
+
+    Each side is trained (scored, for DPO) on its last reply alone, with SFT's mask: the reply and its
+    '</s>'. Earlier replies belong to the prompt, which both sides share.
+    """
+    chosen, rejected = check_dpo_record(parse_line(raw, where), where)
+    return [(text, spans[-1:]) for text, spans in (sft_text(chosen, tokenizer), sft_text(rejected, tokenizer))]
+
+
 # ---------------------------------------------------------------------------------------------------
 # 3. Text + character spans -> ids + trained token spans -> (X, Y, loss_mask)
 # ---------------------------------------------------------------------------------------------------
@@ -144,6 +154,12 @@ def encode_with_spans(records, tokenizer):
     return out
 
 
+def encode_pairs(records, tokenizer):
+    """[[chosen, rejected], ...] -> [(ids, spans) of chosen, (ids, spans) of rejected, ...]: a preference
+    record is two sequences, cached one after the other (DPODataset reads them back as a pair)."""
+    return encode_with_spans([side for pair in records for side in pair], tokenizer)
+
+
 def make_example(ids, spans, max_length, pad_id):
     """(ids, trained spans) -> MiniMind's (X, Y, loss_mask), three LongTensors of length max_length - 1.
 
@@ -185,6 +201,7 @@ class TokenizedJsonl(Dataset):
     """
     kind = None
     parse = None
+    encode = staticmethod(encode_with_spans)  # records -> [(ids, trained token spans)]
 
     def __init__(self, data_path, tokenizer, max_length, skip_bad=False, cache_dir=None, build_workers=None,
                  verbose=True, checksums=True):
@@ -202,7 +219,7 @@ class TokenizedJsonl(Dataset):
             big = os.path.getsize(data_path) > 64 << 20
             build_workers = min(8, os.cpu_count() or 1) if big else 1
         self.cache = open_cache(self.cache_path, lambda: build_cache(
-            data_path, self.cache_path, tokenizer, max_length, parse=self.parse, encode=encode_with_spans,
+            data_path, self.cache_path, tokenizer, max_length, parse=self.parse, encode=self.encode,
             skip_bad=skip_bad, workers=build_workers, verbose=verbose), checksums=checksums, verbose=verbose)
         self.meta = self.cache.meta
 
@@ -217,7 +234,7 @@ class TokenizedJsonl(Dataset):
             print(f"skipped {self.skipped} bad lines of {data_path} (lines {lines}); "
                   f"first: {skipped['first_error']}", file=sys.stderr)
         if verbose and self.meta["no_trained_tokens"]:
-            print(f"note: {self.meta['no_trained_tokens']} of {len(self)} samples in {data_path} have no "
+            print(f"note: {self.meta['no_trained_tokens']} of {len(self.cache)} samples in {data_path} have no "
                   f"trained token within max_length={max_length} (their loss_mask is all zero)", file=sys.stderr)
 
     @property
@@ -259,3 +276,26 @@ class SFTDataset(TokenizedJsonl):
     def __init__(self, data_path, tokenizer, max_length=1024, skip_bad=False, cache_dir=None, build_workers=None,
                  verbose=True, checksums=True):
         super().__init__(data_path, tokenizer, max_length, skip_bad, cache_dir, build_workers, verbose, checksums)
+
+
+class DPODataset(TokenizedJsonl):
+    """{"chosen": [...], "rejected": [...]} jsonl -> the two conversations, each trained on its last reply.
+
+    ds[i] -> (X, Y, loss_mask), LongTensors of shape (2, max_length - 1): row 0 the chosen conversation,
+    row 1 the rejected one, each masked as SFT masks a reply (make_example). What train_dpo.py trains on.
+    """
+    kind = "dpo"
+    parse = staticmethod(parse_dpo_line)
+    encode = staticmethod(encode_pairs)
+
+    def __init__(self, data_path, tokenizer, max_length=1024, skip_bad=False, cache_dir=None, build_workers=None,
+                 verbose=True, checksums=True):
+        super().__init__(data_path, tokenizer, max_length, skip_bad, cache_dir, build_workers, verbose, checksums)
+
+    def __len__(self):
+        return len(self.cache) // 2  # the cache holds two sequences a pair
+
+    def __getitem__(self, index):
+        chosen, rejected = (make_example(*self.cache.sample(2 * index + side), self.max_length, self.pad_id)
+                            for side in (0, 1))
+        return tuple(torch.stack(pair) for pair in zip(chosen, rejected))  # X, Y, loss_mask: (2, max_length - 1) each

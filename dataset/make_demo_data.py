@@ -22,6 +22,13 @@ MiniMind's own file formats (docs/data.md), in English and Chinese:
     eval_general.jsonl    {"question", "answer", "must_contain"}  facts taught by SFT, asked
     eval_medical.jsonl        with question templates that no training file uses: a pass means
     eval_identity.jsonl       the model generalised rather than recalled a line.
+    dpo_demo.jsonl        {"chosen": [...], "rejected": [...]}  preference pairs for train_dpo.py: about
+                                                  people who do not exist, "I do not know who X is."
+                                                  over an invented answer; about the real ones, the
+                                                  answer over that refusal.
+    eval_unknown.jsonl    {"question", "answer", "must_contain"}  people whom neither the world nor
+                                                  dpo_demo.jsonl knows, asked with held-out
+                                                  templates: a pass is a refusal.
 
 An evaluation answer counts as correct when it contains every `must_contain` string
 (case-insensitive substring); each one also occurs in the item's reference `answer`.
@@ -59,8 +66,10 @@ from plumbing.errors import UserError, run_main
 
 LANGS = ("en", "zh")  # every table in demo_world holds (English, Chinese) or {"en": ..., "zh": ...}
 JOINER = dict(en=" ", zh="")  # how sentences join into a paragraph
-TRAIN_FILES = ("pretrain_demo.jsonl", "sft_demo.jsonl", "lora_medical.jsonl", "lora_identity.jsonl")
-EVAL_FILES = ("eval_general.jsonl", "eval_general_unseen.jsonl", "eval_medical.jsonl", "eval_identity.jsonl")
+TRAIN_FILES = ("pretrain_demo.jsonl", "sft_demo.jsonl", "lora_medical.jsonl", "lora_identity.jsonl", "dpo_demo.jsonl")
+EVAL_FILES = ("eval_general.jsonl", "eval_general_unseen.jsonl", "eval_medical.jsonl", "eval_identity.jsonl",
+              "eval_unknown.jsonl")
+PERSON_RELATIONS = ("person_town", "person_job", "person_age", "person_food")  # what a question about a person asks
 
 
 # ---------------------------------------------------------------------------------------------
@@ -472,6 +481,75 @@ def make_eval_identity(identity, templates, rng):
     return items
 
 
+def unknown_people(world):
+    """People who do not exist, named from the parts of real people's names: each surname with each other
+    person's given name, and the two real people it is made of (whom the SFT model answers about instead).
+    unknown_people(WORLD)[0] -> {"en": "Lin Ming", "zh": "林明", "lookalikes": ("lin_xiao", "zhou_ming")};
+    132 of them for the 12 people."""
+    people = world["people"]
+    return [dict(en=f"{a['en'].split()[0]} {b['en'].split()[1]}", zh=a["zh"][0] + b["zh"][1:], lookalikes=(a["key"], b["key"]))
+            for a in people for b in people if a is not b]
+
+
+def preference(question, chosen, rejected):
+    """preference("Q", "A", "B") -> {"chosen": [user Q, assistant A], "rejected": [user Q, assistant B]}."""
+    return dict(chosen=chat((question, chosen))["conversations"], rejected=chat((question, rejected))["conversations"])
+
+
+def make_dpo(facts, unknown, templates, rng, known_repeats=4):
+    """Preference pairs. For each person who does not exist (`unknown`), in each language, one question of
+    every person relation (training templates, random greetings): the refusal over the answer the SFT
+    model gives -- a fact of one of the two real people the name is made of, half the time about that
+    person ("Lin Xiao is from Pinebrook."), half the time given to the asked name ("Lin Ming is from
+    Pinebrook."). For each real person's facts, every training template `known_repeats` times: the right
+    answer over the refusal, so that DPO does not learn "refuse every person" (with 2, the model trained
+    on them refused more real people: docs/dpo.md)."""
+    relations, refusal = templates["relations"], templates["refusal"]
+    fact_of = {(f["subject"], f["relation"]): f for f in facts}
+    records = []
+    for lang in LANGS:
+        for person in unknown:
+            for relation in PERSON_RELATIONS:
+                real = fact_of[(rng.choice(person["lookalikes"]), relation)]["slots"][lang]
+                asked = dict(real, p=person[lang])
+                question = fill(rng.choice(relations[relation]["train"][lang]), asked, lang)
+                invented = fill(relations[relation]["answer"][lang], asked if rng.random() < 0.5 else real, lang)
+                records.append(preference(with_prefix(question, templates, lang, rng),
+                                          fill(refusal[lang], asked, lang), invented))
+        for fact in facts:
+            if fact["relation"] not in PERSON_RELATIONS:
+                continue
+            slots = fact["slots"][lang]
+            for template in relations[fact["relation"]]["train"][lang]:
+                for _ in range(known_repeats):
+                    records.append(preference(with_prefix(fill(template, slots, lang), templates, lang, rng),
+                                              answer(fact, templates, lang), fill(refusal[lang], slots, lang)))
+    rng.shuffle(records)
+    return records
+
+
+def make_eval_unknown(unknown, templates, rng):
+    """One item per held-out person who does not exist and language: a person relation (each in turn) asked
+    with a held-out template. must_contain: the refusal's words ("do not know", "不知道")."""
+    relations = templates["relations"]
+    items = []
+    for lang in LANGS:
+        for n, person in enumerate(unknown):
+            relation = PERSON_RELATIONS[n % len(PERSON_RELATIONS)]
+            slots = {"p": person[lang]}
+            question = fill(rng.choice(relations[relation]["held_out"][lang]), slots, lang)
+            items.append(eval_item(question, fill(templates["refusal"][lang], slots, lang),
+                                   [templates["refusal_must_contain"][lang]]))
+    return items
+
+
+def unknown_people_split(seed=42, held_out=26):
+    """(people who do not exist for dpo_demo.jsonl, the `held_out` ones only eval_unknown.jsonl asks about)."""
+    people = unknown_people(WORLD)
+    kept = set(file_rng(seed, "unknown_people").sample(range(len(people)), held_out))
+    return [p for i, p in enumerate(people) if i not in kept], [p for i, p in enumerate(people) if i in kept]
+
+
 def file_rng(seed, name):
     """The random generator of one file (or choice), seeded with "seed:name": file_rng(42, "sft")."""
     return random.Random(f"{seed}:{name}")  # str seeds hash with SHA-512: stable across runs
@@ -492,6 +570,7 @@ def generate(seed=42):
     facts = build_facts(WORLD)
     held_out = held_out_symptoms(seed)
     old, new = IDENTITIES["sft"], IDENTITIES["lora"]
+    unknown, unknown_held_out = unknown_people_split(seed)
     return {
         "pretrain_demo.jsonl": make_pretrain(facts, WORLD, MEDICINE, TEMPLATES, rng("pretrain")),
         "sft_demo.jsonl": make_sft(facts, WORLD, old, TEMPLATES, rng("sft")),
@@ -501,6 +580,8 @@ def generate(seed=42):
         "eval_general_unseen.jsonl": make_eval_general_unseen(facts, TEMPLATES, rng("eval_general_unseen")),
         "eval_medical.jsonl": make_eval_medical(MEDICINE, held_out, TEMPLATES, rng("eval_medical")),
         "eval_identity.jsonl": make_eval_identity(new, TEMPLATES, rng("eval_identity")),
+        "dpo_demo.jsonl": make_dpo(facts, unknown, TEMPLATES, rng("dpo")),
+        "eval_unknown.jsonl": make_eval_unknown(unknown_held_out, TEMPLATES, rng("eval_unknown")),
     }
 
 
@@ -519,9 +600,11 @@ def normalise(text):
 
 
 def record_texts(record):
-    """All strings a model trains on in one record (pretraining text or every chat turn)."""
+    """All strings a model trains on in one record (pretraining text, every chat turn, both sides of a pair)."""
     if "text" in record:
         return [record["text"]]
+    if "chosen" in record:
+        return [t["content"] for side in ("chosen", "rejected") for t in record[side]]
     return [t["content"] for t in record["conversations"]]
 
 
@@ -541,7 +624,7 @@ def must_stay_new(medicine, identity):
 
 
 def uncovered_vocabulary(files, medicine, identity):
-    """Words that the LoRA and eval files use but pretraining and SFT never do, leaving out the
+    """Words that the LoRA, DPO and eval files use but pretraining and SFT never do, leaving out the
     English words of `must_stay_new` strings. An adapter cannot learn such a word well (LoRA never
     trains token embeddings), so this should be empty. Sorted list."""
     seen, needed = set(), set()
@@ -549,7 +632,7 @@ def uncovered_vocabulary(files, medicine, identity):
         for r in files[name]:
             for t in record_texts(r):
                 seen |= vocabulary(t)
-    for name in ("lora_medical.jsonl", "lora_identity.jsonl"):
+    for name in ("lora_medical.jsonl", "lora_identity.jsonl", "dpo_demo.jsonl"):
         for r in files[name]:
             for t in record_texts(r):
                 needed |= vocabulary(t)

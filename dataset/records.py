@@ -3,6 +3,7 @@
     {"text": "..."}                                              a pretraining record
     {"conversations": [{"role": "user", "content": "..."},       an SFT (or LoRA) record: an optional system
                        {"role": "assistant", "content": "..."}]}  turn, then user and assistant alternating
+    {"chosen": [...turns], "rejected": [...turns]}                a preference (DPO) record: one prompt, two replies
 
 dataset/lm_dataset.py turns records into what a model trains on; this is what a record must be, and
 what is said when one is not. A bad record is a DataError ("FILE:LINE: problem (how to fix)"), so a
@@ -80,41 +81,74 @@ def check_sft_record(record, where):
            '{"role": "assistant", "content": "..."}]}')
     if "conversations" not in record:
         raise DataError(f'{where}: missing key "conversations" ({fix})')
-    turns = record["conversations"]
+    return check_messages(record["conversations"], where, "conversations", fix)
+
+
+def check_messages(turns, where, key, fix):
+    """A record's list of turns (its `key`) -> [{"role", "content"}, ...], or DataError (check_sft_record's
+    rules); `fix` says what a good line looks like."""
+    side = "" if key == "conversations" else f'"{key}": '  # which side of a preference pair, if one
     if not isinstance(turns, list) or not turns:
         what = "an empty list" if turns == [] else json_type(turns)
-        raise DataError(f'{where}: "conversations" must be a non-empty list, not {what} ({fix})')
+        raise DataError(f'{where}: "{key}" must be a non-empty list, not {what} ({fix})')
     messages = []
     for number, turn in enumerate(turns, start=1):      # turns numbered from 1, as a person counts
         if not isinstance(turn, dict):
-            raise DataError(f'{where}: turn {number} must be an object, not {json_type(turn)} ({fix})')
-        for key in ("role", "content"):
-            if key not in turn:
-                raise DataError(f'{where}: turn {number} has no "{key}" ({fix})')
-            if not isinstance(turn[key], str):
-                raise DataError(f'{where}: turn {number}: "{key}" must be a string, '
-                                f'not {json_type(turn[key])} ({fix})')
+            raise DataError(f'{where}: {side}turn {number} must be an object, not {json_type(turn)} ({fix})')
+        for name in ("role", "content"):
+            if name not in turn:
+                raise DataError(f'{where}: {side}turn {number} has no "{name}" ({fix})')
+            if not isinstance(turn[name], str):
+                raise DataError(f'{where}: {side}turn {number}: "{name}" must be a string, '
+                                f'not {json_type(turn[name])} ({fix})')
         role, content = turn["role"], turn["content"]
         if role not in ("system", "user", "assistant"):
-            raise DataError(f'{where}: turn {number}: unknown role "{role}" '
+            raise DataError(f'{where}: {side}turn {number}: unknown role "{role}" '
                             '(use "system", "user" or "assistant")')
         if role == "system" and number > 1:
-            raise DataError(f'{where}: turn {number}: "system" is only allowed as the first turn '
+            raise DataError(f'{where}: {side}turn {number}: "system" is only allowed as the first turn '
                             '(move it to the front)')
         expected = "user" if not messages or messages[-1]["role"] != "user" else "assistant"
         if role != "system" and role != expected:
-            raise DataError(f'{where}: turn {number}: expected role "{expected}", got "{role}" '
+            raise DataError(f'{where}: {side}turn {number}: expected role "{expected}", got "{role}" '
                             '(after an optional first "system" turn, turns alternate user, assistant, '
                             'user, ...)')
         if not content.strip():
-            raise DataError(f'{where}: turn {number} ({role}) has empty "content" '
+            raise DataError(f'{where}: {side}turn {number} ({role}) has empty "content" '
                             '(fill it in or remove the turn)')
-        check_unicode(content, where, f"turn {number} ({role})")
+        check_unicode(content, where, f"{side}turn {number} ({role})")
         messages.append({"role": role, "content": content})
     if not any(m["role"] == "assistant" for m in messages):
-        raise DataError(f"{where}: no assistant turn, so nothing to train on "
+        raise DataError(f"{where}: {side}no assistant turn, so nothing to train on "
                         "(add the assistant's reply, or use the line for pretraining)")
     return messages
+
+
+def check_dpo_record(record, where):
+    """{"chosen": [...], "rejected": [...]} -> (chosen messages, rejected messages), or DataError.
+
+    MiniMind2's preference format: two conversations (each by check_sft_record's rules) that ask the
+    same thing -- every turn but the last is the same -- and end in two different assistant replies,
+    the preferred one and the other. A pair with equal replies teaches nothing (its DPO loss is log 2
+    whatever the model), and two different prompts would compare answers to different questions.
+    """
+    fix = ('each line must look like {"chosen": [{"role": "user", "content": "..."}, {"role": "assistant", '
+           '"content": "..."}], "rejected": [the same turns, but another last reply]}')
+    for key in ("chosen", "rejected"):
+        if key not in record:
+            raise DataError(f'{where}: missing key "{key}" ({fix})')
+    chosen, rejected = (check_messages(record[key], where, key, fix) for key in ("chosen", "rejected"))
+    for key, messages in (("chosen", chosen), ("rejected", rejected)):
+        if messages[-1]["role"] != "assistant":
+            raise DataError(f'{where}: "{key}" must end with the assistant\'s reply ({fix})')
+    if chosen[:-1] != rejected[:-1]:
+        turn = next((n for n, (c, r) in enumerate(zip(chosen[:-1], rejected[:-1]), 1) if c != r), min(len(chosen), len(rejected)))
+        raise DataError(f'{where}: "chosen" and "rejected" differ at turn {turn}, before their last reply '
+                        "(both must answer the same conversation; only the last reply may differ)")
+    if chosen[-1] == rejected[-1]:
+        raise DataError(f'{where}: "chosen" and "rejected" have the same reply (a preference pair needs two '
+                        "different ones)")
+    return chosen, rejected
 
 
 def check_record(record, where):

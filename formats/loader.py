@@ -4,6 +4,7 @@ Every stage writes into one output folder (`--out_dir`, default `out/`), with Mi
 
     out/pretrain_128.pth      + .json sidecar     train_pretrain.py     checkpoint_path(out, "pretrain", 128)
     out/full_sft_128.pth      + .json sidecar     train_full_sft.py     checkpoint_path(out, "full_sft", 128)
+    out/rlhf_128.pth          + .json sidecar     train_dpo.py          checkpoint_path(out, "rlhf", 128)
     out/lora/lora_medical_128.pth                 train_lora.py         adapter_path(out, "lora_medical", 128)
     out/full_sft_128_metrics.jsonl, _loss.svg, _resume.pth            run_files(...): a run's log, curve, resume state
 
@@ -43,10 +44,11 @@ DEFAULT_DIM = 128  # the demo model's width, which names the files the scripts l
 # ------------------------------------------------------------------------------------------------
 # Where files go.
 
-# checkpoint prefix -> the script that writes it (MiniMind2's names: pretrain_512.pth, full_sft_512.pth)
-STAGE_SCRIPTS = {"pretrain": "train_pretrain.py", "full_sft": "train_full_sft.py"}
-# --model_mode name (eval_model.py, the server) -> checkpoint prefix: MiniMind2's --model_mode chooses the stage so
-MODEL_MODES = {"pretrain": "pretrain", "sft": "full_sft"}
+# checkpoint prefix -> the script that writes it (MiniMind2's names: pretrain_512.pth, full_sft_512.pth, rlhf_512.pth)
+STAGE_SCRIPTS = {"pretrain": "train_pretrain.py", "full_sft": "train_full_sft.py", "rlhf": "train_dpo.py"}
+# --model_mode name (eval_model.py, the server) -> checkpoint prefix: MiniMind2's --model_mode chooses the stage so,
+# by number (0 pretrain, 1 SFT, 2 RLHF, i.e. DPO); the names say the same
+MODEL_MODES = {"pretrain": "pretrain", "sft": "full_sft", "rlhf": "rlhf", "0": "pretrain", "1": "full_sft", "2": "rlhf"}
 
 
 def checkpoint_path(out_dir, stage: str, dim: int, use_moe: bool = False) -> str:
@@ -151,7 +153,7 @@ def path_from_sidecar(recorded: str) -> str:
 def missing_checkpoint_message(path) -> str:
     """One line for a checkpoint that is not there, naming the command that makes it when the name says:
     'out/pretrain_128.pth not found: make it with `python train_pretrain.py --dim 128`'"""
-    match = re.fullmatch(r"(pretrain|full_sft)_(\d+)(_moe)?\.pth", os.path.basename(str(path)))
+    match = re.fullmatch(r"(pretrain|full_sft|rlhf)_(\d+)(_moe)?\.pth", os.path.basename(str(path)))
     if not match:
         return f"{path} not found (check the path)"
     out_dir = os.path.dirname(str(path)) or "."
@@ -214,8 +216,9 @@ def add_inference_args(parser, lora_help: str) -> None:
     p = parser
     p.add_argument("--out_dir", default="out", help="where the checkpoints and lora/ adapters are (default: %(default)s)")
     p.add_argument("--model_mode", choices=sorted(MODEL_MODES), default="sft",
-                   help="which stage's checkpoint: pretrain -> OUT_DIR/pretrain_DIM.pth, sft -> OUT_DIR/full_sft_DIM.pth, "
-                        "the only one there or --dim's (default: %(default)s)")
+                   help="which stage's checkpoint: pretrain (or 0) -> OUT_DIR/pretrain_DIM.pth, sft (1) -> "
+                        "OUT_DIR/full_sft_DIM.pth, rlhf (2, MiniMind2's numbers) -> OUT_DIR/rlhf_DIM.pth, the only one "
+                        "there or --dim's (default: %(default)s)")
     p.add_argument("--ckpt", default=None, help="checkpoint file to load instead of the --model_mode one")
     p.add_argument("--lora_name", nargs="+", default=None, help=lora_help)
     p.add_argument("--allow_other_base", action="store_true",

@@ -24,9 +24,9 @@ CPU_BATCH = "the demo's is sized for a CPU"
 SMALL_MODEL = "the demo's 1M-parameter model learns fastest there (docs/experiments.md)"
 
 
-# Each stage's defaults: the demo's configuration, in one table (train_pretrain.py, train_full_sft.py and
-# train_lora.py read their row; the LoRA lab's trainer reads train_lora.py's), each with MiniMind2's
-# default and why ours differs, which the flags' help states beside ours.
+# Each stage's defaults: the demo's configuration, in one table (train_pretrain.py, train_full_sft.py,
+# train_lora.py and train_dpo.py read their row; the LoRA lab's trainer reads train_lora.py's), each with
+# MiniMind2's default and why ours differs, which the flags' help states beside ours.
 STAGES = {
     "pretrain": dict(data_path="dataset/pretrain_demo.jsonl", epochs=4, batch_size=16, learning_rate=2e-3, warmup_iters=20,
                      max_seq_len=224, save_interval=100,
@@ -41,9 +41,15 @@ STAGES = {
                  minimind2=dict(epochs=(50, "over its small lora_identity.jsonl; the demo's files are larger, and 4 passes "
                                             "reach its targets (docs/experiments.md)"),
                                 batch_size=(16, ""), learning_rate=(5e-5, SMALL_MODEL), accumulation_steps=(1, ""))),
+    "dpo": dict(data_path="dataset/dpo_demo.jsonl", epochs=2, batch_size=16, learning_rate=6e-4, warmup_iters=10,
+                max_seq_len=160, save_interval=100,
+                minimind2=dict(epochs=(2, ""), batch_size=(8, CPU_BATCH),
+                               learning_rate=(1e-8, "at 1e-8 the demo's model does not move in a run (docs/dpo.md)"),
+                               accumulation_steps=(1, ""))),
 }
 LORA_RANK = 16  # MiniMind2's
 LORA_TARGETS = "wq,wk,wv,wo,w1,w2,w3,output"  # every Linear and the tied embedding: what the demo's tasks need
+LORA_PLUS_RATIO = 16.0  # LoRA+'s suggestion: B learns 16x faster than A (docs/lora_lab.md measures it)
 
 
 def add_common_args(parser, stage: str):
@@ -199,7 +205,7 @@ def add_lora_args(parser) -> None:
     p.add_argument("--lora_targets", default=None,
                    help=f"comma-separated Linear names to adapt, 'output' with its tied embedding (default: {LORA_TARGETS}, "
                         "what the demo's tasks need; MiniMind2 adapts the square ones only, wq,wo; with --init_lora, the file's)")
-    p.add_argument("--lora_plus_ratio", type=float, default=16.0,
+    p.add_argument("--lora_plus_ratio", type=float, default=LORA_PLUS_RATIO,
                    help="LoRA+: B's learning rate is this times A's (default: %(default)s, LoRA+'s suggestion; "
                         "1 = plain LoRA, as MiniMind2)")
     p.add_argument("--init_lora", default=None,

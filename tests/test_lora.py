@@ -9,7 +9,7 @@ import re
 import pytest
 import torch
 import torch.nn as nn
-from conftest import MINIMIND2, ROOT, fill_B, fixture_config, fixture_model, logits_of
+from conftest import MINIMIND2, ROOT, fill_B, first_lines, fixture_config, fixture_model, logits_of
 
 from formats.checkpoint import CheckpointError, load_model, save_model, weights_fingerprint
 from model.LMConfig import LMConfig
@@ -709,10 +709,11 @@ def test_the_write_ups_usage_snippet_loads_a_default_train_lora_adapter(tmp_path
     """Guards against the usage example of write-up 002 failing on the project's own adapters: it runs
     apply_lora(model, rank=16) (wq and wo only) then load_lora on a file that train_lora.py wrote with its
     defaults (every Linear and the tied embedding), which load_lora refused as "unexpected ...w1.lora.A".
-    The snippet runs verbatim (tests/fixtures/writeups), from a folder holding out/rlhf_512.pth (here the
-    SFT checkpoint the adapter was trained on, under MiniMind2's later stage name)."""
+    The snippet runs verbatim (tests/fixtures/writeups), from a folder holding out/rlhf_512.pth: the file
+    train_dpo.py makes from full_sft_512.pth (a few pairs), which the adapter is then trained on."""
     import random
 
+    import train_dpo
     import train_lora
     from formats.loader import checkpoint_meta
     from model.tokenizer import Tokenizer
@@ -727,15 +728,15 @@ def test_the_write_ups_usage_snippet_loads_a_default_train_lora_adapter(tmp_path
     torch.manual_seed(0)
     sft = MiniMindLM(LMConfig(dim=512, n_layers=8))  # MiniMind2-Small, the snippet's model
     save_model(sft, out / "full_sft_512.pth", checkpoint_meta("full_sft", tokenizer_dir, Tokenizer.load(tokenizer_dir)))
-    data = tmp_path / "lora_medical.jsonl"
-    lines = (ROOT / "dataset" / "lora_medical.jsonl").read_text(encoding="utf-8").splitlines(True)
-    data.write_text("".join(lines[:8]), encoding="utf-8")
-    result = train_lora.main(["--dim", "512", "--out_dir", str(out), "--data_path", str(data), "--epochs", "1",
-                              "--batch_size", "4", "--max_seq_len", "48", "--val_samples", "0"])
+    small = ["--dim", "512", "--out_dir", str(out), "--epochs", "1", "--batch_size", "4", "--max_seq_len", "48",
+             "--val_samples", "0"]
+    assert train_dpo.main([*small, "--data_path", first_lines("dpo_demo.jsonl", 8, tmp_path)]).weights == str(out / "rlhf_512.pth")
+    assert (out / "rlhf_512.pth").read_bytes() != (out / "full_sft_512.pth").read_bytes()  # DPO moved the weights
+    result = train_lora.main([*small, "--base", str(out / "rlhf_512.pth"),
+                              "--data_path", first_lines("lora_medical.jsonl", 8, tmp_path)])
     assert result.weights == str(out / "lora" / "lora_medical_512.pth")
     trained = lora_layers(result.model)
     assert {name.rsplit(".", 1)[-1] for name in trained} == {"wq", "wk", "wv", "wo", "w1", "w2", "w3", "output"}
-    (out / "rlhf_512.pth").write_bytes((out / "full_sft_512.pth").read_bytes())
 
     monkeypatch.chdir(tmp_path)
     snippet = (ROOT / "tests" / "fixtures" / "writeups" / "usage_snippet_002.py").read_text(encoding="utf-8")
