@@ -283,3 +283,29 @@ def test_two_process_torchrun_trains_lora_dpo(sft_dir, tmp_path):
     # 40 pairs - 8 held out = 32 / 2 processes / 4 a batch = 4 steps; validation before and after
     assert [r["step"] for r in records if "val_accuracy" in r] == [0, 4]
     assert (out / "lora" / "lora_dpo_32.pth").is_file() and not Path(out / "lora_dpo_32_resume.pth").exists()
+
+
+# ------------------------------------------------------------------------------------------------
+# The experiment's verdicts
+
+
+def dpo_verdicts(refused, prefers, general):
+    """experiments.dpo_measure.verdicts on two seeds: the SFT model's numbers, then DPO's, each
+    (per seed) as given; the other general set always holds steady."""
+    from experiments.dpo_measure import verdicts
+
+    def record(r, p, g, start):
+        return {"scores": {"eval_unknown": r, "eval_general": g, "eval_general_unseen": 0.6},
+                "held_out": [{"val_prefers_chosen": start}, {"val_prefers_chosen": p}]}
+    sft = {s: record(refused[0][s], None, general[0][s], None) for s in (0, 1)}
+    dpo_runs = {s: record(refused[1][s], prefers[1][s], general[1][s], prefers[0][s]) for s in (0, 1)}
+    return [ok for _, ok in verdicts({"sft": sft, "default": dpo_runs})]
+
+
+def test_the_dpo_experiments_verdicts_can_fail():
+    """Guards against targets that pass whatever was measured: each of the three can fail, alone."""
+    good = dict(refused=([0.0, 0.02], [0.6, 0.5]), prefers=([0.4, 0.45], [0.9, 0.85]), general=([0.6, 0.55], [0.58, 0.5]))
+    assert dpo_verdicts(**good) == [True, True, True]
+    assert dpo_verdicts(**{**good, "refused": ([0.0, 0.3], [0.6, 0.25])}) == [False, True, True]  # ranges overlap
+    assert dpo_verdicts(**{**good, "prefers": ([0.4, 0.5], [0.9, 0.45])}) == [True, False, True]
+    assert dpo_verdicts(**{**good, "general": ([0.6, 0.55], [0.49, 0.5])}) == [True, True, False]  # 11 points on seed 0
