@@ -16,7 +16,7 @@ Read top to bottom:
 Around the loop, each in plumbing/ (read them when you need them, not to follow the lesson): the flags
 (flags.py), the device, precision and DDP processes (runtime.py), --resume (resume.py), the progress
 bar, metrics log and NaN guard (progress.py). Where files go and how a checkpoint loads is
-formats/loader.py's; one run per output folder, plumbing/run_lock.py's.
+formats/loader.py's; one run per output, plumbing/run_lock.py's.
 """
 import math
 from dataclasses import dataclass

@@ -42,7 +42,8 @@ def main(argv=None):
         raise UserError("--init_lora continues an adapter: use train_lora.py for that")
     base = args.base or find_checkpoint(args.out_dir, "full_sft", args.dim, args.use_moe)
 
-    with claim_out_dir(args.out_dir, also=["lora"]), runtime(args.device, args.dtype, args.seed) as rt:
+    with claim_out_dir(args.out_dir, args.lora_name, also=["lora"]), \
+            runtime(args.device, args.dtype, args.seed) as rt:
         loaded = load_checkpoint(base, tokenizer=args.tokenizer, shape=shape_from_args(args),
                                  max_seq_len=args.max_seq_len, device=rt.device)
         model, tokenizer = loaded.model, loaded.tokenizer
