@@ -395,14 +395,27 @@ def make_lora_identity(facts, identity, templates, rng, repeats=5, multi_turn=20
     return records
 
 
-def eval_item(question, answer, must_contain):
-    return dict(question=question, answer=answer, must_contain=list(must_contain))
+def eval_item(question, answer, must_contain, must_not_contain=()):
+    item = dict(question=question, answer=answer, must_contain=list(must_contain))
+    return {**item, "must_not_contain": list(must_not_contain)} if must_not_contain else item
+
+
+def other_facts(fact, facts, relations, lang, reference):
+    """The values of the subject's other facts, which a right answer about `fact` does not name: asked
+    Lin Xiao's job, "Lin Xiao is from Pinebrook." is the wrong relation, and a list of everything about
+    Lin Xiao is no answer. Values a right answer may say anyway -- inside the `reference` answer ("Honey
+    bread is a dish from Goldmeadow." names honey, its ingredient) or inside the asked value -- are left out."""
+    value = str(fact["slots"][lang][relations[fact["relation"]]["answer_slot"]])
+    others = {str(f["slots"][lang][relations[f["relation"]]["answer_slot"]]) for f in facts
+              if f["subject"] == fact["subject"] and f["relation"] != fact["relation"]}
+    return sorted(v for v in others if v.casefold() not in reference.casefold() and v.casefold() not in value.casefold())
 
 
 def make_eval_general(facts, templates, rng, per_lang=26):
     """World facts asked with held-out templates. Per language: three facts for each relation about
     people (what a demo most wants to show), one fact of every other relation, then more facts
-    about people up to `per_lang`. must_contain: the fact's value (a town, a job, a number...)."""
+    about people up to `per_lang`. must_contain: the fact's value (a town, a job, a number...);
+    must_not_contain: the subject's other facts (other_facts)."""
     relations = templates["relations"]
     by_relation = {}
     for f in facts:
@@ -417,7 +430,7 @@ def make_eval_general(facts, templates, rng, per_lang=26):
         for fact in chosen:
             q, a = ask(fact, templates, lang, rng, split="held_out")
             value = fact["slots"][lang][relations[fact["relation"]]["answer_slot"]]
-            items.append(eval_item(q, a, [str(value)]))
+            items.append(eval_item(q, a, [str(value)], other_facts(fact, facts, relations, lang, a)))
     return items
 
 
@@ -425,7 +438,8 @@ def make_eval_general_unseen(facts, templates, rng, per_lang=52):
     """World facts asked in forms no training file uses (demo_world.UNSEEN_QUESTIONS: instructions, turned-
     around statements): the probe of what an adapter costs in general knowledge. Per language: two facts
     of every relation, then more facts about people up to `per_lang`, each with the next of its relation's
-    unseen forms in turn, so every form is asked. must_contain: the fact's value."""
+    unseen forms in turn, so every form is asked. must_contain: the fact's value; must_not_contain: the
+    subject's other facts (other_facts), the wrong relation an adapter that forgets answers."""
     relations, unseen = templates["relations"], templates["unseen"]
     by_relation = {}
     for f in facts:
@@ -441,7 +455,8 @@ def make_eval_general_unseen(facts, templates, rng, per_lang=52):
             n = asked[fact["relation"]] = asked.get(fact["relation"], rng.randrange(len(forms))) + 1
             question = fill(forms[n % len(forms)], fact["slots"][lang], lang)
             value = fact["slots"][lang][relations[fact["relation"]]["answer_slot"]]
-            items.append(eval_item(question, answer(fact, templates, lang), [str(value)]))
+            reference = answer(fact, templates, lang)
+            items.append(eval_item(question, reference, [str(value)], other_facts(fact, facts, relations, lang, reference)))
     return items
 
 

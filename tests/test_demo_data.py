@@ -8,6 +8,7 @@ from conftest import ROOT
 
 from dataset import demo_world as world
 from dataset import make_demo_data as demo
+from evaluation import answer_is_correct
 from plumbing.errors import run_main
 
 DATASET_DIR = ROOT / "dataset"
@@ -98,9 +99,23 @@ def test_records_are_well_formed(committed):
     for name in demo.EVAL_FILES:
         assert 40 <= len(committed[name]) <= (104 if name == "eval_general_unseen.jsonl" else 60), name
         for item in committed[name]:
-            assert list(item) == ["question", "answer", "must_contain"], name
+            assert list(item) in (["question", "answer", "must_contain"], ["question", "answer", "must_contain", "must_not_contain"])
             assert item["question"].strip() and item["answer"].strip(), name
             assert item["must_contain"] and all(isinstance(w, str) and w.strip() for w in item["must_contain"])
+            assert answer_is_correct(item["answer"], item["must_contain"], item.get("must_not_contain", ())), name
+
+
+def test_a_general_answer_naming_the_subjects_other_facts_is_wrong(committed):
+    """Guards against the general sets counting a list of everything the model knows about someone as
+    the answer to one question about them (the SFT model does that when a question's form is new, and
+    an adapter that answers the wrong relation would be scored by luck): every general question forbids
+    the subject's other facts, and its reference answer names none of them."""
+    for name in ("eval_general.jsonl", "eval_general_unseen.jsonl"):
+        people = [item for item in committed[name] if item.get("must_not_contain")]
+        assert len(people) >= 0.9 * len(committed[name]), name
+        for item in people:
+            rattle = item["answer"] + " " + " ".join(item["must_not_contain"])
+            assert not answer_is_correct(rattle, item["must_contain"], item["must_not_contain"])
 
 
 def test_every_file_is_bilingual(committed):
