@@ -143,10 +143,8 @@ def _line_body(series, x_label, y_label, width, log_x, log_y, spread, refs, x_ti
     for t in yt:
         out.append(f'<line x1="{left}" y1="{py(t):.1f}" x2="{left + plot_w}" y2="{py(t):.1f}" stroke="#eee"/>')
         out.append(f'<text class="tick" x="{left - 6}" y="{py(t) + 4:.1f}" text-anchor="end">{tick_label(t, percent)}</text>')
-    if log_x or log_y:
-        axes = " and ".join(name for name, log in (("x", log_x), ("y", log_y)) if log)
-        out.append(f'<text x="{left + plot_w}" y="{top - 2}" text-anchor="end" fill="#888">{axes}: log scale</text>')
     out.append(f'<polyline fill="none" stroke="#888" points="{left},{top} {left},{top + plot_h} {left + plot_w},{top + plot_h}"/>')
+    x_label, y_label = x_label + (" (log scale)" if log_x else ""), y_label + (" (log scale)" if log_y else "")
     out.append(f'<text x="{left + plot_w / 2}" y="{top + plot_h + 34}" text-anchor="middle">{xml_escape(x_label)}</text>')
     out.append(f'<text x="14" y="{top + plot_h / 2}" text-anchor="middle" '
                f'transform="rotate(-90 14 {top + plot_h / 2})">{xml_escape(y_label)}</text>')
@@ -207,10 +205,12 @@ def line_chart(series, path, title, x_label, y_label, width=640, log_x=False, lo
 
 
 def value_label(value, percent=False) -> str:
-    """A number printed beside its bar: 0.8166 -> '82%' (percent) or 7.127 -> '7.13'."""
+    """A number printed beside its bar: 0.8166 -> '82%' (percent), 7.127 -> '7.13', 2164.3 -> '2,164'."""
     if not math.isfinite(value):
         return "diverged"
-    return f"{100 * value:.0f}%" if percent else f"{value:.3g}"
+    if percent:
+        return f"{100 * value:.0f}%"
+    return f"{value:,.0f}" if abs(value) >= 1000 else f"{value:.3g}"
 
 
 def _bar_body(bars, x_label, width, refs, percent, ticks, zero=True):
@@ -237,7 +237,7 @@ def _bar_body(bars, x_label, width, refs, percent, ticks, zero=True):
     out.append('<g class="data">')
     ranged = False
     for i, (label, (value, lo, hi)) in enumerate(bars.items()):
-        y, colour = top + i * bar_h, COLOURS[i % len(COLOURS)]
+        y, colour = top + i * bar_h, COLOURS[0]  # one colour: the labels name the bars
         if math.isfinite(value) and zero:
             out.append(f'<rect x="{px(min(0.0, value)):.1f}" y="{y + 3}" width="{abs(px(value) - px(0.0)):.1f}" '
                        f'height="{bar_h - 6}" fill="{colour}"><title>{xml_escape(label)}: {value:.4g}</title></rect>')

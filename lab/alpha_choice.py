@@ -35,13 +35,10 @@ def verdict(loss: dict) -> str:
 
 def run(lab) -> Finding:
     demo = sweeps.sweep(lab, sweeps.DEMO)
-    others = [m for m in MULTIPLES if m != 1]
     made = lab.train_all([lab.lora_job(lab.sweep_task(), learning_rate=demo.best, lora_alpha=m * LORA_RANK, seed=s)
-                          for m in others for s in lab.seeds])
+                          for m in MULTIPLES for s in lab.seeds])  # alpha = r: the demo's sweep's runs again
     n = len(lab.seeds)
-    loss = {m: [r.final() for r in made[i * n:(i + 1) * n]] for i, m in enumerate(others)}
-    loss[1] = demo.at_best
-    loss = dict(sorted(loss.items()))
+    loss = {m: [r.final() for r in made[i * n:(i + 1) * n]] for i, m in enumerate(MULTIPLES)}
     line_chart({"LoRA r=16": [(m, mean(v)) for m, v in loss.items()]}, lab.figure("lora_alpha_choice.svg"),
                f"Validation loss after the sweep task vs alpha / r (learning rate {demo.best:g})", "alpha / r",
                "final validation loss", log_x=True, x_ticks=list(MULTIPLES),

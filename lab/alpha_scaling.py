@@ -18,13 +18,14 @@ from lab import sweeps
 from lab.lab import Finding, below, loss_spread, mean, run_alone, table, verdict_of
 from plot import line_chart
 from plumbing.errors import run_main
+from plumbing.flags import LORA_RANK
 
 TITLE = "alpha / r frees the rank"
 CLAIM = "With alpha fixed, scaling by alpha / r lets you change the rank without retuning the learning rate."
 SOURCE = "001 超参 α"
-ALPHA = 16  # fixed: the demo's r = 16 with scale 1
+ALPHA = LORA_RANK  # fixed: scale 1 at the demo's rank, where the learning rate was tuned
 RANKS = (4, 64)
-RULE = (f"alpha = {ALPHA} fixed, the learning rate tuned at r = 16: holds if at r = 4 and at r = 64 neither half nor twice "
+RULE = (f"alpha = {ALPHA} fixed, the learning rate tuned at r = {LORA_RANK}: holds if at r = 4 and at r = 64 neither half nor twice "
         "that rate ends below it, ranges over seeds apart; with a caveat if so at one rank; does not hold if at neither.")
 
 
@@ -49,7 +50,7 @@ def rank_runs(lab) -> tuple:
 def run(lab) -> Finding:
     demo, by_rank = rank_runs(lab)
     curves = {f"r={r} (scale {ALPHA / r:g})": by_rank[r] for r in RANKS}
-    curves["r=16 (scale 1, the demo's sweep)"] = demo.losses
+    curves[f"r={LORA_RANK} (scale 1, the demo's sweep)"] = demo.losses
     line_chart({k: [(lr, mean(v)) for lr, v in sorted(c.items())] for k, c in curves.items()}, lab.figure("lora_alpha_scaling.svg"),
                f"alpha / r with alpha = {ALPHA} fixed: does the rank move the best learning rate?", "learning rate",
                "final validation loss", log_x=True,
@@ -58,14 +59,14 @@ def run(lab) -> Finding:
     rates = sorted(by_rank[RANKS[0]])
     best = {r: min(by_rank[r], key=lambda lr: mean(by_rank[r][lr])) for r in RANKS}
     details = (f"Sweep task, seeds {', '.join(map(str, lab.seeds))}, the demo's LoRA with alpha = {ALPHA}; final validation "
-               f"loss at the rate tuned at r = 16 ({demo.best:g}, {demo.describe()}) and its neighbours:\n\n"
+               f"loss at the rate tuned at r = {LORA_RANK} ({demo.best:g}, {demo.describe()}) and its neighbours:\n\n"
                + table(["rank", "scale alpha / r", *(f"{lr:g}" + (" (tuned)" if lr == demo.best else "") for lr in rates)], rows)
                + "\n\nWith Adam every entry of A and B moves by about the learning rate per step whatever its gradient's "
                "size, so the scale sets how far B·A moves per step while a larger rank has more entries moving at once. "
                "alpha / r shrinks the scale as 1 / r; whether that is the right amount is lab/rslora.py's question.")
     return Finding(TITLE, CLAIM, SOURCE, RULE,
                    "Best of the tuned rate and its neighbours: " + ", ".join(f"r={r}: {best[r]:g}" for r in RANKS)
-                   + f" (tuned at r=16: {demo.best:g}).", [("", verdict(by_rank, demo.best))], details,
+                   + f" (tuned at r={LORA_RANK}: {demo.best:g}).", [("", verdict(by_rank, demo.best))], details,
                    ["lora_alpha_scaling.svg"], "alpha_scaling")
 
 

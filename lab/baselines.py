@@ -10,6 +10,7 @@ own best learning rate on the sweep task (lab/sweeps.py: the best inside its gri
                               touch the embedding either)
   Adapter Tuning              bottleneck 96 after wo and w2 of every block
   Prefix Tuning               194 key/value vectors per layer
+(the sizes at the demo's defaults: lab/sweeps.py's matched() computes them from the demo's adapter)
 Quality: the final validation loss on the task's held-out samples (and on the general conversations).
 Latency: decode tokens/s at batch 1 of each trained model (seed 1337; LoRA merged and made plain, as a
 merged model is shipped) against the SFT model alone.
@@ -43,8 +44,6 @@ RULE = ("matches or beats: holds if LoRA both with and without the embedding end
         "if only the demo's LoRA (with the embedding) does; does not hold otherwise. Without latency: holds if merged LoRA "
         f"keeps {KEEP:.0%} of the SFT model's decode speed and both predecessors fall below it; with a caveat if a "
         f"predecessor keeps it too; does not hold if LoRA falls below {KEEP:.0%}.")
-LORAS = (sweeps.DEMO, sweeps.NO_EMBEDDING)
-PREDECESSORS = (sweeps.ADAPTER, sweeps.PREFIX)
 
 
 def verdict(loss: dict, speed: dict) -> list:
@@ -62,6 +61,8 @@ def verdict(loss: dict, speed: dict) -> list:
 
 def run(lab) -> Finding:
     sft = lab.base()["sft"]
+    matched = sweeps.matched(lab)
+    LORAS, PREDECESSORS = (sweeps.DEMO, matched["without the embedding"]), (matched["adapter"], matched["prefix"])
     found = {m.label: sweeps.sweep(lab, m) for m in (*LORAS, *PREDECESSORS)}
     short = dict(zip(found, ("LoRA", "LoRA without the embedding", "adapter", "prefix")))
     models = {"SFT alone": lab.load(sft)[0]}
@@ -99,8 +100,8 @@ def run(lab) -> Finding:
                f"the SFT model alone {speeds['SFT alone']:,.0f}, in brackets the share of it):\n\n"
                + table(["method", "trainable", "best learning rate", "task loss", "general loss", "decode tokens/s"], rows)
                + "\n\nThe adapter adds two small layers in series per block, which every token must pass through: it cannot "
-               "be merged away. The prefix adds 194 keys and values to every attention layer, taking attention slots at "
-               "every step. Merged LoRA is the SFT model's own computation. The first edition compared a 16-vector prefix "
+               f"be merged away. The prefix adds {matched['prefix'].settings['lora_rank']} keys and values to every "
+               "attention layer, taking attention slots at every step. Merged LoRA is the SFT model's own computation. The first edition compared a 16-vector prefix "
                "(12x fewer parameters) at the edge of its learning-rate grid, and LoRA with the embedding only.")
     return Finding(TITLE, CLAIM, SOURCE, RULE,
                    "Task loss at each one's best rate: " + ", ".join(f"{short[label]} {loss_spread(s.at_best)}"

@@ -49,6 +49,7 @@ def run(lab) -> Finding:
     line_chart({"LoRA, the demo's": [(samples, mean(accuracy[samples])), (total, mean(accuracy["all"]))]},
                lab.figure("lora_data_size.svg"), f"eval_medical after the demo's {steps} steps, by training samples",
                "distinct training samples", "eval_medical accuracy", log_x=True, percent=True, x_ticks=[samples, total],
+               y_ticks=[0, 0.25, 0.5, 0.75, 1.0],
                spread={"LoRA, the demo's": [(samples, min(accuracy[samples]), max(accuracy[samples])),
                                             (total, min(accuracy["all"]), max(accuracy["all"]))]},
                refs=[(TARGET, f"{TARGET:.0%}: the demo's target")])

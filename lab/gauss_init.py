@@ -39,12 +39,12 @@ def init_finding(lab, method, title, claim, source, rule, module) -> Finding:
     line_chart(series, lab.figure(figure), f"{method.label.split(' (')[0]} against MiniMind2's A ~ N(0, 0.02^2)",
                "learning rate", "final validation loss", log_x=True, spread=spread)
     details = (f"Sweep task, plain LoRA, seeds {', '.join(map(str, lab.seeds))}. MiniMind2's start {standard.describe()}: "
-               f"{loss_spread(standard.at_best)}; {method.label} {other.describe()}: {loss_spread(other.at_best)}. The two "
-               f"best rates differ by {standard.best / other.best:g}x: A's starting size and the learning rate are "
-               "one knob, as the figure's shifted curves show.")
+               f"{loss_spread(standard.at_best)}; {method.label} {other.describe()}: {loss_spread(other.at_best)}. With B = 0, "
+               "B·A grows as fast as B moves times A's size, so A's starting size and the learning rate are one knob: "
+               f"here the best rates are {other.best:g} and {standard.best:g}.")
     return Finding(title, claim, source, rule,
                    f"At each one's best rate: {loss_spread(other.at_best)} against MiniMind2's {loss_spread(standard.at_best)} "
-                   f"({compare(other.at_best, standard.at_best)}); best rates {other.best:g} and {standard.best:g}.",
+                   f"({compare(other.at_best, standard.at_best)}); its best rate {other.best:g}, MiniMind2's {standard.best:g}.",
                    [("", verdict(other.at_best, standard.at_best))], details, [figure], module)
 
 

@@ -93,8 +93,8 @@ def run(lab) -> Finding:
                         ["the adapter (weights, gradients, AdamW)", mb["adapter"], mb["adapter"]],
                         ["activations (a real forward pass)", mb["activations"], mb["activations"]],
                         ["sum", mb["fp32"], mb["int8"]]])
-               + f"\n\nWith the base frozen, its weights are most of what LoRA training holds, so storing them in 8 bits "
-               f"cuts the whole to {ratio:.2f}x. The rounding is done, not simulated away: the 8-bit run computes with "
+               + f"\n\nStoring the frozen base in 8 bits shrinks its weights only; the adapter's state and the activations "
+               f"stay, so the whole comes to {ratio:.2f}x. The rounding is done, not simulated away: the 8-bit run computes with "
                "the rounded numbers (its weights are still float32 tensors here, so the memory is counted rather than "
                "measured; bitsandbytes would hold them as int8).")
     return Finding(TITLE, CLAIM, SOURCE, RULE,

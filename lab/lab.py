@@ -151,7 +151,7 @@ class Finding:
     def section(self) -> str:
         figures = "".join(f"\n![{name}](figures/{name})\n" for name in self.figures)
         verdict = "Verdicts" if len(self.verdicts) > 1 else "Verdict"
-        return (f"### {self.number}. {self.title}\n\n> {self.claim} ({self.source})\n\n"
+        return (f'<a id="{self.module}"></a>\n\n### {self.number}. {self.title}\n\n> {self.claim} ({self.source})\n\n'
                 f"*Rule, set before the run:* {self.rule}\n\n"
                 f"**{verdict}:** {self.verdict_text()}. {self.measured}\n\n{self.details.strip()}\n{figures}\n"
                 f"`python -m lab.{self.module}`: {self.lab_seconds / 60:.1f} min in the lab's run, "

@@ -60,8 +60,9 @@ def details(lab, plain, demo, full) -> str:
             + table(header, rows)
             + f"\n\nAt the best rates: plain LoRA {loss_spread(plain.at_best)}, the demo's LoRA {loss_spread(demo.at_best)}, "
             f"full fine-tuning {loss_spread(full.at_best)}. Why LoRA can want a larger rate: B starts at zero and the "
-            "update is a product of two small factors, so one step moves the model less than the same step on W does. "
-            "LoRA+ reaches the same place by raising B's rate alone, which is why its best A rate is lower.")
+            "update is a product of two small factors, so one step moves the model less than the same step on W does."
+            + (" LoRA+ gets there by raising B's rate alone, so its best rate for A is lower than plain LoRA's."
+               if demo.best < plain.best else ""))
 
 
 def run(lab) -> Finding:

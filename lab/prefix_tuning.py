@@ -3,7 +3,7 @@ uses up the context (001 §2.2 Prefix Tuning).
 
 Two measurements:
   training  prefixes of 16, 64 and 194 vectors per layer (194: the demo's adapter's parameter count,
-            lab/sweeps.py's PREFIX) on the sweep task, all at the 194-vector prefix's best learning
+            lab/sweeps.py's matched()) on the sweep task, all at the 194-vector prefix's best learning
             rate, every seed; LoRA's loss at matched parameters beside them
   context   at MiniMind2-Small's size with MiniMind2's 512-token training window: the prefix that
             matches MiniMind2's LoRA (r=16 on wq, wo) in parameters, how many positions of every
@@ -41,11 +41,12 @@ TITLE = "Prefix Tuning: hard to train, uses up the context"
 CLAIM = ("Prefix Tuning is hard to train (quality does not rise steadily with the number of prefix parameters) and its "
          "prefix takes room from the input.")
 SOURCE = "001 §2.2 Prefix Tuning"
-LENGTHS = (16, 64, 194)
+LENGTHS = (16, 64)  # and the prefix as large as the demo's adapter (194 vectors at the demo's defaults)
 SHARE = 0.10  # of the window's positions: a prefix that takes a tenth of them has used up real room
 SLOWER = 0.05  # the decode-speed cost that is beyond timing noise
 WINDOW = 512  # MiniMind2's training window (its --max_seq_len)
-RULE = ("hard to train: holds if some longer prefix (16, 64, 194 vectors) does not end below the next shorter one, ranges "
+RULE = ("hard to train: holds if some longer prefix (16, 64, and as large as the demo's adapter) does not end below the "
+        "next shorter one, ranges "
         "over seeds overlapping or above; does not hold if each ends below, ranges apart. Uses up the context: holds if "
         f"the prefix matching MiniMind2's LoRA in parameters takes at least {SHARE:.0%} of MiniMind2's {WINDOW}-position "
         f"window in every layer; with a caveat if less but it costs at least {SLOWER:.0%} of the decode speed; does not "
@@ -71,13 +72,15 @@ def matched_prefix(fields, lora_params) -> int:
 
 
 def run(lab) -> Finding:
-    prefix, demo = sweeps.sweep(lab, sweeps.PREFIX), sweeps.sweep(lab, sweeps.DEMO)
-    shorter = [n for n in LENGTHS if n != 194]
+    method = sweeps.matched(lab)["prefix"]
+    prefix, demo = sweeps.sweep(lab, method), sweeps.sweep(lab, sweeps.DEMO)
+    matched_length = method.settings["lora_rank"]
+    shorter = [n for n in LENGTHS if n < matched_length]
     made = lab.train_all([lab.lora_job(lab.sweep_task(), variant="prefix", lora_rank=n, learning_rate=prefix.best, seed=s)
                           for n in shorter for s in lab.seeds])
     k = len(lab.seeds)
     by_length = {n: [r.final() for r in made[i * k:(i + 1) * k]] for i, n in enumerate(shorter)}
-    by_length[194] = prefix.at_best
+    by_length[matched_length] = prefix.at_best
 
     fields = TINY if lab.quick else model_sizes()["MiniMind2-Small"]
     lora_params = 2 * 16 * 2 * fields["dim"] * fields["n_layers"]  # r=16 on wq and wo, both dim x dim
@@ -97,17 +100,17 @@ def run(lab) -> Finding:
     panels([("line", dict(title="sweep task, each length at one rate", series={"prefix": [(n, mean(by_length[n])) for n in lengths]},
                           spread={"prefix": [(n, min(by_length[n]), max(by_length[n])) for n in lengths]},
                           x_label="prefix vectors per layer", y_label="final validation loss", log_x=True, x_ticks=list(lengths),
-                          refs=[(mean(demo.at_best), "LoRA, the demo's, same parameters as 194 vectors")])),
+                          refs=[(mean(demo.at_best), f"LoRA, the demo's, as many parameters as {matched_length} vectors")])),
             ("bar", dict(title=f"MiniMind2-Small, a prefix of {vectors} vectors", x_label="share", percent=True,
                          bars={f"positions of a {WINDOW}-token window": (share,) * 3, "decode speed kept": (ratio,) * 3},
                          refs=[(SHARE, f"{SHARE:.0%}: 'uses up the context'")]))],
            lab.figure("lora_prefix_tuning.svg"), "Prefix Tuning: size against quality, and the room it takes", columns=2, width=470)
     rows = [[n, f"{sweeps.lora('', 0, variant='prefix', lora_rank=n).trainable(lab):,}", loss_spread(by_length[n])]
             for n in lengths]
-    details = (f"Sweep task, seeds {', '.join(map(str, lab.seeds))}, every length at {prefix.best:g} (the 194-vector "
-               f"prefix's best, {prefix.describe()}); final validation loss:\n\n"
+    details = (f"Sweep task, seeds {', '.join(map(str, lab.seeds))}, every length at {prefix.best:g} (the "
+               f"{matched_length}-vector prefix's best, {prefix.describe()}); final validation loss:\n\n"
                + table(["prefix vectors per layer", "trainable", "validation loss"], rows)
-               + f"\n\nLoRA with the same parameters as 194 vectors (the demo's adapter, at its best rate): "
+               + f"\n\nLoRA with the same parameters as {matched_length} vectors (the demo's adapter, at its best rate): "
                f"{loss_spread(demo.at_best)}.\n\nContext, MiniMind2-Small: MiniMind2's LoRA (r=16 on wq, wo) has "
                f"{lora_params:,} parameters; a prefix as large is {vectors} vectors per layer, {share:.0%} of the "
                f"{WINDOW}-token window in every layer's attention and KV cache. Decode with a {prompt}-token prompt: "

@@ -48,11 +48,11 @@ def verdict(by_rank: dict, full: list, start: float) -> list:
 
 def run(lab) -> Finding:
     demo, full, r128 = sweeps.sweep(lab, sweeps.DEMO), sweeps.sweep(lab, sweeps.FULL), sweeps.sweep(lab, RANK_128)
-    others = [r for r in RANKS if r != 16]
     made = lab.train_all([lab.lora_job(lab.sweep_task(), learning_rate=demo.best, lora_rank=r, seed=s)
-                          for r in others for s in lab.seeds])
-    by_rank = {r: [run.final() for run in made[i * len(lab.seeds):(i + 1) * len(lab.seeds)]] for i, r in enumerate(others)}
-    by_rank[16], by_rank[128] = demo.at_best, r128.at_best
+                          for r in RANKS for s in lab.seeds])  # the demo's own rank: its sweep's runs again
+    k = len(lab.seeds)
+    by_rank = {r: [run.final() for run in made[i * k:(i + 1) * k]] for i, r in enumerate(RANKS)}
+    by_rank[128] = r128.at_best
     start = demo.best_runs[0].curve()[0][1]
     trainable = {r: sweeps.lora("", 0, lora_rank=r).trainable(lab) for r in (*RANKS, 128)}
     rows = [[f"r={r}", f"{trainable[r]:,}", f"{demo.best:g}" if r != 128 else r128.describe(), loss_spread(by_rank[r]),

@@ -21,18 +21,21 @@ from lab.alpha_scaling import ALPHA
 from lab.lab import CAVEAT, FAILS, HOLDS, Finding, below, loss_spread, mean, run_alone, table
 from plot import line_chart
 from plumbing.errors import run_main
+from plumbing.flags import LORA_RANK
 
 TITLE = "rsLoRA: alpha / sqrt(r) keeps larger ranks learning"
 CLAIM = "Under alpha / r larger ranks stop paying off; scaling by alpha / sqrt(r) lets them keep improving."
 SOURCE = "paper: Kalajdzievski 2023"
-RANKS = (4, 16, 64)
-RULES = {  # label -> the settings at rank r (r = 16 is the demo's runs for every rule)
+RANKS = tuple(sorted({4, LORA_RANK, 64}))
+RS_ALPHA = LORA_RANK ** 0.5  # scale 1 at the demo's rank, as the other two rules
+RULES = {  # label -> the settings at rank r (at the demo's rank all three are scale 1: its runs for every rule)
     "alpha = r (scale 1)": lambda r: dict(lora_rank=r),
     f"alpha / r, alpha = {ALPHA}": lambda r: dict(lora_rank=r, lora_alpha=ALPHA),
-    "rsLoRA alpha / sqrt(r), alpha = 4": lambda r: dict(lora_rank=r, lora_alpha=4, variant="rslora"),
+    f"rsLoRA alpha / sqrt(r), alpha = {RS_ALPHA:g}": lambda r: dict(lora_rank=r, lora_alpha=RS_ALPHA, variant="rslora"),
 }
-RULE = ("at the learning rate tuned at r = 16: holds if rsLoRA at r = 64 ends below rsLoRA at r = 16 and below alpha / r at "
-        "r = 64, ranges over seeds apart; with a caveat if only below its own r = 16; does not hold otherwise.")
+RULE = (f"at the learning rate tuned at r = {LORA_RANK}: holds if rsLoRA at r = 64 ends below rsLoRA at r = {LORA_RANK} and "
+        f"below alpha / r at r = 64, ranges over seeds apart; with a caveat if only below its own r = {LORA_RANK}; does not "
+        "hold otherwise.")
 
 
 def verdict(rs16: list, rs64: list, over_r64: list) -> str:
@@ -43,13 +46,13 @@ def verdict(rs16: list, rs64: list, over_r64: list) -> str:
 
 def run(lab) -> Finding:
     demo = sweeps.sweep(lab, sweeps.DEMO)
-    configs = [(rule, r, s) for rule in RULES for r in RANKS if r != 16 for s in lab.seeds]
+    configs = [(rule, r, s) for rule in RULES for r in RANKS if r != LORA_RANK for s in lab.seeds]
     made = lab.train_all([lab.lora_job(lab.sweep_task(), learning_rate=demo.best, seed=s, **RULES[rule](r))
                           for rule, r, s in configs])
     loss = {(rule, r): [run.final() for (q, r2, _), run in zip(configs, made) if (q, r2) == (rule, r)]
-            for rule in RULES for r in RANKS if r != 16}
+            for rule in RULES for r in RANKS if r != LORA_RANK}
     for rule in RULES:
-        loss[rule, 16] = demo.at_best
+        loss[rule, LORA_RANK] = demo.at_best
     rs, over_r = list(RULES)[2], list(RULES)[1]
     line_chart({rule: [(r, mean(loss[rule, r])) for r in RANKS] for rule in RULES}, lab.figure("lora_rslora.svg"),
                f"Validation loss after the sweep task vs rank, by scaling rule (learning rate {demo.best:g})", "LoRA rank r",
@@ -60,10 +63,10 @@ def run(lab) -> Finding:
                "(mean, range):\n\n" + table(["rank", *RULES], rows)
                + "\n\nB·A·x sums r terms that are not all aligned, so it grows about like sqrt(r): alpha / r shrinks it "
                "faster than it grows, alpha / sqrt(r) keeps its size steady, and alpha = r lets it grow with r (which, at "
-               "a learning rate tuned at r = 16, is also a larger step).")
+               f"a learning rate tuned at r = {LORA_RANK}, is also a larger step).")
     return Finding(TITLE, CLAIM, SOURCE, RULE,
-                   f"rsLoRA: r=16 {loss_spread(loss[rs, 16])}, r=64 {loss_spread(loss[rs, 64])}; alpha / r at r=64 "
-                   f"{loss_spread(loss[over_r, 64])}.", [("", verdict(loss[rs, 16], loss[rs, 64], loss[over_r, 64]))],
+                   f"rsLoRA: r={LORA_RANK} {loss_spread(loss[rs, LORA_RANK])}, r=64 {loss_spread(loss[rs, 64])}; alpha / r at "
+                   f"r=64 {loss_spread(loss[over_r, 64])}.", [("", verdict(loss[rs, LORA_RANK], loss[rs, 64], loss[over_r, 64]))],
                    details, ["lora_rslora.svg"], "rslora")
 
 

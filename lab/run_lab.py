@@ -1,6 +1,6 @@
 """The LoRA lab, all of it: every claim measured, then docs/lora_lab.md and its figures written.
 
-    python -m lab.run_lab                          # everything, from the demo's first stages (~75 min on 2 cores)
+    python -m lab.run_lab                          # everything, from the demo's first stages (about 65 min on 2 cores)
     python -m lab.run_lab --only memory low_rank   # some claims; the report keeps the others' last sections
     python -m lab.run_lab --quick --out_dir /tmp/lab   # the code path in seconds; numbers meaningless
 
@@ -11,6 +11,8 @@ runs them in that order and writes:
     docs/lora_lab.md       the report card (claim | source | measured | verdict | command | figure), a
                            section per claim, and what changed since the first edition
     docs/figures/*.svg     the figures (a lora_*.svg no claim draws any more is removed)
+    README.md, docs/lora.md  their "measured" blocks (between BLOCK's markers): the headline claims and the
+                           rules of thumb with their verdicts, so the three pages say the same
     out/lab/findings.json  each claim's finding, so --only can rewrite the report with the rest kept
 Training runs and the base checkpoints are made once and reused by content (lab/lab.py): a second
 run of this command only re-measures; a change of code or data remakes what depends on it.
@@ -19,6 +21,7 @@ import argparse
 import json
 import platform
 import sys
+import textwrap
 import time
 from dataclasses import asdict
 
@@ -52,6 +55,13 @@ GROUPS = [
 EXPERIMENTS = [m for _, _, modules in GROUPS for m in modules]
 NAMES = [m.__name__.rsplit(".", 1)[-1] for m in EXPERIMENTS]
 MINUTES = 75  # what the whole lab may take from nothing on 2 cores
+BLOCK = ("<!-- lab/run_lab.py writes from here: edit the lab, not this block -->", "<!-- lab/run_lab.py writes up to here -->")
+# The claims the README shows, and the rules of thumb docs/lora.md lists, with their verdicts.
+HEADLINES = ["zero_start", "merged_latency", "memory", "forgetting", "learns_less", "low_rank", "alpha_scaling", "lora_plus",
+             "learning_rate", "baselines"]
+RULES_OF_THUMB = ["rank_table", "alpha_choice", "alpha_scaling", "rslora", "scale_alpha", "large_alpha", "learning_rate",
+                  "learning_rate_minimind", "lora_plus", "dropout", "epochs", "more_epochs", "data_size", "cosine",
+                  "swapped_init", "zero_init", "gauss_init", "kaiming_init", "int8_base", "which_matrices"]
 
 # The first edition's thirteen claims: (its verdict, the modules that measure it now, what changed and why).
 FIRST_EDITION = {
@@ -98,16 +108,10 @@ def card(findings: list) -> str:
         for module in modules:
             f = by_module[module.__name__.rsplit(".", 1)[-1]]
             figure = ", ".join(f"[{n.removeprefix('lora_').removesuffix('.svg')}](figures/{n})" for n in f.figures) or "-"
-            rows.append(f"| [{f.number}](#{anchor(f)}) | **{f.title}**: {f.claim} | {f.source} | {f.measured} | "
+            rows.append(f"| [{f.number}](#{f.module}) | **{f.title}**: {f.claim} | {f.source} | {f.measured} | "
                         f"{f.verdict_text()} | `python -m lab.{f.module}` | {figure} |")
         out.append(f"### {name}: {what}\n\n" + "\n".join(rows))
     return "\n\n".join(out)
-
-
-def anchor(finding) -> str:
-    """The GitHub anchor of a claim's section heading, '### 12. Learning rate: ...' -> '12-learning-rate-'."""
-    text = f"{finding.number}. {finding.title}".lower()
-    return "".join(c for c in text if c.isalnum() or c in " -_").replace(" ", "-")
 
 
 def changes(findings: list) -> str:
@@ -231,11 +235,51 @@ def main(argv=None):
     print(f"({seconds / 60:.1f} min)" + (f"; over the {MINUTES} minutes the lab promises" if over else ""))
 
 
+def readme_block(findings: list, runs: dict) -> str:
+    """README.md's "What LoRA does, measured": the headline claims, as the last run measured them."""
+    by_module = {f.module: f for f in findings}
+    full = runs.get("full", {})
+    rows = [f"| [{by_module[m].title}](docs/lora_lab.md#{m}) | {by_module[m].measured} | {by_module[m].verdict_text(bold=False)} |"
+            for m in HEADLINES]
+    intro = (f"`python -m lab.run_lab` puts {len(findings)} claims of the LoRA write-ups (and of the papers they lean on) "
+             "to the test on the demo's own model, and at MiniMind2's sizes where size matters"
+             + (f": {full['minutes']:.0f} minutes on 2 CPU cores" if full else "") + ". One module of [`lab/`](lab) per "
+             "claim, each with its rule written before the run, three seeds, every method at its own best learning rate. "
+             "Some headlines of its report card, [docs/lora_lab.md](docs/lora_lab.md), where every number has its command "
+             "and figure:")
+    return (textwrap.fill(intro, 100) + "\n\n| claim | measured here | verdict |\n|---|---|---|\n" + "\n".join(rows)
+            + "\n\n![LoRA and full fine-tuning: learning against forgetting](docs/figures/lora_learns_less.svg)")
+
+
+def lora_md_block(findings: list) -> str:
+    """docs/lora.md's rules of thumb, each with the lab's verdict and a link to what was measured."""
+    by_module = {f.module: f for f in findings}
+    rows = [f"| {by_module[m].claim} | {by_module[m].source} | [{by_module[m].verdict_text(bold=False)}](lora_lab.md#{m}) |"
+            for m in RULES_OF_THUMB]
+    return ("| rule of thumb | from | verdict on the demo's model (link: what was measured) |\n|---|---|---|\n"
+            + "\n".join(rows))
+
+
+def replace_block(path, text) -> None:
+    """Put `text` between the two BLOCK markers of the file at `path`."""
+    content = path.read_text(encoding="utf-8")
+    start, end = content.index(BLOCK[0]) + len(BLOCK[0]), content.index(BLOCK[1])
+    atomic_write_text(path, content[:start] + "\n" + text.strip() + "\n" + content[end:])
+
+
 def write_report(lab, findings, runs) -> None:
-    """docs/lora_lab.md (OUT_DIR/lora_lab.md when quick) from the findings; in docs/figures, a lora_*.svg that no
-    finding draws any more is removed (a figure on the page is one this run measured)."""
+    """docs/lora_lab.md and the measured blocks of README.md and docs/lora.md from the findings (with --quick,
+    copies of the three under OUT_DIR); in docs/figures, a lora_*.svg that no finding draws any more is removed
+    (a figure on the page is one this run measured)."""
     target = (lab.out if lab.quick else ROOT / "docs") / "lora_lab.md"
     atomic_write_text(target, report(findings, header(lab, runs)))
+    readme, lora_md = ROOT / "README.md", ROOT / "docs" / "lora.md"
+    if lab.quick:  # the same code path, on copies
+        readme, lora_md = lab.out / "README.md", lab.out / "lora.md"
+        for copy, original in ((readme, ROOT / "README.md"), (lora_md, ROOT / "docs" / "lora.md")):
+            atomic_write_text(copy, original.read_text(encoding="utf-8"))
+    replace_block(readme, readme_block(findings, runs))
+    replace_block(lora_md, lora_md_block(findings))
     if not lab.quick:
         drawn = {name for f in findings for name in f.figures}
         for stale in sorted(p for p in FIGURES.glob("lora_*.svg") if p.name not in drawn):

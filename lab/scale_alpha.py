@@ -38,9 +38,9 @@ def run(lab) -> Finding:
                "learning rate", "final validation loss", log_x=True, spread=spread)
     details = (f"Sweep task, seeds {', '.join(map(str, lab.seeds))}, rank {LORA_RANK}: scale 1 {demo.describe()}: "
                f"{loss_spread(demo.at_best)}; scale {SCALE} {scaled.describe()}: {loss_spread(scaled.at_best)} "
-               f"({compare(scaled.at_best, demo.at_best)}). The best rates differ by {demo.best / scaled.best:g}x: a fixed "
-               f"scale of alpha moves the best learning rate by the factor r that alpha / r divides out, so with alpha "
-               "alone every change of rank needs a new learning rate.")
+               f"({compare(scaled.at_best, demo.at_best)}). With Adam the scale multiplies how far B·A moves per step, so "
+               "a scale of alpha alone moves the best learning rate by the factor that alpha / r divides out, and with "
+               "it every change of rank changes the best learning rate.")
     return Finding(TITLE, CLAIM, SOURCE, RULE,
                    f"At each one's best rate: scale {SCALE} {loss_spread(scaled.at_best)} ({scaled.best:g}) vs scale 1 "
                    f"{loss_spread(demo.at_best)} ({demo.best:g}): {compare(scaled.at_best, demo.at_best)}.",

@@ -44,8 +44,8 @@ def run(lab) -> Finding:
                f"({compare(swapped.at_best, standard.at_best)}).\n\nWith the demo's LoRA+ (B's rate 16x A's) at its best "
                f"rate {demo.best:g}: standard {loss_spread(demo.at_best)}, swapped {loss_spread(with_plus)} "
                f"({compare(with_plus, demo.at_best)}). LoRA+ gives the larger step to B, which in the swapped start is "
-               "the factor that is already random, while A has to grow from zero at the small rate: the asymmetry is the "
-               "optimizer's, not the initialisation's.")
+               "the factor that is already random, while A has to grow from zero at the small rate: with LoRA+ the two "
+               "starts are not symmetric, which is why the claim is judged with one rate for both factors.")
     return Finding(TITLE, CLAIM, SOURCE, RULE,
                    f"Plain LoRA at each one's best rate: standard {loss_spread(standard.at_best)}, swapped "
                    f"{loss_spread(swapped.at_best)} ({compare(swapped.at_best, standard.at_best)}); with LoRA+ 16 at one "

@@ -19,6 +19,7 @@ import math
 from dataclasses import dataclass, field
 from typing import Callable
 
+from demo import stage_parser
 from lab.lab import mean
 from model.lora_variants import VARIANTS
 from plumbing.flags import LORA_RANK, LORA_TARGETS
@@ -57,15 +58,34 @@ def lora(label, centre, every_seed=False, **settings) -> Method:
     return Method(label, "lora", centre, settings, every_seed)
 
 
-# The methods several claims compare, each swept once per Lab and shared. Parameters are matched to
-# the demo's adapter (198,656 trainable, rank 16 on every Linear and the tied embedding) within 10%.
-DEMO = lora("LoRA, the demo's (r=16 on every Linear + embedding, LoRA+ 16)", 4e-3)
+# The methods several claims compare, each swept once per Lab and shared. The demo's LoRA is train_lora.py's
+# defaults; the methods it is compared with get its trainable parameters (matched(): within 10%).
+PLUS = stage_parser("lora").parse_args([]).lora_plus_ratio  # the demo's LoRA+ ratio
+DEMO = lora(f"LoRA, the demo's (r={LORA_RANK} on every Linear + embedding, LoRA+ {PLUS:g})", 4e-3)
 PLAIN = lora("plain LoRA (the demo's, LoRA+ off)", 1.6e-2, every_seed=True, lora_plus_ratio=1)
 FULL = Method("full fine-tuning", "full", 4e-3, every_seed=True)
-NO_EMBEDDING = lora("LoRA without the embedding (r=19 on every Linear, LoRA+ 16)", 4e-3, lora_rank=19,
-                    lora_targets=EVERY_LINEAR)
-ADAPTER = lora("Adapter Tuning (bottleneck 96)", 8e-3, variant="adapter", lora_rank=96)
-PREFIX = lora("Prefix Tuning (194 vectors)", 3.2e-2, variant="prefix", lora_rank=194)
+
+
+def matched(lab) -> dict:
+    """{"without the embedding", "adapter", "prefix": Method}: LoRA on every Linear but not the tied embedding,
+    Adapter Tuning and Prefix Tuning, each at the size whose trainable parameters come nearest the demo's
+    adapter's (198,656 for rank 16 on every Linear and the embedding: rank 19, bottleneck 96, 194 vectors)."""
+    if "matched" not in lab.sweeps:
+        target = DEMO.trainable(lab)
+
+        def nearest(make):  # trainable parameters grow linearly with the size: t(n) = t(0) + n (t(1) - t(0))
+            one, two = make(1).trainable(lab), make(2).trainable(lab)
+            return max(1, round(1 + (target - one) / (two - one)))
+
+        rank = nearest(lambda n: lora("", 0, lora_rank=n, lora_targets=EVERY_LINEAR))
+        width = nearest(lambda n: lora("", 0, variant="adapter", lora_rank=n))
+        vectors = nearest(lambda n: lora("", 0, variant="prefix", lora_rank=n))
+        lab.sweeps["matched"] = {
+            "without the embedding": lora(f"LoRA without the embedding (r={rank} on every Linear, LoRA+ {PLUS:g})", 4e-3,
+                                          lora_rank=rank, lora_targets=EVERY_LINEAR),
+            "adapter": lora(f"Adapter Tuning (bottleneck {width})", 8e-3, variant="adapter", lora_rank=width),
+            "prefix": lora(f"Prefix Tuning ({vectors} vectors)", 3.2e-2, variant="prefix", lora_rank=vectors)}
+    return lab.sweeps["matched"]
 
 
 @dataclass

@@ -92,10 +92,12 @@ def run(lab) -> Finding:
                "widens: the same rank is a smaller share of a bigger model. MiniMind2-Small with MiniMind2's LoRA sits a "
                f"hair above the band ({mm2[0]:.3%}); the demo model is so narrow (dim 128) that even rank 1 on wq, wo is "
                f"{shares[demo, MM2, 1]:.2%} of it, and its own adapter (rank {LORA_RANK} on every Linear and the embedding) "
-               f"is {demo_share:.1%}.")
+               f"is {demo_share:.1%}. The shares are trainable / all parameters of the adapted model, adapters included, "
+               "as trainable_parameters_report prints them.")
     return Finding(TITLE, CLAIM, SOURCE, RULE,
                    f"MiniMind2's LoRA (r={LORA_RANK} on wq, wo): {mm2[1]:.3%} of MiniMind2 (104M), {mm2[0]:.3%} of "
-                   f"MiniMind2-Small; the demo's own adapter: {demo_share:.1%} of the demo model.",
+                   f"MiniMind2-Small; the demo's own adapter: {demo_share:.1%} of the adapted demo model's parameters "
+                   f"({demo_share / (1 - demo_share):.1%} of the base's).",
                    [("", verdict(mm2, demo_share))], details, ["lora_trainable_share.svg"], "trainable_share")
 
 

@@ -93,6 +93,24 @@ def test_the_sane_values_of_the_maths(quick_lab):
     assert gpt3[1] == "349 GB" and gpt3[2] == "37.7 MB"  # 350 GB -> 35 MB, as the paper says
 
 
+def test_the_readme_and_lora_md_blocks_say_what_the_report_says(quick_lab):
+    """Guards three pages drifting apart (the first edition's README left out rows of its own report): the lab
+    writes README.md's and docs/lora.md's measured blocks from the same findings (here on copies), every link in
+    them reaches a claim's section of the report, and the README stays within its 250 lines."""
+    out, findings = quick_lab
+    report = (out / "lora_lab.md").read_text()
+    anchors = set(re.findall(r'<a id="([^"]+)"></a>', report))
+    assert anchors == set(findings)
+    for page in ("README.md", "lora.md"):
+        text = (out / page).read_text()
+        block = text[text.index(run_lab.BLOCK[0]):text.index(run_lab.BLOCK[1])]
+        linked = re.findall(r"lora_lab\.md#([\w]+)", block)
+        assert linked and set(linked) <= anchors
+        for module in linked:
+            assert findings[module]["verdicts"][0][1] in block or len(findings[module]["verdicts"]) > 1
+    assert len((out / "README.md").read_text().splitlines()) <= 250
+
+
 def test_general_validation_is_logged_beside_the_task(quick_lab):
     """Guards --val_also: a run given it logs val_also_loss at every validation, beside (and different
     from) the task's own held-out loss."""
