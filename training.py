@@ -286,7 +286,7 @@ class RunResult:
     weights: str  # where the weights (or the adapter) were saved
 
 
-def train(args, rt, model, param_groups, dataset_class, tokenizer, weights, save, frozen=None) -> RunResult:
+def train(args, rt, model, param_groups, dataset_class, tokenizer, weights, save, frozen=None, lr_schedule=None) -> RunResult:
     """Train `model` on args.data_path and save it: the loop every stage shares.
 
     args: the common flags (plumbing/flags.py); rt: where it runs (plumbing/runtime.py).
@@ -295,6 +295,8 @@ def train(args, rt, model, param_groups, dataset_class, tokenizer, weights, save
     dataset_class: PretrainDataset or SFTDataset (dataset/lm_dataset.py), read with `tokenizer`.
     weights: the deliverable's path; save(weights) writes it (save_model, or save_lora for an adapter).
     frozen: files the run reads but never saves, {"base": path}: a --resume must find them unchanged.
+    lr_schedule(step, total_steps, learning_rate, warmup_iters) -> lr: None is get_lr (warm-up, then cosine);
+        the LoRA lab's trainer passes another to measure what the schedule does (lab/cosine.py).
     """
     files = run_files(args.out_dir, weights)  # the weights' resume state, metrics log and loss curves
     check_no_unfinished_run(files.resume, args.resume)
@@ -319,7 +321,7 @@ def train(args, rt, model, param_groups, dataset_class, tokenizer, weights, save
         progress.log_validation(0, validation.loss(model))  # where training starts from
     wrapped.train()
     for step, epoch, micro_batches in data.steps(start_step):
-        lr = get_lr(step, data.total_steps, args.learning_rate, args.warmup_iters)
+        lr = (lr_schedule or get_lr)(step, data.total_steps, args.learning_rate, args.warmup_iters)
         set_lr(optimizer, lr)
         for i, (X, Y, loss_mask) in enumerate(micro_batches):
             X, Y, loss_mask = (t.to(rt.device, non_blocking=True) for t in (X, Y, loss_mask))
