@@ -63,12 +63,15 @@ def log_ticks(low, high) -> list:
 
 
 def tick_label(value, percent=False) -> str:
-    """0.25 -> '0.25' (or '25%' when percent); 1e-05 -> '1e-05'; 2048.0 -> '2048'; 10000.0 -> '10,000'."""
+    """0.25 -> '0.25' (or '25%' when percent); 1e-05 -> '1e-05'; 2048.0 -> '2048'; 10000.0 -> '10,000';
+    7.4342 -> '7.4342'. Every digit a round tick has is kept (rounded to 10 significant ones, which hides
+    float noise such as 5.000000000000001e-05): ticks 0.0002 apart over a nearly flat curve must not all
+    read '7.434'."""
     if percent:
-        return f"{100 * value:.4g}%"
+        return f"{float(f'{100 * value:.10g}'):.10g}%"
     if abs(value) >= 1e4 and value == round(value):
         return f"{value:,.0f}"
-    return f"{value:.4g}"
+    return f"{float(f'{value:.10g}'):.10g}"
 
 
 def _legend(entries, left, top, width) -> tuple:

@@ -325,11 +325,10 @@ def join_symptoms(parts, lang):
     return "，".join(parts[:-1]) + "，并且" + parts[-1]
 
 
-def medical_question(condition, combo, templates, lang, rng, split):
-    """A consultation question naming the symptoms with indices `combo`, from `split` templates."""
+def medical_question(condition, combo, template, lang):
+    """A consultation question naming the symptoms with indices `combo` in `template`."""
     i = LANGS.index(lang)
-    symptoms = join_symptoms([condition["symptoms"][k][i] for k in combo], lang)
-    return rng.choice(templates["medical_questions"][split][lang]).format(s=symptoms)
+    return template.format(s=join_symptoms([condition["symptoms"][k][i] for k in combo], lang))
 
 
 def key_word(condition, combo, medicine, lang):
@@ -368,7 +367,7 @@ def make_lora_medical(facts, medicine, held_out, templates, rng, rehearsal_share
         combos += [t for t in itertools.combinations(range(n), 3) if not set(held) <= set(t)]
         for lang in LANGS:
             for combo in combos:
-                q = medical_question(c, combo, templates, lang, rng, "train")
+                q = medical_question(c, combo, rng.choice(templates["medical_questions"]["train"][lang]), lang)
                 records.append(chat((q, medical_answer(c, combo, medicine, templates, lang))))
     records += rehearsal(facts, templates, rng, round(len(records) * rehearsal_share / (1 - rehearsal_share)))
     rng.shuffle(records)
@@ -411,7 +410,7 @@ def other_facts(fact, facts, relations, lang, reference):
     return sorted(v for v in others if v.casefold() not in reference.casefold() and v.casefold() not in value.casefold())
 
 
-def make_eval_general(facts, templates, rng, per_lang=26):
+def make_eval_general(facts, templates, rng, per_lang=52):
     """World facts asked with held-out templates. Per language: three facts for each relation about
     people (what a demo most wants to show), one fact of every other relation, then more facts
     about people up to `per_lang`. must_contain: the fact's value (a town, a job, a number...);
@@ -460,16 +459,22 @@ def make_eval_general_unseen(facts, templates, rng, per_lang=52):
     return items
 
 
-def make_eval_medical(medicine, held_out, templates, rng):
-    """One item per condition and language: its held-out symptom pair in a held-out template.
+def make_eval_medical(medicine, held_out, templates, rng, per_condition=2):
+    """`per_condition` items per condition and language: its held-out symptom pair, in either order,
+    each time in another held-out template, every template in turn, so that each is asked about as
+    often (one phrasing the adapter fails then costs a share of the score, not half a language).
     must_contain: the department, the one thing a right consultation must name."""
     items = []
-    for c, held in zip(medicine["conditions"], held_out):
-        for i, lang in enumerate(LANGS):
-            combo = held if rng.random() < 0.5 else held[::-1]
-            q = medical_question(c, combo, templates, lang, rng, "held_out")
-            items.append(eval_item(q, medical_answer(c, combo, medicine, templates, lang),
-                                  [medicine["departments"][c["dept"]][i]]))
+    for lang in LANGS:
+        forms = templates["medical_questions"]["held_out"][lang]
+        n = rng.randrange(len(forms))
+        for c, held in zip(medicine["conditions"], held_out):
+            for _ in range(per_condition):
+                n += 1
+                combo = held if rng.random() < 0.5 else held[::-1]
+                q = medical_question(c, combo, forms[n % len(forms)], lang)
+                items.append(eval_item(q, medical_answer(c, combo, medicine, templates, lang),
+                                      [medicine["departments"][c["dept"]][LANGS.index(lang)]]))
     return items
 
 

@@ -372,12 +372,14 @@ def test_charts_keep_round_ticks_and_a_clear_legend_whatever_the_data(tmp_path):
     crowded = {f"series {i}": [(1, 2.378 + i), (8, 5.657 - i), (64, 9.99)] for i in range(6)}
     line_chart(crowded, tmp_path / "l.svg", "t", "rank", "loss", log_x=True, x_ticks=[1, 8, 64], refs=[(2.5, "a threshold")])
     line_chart({"a": [(3e-5, 0.31), (0.02, 0.94)]}, tmp_path / "p.svg", "t", "lr", "accuracy", log_x=True, percent=True)
+    # a nearly flat curve (int8_base's loss once read 7.434, 7.434, 7.434, 7.435 on its axis: ticks 0.0002 apart)
+    line_chart({"flat": [(0, 7.4342), (1, 7.4347), (2, 7.4351)]}, tmp_path / "f.svg", "t", "step", "loss")
     bar_chart({"wq": (1.2, 1.1, 1.3), "every Linear": (0.9, 0.9, 0.9)}, tmp_path / "b.svg", "t", "loss", zero=False,
               refs=[(1.0, "ref")])
     panels([("line", dict(title="one", series=crowded, x_label="x", y_label="y")),
             ("bar", dict(title="two", bars={"a": (0.3, 0.3, 0.3)}, x_label="share", percent=True, refs=[(0.25, "q")]))],
            tmp_path / "panels.svg", "t")
-    for name in ("l.svg", "p.svg", "b.svg", "panels.svg"):
+    for name in ("l.svg", "p.svg", "f.svg", "b.svg", "panels.svg"):
         check_figure(tmp_path / name)
     texts = [t.text for t in ET.parse(tmp_path / "p.svg").getroot().iter() if t.tag.endswith("text")]
     assert "50%" in texts or "40%" in texts
