@@ -37,7 +37,8 @@ from lab.lab import FIGURES, ROOT, Finding, add_lab_args, lab_from_args, measure
 from plumbing.atomic import atomic_write_text
 from plumbing.errors import UserError, run_main
 
-# (write-up, what it is, its claims' modules in report order): /work/shared/writeups/README.md's files
+# (write-up, what it is, its claims' modules in report order): the file names are those of the five write-ups
+# the lab tests (the project's shared materials, writeups/; tests/fixtures/writeups/README.md says where they come from)
 GROUPS = [
     ("000_lora_explainer.txt", "LoRA's idea, a from-scratch implementation, PEFT usage, rules of thumb",
      [trainable_share, merged_latency, adapter_swap, rank_table, int8_base, dropout, epochs, alpha_choice, learning_rate,
