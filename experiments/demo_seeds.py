@@ -9,7 +9,7 @@ Two CPUs round floats differently, so their runs of the same demo diverge step b
 next machine; the spread over seeds and code paths does. Each seed runs `python run_demo.py --seed S
 --out_dir OUT_DIR/seed_S` (every training stage gets --seed S); each of --avx2_seeds runs it into
 OUT_DIR/avx2_seed_S with the CPU code path forced to AVX2 (experiments/spread.py's CPU_PATHS), which
-every x86 CPU executes and which rounds as one without AVX-512 would. Then one table
+nearly every x86 CPU executes and which rounds as one without AVX-512 would. Then one table
 (experiments/spread.py): the worst case first, each run, and the worst case's margin to each target.
 """
 import argparse

@@ -13,7 +13,7 @@ models already made) both print it.
 from demo import MARGIN, TARGETS, general_drops, target_checks
 
 # The CPU code paths a run can take. "avx2" forces torch's, MKL's and oneDNN's AVX2 kernels, which
-# every x86 CPU of the last ten years executes and which round as a CPU without AVX-512 would.
+# nearly every x86 CPU of the last ten years executes and which round as a CPU without AVX-512 would.
 CPU_PATHS = {"default": {}, "avx2": {"ATEN_CPU_CAPABILITY": "avx2", "MKL_CBWR": "AVX2", "ONEDNN_MAX_CPU_ISA": "AVX2"}}
 
 COLUMNS = ["SFT general", "SFT unseen", "SFT medical", "medical", "identity", "drop general", "drop unseen"]
@@ -62,7 +62,7 @@ def spread_table(rows) -> str:
     lines += [line("mean", mean), line("best", best)]
     m = margins(rows)
     verdict = (f"all met, worst >= {MARGIN} points inside" if holds_with_margin(rows)
-               else "all met, but the worst is within {MARGIN} points of a target".format(MARGIN=MARGIN)
+               else f"all met, but the worst is within {MARGIN} points of a target"
                if all(r["met"] for r in rows.values()) else "NOT all met")
     lines.append("| **worst's margin** | " + " | ".join(f"{m[n]:+.1f}" if n in m else "" for n in COLUMNS)
                  + f" | {verdict} |")
