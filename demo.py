@@ -22,6 +22,12 @@ EVAL_FILES = ["dataset/eval_general.jsonl", "dataset/eval_general_unseen.jsonl",
 # 10 points of either (the forgetting eval_general alone could not see: docs/demo.md).
 GENERAL_SETS = ("eval_general", "eval_general_unseen")
 ADAPTERS = ["lora_medical", "lora_identity"]
+# The demo's targets, in percent (docs/demo.md says why each): lora_medical's skill where SFT alone lacks it,
+# lora_identity's, and the most general knowledge an adapter may cost on either general set.
+TARGETS = dict(medical=80, sft_medical=20, identity=90, general_drop=10)
+# How far inside each target the worst run over seeds and CPU code paths must stay (experiments/spread.py):
+# a target met by one question on one machine is not met on the next.
+MARGIN = 5
 TRAINING_STAGES = ("pretrain", "SFT", "LoRA lora_medical", "LoRA lora_identity")
 # eval_model.py's --batch_size default (tests/test_experiments.py checks demo_eval_settings against its parser)
 EVAL_BATCH_SIZE = 16
@@ -64,16 +70,17 @@ def target_checks(results):
     base, medical, identity = acc["base"], acc["+lora_medical"], acc["+lora_identity"]
     same = columns["adapter removed"] == columns["base"]  # every answer and loss identical
     drops = general_drops(results)
+    t = TARGETS
     return [
-        (f"SFT + lora_medical on eval_medical >= 80% (SFT alone <= 20%): "
+        (f"SFT + lora_medical on eval_medical >= {t['medical']}% (SFT alone <= {t['sft_medical']}%): "
          f"{medical['eval_medical']:.1%} (SFT alone {base['eval_medical']:.1%})",
-         medical["eval_medical"] >= 0.8 and base["eval_medical"] <= 0.2),
-        (f"SFT + lora_identity on eval_identity >= 90%: {identity['eval_identity']:.1%}",
-         identity["eval_identity"] >= 0.9),
+         100 * medical["eval_medical"] >= t["medical"] - 1e-6 and 100 * base["eval_medical"] <= t["sft_medical"] + 1e-6),
+        (f"SFT + lora_identity on eval_identity >= {t['identity']}%: {identity['eval_identity']:.1%}",
+         100 * identity["eval_identity"] >= t["identity"] - 1e-6),
         ("adapter removed == SFT alone (every answer and loss identical): " + ("yes" if same else "NO"), same),
-        ("general knowledge with an adapter on at most 10 points below SFT alone, on both general sets: largest drop "
-         + ", ".join(f"{d:.1f} points ({s})" for s, d in drops.items()),
-         all(d <= 10 + 1e-6 for d in drops.values())),
+        (f"general knowledge with an adapter on at most {t['general_drop']} points below SFT alone, on both general "
+         "sets: largest drop " + ", ".join(f"{d:.1f} points ({s})" for s, d in drops.items()),
+         all(d <= t["general_drop"] + 1e-6 for d in drops.values())),
     ]
 
 

@@ -45,21 +45,27 @@ AUTO_PROMPTS = [
 # The scoring rule and the sets
 
 
-def answer_is_correct(answer, must_contain):
-    """An answer is correct when it contains every required string, ignoring case.
+def answer_is_correct(answer, must_contain, must_not_contain=()):
+    """An answer is correct when it contains every required string and none of the forbidden ones,
+    ignoring case.
 
     Case is folded with str.casefold (Unicode-aware lower-casing); nothing else is normalised, so
-    the required strings should be the shortest text any right answer must include.
+    the required strings should be the shortest text any right answer must include. The forbidden
+    ones are what a wrong answer would say instead -- the demo's general questions forbid the subject's
+    other facts, so an answer that lists everything it knows about Lin Xiao is not an answer to "what
+    is Lin Xiao's job?", however it happens to name the job.
 
     answer_is_correct("The capital is Veloria City.", ["veloria city"]) -> True
     answer_is_correct("去心内科看看", ["心内科", "心电图"])                 -> False (one is missing)
+    answer_is_correct("Lin Xiao is from Pinebrook. Lin Xiao is a baker.", ["baker"], ["Pinebrook"]) -> False
     """
     folded = answer.casefold()
-    return all(s.casefold() in folded for s in must_contain)
+    return all(s.casefold() in folded for s in must_contain) and not any(s.casefold() in folded for s in must_not_contain)
 
 
 def load_eval_set(path):
-    """Read an evaluation jsonl: one {"question", "answer", "must_contain": [...]} per line.
+    """Read an evaluation jsonl: one {"question", "answer", "must_contain": [...]} per line, and optionally
+    "must_not_contain": [...].
 
     Bad records are errors naming the file and line, because a silently skipped question would
     change the denominator of every accuracy computed from the file. The lines are read as the
@@ -80,9 +86,15 @@ def load_eval_set(path):
         # An empty list would make every answer correct, so it is refused rather than scored.
         if not isinstance(must, list) or not must or not all(isinstance(s, str) and s for s in must):
             raise UserError(f"{where}: 'must_contain' must be a non-empty list of non-empty strings")
-        for key, text in [("question", question), ("answer", answer)] + [("must_contain", m) for m in must]:
+        never = record.get("must_not_contain", [])
+        if not isinstance(never, list) or not all(isinstance(s, str) and s for s in never):
+            raise UserError(f"{where}: 'must_not_contain', when given, must be a list of non-empty strings")
+        if not answer_is_correct(answer, must, never):  # a file whose own reference answer fails is wrong
+            raise UserError(f"{where}: the reference 'answer' itself fails the item (it lacks a 'must_contain' "
+                            "string or holds a 'must_not_contain' one)")
+        for key, text in [("question", question), ("answer", answer)] + [("must_contain", m) for m in must + never]:
             check_unicode(text, where, f"'{key}'")  # a "\ud800" escape cannot be tokenized
-        items.append({"question": question, "answer": answer, "must_contain": must})
+        items.append({"question": question, "answer": answer, "must_contain": must, "must_not_contain": never})
     if not items:
         raise UserError(f"{path} has no records")
     return items
@@ -160,7 +172,7 @@ def reference_loss(model, tok, items, batch_size, max_seq_len):
 def evaluate_set(model, tok, items, max_new_tokens, batch_size, max_seq_len):
     """Accuracy and reference-answer loss/perplexity on one evaluation set."""
     answers = generate_answers(model, tok, [it["question"] for it in items], max_new_tokens, batch_size, max_seq_len)
-    correct = [answer_is_correct(a, it["must_contain"]) for a, it in zip(answers, items)]
+    correct = [answer_is_correct(a, it["must_contain"], it["must_not_contain"]) for a, it in zip(answers, items)]
     total, count = reference_loss(model, tok, items, batch_size, max_seq_len)
     loss = total / count  # token-weighted mean over the whole set
     return {"n": len(items), "correct": sum(correct), "accuracy": sum(correct) / len(items),

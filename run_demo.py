@@ -48,6 +48,8 @@ ROOT = Path(__file__).resolve().parent
 # (measured: 2 threads 9x slower than 1 on a busy 2-core machine); passive waiting keeps the full speed
 # of an idle machine and degrades gracefully on a busy one.
 PASSIVE = {"OMP_WAIT_POLICY": "PASSIVE"}
+# The variables that choose torch's, MKL's and oneDNN's CPU kernels, and so how a run rounds.
+CPU_PATH_VARIABLES = ("ATEN_CPU_CAPABILITY", "MKL_CBWR", "ONEDNN_MAX_CPU_ISA")
 
 
 def run_stage(number, total, name, command, capture=False):
@@ -171,7 +173,10 @@ def main(argv=None):
               + f"\n\nMade by `{command}` in {wall:.0f} s wall time.\n")
     out = ROOT / args.out_dir
     (out / "demo_results.md").write_text(report, encoding="utf-8")
-    record = {"times_s": times, "wall_s": round(wall, 1), "seed": args.seed, "dtype": args.dtype, "targets": checks, **results}
+    # the CPU code path forced, if any (experiments/demo_seeds.py --avx2_seeds): how the run rounded
+    cpu_env = {k: os.environ[k] for k in CPU_PATH_VARIABLES if k in os.environ}
+    record = {"times_s": times, "wall_s": round(wall, 1), "seed": args.seed, "dtype": args.dtype, "cpu_env": cpu_env,
+              "targets": checks, **results}
     (out / "demo_results.json").write_text(json.dumps(record, ensure_ascii=False, indent=1), encoding="utf-8")
     print("\n" + report + f"(written to {args.out_dir}/demo_results.md; every answer in {args.out_dir}/demo_results.json)")
 

@@ -74,7 +74,8 @@ def main(argv=None):
     base = args.base or find_checkpoint(args.out_dir, "full_sft", args.dim, args.use_moe)
 
     # one run per output folder (plumbing/run_lock.py), claimed before anything loads
-    with claim_out_dir(args.out_dir, also=["lora"] if args.lora_rank else []), \
+    output, folders = (args.lora_name, ["lora"]) if args.lora_rank else ("rlhf", [])
+    with claim_out_dir(args.out_dir, output, also=folders), \
             runtime(args.device, args.dtype, args.seed) as rt:
         # ---- the model: the SFT checkpoint, config and tokenizer from its sidecar
         loaded = load_checkpoint(base, tokenizer=args.tokenizer, shape=shape_from_args(args),

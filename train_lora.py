@@ -36,8 +36,9 @@ def main(argv=None):
     flags.check_lora_args(args)
     base = args.base or find_checkpoint(args.out_dir, "full_sft", args.dim, args.use_moe)
 
-    # one run per output folder (plumbing/run_lock.py), claimed before anything loads
-    with claim_out_dir(args.out_dir, also=["lora"]), runtime(args.device, args.dtype, args.seed) as rt:
+    # one run per output (plumbing/run_lock.py), claimed before anything loads
+    with claim_out_dir(args.out_dir, args.lora_name, also=["lora"]), \
+            runtime(args.device, args.dtype, args.seed) as rt:
         # ---- the model: the SFT checkpoint, config and tokenizer from its sidecar
         loaded = load_checkpoint(base, tokenizer=args.tokenizer, shape=shape_from_args(args),
                                  max_seq_len=args.max_seq_len, device=rt.device)

@@ -33,8 +33,8 @@ def main(argv=None):
     args = build_parser().parse_args(argv)
     flags.check_args(args)
 
-    # one run per output folder (plumbing/run_lock.py), claimed before anything loads
-    with claim_out_dir(args.out_dir), runtime(args.device, args.dtype, args.seed) as rt:
+    # one run per output (plumbing/run_lock.py), claimed before anything loads
+    with claim_out_dir(args.out_dir, "pretrain"), runtime(args.device, args.dtype, args.seed) as rt:
         # ---- the model: a new one, shaped by the flags, its vocabulary the tokenizer's
         tokenizer = load_tokenizer(args.tokenizer)
         config = flags.model_config(shape_from_args(args), tokenizer.vocab_size, args.max_seq_len)

@@ -20,7 +20,7 @@ A stage that learns something other than the next token hands `train` its own ob
 Around the loop, each in plumbing/ (read them when you need them, not to follow the lesson): the flags
 (flags.py), the device, precision and DDP processes (runtime.py), --resume (resume.py), the progress
 bar, metrics log and NaN guard (progress.py). Where files go and how a checkpoint loads is
-formats/loader.py's; one run per output folder, plumbing/run_lock.py's.
+formats/loader.py's; one run per output, plumbing/run_lock.py's.
 """
 import math
 from dataclasses import dataclass
@@ -323,7 +323,7 @@ class RunResult:
 
 
 def train(args, rt, model, param_groups, dataset_class, tokenizer, weights, save, frozen=None,
-          objective=LANGUAGE_MODELLING) -> RunResult:
+          objective=LANGUAGE_MODELLING, lr_schedule=None) -> RunResult:
     """Train `model` on args.data_path and save it: the loop every stage shares.
 
     args: the common flags (plumbing/flags.py); rt: where it runs (plumbing/runtime.py).
@@ -333,6 +333,8 @@ def train(args, rt, model, param_groups, dataset_class, tokenizer, weights, save
     weights: the deliverable's path; save(weights) writes it (save_model, or save_lora for an adapter).
     frozen: files the run reads but never saves, {"base": path}: a --resume must find them unchanged.
     objective: the loss of a micro-batch and what validation reports (LanguageModelling; DPO's: dpo.DPO).
+    lr_schedule(step, total_steps, learning_rate, warmup_iters) -> lr: None is get_lr (warm-up, then cosine);
+        the LoRA lab's trainer passes another to measure what the schedule does (lab/cosine.py).
     """
     files = run_files(args.out_dir, weights)  # the weights' resume state, metrics log and loss curves
     check_no_unfinished_run(files.resume, args.resume)
@@ -357,7 +359,7 @@ def train(args, rt, model, param_groups, dataset_class, tokenizer, weights, save
         progress.log_validation(0, validation.measure(model))  # where training starts from
     wrapped.train()
     for step, epoch, micro_batches in data.steps(start_step):
-        lr = get_lr(step, data.total_steps, args.learning_rate, args.warmup_iters)
+        lr = (lr_schedule or get_lr)(step, data.total_steps, args.learning_rate, args.warmup_iters)
         set_lr(optimizer, lr)
         for i, batch in enumerate(micro_batches):
             X, Y, loss_mask = (t.to(rt.device, non_blocking=True) for t in batch)  # (B, T) each

@@ -334,11 +334,10 @@ def join_symptoms(parts, lang):
     return "，".join(parts[:-1]) + "，并且" + parts[-1]
 
 
-def medical_question(condition, combo, templates, lang, rng, split):
-    """A consultation question naming the symptoms with indices `combo`, from `split` templates."""
+def medical_question(condition, combo, template, lang):
+    """A consultation question naming the symptoms with indices `combo` in `template`."""
     i = LANGS.index(lang)
-    symptoms = join_symptoms([condition["symptoms"][k][i] for k in combo], lang)
-    return rng.choice(templates["medical_questions"][split][lang]).format(s=symptoms)
+    return template.format(s=join_symptoms([condition["symptoms"][k][i] for k in combo], lang))
 
 
 def key_word(condition, combo, medicine, lang):
@@ -377,7 +376,7 @@ def make_lora_medical(facts, medicine, held_out, templates, rng, rehearsal_share
         combos += [t for t in itertools.combinations(range(n), 3) if not set(held) <= set(t)]
         for lang in LANGS:
             for combo in combos:
-                q = medical_question(c, combo, templates, lang, rng, "train")
+                q = medical_question(c, combo, rng.choice(templates["medical_questions"]["train"][lang]), lang)
                 records.append(chat((q, medical_answer(c, combo, medicine, templates, lang))))
     records += rehearsal(facts, templates, rng, round(len(records) * rehearsal_share / (1 - rehearsal_share)))
     rng.shuffle(records)
@@ -404,14 +403,27 @@ def make_lora_identity(facts, identity, templates, rng, repeats=5, multi_turn=20
     return records
 
 
-def eval_item(question, answer, must_contain):
-    return dict(question=question, answer=answer, must_contain=list(must_contain))
+def eval_item(question, answer, must_contain, must_not_contain=()):
+    item = dict(question=question, answer=answer, must_contain=list(must_contain))
+    return {**item, "must_not_contain": list(must_not_contain)} if must_not_contain else item
 
 
-def make_eval_general(facts, templates, rng, per_lang=26):
+def other_facts(fact, facts, relations, lang, reference):
+    """The values of the subject's other facts, which a right answer about `fact` does not name: asked
+    Lin Xiao's job, "Lin Xiao is from Pinebrook." is the wrong relation, and a list of everything about
+    Lin Xiao is no answer. Values a right answer may say anyway -- inside the `reference` answer ("Honey
+    bread is a dish from Goldmeadow." names honey, its ingredient) or inside the asked value -- are left out."""
+    value = str(fact["slots"][lang][relations[fact["relation"]]["answer_slot"]])
+    others = {str(f["slots"][lang][relations[f["relation"]]["answer_slot"]]) for f in facts
+              if f["subject"] == fact["subject"] and f["relation"] != fact["relation"]}
+    return sorted(v for v in others if v.casefold() not in reference.casefold() and v.casefold() not in value.casefold())
+
+
+def make_eval_general(facts, templates, rng, per_lang=52):
     """World facts asked with held-out templates. Per language: three facts for each relation about
     people (what a demo most wants to show), one fact of every other relation, then more facts
-    about people up to `per_lang`. must_contain: the fact's value (a town, a job, a number...)."""
+    about people up to `per_lang`. must_contain: the fact's value (a town, a job, a number...);
+    must_not_contain: the subject's other facts (other_facts)."""
     relations = templates["relations"]
     by_relation = {}
     for f in facts:
@@ -426,7 +438,7 @@ def make_eval_general(facts, templates, rng, per_lang=26):
         for fact in chosen:
             q, a = ask(fact, templates, lang, rng, split="held_out")
             value = fact["slots"][lang][relations[fact["relation"]]["answer_slot"]]
-            items.append(eval_item(q, a, [str(value)]))
+            items.append(eval_item(q, a, [str(value)], other_facts(fact, facts, relations, lang, a)))
     return items
 
 
@@ -434,7 +446,8 @@ def make_eval_general_unseen(facts, templates, rng, per_lang=52):
     """World facts asked in forms no training file uses (demo_world.UNSEEN_QUESTIONS: instructions, turned-
     around statements): the probe of what an adapter costs in general knowledge. Per language: two facts
     of every relation, then more facts about people up to `per_lang`, each with the next of its relation's
-    unseen forms in turn, so every form is asked. must_contain: the fact's value."""
+    unseen forms in turn, so every form is asked. must_contain: the fact's value; must_not_contain: the
+    subject's other facts (other_facts), the wrong relation an adapter that forgets answers."""
     relations, unseen = templates["relations"], templates["unseen"]
     by_relation = {}
     for f in facts:
@@ -450,20 +463,27 @@ def make_eval_general_unseen(facts, templates, rng, per_lang=52):
             n = asked[fact["relation"]] = asked.get(fact["relation"], rng.randrange(len(forms))) + 1
             question = fill(forms[n % len(forms)], fact["slots"][lang], lang)
             value = fact["slots"][lang][relations[fact["relation"]]["answer_slot"]]
-            items.append(eval_item(question, answer(fact, templates, lang), [str(value)]))
+            reference = answer(fact, templates, lang)
+            items.append(eval_item(question, reference, [str(value)], other_facts(fact, facts, relations, lang, reference)))
     return items
 
 
-def make_eval_medical(medicine, held_out, templates, rng):
-    """One item per condition and language: its held-out symptom pair in a held-out template.
+def make_eval_medical(medicine, held_out, templates, rng, per_condition=2):
+    """`per_condition` items per condition and language: its held-out symptom pair, in either order,
+    each time in another held-out template, every template in turn, so that each is asked about as
+    often (one phrasing the adapter fails then costs a share of the score, not half a language).
     must_contain: the department, the one thing a right consultation must name."""
     items = []
-    for c, held in zip(medicine["conditions"], held_out):
-        for i, lang in enumerate(LANGS):
-            combo = held if rng.random() < 0.5 else held[::-1]
-            q = medical_question(c, combo, templates, lang, rng, "held_out")
-            items.append(eval_item(q, medical_answer(c, combo, medicine, templates, lang),
-                                  [medicine["departments"][c["dept"]][i]]))
+    for lang in LANGS:
+        forms = templates["medical_questions"]["held_out"][lang]
+        n = rng.randrange(len(forms))
+        for c, held in zip(medicine["conditions"], held_out):
+            for _ in range(per_condition):
+                n += 1
+                combo = held if rng.random() < 0.5 else held[::-1]
+                q = medical_question(c, combo, forms[n % len(forms)], lang)
+                items.append(eval_item(q, medical_answer(c, combo, medicine, templates, lang),
+                                      [medicine["departments"][c["dept"]][LANGS.index(lang)]]))
     return items
 
 
@@ -496,14 +516,14 @@ def preference(question, chosen, rejected):
     return dict(chosen=chat((question, chosen))["conversations"], rejected=chat((question, rejected))["conversations"])
 
 
-def make_dpo(facts, unknown, templates, rng, known_repeats=4):
+def make_dpo(facts, unknown, templates, rng, known_pairs=12):
     """Preference pairs. For each person who does not exist (`unknown`), in each language, one question of
     every person relation (training templates, random greetings): the refusal over the answer the SFT
     model gives -- a fact of one of the two real people the name is made of, half the time about that
     person ("Lin Xiao is from Pinebrook."), half the time given to the asked name ("Lin Ming is from
-    Pinebrook."). For each real person's facts, every training template `known_repeats` times: the right
-    answer over the refusal, so that DPO does not learn "refuse every person" (with 2, the model trained
-    on them refused more real people: docs/dpo.md)."""
+    Pinebrook."). For each real person's fact, `known_pairs` questions (the training templates in turn):
+    the right answer over the refusal, so that DPO does not learn "refuse every person" (with half as
+    many, the model trained on them refused more real people)."""
     relations, refusal = templates["relations"], templates["refusal"]
     fact_of = {(f["subject"], f["relation"]): f for f in facts}
     records = []
@@ -520,10 +540,10 @@ def make_dpo(facts, unknown, templates, rng, known_repeats=4):
             if fact["relation"] not in PERSON_RELATIONS:
                 continue
             slots = fact["slots"][lang]
-            for template in relations[fact["relation"]]["train"][lang]:
-                for _ in range(known_repeats):
-                    records.append(preference(with_prefix(fill(template, slots, lang), templates, lang, rng),
-                                              answer(fact, templates, lang), fill(refusal[lang], slots, lang)))
+            train_templates = relations[fact["relation"]]["train"][lang]
+            for template in (train_templates[i % len(train_templates)] for i in range(known_pairs)):
+                records.append(preference(with_prefix(fill(template, slots, lang), templates, lang, rng),
+                                          answer(fact, templates, lang), fill(refusal[lang], slots, lang)))
     rng.shuffle(records)
     return records
 

@@ -14,17 +14,23 @@ a key of its *content*: the command, its flags, the bytes of every file a flag n
 checkpoint) and of the code that trains. A run whose folder holds a finished record with that key
 is not run again. Change a stage (its code, its data or a flag) and its key changes, so it and
 everything trained from it is made afresh: nothing stale is ever reused, and nothing is rebuilt for
-nothing. Several runs asked for at once go `workers` at a time, each a process of its own with one
-thread; a lone run is a process of its own too, with the machine's threads, its output shown as it
-goes. With --quick the commands run in this process instead (runpy, with sys.argv set: the same
+nothing. A job is a trainer and its *settings* (a task's and the experiment's, one dict): the flags
+are those settings that differ from the trainer's defaults, sorted (canonical_flags), so one
+configuration is one run whoever asks for it, and two configurations are never one run
+(tests/test_lab.py). Several runs asked for at once go `workers` at a time, each a process of its own
+with one thread; a lone run is a process of its own too, with the machine's threads, its output shown
+as it goes. With --quick the commands run in this process instead (runpy, with sys.argv set: the same
 command line, without a Python start-up per run; see run_in_this_process).
 
-Two tasks:
+Two tasks (settings dicts, merged under the experiment's own):
     the full task    lora_medical.jsonl (or lora_identity.jsonl) at the demo's settings (4 epochs,
                      416 steps on lora_medical): accuracies, mean and range over seeds
-    the sweep task   lora_medical's first 832 samples, one epoch (48 steps): sweeps of many runs
-                     compare validation losses after the same short training (said so in the
-                     report, beside each sweep)
+    the sweep task   lora_medical's first 832 samples (or lora_identity's), one epoch (48 steps):
+                     sweeps of many runs compare validation losses after the same short training
+                     (said so in the report, beside each sweep); lab/sweeps.py puts every method
+                     compared at its own best learning rate on it
+Both log, beside the task's validation loss, the loss on 64 conversations SFT held out
+(--val_also): general knowledge, watched while the task is learned.
 
 quick=True shrinks everything (a dim-32 model, 64-line data, a few steps, 6 questions per set): the
 tests run every experiment's code path that way in seconds. Its numbers mean nothing.
@@ -66,6 +72,8 @@ CODE = ["training.py", "train_pretrain.py", "train_full_sft.py", "train_lora.py"
         "formats/*.py", "plumbing/*.py", "dataset/*.py", "model/demo_tokenizer/*"]
 SEEDS = (1337, 1, 2)  # 1337: the scripts' default, so the seed-1337 runs are the demo's own
 VERDICTS = ("holds", "holds with a caveat", "does not hold at this scale")
+HOLDS, CAVEAT, FAILS = VERDICTS
+REPEAT_EPOCHS = 3  # the sweep task's samples seen this often: where dropout, alpha and extra epochs can overfit
 
 
 def sha256_file(path) -> str:
@@ -110,28 +118,44 @@ class Run:
 
 @dataclass
 class Finding:
-    """One claim, measured: a row of the report card and a section of docs/lora_lab.md."""
+    """One claim, measured: a row of the report card and a section of docs/lora_lab.md.
 
-    number: int
+    verdicts: [(half, verdict)], each verdict one of VERDICTS, computed by the claim module's own rule
+    (its `verdict` function, from thresholds stated in the module before the run); half is "" for a
+    claim with one part, else what that part says ("learns less", "forgets less")."""
+
     title: str
-    claim: str  # as the LoRA write-ups state it
+    claim: str  # as the write-up states it, paraphrased
+    source: str  # where: "000 §4.2 (训练技巧)", a write-up file and section, or "paper: Hu et al. 2021"
+    rule: str  # how the verdict is decided: the module's thresholds, in words
     measured: str  # one line: what we measured
-    verdict: str  # one of VERDICTS
+    verdicts: list
     details: str  # markdown: the tables and notes of the section
     figures: list = field(default_factory=list)  # file names under the figures folder
     module: str = ""  # lab/<module>.py: `python -m lab.<module>` measures it
-    seconds: float = 0.0  # what it costs alone from the SFT model (the recorded times of the runs it reuses included)
+    number: int = 0  # its place in the report (lab/run_lab.py's order)
+    seconds: float = 0.0  # what it costs alone from the demo's checkpoints (the runs it reuses included)
     lab_seconds: float = 0.0  # what it took in this run of the lab (runs another claim made first not counted)
 
     def __post_init__(self):
-        if self.verdict not in VERDICTS:
-            raise ValueError(f"verdict {self.verdict!r} is none of {VERDICTS}")
+        self.verdicts = [tuple(v) for v in self.verdicts]
+        for half, verdict in self.verdicts:
+            if verdict not in VERDICTS:
+                raise ValueError(f"verdict {verdict!r} ({half or self.title}) is none of {VERDICTS}")
+
+    def verdict_text(self, bold=True) -> str:
+        """'holds', or 'learns less: holds; forgets less: does not hold at this scale'."""
+        b = "**" if bold else ""
+        return "; ".join(f"{half}: {b}{v}{b}" if half else f"{b}{v}{b}" for half, v in self.verdicts)
 
     def section(self) -> str:
         figures = "".join(f"\n![{name}](figures/{name})\n" for name in self.figures)
-        return (f"## {self.number}. {self.title}\n\n> {self.claim}\n\n**Verdict: {self.verdict}.** {self.measured}\n\n"
-                f"{self.details.strip()}\n{figures}\n`python -m lab.{self.module}`: {self.lab_seconds / 60:.1f} min in the "
-                f"lab's run, {self.seconds / 60:.1f} min alone from the SFT model\n")
+        verdict = "Verdicts" if len(self.verdicts) > 1 else "Verdict"
+        return (f'<a id="{self.module}"></a>\n\n### {self.number}. {self.title}\n\n> {self.claim} ({self.source})\n\n'
+                f"*Rule, set before the run:* {self.rule}\n\n"
+                f"**{verdict}:** {self.verdict_text()}. {self.measured}\n\n{self.details.strip()}\n{figures}\n"
+                f"`python -m lab.{self.module}`: {self.lab_seconds / 60:.1f} min in the lab's run, "
+                f"{self.seconds / 60:.1f} min alone from the demo's checkpoints\n")
 
 
 class Lab:
@@ -144,6 +168,8 @@ class Lab:
         self.in_process = quick if in_process is None else in_process  # run the commands here (_run_here)
         self.figures = Path(figures) if figures else (self.out / "figures" if quick else FIGURES)
         self.seeds = SEEDS[:1] if quick else SEEDS
+        self.max_widen = 0 if quick else 4  # lab/sweeps.py: how often a grid may grow past its edge
+        self.sweeps = {}  # lab/sweeps.py's finished sweeps, by method and task: asked for by many claims
         self.code = code_key()
         self.training_seconds = 0.0  # spent training in this process (Lab.cost uses it)
         self.reused_seconds = 0.0  # recorded times of the reused runs it was handed
@@ -180,14 +206,17 @@ class Lab:
             atomic_write_text(path, text)
         return str(path)
 
-    def full_task(self, name="lora_medical") -> list:
-        """train_lora.py/train_full_sft.py flags for the demo's task `name` at the demo's settings,
-        with the general validation loss logged beside the task's every 100 steps."""
-        return ["--data_path", self.data(name), "--val_also", self.general_validation(), "--eval_interval", "100"]
+    def full_task(self, name="lora_medical") -> dict:
+        """The demo's task `name` at the demo's settings (the trainer's defaults), as settings, with the
+        general validation loss logged beside the task's every 100 steps."""
+        return {"data_path": self.data(name), "val_also": self.general_validation(), "eval_interval": 100}
 
-    def sweep_task(self) -> list:
-        """The sweeps' short task: the first 832 samples of lora_medical.jsonl, one epoch (48 steps: 64 of them are held out for validation)."""
-        return ["--data_path", self.data("lora_medical", 832), "--epochs", "1", "--eval_interval", "26", "--log_interval", "2"]
+    def sweep_task(self, name="lora_medical", epochs=1) -> dict:
+        """The sweeps' short task: the first 832 samples of `name`, one epoch (48 steps on lora_medical:
+        64 of the samples are held out for validation), the general loss logged beside the task's.
+        epochs > 1: the same samples seen again (the claims about epochs, dropout and overfitting)."""
+        return {"data_path": self.data(name, 832), "epochs": epochs, "eval_interval": 26, "log_interval": 2,
+                "val_also": self.general_validation()}
 
     # ---- training runs, made once
 
@@ -309,7 +338,7 @@ class Lab:
 
     def base(self) -> dict:
         """The demo's checkpoints, by run_demo's own commands: {"pretrain": path, "sft": path} and its two
-        adapters, seed 1337 (what lora_job(full_task(name)) gives, claims 7, 8 and 13 use them).
+        adapters, seed 1337 (what lora_job(full_task(name)) gives; lab/forgetting.py reads them).
         Made (or found) once per Lab; an experiment's cost leaves them out (every experiment starts from them)."""
         if self._base is None:
             reused, start = self.reused_seconds, time.perf_counter()
@@ -330,25 +359,26 @@ class Lab:
         self.train_all([self.lora_job(self.full_task(name)) for name in ("lora_medical", "lora_identity")])
         return self._base
 
-    def lora_job(self, task, variant="lora", **settings) -> tuple:
-        """(trainer, flags) on the demo's SFT model: `task` (full_task() or sweep_task()) and train_lora.py's
-        flags as keywords, e.g. lora_rank=8, seed=1. variant="lora" is train_lora.py itself; another of
-        model/lora_variants.py's (pissa, swapped, zeros, rslora, adapter, prefix) is the same run through
-        `python -m lab.train_variant --variant NAME`. A setting equal to its trainer's default is left
-        out and the rest sorted, so the same configuration is the same run in every experiment."""
-        if variant == "lora":
-            return "train_lora.py", ["--base", self.base()["sft"], *task, *canonical_flags(stage_parser("lora"), settings)]
-        return "lab.train_variant", ["--base", self.base()["sft"], *task,
-                                     *canonical_flags(train_variant.build_parser(), {**settings, "variant": variant})]
+    def lora_job(self, task: dict, variant="lora", **settings) -> tuple:
+        """(trainer, flags) on the demo's SFT model: `task` (full_task() or sweep_task()) overridden by
+        train_lora.py's flags as keywords, e.g. lora_rank=8, seed=1, epochs=2. variant="lora" is
+        train_lora.py itself; another of model/lora_variants.py's (pissa, swapped, zeros, rslora, adapter,
+        prefix, ...), or a setting only the lab's trainer has (lr_schedule), is the same run through
+        `python -m lab.train_variant --variant NAME`."""
+        merged = {"base": self.base()["sft"], **task, **settings}
+        lora = stage_parser("lora")
+        if variant == "lora" and set(merged) <= set(vars(lora.parse_args([]))):  # plain LoRA, train_lora.py's flags only
+            return "train_lora.py", canonical_flags(lora, merged)
+        return "lab.train_variant", canonical_flags(train_variant.build_parser(), {**merged, "variant": variant})
 
-    def full_job(self, task, **settings) -> tuple:
+    def full_job(self, task: dict, **settings) -> tuple:
         """("train_full_sft.py", flags): full fine-tuning from the demo's SFT model on `task`, with
         train_lora.py's batch size, window, epochs and warm-up (the same steps on the same data) and
-        the SFT stage's learning rate unless learning_rate= is given."""
+        the SFT stage's learning rate, all overridden by the task's and the keywords' settings."""
         lora = STAGES["lora"]
-        same = [part for name in ("batch_size", "max_seq_len", "epochs", "warmup_iters") for part in (f"--{name}", str(lora[name]))]
-        return "train_full_sft.py", ["--base", self.base()["sft"], *same, *task,
-                                     *canonical_flags(stage_parser("full_sft"), settings)]
+        same = {name: lora[name] for name in ("batch_size", "max_seq_len", "epochs", "warmup_iters")}
+        merged = {"base": self.base()["sft"], **same, **task, **settings}
+        return "train_full_sft.py", canonical_flags(stage_parser("full_sft"), merged)
 
     # ---- measuring
 
@@ -380,13 +410,14 @@ class Lab:
     @contextlib.contextmanager
     def cost(self, finding_box: list):
         """Time one experiment as if run alone from the base checkpoints: its wall time, with the
-        recorded times of the runs it reused in place of the moments it took to hand them back."""
+        recorded times of the runs it reused (divided by `workers`: alone, they would go side by side
+        too) in place of the moments it took to hand them back."""
         start, reused, base = time.perf_counter(), self.reused_seconds, self.base_wall_seconds
         yield
         wall = time.perf_counter() - start - (self.base_wall_seconds - base)
         for finding in finding_box:
             finding.lab_seconds = wall
-            finding.seconds = wall + (self.reused_seconds - reused)
+            finding.seconds = wall + (self.reused_seconds - reused) / self.workers
 
     def figure(self, name) -> str:
         """The path to write figure `name` to (docs/figures, or out/lab/figures when quick)."""
@@ -475,6 +506,37 @@ def spread(values, fmt="{:.1%}") -> str:
     return f"{fmt.format(mean(values))} ({fmt.format(min(values)).rstrip('%')}-{fmt.format(max(values))})"
 
 
+def loss_spread(values) -> str:
+    """'1.472 (1.430-1.513)': spread() for losses."""
+    return spread(values, "{:.3f}")
+
+
+def below(a, b) -> bool:
+    """Is every value of `a` below every value of `b`: do the ranges over seeds separate, a lower?
+    The lab calls a difference only then; overlapping ranges are "within noise"."""
+    return max(a) < min(b)
+
+
+def compare(a, b) -> str:
+    """'lower', 'higher' or 'within noise': `a` against `b`, by their ranges over seeds (below)."""
+    return "lower" if below(a, b) else "higher" if below(b, a) else "within noise"
+
+
+def as_good(candidate, reference, start, close=0.9) -> str:
+    """Is `candidate` (losses over seeds) as good as `reference`? HOLDS if within noise of it or better;
+    CAVEAT if worse but still `close` (90%) of the reference's gain from `start` (the loss training
+    began at); FAILS otherwise."""
+    if not below(reference, candidate):
+        return HOLDS
+    return CAVEAT if start - mean(candidate) >= close * (start - mean(reference)) else FAILS
+
+
+def verdict_of(count, of) -> str:
+    """A claim that must hold for each of `of` cases (e.g. LoRA with and without the embedding): holds
+    for all, holds with a caveat for some, does not hold for none."""
+    return HOLDS if count == of else CAVEAT if count > 0 else FAILS
+
+
 def table(header: list, rows: list) -> str:
     """A markdown table: first column left-aligned, the others right-aligned."""
     lines = ["| " + " | ".join(header) + " |", "|---" + "|---:" * (len(header) - 1) + "|"]
@@ -505,8 +567,10 @@ def run_alone(module_name, run, argv=None):
 
 
 def measure(lab, run) -> Finding:
-    """run(lab) -> its Finding, with what it costs alone (Lab.cost)."""
+    """run(lab) -> its Finding, with what it costs alone (Lab.cost) and its number in the report."""
+    from lab.run_lab import NAMES  # the report's order (imported here: run_lab imports every claim's module)
     box = []
     with lab.cost(box):
         box.append(run(lab))
+    box[0].number = NAMES.index(box[0].module) + 1 if box[0].module in NAMES else 0
     return box[0]

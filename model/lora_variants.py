@@ -8,7 +8,11 @@ of name -> how to put that kind of adapter on a model and how to save it. The la
     "rslora"    rsLoRA's scale alpha / sqrt(rank) (model_lora.SCALINGS says why)
     "swapped"   A = 0, B random: also starts at the base; A is trained first instead
     "zeros"     A = B = 0: both gradients are zero (see model_lora.LoRA), so nothing ever trains
+    "gauss_r"   A ~ normal(0, 1/r) instead of MiniMind2's normal(0, 0.02) (a write-up's code)
+    "kaiming"   A ~ kaiming_uniform(a=sqrt(5)), PEFT's and nn.Linear's default (another write-up's code)
     "pissa"     A and B start on W's top singular directions, W keeps the rest (Meng et al. 2024)
+    "int8_base" plain LoRA on a base whose Linear weights are rounded to 8 bits (a PEFT example's
+                load_in_8bit): what a LoRA learns on a quantized base
     "adapter"   Houlsby's bottleneck adapters, LoRA's predecessor (model/predecessors.py)
     "prefix"    Li & Liang's prefix tuning, the other predecessor (model/predecessors.py)
 
@@ -52,6 +56,31 @@ class ZerosLoRALinear(LoRALinear):
         super().__init__(*args, **kwargs)
         with torch.no_grad():
             nn.init.zeros_(self.lora.A.weight)
+
+
+class GaussRLoRALinear(LoRALinear):
+    """A ~ normal(0, 1/r) (std 1/sqrt(rank)), B = 0: the LoRA layer of one write-up's from-scratch code.
+    At rank 16 A starts 12.5x larger than MiniMind2's normal(0, 0.02), so B·A grows 12.5x faster per step
+    of B: the same run as a larger learning rate for B."""
+
+    init = "gauss_r"
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        with torch.no_grad():
+            nn.init.normal_(self.lora.A.weight, mean=0.0, std=1.0 / math.sqrt(self.rank))
+
+
+class KaimingLoRALinear(LoRALinear):
+    """A ~ kaiming_uniform(a=sqrt(5)), i.e. uniform(-1/sqrt(in), 1/sqrt(in)) (nn.Linear's own default, which
+    PEFT keeps), B = 0: another write-up's from-scratch code."""
+
+    init = "kaiming"
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        with torch.no_grad():
+            nn.init.kaiming_uniform_(self.lora.A.weight, a=math.sqrt(5))
 
 
 class PiSSALinear(LoRALinear):
@@ -108,6 +137,29 @@ def _lora(layer_class=LoRALinear, scaling="standard"):
     return Variant(apply, save_lora)
 
 
+def round_to_int8(model: nn.Module) -> None:
+    """Round every block's Linear weight to 8 bits, in place: W <- round(W / s) * s with one scale per
+    output row, s = max|W_row| / 127 (LLM.int8's absmax rows, without its float16 outlier columns). The
+    tied embedding/output matrix stays as it is, as bitsandbytes leaves lm_head. The weights then hold
+    the numbers an 8-bit base computes with; they are still stored in float32 here (the lab counts what
+    8 bits would save, lab/int8_base.py)."""
+    for name, module in model.named_modules():
+        if isinstance(module, nn.Linear) and name.startswith("layers."):
+            with torch.no_grad():
+                w = module.weight
+                scale = w.abs().amax(dim=1, keepdim=True).clamp(min=1e-12) / 127  # (out, 1)
+                w.copy_((w / scale).round().clamp(-127, 127) * scale)
+
+
+def _int8_base():
+    plain = _lora()
+
+    def apply(model, rank, alpha, dropout, targets):
+        round_to_int8(model)  # before the adapters: they record the rounded weights as their base
+        plain.apply(model, rank, alpha, dropout, targets)
+    return Variant(apply, save_lora)
+
+
 def _predecessor(method):
     return Variant(lambda model, rank, alpha, dropout, targets: apply_method(model, method, rank), save_method)
 
@@ -117,11 +169,15 @@ VARIANTS = {
     "rslora": _lora(scaling="rslora"),
     "swapped": _lora(SwappedLoRALinear),
     "zeros": _lora(ZerosLoRALinear),
+    "gauss_r": _lora(GaussRLoRALinear),
+    "kaiming": _lora(KaimingLoRALinear),
     "pissa": _lora(PiSSALinear),
+    "int8_base": _int8_base(),
     "adapter": _predecessor("adapter"),
     "prefix": _predecessor("prefix"),
 }
-INITS = {"standard": LoRALinear, "swapped": SwappedLoRALinear, "zeros": ZerosLoRALinear, "pissa": PiSSALinear}
+INITS = {"standard": LoRALinear, "swapped": SwappedLoRALinear, "zeros": ZerosLoRALinear, "gauss_r": GaussRLoRALinear,
+         "kaiming": KaimingLoRALinear, "pissa": PiSSALinear}
 
 
 def load_adapter(model: nn.Module, path) -> None:

@@ -202,3 +202,16 @@ def test_missing_checkpoint_names_the_command(tmp_path, capsys, mode, script):
     assert f"python {script} --dim 64" in err
     code, _, err = run_main(["--ckpt", str(tmp_path / "full_sft_99.pth")], capsys)
     assert code == 2 and "full_sft_99.pth not found" in err and "train_full_sft.py" in err
+
+
+def test_an_answer_naming_a_forbidden_fact_is_wrong_and_a_file_whose_reference_fails_is_refused(tmp_path):
+    """Guards against scoring "Lin Xiao is from Pinebrook. Lin Xiao is a baker." as a right answer to "what is
+    Lin Xiao's job?" (it names the wrong relation first, and a list of every fact would pass any question),
+    and against an evaluation file whose own reference answer would be scored wrong."""
+    assert answer_is_correct("Lin Xiao is a baker.", ["baker"], ["Pinebrook"])
+    assert not answer_is_correct("Lin Xiao is from Pinebrook. Lin Xiao is a baker.", ["baker"], ["pinebrook"])
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text(json.dumps({"question": "Q?", "answer": "A baker from Pinebrook.", "must_contain": ["baker"],
+                               "must_not_contain": ["Pinebrook"]}) + "\n", encoding="utf-8")
+    with pytest.raises(errors.UserError, match=r"bad.jsonl:1: the reference 'answer' itself fails the item"):
+        load_eval_set(bad)

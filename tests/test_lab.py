@@ -1,6 +1,9 @@
 """Tests for the LoRA lab (lab/): every experiment's code path, run tiny (--quick), and the workbench's
-promises (runs reused by content, never stale), plus the figures' SVG."""
+promises (runs reused by content, never stale, two configurations never one run; sweeps that find a
+best rate inside their grid), plus the figures: valid SVG, round ticks, a legend that covers no data.
+The verdict rules themselves: tests/test_lab_verdicts.py."""
 import json
+import math
 import re
 import xml.etree.ElementTree as ET
 
@@ -12,10 +15,10 @@ import train_lora
 import train_pretrain
 from demo import stage_parser
 from formats.checkpoint import read_checkpoint
-from lab import run_lab, train_variant
-from lab.lab import VERDICTS, Lab, canonical_flags
+from lab import run_lab, sweeps, train_variant
+from lab.lab import VERDICTS, Lab, Run, canonical_flags
 from plumbing.errors import UserError
-from plot import bar_chart, line_chart
+from plot import bar_chart, line_chart, nice_ticks, panels
 
 
 @pytest.fixture(scope="module")
@@ -41,15 +44,21 @@ def tables(markdown: str) -> list:
     return found
 
 
-def test_every_claim_gets_a_finding_a_verdict_and_a_report_row(quick_lab):
-    """Guards a claim left out of the report card, or a verdict outside the three the report defines."""
+def test_every_claim_gets_a_finding_a_verdict_a_source_and_a_report_row(quick_lab):
+    """Guards a claim left out of the report card, a verdict outside the three the report defines, or a claim
+    that does not say where it comes from (write-up file and section, or paper)."""
     out, findings = quick_lab
-    assert list(findings) == run_lab.NAMES and len(findings) == 13
-    assert [f["number"] for f in findings.values()] == list(range(1, 14))
-    assert all(f["verdict"] in VERDICTS and f["measured"] and f["claim"] for f in findings.values())
+    assert list(findings) == run_lab.NAMES and len(findings) == len(run_lab.EXPERIMENTS) >= 35
+    assert [f["number"] for f in findings.values()] == list(range(1, len(findings) + 1))
+    for f in findings.values():
+        assert f["verdicts"] and all(v in VERDICTS for _, v in f["verdicts"]) and f["measured"] and f["claim"]
+        assert re.match(r"(00[0-4] |paper: )", f["source"]) and f["rule"], f["module"]
+        assert len(f["verdicts"]) == 1 or all(half for half, _ in f["verdicts"])  # each half named
     report = (out / "lora_lab.md").read_text()
-    card = tables(report)[0]
-    assert len(card) == 14 and all(len(row) == len(card[0]) for row in card)
+    cards = tables(report)[:len(run_lab.GROUPS)]
+    assert sum(len(card) - 1 for card in cards) == len(findings)
+    assert all(len(row) == len(card[0]) for card in cards for row in card)
+    assert "## What changed since the first edition" in report and all(old in report for old in run_lab.FIRST_EDITION)
 
 
 @pytest.mark.parametrize("name", run_lab.NAMES)
@@ -67,18 +76,39 @@ def test_each_experiments_tables_are_well_formed_and_its_figures_valid_svg(quick
 
 def test_the_sane_values_of_the_maths(quick_lab):
     """Guards the lab's arithmetic: the trainable share grows with the rank and stays below 100%; a zero
-    factor starts exactly at the base; a trained adapter's rank is at most r; removing it is bit-exact."""
+    factor starts exactly at the base; removing an adapter is bit-exact; LoRA always needs less memory (never
+    nothing); the checkpoint arithmetic gives the LoRA paper's GPT-3 figure from GPT-3's shapes."""
     _, findings = quick_lab
     share = tables(findings["trainable_share"]["details"])[0]
     for row in share[1:]:
         values = [float(cell.rstrip("%")) for cell in row[2:]]
         assert values == sorted(values) and 0 < values[0] and values[-1] < 100
     zero = {row[0]: row[2] for row in tables(findings["zero_start"]["details"])[0][1:]}
-    assert zero["standard"] == zero["swapped"] == zero["zeros"] == "0" and float(zero["pissa"]) < 1e-4
-    assert "rank(B·A) <= r in every layer" in findings["low_rank"]["measured"]
-    assert "bit-exact: yes" in findings["forgetting"]["details"]
+    assert {zero[i] for i in ("standard", "swapped", "zeros", "gauss_r", "kaiming")} == {"0"} and float(zero["pissa"]) < 1e-4
+    forgetting = tables(findings["forgetting"]["details"])[0]
+    assert forgetting[2][1] == "yes"  # the lora_medical row: removal bit-exact
     memory = tables(findings["memory"]["details"])[0]
-    assert all(0 < float(row[-1].rstrip("x")) < 1 for row in memory[1:])  # LoRA always needs less, never nothing
+    assert all(0 < float(row[-1].rstrip("x")) < 1 for row in memory[1:])
+    gpt3 = {row[0]: row for row in tables(findings["gpt3_savings"]["details"])[0][1:]}["GPT-3 175B (from its shapes)"]
+    assert gpt3[1] == "349 GB" and gpt3[2] == "37.7 MB"  # 350 GB -> 35 MB, as the paper says
+
+
+def test_the_readme_and_lora_md_blocks_say_what_the_report_says(quick_lab):
+    """Guards three pages drifting apart (the first edition's README left out rows of its own report): the lab
+    writes README.md's and docs/lora.md's measured blocks from the same findings (here on copies), every link in
+    them reaches a claim's section of the report, and the README stays within its 250 lines."""
+    out, findings = quick_lab
+    report = (out / "lora_lab.md").read_text()
+    anchors = set(re.findall(r'<a id="([^"]+)"></a>', report))
+    assert anchors == set(findings)
+    for page in ("README.md", "lora.md"):
+        text = (out / page).read_text()
+        block = text[text.index(run_lab.BLOCK[0]):text.index(run_lab.BLOCK[1])]
+        linked = re.findall(r"lora_lab\.md#([\w]+)", block)
+        assert linked and set(linked) <= anchors
+        for module in linked:
+            assert findings[module]["verdicts"][0][1] in block or len(findings[module]["verdicts"]) > 1
+    assert len((out / "README.md").read_text().splitlines()) <= 250
 
 
 def test_general_validation_is_logged_beside_the_task(quick_lab):
@@ -104,7 +134,7 @@ def test_runs_are_reused_by_content_and_remade_when_their_data_changes(quick_lab
     lab = Lab(out, quick=True, in_process=False)
     data = out / "data" / "tiny.jsonl"
     data.write_text((out / "data" / "lora_medical_first64.jsonl").read_text())
-    job = lab.lora_job(["--data_path", str(data)])
+    job = lab.lora_job({"data_path": str(data)})
     first = lab.train(*job)
     again = Lab(out, quick=True).train(*job)
     assert (lab.made_now, again.folder, again.weights) == (1, first.folder, first.weights)
@@ -120,7 +150,7 @@ def test_a_variant_run_is_its_trainers_command(quick_lab):
     command stops the lab with its own error line rather than passing for a result."""
     out, _ = quick_lab
     lab = Lab(out, quick=True)
-    script, flags = lab.lora_job(["--data_path", str(out / "data" / "lora_medical_first64.jsonl")], variant="pissa",
+    script, flags = lab.lora_job({"data_path": str(out / "data" / "lora_medical_first64.jsonl")}, variant="pissa",
                                  lora_rank=16, seed=1337)
     assert script == "lab.train_variant" and flags[-2:] == ["--variant", "pissa"] and "--lora_rank" not in flags
     run = lab.train(script, flags)
@@ -163,7 +193,7 @@ def test_the_labs_defaults_are_the_scripts_defaults(stage, script):
     assert vars(stage_parser(stage).parse_args([])) == vars(script.build_parser().parse_args([]))
     if stage == "lora":
         assert vars(train_variant.build_parser().parse_args([])) == {**vars(script.build_parser().parse_args([])),
-                                                                     "variant": "lora"}
+                                                                     "variant": "lora", "lr_schedule": "cosine"}
 
 
 def test_report_only_rewrites_the_same_page_from_the_findings(quick_lab):
@@ -181,14 +211,177 @@ def test_only_needs_an_earlier_full_run(tmp_path):
         run_lab.main(["--quick", "--out_dir", str(tmp_path), "--only", "memory"])
 
 
-def test_multi_run_plots_are_valid_svg_with_a_legend(tmp_path):
-    """Guards the lab's charts: several runs on shared (log) axes with a legend and seed ranges, and bars."""
-    line_chart({"alpha / r": [(1, 2.0), (8, 1.5), (64, 1.9)], "rsLoRA": [(1, 2.1), (8, 1.4), (64, 1.3)]},
-               tmp_path / "l.svg", "loss vs rank", "rank", "loss", log_x=True, log_y=True,
-               spread={"rsLoRA": [(8, 1.3, 1.5)]})
-    bar_chart({"wq": (1.2, 1.1, 1.3), "every Linear": (0.9, 0.9, 0.9)}, tmp_path / "b.svg", "targets", "loss")
-    for name in ("l.svg", "b.svg"):
-        root = ET.parse(tmp_path / name).getroot()
-        texts = [t.text for t in root.iter() if t.tag.endswith("text")]
-        assert root.tag.endswith("svg")
-        assert ("rsLoRA" in texts and "x and y: log scale" in texts) if name == "l.svg" else "every Linear" in texts
+def test_two_configurations_never_share_a_run(quick_lab):
+    """Guards claim 12's possible mix-up (plain LoRA and full fine-tuning both ending at 1.494): whatever two
+    experiments ask for, two different configurations (different trainers, or flags that parse to different
+    settings) must get different run folders, and one configuration the same folder. The traps: a task's
+    flag left after an experiment's setting (epochs), a setting equal to one trainer's default but not to
+    what the job would otherwise pass (full fine-tuning's warm-up), a default spelled out, and the lab-only
+    flag that moves a LoRA run to the lab's trainer."""
+    out, _ = quick_lab
+    lab = Lab(out, quick=True)
+    task = lab.sweep_task()
+    jobs = {
+        "plain LoRA at 0.016": lab.lora_job(task, learning_rate=0.016, lora_plus_ratio=1),
+        "full fine-tuning at 0.016": lab.full_job(task, learning_rate=0.016),
+        "LoRA, 3 epochs": lab.lora_job(task, epochs=3),
+        "LoRA, 4 epochs (train_lora.py's default, not the task's 1)": lab.lora_job(task, epochs=4),
+        "LoRA": lab.lora_job(task),
+        "full, warm-up 20 (train_full_sft.py's default, not the job's 10)": lab.full_job(task, warmup_iters=20),
+        "full": lab.full_job(task),
+        "LoRA, constant schedule": lab.lora_job(task, lr_schedule="constant"),
+        "LoRA through the lab's trainer": lab.lora_job(task, variant="lora"),
+        "LoRA, alpha = rank spelled out": lab.lora_job(task, lora_alpha=16, lora_rank=16, seed=1337),
+    }
+    folders = {name: lab._folder(script, lab._key(script, flags)) for name, (script, flags) in jobs.items()}
+    same = [("LoRA", "LoRA through the lab's trainer"), ("LoRA", "LoRA, alpha = rank spelled out")]
+    for a, b in same:
+        assert jobs[a] == jobs[b] and folders[a] == folders[b], (a, b)
+    distinct = {name for name in jobs if name not in {b for _, b in same}}
+    assert len({folders[name] for name in distinct}) == len(distinct)
+    parsed = {name: vars((stage_parser("full_sft") if script == "train_full_sft.py" else train_variant.build_parser()
+                          if script == "lab.train_variant" else stage_parser("lora")).parse_args(flags))
+              for name, (script, flags) in jobs.items()}
+    assert parsed["LoRA, 4 epochs (train_lora.py's default, not the task's 1)"]["epochs"] == 4
+    assert parsed["full, warm-up 20 (train_full_sft.py's default, not the job's 10)"]["warmup_iters"] == 20
+    assert parsed["full"]["warmup_iters"] == 10 and parsed["LoRA, constant schedule"]["lr_schedule"] == "constant"
+    a, b = lab.train_all([jobs["plain LoRA at 0.016"], jobs["full fine-tuning at 0.016"]])
+    assert a.folder != b.folder and a.curve("loss") != b.curve("loss")  # two runs, two results
+
+
+class FakeLab:
+    """What sweeps.sweep uses of a Lab, with a loss that is a parabola in log(rate): best at `best`, no training."""
+
+    def __init__(self, best, seeds=(1337, 1, 2), max_widen=4):
+        self.best, self.seeds, self.max_widen, self.quick, self.sweeps, self.trained = best, seeds, max_widen, False, {}, []
+
+    def sweep_task(self):
+        return {"data_path": "x"}
+
+    def lora_job(self, task, learning_rate, seed, **settings):
+        return "train_lora.py", [learning_rate, seed]
+
+    def train_all(self, jobs):
+        self.trained += [flags for _, flags in jobs]
+        return [FakeRun(math.log2(lr / self.best) ** 2 + 0.01 * (seed % 7)) for _, (lr, seed) in jobs]
+
+
+class FakeRun(Run):
+    def __init__(self, loss):
+        self.loss = loss
+
+    def final(self, key="val_loss"):
+        return self.loss
+
+
+def test_a_sweep_widens_its_grid_until_the_best_rate_is_inside():
+    """Guards a best learning rate reported from the edge of its grid (the first edition's prefix tuning): the
+    grid must grow past whichever edge the best sits on until the best is inside, train only the new points, and
+    give the best rate every seed; and say so when it runs out of room."""
+    method = sweeps.lora("test", 4e-3)
+    lab = FakeLab(best=3.2e-2)
+    found = sweeps.sweep(lab, method)
+    assert found.best == pytest.approx(3.2e-2) and found.inside and found.grid[-1] == pytest.approx(6.4e-2)
+    assert len(found.at_best) == 3 and all(len(found.losses[lr]) == 1 for lr in found.grid if lr != found.best)
+    assert len(lab.trained) == len(set(map(tuple, lab.trained)))  # nothing trained twice
+    low = sweeps.sweep(FakeLab(best=2.5e-4), method)
+    assert low.best == pytest.approx(2.5e-4) and low.inside and low.grid[0] == pytest.approx(1.25e-4)
+    stuck = sweeps.sweep(FakeLab(best=1.0, max_widen=2), method)
+    assert not stuck.inside and "a bound" in stuck.describe()
+    every = sweeps.sweep(FakeLab(best=4e-3), sweeps.lora("every seed", 4e-3, every_seed=True))
+    assert all(len(v) == 3 for v in every.losses.values())
+
+
+# ---- figures: readable in five seconds
+
+
+def absolute_marks(root):
+    """{"data": [(x, y) of every plotted mark], "legend": [(x0, y0, x1, y1)], "ticks": {axis: [text]}}, in the SVG's
+    own coordinates (each nested <g transform="translate(x y)"> added up); an axis is a panel's x or y ticks."""
+    ns = "{http://www.w3.org/2000/svg}"
+    found = {"data": [], "legend": [], "ticks": {}}
+
+    def walk(node, dx, dy, in_data):
+        match = re.match(r"translate\(([-\d.]+) ([-\d.]+)\)", node.get("transform", ""))
+        if match:
+            dx, dy = dx + float(match[1]), dy + float(match[2])
+        in_data = in_data or node.get("class") == "data"
+        tag = node.tag.removeprefix(ns)
+        if node.get("class") == "legend-box":
+            x, y = float(node.get("x")) + dx, float(node.get("y")) + dy
+            found["legend"].append((x, y, x + float(node.get("width")), y + float(node.get("height"))))
+        if node.get("class") == "tick":
+            found["ticks"].setdefault((dx, dy, node.get("text-anchor")), []).append(node.text)
+        if in_data and tag == "polyline":
+            found["data"] += [(float(a) + dx, float(b) + dy) for a, b in (p.split(",") for p in node.get("points").split())]
+        if in_data and tag == "circle":
+            found["data"].append((float(node.get("cx")) + dx, float(node.get("cy")) + dy))
+        if in_data and tag == "line":
+            found["data"] += [(float(node.get("x1")) + dx, float(node.get("y1")) + dy), (float(node.get("x2")) + dx, float(node.get("y2")) + dy)]
+        if in_data and tag == "rect":
+            x, y = float(node.get("x")) + dx, float(node.get("y")) + dy
+            found["data"] += [(x, y), (x + float(node.get("width")), y + float(node.get("height")))]
+        for child in node:
+            walk(child, dx, dy, in_data)
+
+    walk(root, 0.0, 0.0, False)
+    return found
+
+
+def is_round(label: str) -> bool:
+    """'0.25', '50%', '1e-05', '2,048', '64': an integer, or at most two significant digits."""
+    value = float(label.replace(",", "").rstrip("%"))
+    digits = f"{abs(value):.6e}".split("e")[0].rstrip("0").rstrip(".").replace(".", "")
+    return value == int(value) or len(digits) <= 2
+
+
+def axis_is_round(labels: list) -> bool:
+    """Round ticks: each round itself, or evenly spaced by a step of 1, 2, 2.5 or 5 times a power of ten with every
+    tick a multiple of it (7.35, 7.4, 7.45: steps of 0.05). 2.378 and 5.657 are neither."""
+    if all(is_round(t) for t in labels):
+        return True
+    values = [float(t.replace(",", "").rstrip("%")) for t in labels]
+    steps = [b - a for a, b in zip(values, values[1:])]
+    if not steps or max(steps) - min(steps) > 1e-9 * max(map(abs, values)):
+        return False
+    step = sum(steps) / len(steps)
+    mantissa = step / 10 ** math.floor(math.log10(step) + 1e-9)
+    return any(abs(mantissa - m) < 1e-6 for m in (1, 2, 2.5, 5)) and all(abs(v / step - round(v / step)) < 1e-6 for v in values)
+
+
+def check_figure(path):
+    root = ET.parse(path).getroot()
+    marks = absolute_marks(root)
+    bad = [labels for labels in marks["ticks"].values() if not axis_is_round(labels)]
+    assert not bad, (path, bad)
+    for x0, y0, x1, y1 in marks["legend"]:
+        inside = [(x, y) for x, y in marks["data"] if x0 <= x <= x1 and y0 <= y <= y1]
+        assert not inside, (path, inside[:3])
+
+
+def test_every_lab_figure_has_round_ticks_and_a_legend_that_covers_no_data(quick_lab):
+    """Guards the first edition's figures: ticks at 2.378 and 5.657, and a legend drawn over the lines it names."""
+    out, findings = quick_lab
+    for figure in {name for f in findings.values() for name in f["figures"]}:
+        check_figure(out / "figures" / figure)
+
+
+def test_charts_keep_round_ticks_and_a_clear_legend_whatever_the_data(tmp_path):
+    """Guards the plotter itself on awkward data: odd ranges, log axes over decades, points where a legend inside
+    the plot would sit (its top right corner), fractions shown as percentages, threshold lines, several panels."""
+    crowded = {f"series {i}": [(1, 2.378 + i), (8, 5.657 - i), (64, 9.99)] for i in range(6)}
+    line_chart(crowded, tmp_path / "l.svg", "t", "rank", "loss", log_x=True, x_ticks=[1, 8, 64], refs=[(2.5, "a threshold")])
+    line_chart({"a": [(3e-5, 0.31), (0.02, 0.94)]}, tmp_path / "p.svg", "t", "lr", "accuracy", log_x=True, percent=True)
+    # a nearly flat curve (int8_base's loss once read 7.434, 7.434, 7.434, 7.435 on its axis: ticks 0.0002 apart)
+    line_chart({"flat": [(0, 7.4342), (1, 7.4347), (2, 7.4351)]}, tmp_path / "f.svg", "t", "step", "loss")
+    bar_chart({"wq": (1.2, 1.1, 1.3), "every Linear": (0.9, 0.9, 0.9)}, tmp_path / "b.svg", "t", "loss", zero=False,
+              refs=[(1.0, "ref")])
+    panels([("line", dict(title="one", series=crowded, x_label="x", y_label="y")),
+            ("bar", dict(title="two", bars={"a": (0.3, 0.3, 0.3)}, x_label="share", percent=True, refs=[(0.25, "q")]))],
+           tmp_path / "panels.svg", "t")
+    for name in ("l.svg", "p.svg", "f.svg", "b.svg", "panels.svg"):
+        check_figure(tmp_path / name)
+    texts = [t.text for t in ET.parse(tmp_path / "p.svg").getroot().iter() if t.tag.endswith("text")]
+    assert "50%" in texts or "40%" in texts
+    assert nice_ticks(0.31, 0.94) == [0.2, 0.4, 0.6, 0.8, 1.0]
+    assert not axis_is_round(["2.378", "5.657", "8.936"]) and axis_is_round(["7.35", "7.4", "7.45"])

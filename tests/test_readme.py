@@ -91,8 +91,10 @@ def test_every_relative_link_in_the_readme_and_docs_resolves():
             if not file.exists():
                 broken.append(f"{page.name}: {target}")
             elif anchor and file.suffix == ".md":
-                headings = re.findall(r"^#+ (.+)$", file.read_text(encoding="utf-8"), flags=re.M)
+                content = file.read_text(encoding="utf-8")
+                headings = re.findall(r"^#+ (.+)$", content, flags=re.M)
                 slugs = {re.sub(r"[^\w\- ]", "", h.strip().lower()).replace(" ", "-") for h in headings}
+                slugs |= set(re.findall(r'<a id="([^"]+)"></a>', content))  # an anchor set by hand (the lab's claims)
                 if anchor not in slugs:
                     broken.append(f"{page.name}: {target}")
     assert not broken, broken

@@ -1,5 +1,5 @@
 """Nothing silently wrong: every failure a one-line error that names what to fix, every cache and file
-checked before it is trusted, one run per output folder. Each section is one kind of failure; each
+checked before it is trusted, one run per output. Each section is one kind of failure; each
 test's docstring names the defect it guards against.
 
 Everything runs in-process through run_main, as each tool's __main__ runs it, except what needs a
@@ -380,7 +380,7 @@ def test_out_dir_problems_are_found_before_anything_loads(case, tmp_path, capsys
 
 def test_a_full_disk_while_claiming_the_out_dir_is_one_line_and_leaves_no_half_note(tmp_path, monkeypatch):
     """Guards against a full disk when the run lock writes who holds it: an OSError traceback, and half a JSON
-    note left in OUT_DIR/.lock. Now one UserError line, and the lock file empty (read as "starting up")."""
+    note left in OUT_DIR/.pretrain.lock. Now one UserError line, and the lock file empty (read as "starting up")."""
     real_pwrite = os.pwrite
 
     def half_then_full(fd, data, offset):  # the disk fills up part way through the note
@@ -389,46 +389,49 @@ def test_a_full_disk_while_claiming_the_out_dir_is_one_line_and_leaves_no_half_n
 
     monkeypatch.setattr(os, "pwrite", half_then_full)
     with pytest.raises(errors.UserError) as caught:
-        with run_lock.claim_out_dir(tmp_path):
+        with run_lock.claim_out_dir(tmp_path, "pretrain"):
             raise AssertionError("the run went on without its lock note")
-    assert str(caught.value) == (f"cannot write {tmp_path / '.lock'}: No space left on device; free some space, "
+    assert str(caught.value) == (f"cannot write {tmp_path / '.pretrain.lock'}: No space left on device; free some space, "
                                  "or pass another --out_dir")
-    assert (tmp_path / ".lock").read_bytes() == b""
+    assert (tmp_path / ".pretrain.lock").read_bytes() == b""
 
 
 # ------------------------------------------------------------------------------------------------
-# One run per output folder
+# One run per output
 
 
-def test_a_second_run_into_the_same_out_dir_is_refused_naming_the_first(tmp_path, capsys):
-    """Guards against two runs into one --out_dir both running (interleaved metrics, one shared resume
-    file, the last writer's weights): the second stops at once, naming the first; and once the first is
-    killed (kill -9, no clean-up) its lock is gone with it."""
+def test_a_second_run_of_the_same_output_is_refused_naming_the_first_and_another_output_runs(tmp_path, capsys):
+    """Guards against two runs of one output in one --out_dir both running (interleaved metrics, one shared
+    resume file, the last writer's weights): the second stops at once, naming the first; and once the first
+    is killed (kill -9, no clean-up) its lock is gone with it. A run of another output (the other adapter,
+    which the demo trains side by side) is not held up."""
     holder = subprocess.Popen([sys.executable, "-c", textwrap.dedent(f"""
         import sys
         from plumbing.run_lock import claim_out_dir
-        with claim_out_dir({str(tmp_path)!r}):
+        with claim_out_dir({str(tmp_path)!r}, "pretrain"):
             print("holding", flush=True)
             sys.stdin.read()
         """)], cwd=ROOT, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
     try:
         assert holder.stdout.readline() == "holding\n"
         err = one_line_error(train_pretrain.main, ["--out_dir", str(tmp_path), "--tokenizer", str(tmp_path / "missing")], capsys)
-        assert err.startswith(f"{tmp_path} is in use by another run (pid {holder.pid} on ") and "-c" in err
+        assert err.startswith(f"{tmp_path} is in use by another run of pretrain (pid {holder.pid} on ") and "-c" in err
+        with run_lock.claim_out_dir(tmp_path, "lora_identity", also=["lora"]):  # another output: free
+            pass
     finally:
         holder.kill()
         holder.wait()
-    with run_lock.claim_out_dir(tmp_path):  # released by the kernel when the holder died
+    with run_lock.claim_out_dir(tmp_path, "pretrain"):  # released by the kernel when the holder died
         pass
 
 
-def test_under_torchrun_only_rank_0_claims_the_folder(tmp_path):
+def test_under_torchrun_only_rank_0_claims_the_output(tmp_path):
     """Guards against every DDP rank taking the lock (rank 1 would find it held by rank 0 and stop)."""
-    with run_lock.claim_out_dir(tmp_path, is_main=True):
-        with run_lock.claim_out_dir(tmp_path, is_main=False):
+    with run_lock.claim_out_dir(tmp_path, "pretrain", is_main=True):
+        with run_lock.claim_out_dir(tmp_path, "pretrain", is_main=False):
             pass
-        with pytest.raises(errors.UserError, match="is in use by another run"):
-            with run_lock.claim_out_dir(tmp_path, is_main=True):
+        with pytest.raises(errors.UserError, match="is in use by another run of pretrain"):
+            with run_lock.claim_out_dir(tmp_path, "pretrain", is_main=True):
                 pass
 
 
@@ -436,17 +439,19 @@ def test_under_torchrun_only_rank_0_claims_the_folder(tmp_path):
 # What a killed run leaves behind
 
 
-def test_the_run_holding_the_lock_removes_stale_temporary_files(tmp_path, capsys):
+def test_the_run_holding_the_lock_removes_its_own_stale_temporary_files(tmp_path, capsys):
     """Guards against the checkpoint-sized `.NAME.xxxxxxxx.tmp` files of runs killed while saving
-    (kill -9 skips atomic_write's clean-up) staying forever in out/ and out/lora/."""
+    (kill -9 skips atomic_write's clean-up) staying forever in out/ and out/lora/ -- and against a run
+    deleting the temporary file of another output, whose run may be saving it right now."""
     (tmp_path / "lora").mkdir()
-    stale = [tmp_path / ".pretrain_128.pth.k3j9x_2a.tmp", tmp_path / "lora" / ".lora_medical_128.pth.abcdefgh.tmp"]
-    kept = [tmp_path / "notes.tmp", tmp_path / "pretrain_128.pth"]
+    stale = [tmp_path / ".lora_medical_128_metrics.jsonl.k3j9x_2a.tmp", tmp_path / "lora" / ".lora_medical_128.pth.abcdefgh.tmp"]
+    kept = [tmp_path / "notes.tmp", tmp_path / "lora" / "lora_medical_128.pth",
+            tmp_path / "lora" / ".lora_identity_128.pth.abcdefgh.tmp", tmp_path / "lora" / ".lora_medical_v2_128.pth.abcdefgh.tmp"]
     for path in stale + kept:
         path.write_bytes(b"x" * 1000)
-    with run_lock.claim_out_dir(tmp_path):
+    with run_lock.claim_out_dir(tmp_path, "lora_medical", also=["lora"]):
         pass
-    assert [p.exists() for p in stale + kept] == [False, False, True, True]
+    assert [p.exists() for p in stale + kept] == [False, False, True, True, True, True]
     assert "removed 2 temporary file(s) (0.0 MB)" in capsys.readouterr().err
 
 
