@@ -9,7 +9,7 @@ learn (the SFT model), with no reward model and no sampling:
 r = β · (log π(reply) - log π_ref(reply)) is the reply's *implicit reward*: how much likelier the model
 has made it than the reference finds it. The loss falls as the chosen reply's reward rises above the
 rejected one's (their difference is the reward margin). At the first step π = π_ref, every reward is 0,
-and the loss is log 2 = 0.693: a loss "stuck near 0.69" is a model that has not moved yet.
+and the loss is log 2 = 0.693: a DPO loss "stuck near 0.69" is a model that has not moved yet.
 
 DPO only asks that the chosen reply gain on the rejected one, relative to the reference; it can get that
 by pushing the rejected reply down alone, dragging down whatever resembles it (docs/dpo.md measures it on
@@ -32,6 +32,7 @@ import torch.nn.functional as F
 
 from formats.checkpoint import unwrap
 from model.model_lora import lora_layers
+from plumbing.errors import UserError
 
 LOG_PROBS = ("mean", "sum")  # how a reply's token log-probabilities become one number (--log_probs)
 
@@ -67,53 +68,63 @@ class DPO:
     """DPO as the training loop's objective (training.LanguageModelling's methods and attributes).
 
     reference: X (N, T) -> the reference model's logits (N, T, V), called without gradients (frozen_copy or
-    without_adapters). rpo_alpha: the weight of the chosen reply's SFT loss (its mean token NLL) added to each
-    pair's DPO loss; 0 is plain DPO, MiniMind2's. A batch holds pairs: X, Y, loss_mask are (B, 2, T), row 0 of a pair the chosen
-    conversation, row 1 the rejected one (dataset.lm_dataset.DPODataset).
-    Held out, it reports the mean loss, the preference accuracy (the share of pairs whose chosen reply gets
-    the higher implicit reward; a tie, as at the start, counts half), the mean reward margin, and how often
-    the model itself gives the chosen reply the higher probability (the only one of them not relative to
-    the reference, so it says which reply the SFT model preferred before any DPO step).
+    without_adapters). beta, log_probs: dpo_loss's and reply_log_probs'. rpo_alpha: the weight of the chosen
+    reply's SFT loss (its mean token NLL) added to each pair's DPO loss; 0 is plain DPO, MiniMind2's. The
+    defaults are train_dpo.py's flags (their one home). A batch holds pairs: X, Y, loss_mask are (B, 2, T),
+    row 0 of a pair the chosen conversation, row 1 the rejected one (dataset.lm_dataset.DPODataset).
+
+    Held out, it reports over the pairs whose two replies both have a trained token within --max_seq_len:
+    the mean of the loss trained on (DPO's + RPO's term), DPO's loss alone (log 2 = 0.693 before any step),
+    the preference accuracy (the share of pairs whose chosen reply gets the higher implicit reward; a tie,
+    as at the start, counts half), the mean reward margin, and how often the model itself gives the chosen
+    reply the higher probability (a tie half; the only number not relative to the reference, so it says
+    which reply the SFT model preferred before any DPO step).
     """
 
-    sums = ("summed loss", "correctly ordered pairs", "summed reward margin", "pairs the model prefers the chosen of",
-            "pairs")
+    sums = ("summed loss", "summed DPO loss", "correctly ordered pairs", "summed reward margin",
+            "pairs the model prefers the chosen of", "scored pairs")
 
-    def __init__(self, reference, beta=0.1, log_probs="mean", rpo_alpha=0.0):
+    def __init__(self, reference, beta, log_probs, rpo_alpha):
         self.reference, self.beta, self.log_probs, self.rpo_alpha = reference, beta, log_probs, rpo_alpha
         self.plan = {"dpo": {"beta": beta, "log_probs": log_probs, "rpo_alpha": rpo_alpha}}  # a --resume must find them unchanged
 
     def _pairs(self, model, X, Y, loss_mask):
-        """-> (loss (B,), margin (B,), policy log-probs (B, 2), aux_loss)."""
+        """-> (loss (B,), DPO's loss (B,), margin (B,), policy log-probs (B, 2), aux_loss)."""
         B = X.size(0)
         X, Y, loss_mask = (t.flatten(0, 1) for t in (X, Y, loss_mask))  # (2B, T): chosen, rejected, chosen, ...
         out = model(X)  # one forward for both replies of every pair, as MiniMind2
         policy = reply_log_probs(out.logits, Y, loss_mask, self.log_probs).view(B, 2)
         with torch.no_grad():
             reference = reply_log_probs(self.reference(X), Y, loss_mask, self.log_probs).view(B, 2)
-        loss, margin = dpo_loss(policy, reference, self.beta)
+        dpo, margin = dpo_loss(policy, reference, self.beta)
+        loss = dpo
         if self.rpo_alpha:  # RPO: + the chosen reply's SFT loss; rows 0, 2, 4, ... are the chosen conversations
-            loss = loss - self.rpo_alpha * reply_log_probs(out.logits[0::2], Y[0::2], loss_mask[0::2], "mean")
-        return loss, margin, policy, out.aux_loss
+            loss = dpo - self.rpo_alpha * reply_log_probs(out.logits[0::2], Y[0::2], loss_mask[0::2], "mean")
+        return loss, dpo, margin, policy, out.aux_loss
 
     def loss(self, model, X, Y, loss_mask):
-        """-> (the mean loss over the pairs, aux_loss)."""
-        loss, _, _, aux_loss = self._pairs(model, X, Y, loss_mask)
+        """-> (the mean loss over the pairs, aux_loss). A pair whose replies are both cut off by --max_seq_len
+        adds log 2 and no gradient (DPODataset counts such sequences when it loads the file)."""
+        loss, _, _, _, aux_loss = self._pairs(model, X, Y, loss_mask)
         return loss.mean(), aux_loss
 
     def held_out_sums(self, model, X, Y, loss_mask):
-        """The sums named in `sums`, over one held-out batch of pairs."""
-        loss, margin, policy, _ = self._pairs(model, X, Y, loss_mask)
+        """The sums named in `sums`, over one held-out batch of pairs (only those with both replies scored)."""
+        loss, dpo, margin, policy, _ = self._pairs(model, X, Y, loss_mask)
+        scored = (loss_mask.sum(dim=-1) > 0).all(dim=-1).float()  # (B,): a reply cut off entirely is not a preference
         ordered = (margin > 0).float() + 0.5 * (margin == 0).float()  # (B,)
-        prefers_chosen = (policy[:, 0] > policy[:, 1]).float()  # (B,)
-        return torch.stack([loss.sum(), ordered.sum(), margin.sum(), prefers_chosen.sum(),
-                            torch.tensor(float(len(loss)), device=loss.device)])
+        prefers_chosen = (policy[:, 0] > policy[:, 1]).float() + 0.5 * (policy[:, 0] == policy[:, 1]).float()
+        return torch.stack([(v * scored).sum() for v in (loss, dpo, ordered, margin, prefers_chosen, scored)])
 
     def held_out(self, sums, name) -> dict:
-        """{"NAME_loss", "NAME_accuracy", "NAME_margin", "NAME_prefers_chosen"}: means over the held-out pairs."""
-        loss, ordered, margin, prefers_chosen, pairs = sums.tolist()
-        return {f"{name}_loss": loss / pairs, f"{name}_accuracy": ordered / pairs, f"{name}_margin": margin / pairs,
-                f"{name}_prefers_chosen": prefers_chosen / pairs}
+        """{"NAME_loss", "NAME_dpo_loss", "NAME_accuracy", "NAME_margin", "NAME_prefers_chosen"}: means over the
+        held-out pairs scored."""
+        loss, dpo, ordered, margin, prefers_chosen, pairs = sums.tolist()
+        if pairs == 0:  # every number would be the start's (a tie), whatever the model learnt
+            raise UserError("no held-out pair has both replies within --max_seq_len (they are cut off): raise "
+                            "--max_seq_len, or give other --val_data")
+        return {f"{name}_loss": loss / pairs, f"{name}_dpo_loss": dpo / pairs, f"{name}_accuracy": ordered / pairs,
+                f"{name}_margin": margin / pairs, f"{name}_prefers_chosen": prefers_chosen / pairs}
 
 
 # ------------------------------------------------------------------------------------------------

@@ -3,7 +3,8 @@
     python train_dpo.py                        # the demo: out/full_sft_128.pth -> out/rlhf_128.pth
     python train_dpo.py --lora_rank 16         # LoRA-DPO: only an adapter learns -> out/lora/lora_dpo_128.pth
     python train_dpo.py --base full_sft_512.pth --n_layers 8 --tokenizer minimind_tokenizer \\
-        --data_path dpo.jsonl --max_seq_len 1024 --batch_size 8 --learning_rate 1e-8   # MiniMind2's run
+        --data_path dpo.jsonl --max_seq_len 1024 --batch_size 8 --learning_rate 1e-8 \
+        --log_probs mean --rpo_alpha 0                                                 # MiniMind2's run
 
 Each line of the data is a preference pair, one prompt and a chosen and a rejected reply (DPODataset,
 each reply masked as SFT masks it); the loss is DPO's (dpo.py), against a reference that never learns:
@@ -51,8 +52,8 @@ def build_parser():
                         help="LoRA-DPO: train only a rank-R adapter (train_lora.py's targets and LoRA+), the reference "
                              "being the model with the adapter off; saved as OUT_DIR/lora/LORA_NAME_DIM.pth "
                              "(default: none, every weight learns)")
-    parser.add_argument("--lora_name", default="lora_dpo",
-                        help="with --lora_rank, the adapter's name (default: %(default)s)")
+    parser.add_argument("--lora_name", default=None,
+                        help="with --lora_rank, the adapter's name (default: lora_dpo)")
     return parser
 
 
@@ -64,6 +65,9 @@ def check_dpo_args(args) -> None:
         raise UserError(f"--rpo_alpha must be 0 (plain DPO) or more, got {args.rpo_alpha}")
     if args.lora_rank is not None and args.lora_rank < 1:
         raise UserError(f"--lora_rank must be at least 1, got {args.lora_rank}")
+    if args.lora_name is not None and args.lora_rank is None:
+        raise UserError("--lora_name names the adapter of LoRA-DPO: give --lora_rank too (or drop --lora_name for full DPO)")
+    args.lora_name = args.lora_name or "lora_dpo"
     check_adapter_name(args.lora_name)
 
 
@@ -82,6 +86,10 @@ def main(argv=None):
                                  max_seq_len=args.max_seq_len, device=rt.device)
         model, tokenizer = loaded.model, loaded.tokenizer
         dim, use_moe = model.config.dim, model.config.use_moe
+        if model.config.dropout:  # the model trains with dropout, the reference runs without: rewards of noise
+            raise UserError(f"{base} has dropout {model.config.dropout}: DPO compares the model with a reference "
+                            "that runs without dropout, so the rewards would start off non-zero; train from a "
+                            "checkpoint with dropout 0 (MiniMind2's are)")
 
         if args.lora_rank:  # ---- LoRA-DPO: an adapter learns; the reference is the same weights, adapter off
             apply_lora(model, args.lora_rank, target_modules=flags.LORA_TARGETS.split(","))

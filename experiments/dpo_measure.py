@@ -341,7 +341,7 @@ def memory_in_fresh_process(mode, results):
         reference, groups = dpo.without_adapters(model), training.param_groups(model, LORA_PLUS_RATIO)
     else:
         reference, groups = dpo.frozen_copy(model), training.param_groups(model)
-    objective, optimizer = dpo.DPO(reference, rpo_alpha=1.0, log_probs="sum"), training.make_optimizer(groups, 1e-4, torch.device("cpu"))
+    objective, optimizer = dpo.DPO(reference, beta=0.1, log_probs="sum", rpo_alpha=1.0), training.make_optimizer(groups, 1e-4, torch.device("cpu"))
     ids = torch.randint(3, SMALL["vocab_size"], (PAIRS, 2, SEQ), generator=torch.Generator().manual_seed(0))
     mask = torch.zeros_like(ids[..., 1:])
     mask[..., SEQ // 2:] = 1  # the reply: the second half of each side

@@ -70,7 +70,7 @@ def add_common_args(parser, stage: str):
     p.add_argument("--epochs", type=int, default=epochs,
                    help=f"passes over the data (default: %(default)s, {versus('epochs', epochs)})")
     p.add_argument("--batch_size", type=int, default=batch_size,
-                   help=f"sequences per micro-batch, per process (default: %(default)s, {versus('batch_size', batch_size)})")
+                   help=f"sequences per micro-batch (for DPO: pairs of them), per process (default: %(default)s, {versus('batch_size', batch_size)})")
     p.add_argument("--learning_rate", type=float, default=learning_rate,
                    help=f"peak learning rate, reached after warmup (default: %(default)s, {versus('learning_rate', learning_rate)})")
     p.add_argument("--warmup_iters", type=int, default=warmup_iters,

@@ -29,6 +29,7 @@ from formats.loader import MODEL_MODES, checkpoint_meta, find_checkpoint, missin
 from model.model_lora import apply_lora, load_lora, lora_layers, merge_lora
 from model.tokenizer import Tokenizer
 from plumbing import progress
+from plumbing.errors import UserError
 
 FAST = ["--device", "cpu", "--batch_size", "4", "--max_seq_len", "96", "--log_interval", "2", "--val_samples", "8"]
 
@@ -85,7 +86,7 @@ def test_at_the_start_every_reward_is_zero_and_the_loss_is_log_2():
     wrong count (a tie counts half, so an untrained model's preference accuracy is 50%), and against RPO's
     term taken from the rejected rows or summed instead of averaged over the reply."""
     model = tiny_model()
-    objective = dpo.DPO(dpo.frozen_copy(model), beta=0.1)
+    objective = dpo.DPO(dpo.frozen_copy(model), beta=0.1, log_probs="mean", rpo_alpha=0)
     X = torch.randint(0, 97, (3, 2, 12), generator=torch.Generator().manual_seed(0))  # 3 pairs
     Y = torch.roll(X, -1, dims=-1)
     mask = torch.zeros_like(X)
@@ -96,16 +97,41 @@ def test_at_the_start_every_reward_is_zero_and_the_loss_is_log_2():
         sums = objective.held_out_sums(model, X, Y, mask)
     assert len(sums) == len(objective.sums)
     numbers = objective.held_out(sums + sums, "val")  # two batches' sums add up
-    assert numbers["val_loss"] == pytest.approx(math.log(2)) and numbers["val_accuracy"] == 0.5
+    assert numbers["val_loss"] == numbers["val_dpo_loss"] == pytest.approx(math.log(2)) and numbers["val_accuracy"] == 0.5
     assert numbers["val_margin"] == 0
     with torch.no_grad():
         policy = dpo.reply_log_probs(model(X.flatten(0, 1)).logits, Y.flatten(0, 1), mask.flatten(0, 1)).view(3, 2)
     assert numbers["val_prefers_chosen"] == pytest.approx((policy[:, 0] > policy[:, 1]).float().mean().item())
-    # RPO: each pair's loss gains alpha x the chosen reply's mean token NLL
+    # RPO: each pair's loss gains alpha x the chosen reply's mean token NLL; DPO's own loss is reported apart
+    rpo_objective = dpo.DPO(dpo.frozen_copy(model), beta=0.1, log_probs="mean", rpo_alpha=0.5)
     with torch.no_grad():
         chosen_nll = -dpo.reply_log_probs(model(X[:, 0]).logits, Y[:, 0], mask[:, 0], "mean").mean()
-        rpo, _ = dpo.DPO(dpo.frozen_copy(model), beta=0.1, rpo_alpha=0.5).loss(model, X, Y, mask)
+        rpo, _ = rpo_objective.loss(model, X, Y, mask)
+        rpo_numbers = rpo_objective.held_out(rpo_objective.held_out_sums(model, X, Y, mask), "val")
     assert rpo.item() == pytest.approx(math.log(2) + 0.5 * chosen_nll.item(), rel=1e-5)
+    assert rpo_numbers["val_loss"] == pytest.approx(rpo.item(), rel=1e-5)
+    assert rpo_numbers["val_dpo_loss"] == pytest.approx(math.log(2))
+
+
+def test_a_pair_cut_off_by_max_seq_len_is_not_scored_and_none_scored_is_an_error():
+    """Guards against held-out numbers that count a pair whose replies were cut off entirely (both log-probs
+    0: a tie for ever, so preference accuracy stuck at 50% whatever the model learnt) and against a
+    validation set of only such pairs reported as numbers instead of an error."""
+    model = tiny_model()
+    objective = dpo.DPO(dpo.frozen_copy(model), beta=0.1, log_probs="sum", rpo_alpha=0)
+    X = torch.randint(0, 97, (2, 2, 12), generator=torch.Generator().manual_seed(1))
+    Y = torch.roll(X, -1, dims=-1)
+    mask = torch.zeros_like(X)
+    mask[0, :, 6:] = 1  # pair 0 is scored; pair 1's replies are cut off
+    with torch.no_grad():
+        for p in model.parameters():  # move the model away from its reference, so that pair 0 is no tie
+            p.add_(0.05 * torch.randn_like(p))
+        numbers = objective.held_out(objective.held_out_sums(model, X, Y, mask), "val")
+        only_pair_0 = objective.held_out(objective.held_out_sums(model, X[:1], Y[:1], mask[:1]), "val")
+    assert numbers.keys() == only_pair_0.keys() and numbers == pytest.approx(only_pair_0, rel=1e-5)
+    assert numbers["val_accuracy"] in (0, 1)  # one pair scored: ordered or not, never the tie's 0.5
+    with torch.no_grad(), pytest.raises(UserError, match="no held-out pair has both replies"):
+        objective.held_out(objective.held_out_sums(model, X[1:], Y[1:], mask[1:]), "val")
 
 
 def test_the_reference_with_the_adapters_off_is_the_frozen_model_exactly():
@@ -203,6 +229,31 @@ def test_every_flag_of_train_dpo_has_help_and_none_is_type_bool():
     """Guards against MiniMind's type=bool flags (its --use_moe: "False" parses as True) and undocumented flags."""
     for action in importlib.import_module("train_dpo").build_parser()._actions:
         assert action.help and action.type is not bool, action.option_strings
+
+
+@pytest.mark.parametrize("flags, message", [
+    (["--beta", "0"], "--beta must be a positive number, got 0.0"),
+    (["--beta", "nan"], "--beta must be a positive number"),
+    (["--rpo_alpha", "-1"], "--rpo_alpha must be 0 (plain DPO) or more"),
+    (["--lora_rank", "0"], "--lora_rank must be at least 1"),
+    (["--lora_name", "mine"], "--lora_name names the adapter of LoRA-DPO: give --lora_rank too"),
+])
+def test_a_bad_dpo_flag_is_a_one_line_error_and_writes_nothing(sft_dir, tmp_path, capsys, flags, message):
+    """Guards against a flag that silently does nothing (--lora_name without --lora_rank trained and saved full
+    DPO under rlhf_DIM.pth) or a beta that makes every reward 0, found only after the model has loaded."""
+    err = one_line_error(train_dpo.main, dpo_argv(sft_dir, tmp_path / "out", *flags), capsys, training.run_main)
+    assert message in err, err
+    assert not (tmp_path / "out").exists()  # refused before anything is created
+
+
+def test_a_base_with_dropout_is_refused(sft_dir, tmp_path, capsys, tokenizer):
+    """Guards against DPO from a checkpoint with dropout: the model trains with it and the reference runs
+    without, so the rewards start off non-zero and the numbers read as learning what is noise."""
+    save_model(small_model(tokenizer.vocab_size, dropout=0.1), tmp_path / "full_sft_32.pth", checkpoint_meta("full_sft", DEMO_TOKENIZER, tokenizer))
+    argv = [*FAST, "--out_dir", str(tmp_path / "out"), "--base", str(tmp_path / "full_sft_32.pth"),
+            "--data_path", str(sft_dir / "dpo_demo.jsonl")]
+    err = one_line_error(train_dpo.main, argv, capsys, training.run_main)
+    assert "has dropout 0.1: DPO compares the model with a reference" in err, err
 
 
 def ctrl_c_at_step(step_to_stop, monkeypatch):
