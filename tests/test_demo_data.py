@@ -29,8 +29,8 @@ def committed():
 
 
 def training_texts(records):
-    """Every string a model trains on: pretraining texts and every chat turn."""
-    return [t for r in records for t in ([r["text"]] if "text" in r else [m["content"] for m in r["conversations"]])]
+    """Every string a model trains on: pretraining texts, every chat turn, both sides of a preference pair."""
+    return [t for r in records for t in demo.record_texts(r)]
 
 
 def test_generation_is_deterministic(tmp_path):
