@@ -162,7 +162,6 @@ def header(lab, runs) -> str:
     samples = sum(1 for line in (ROOT / lora.data_path).read_text(encoding="utf-8").splitlines() if line.strip())
     full_steps = lora.epochs * math.ceil((samples - lora.val_samples) / lora.batch_size)
     questions = len(lab.eval_items("eval_medical"))
-    threads = torch.get_num_threads()
     return f"""# The LoRA lab: every claim about LoRA, measured
 
 What the LoRA write-ups say ({len(EXPERIMENTS)} claims from five write-ups and the papers they lean on), tested on
@@ -172,7 +171,7 @@ runnable alone; one command runs them all and rewrites this page and its figures
 
     python -m lab.run_lab
 
-This page was made by that command on {cpu_model()} ({threads} thread{'s' if threads > 1 else ''}, torch
+This page was made by that command on {cpu_model()} (torch
 {torch.__version__}, Python {platform.python_version()}):
 {history(runs)}.
 The demo's checkpoints (pretraining, SFT and its two adapters, by the demo's own commands) took
