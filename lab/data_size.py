@@ -1,6 +1,6 @@
 """"A few hundred to a few thousand samples are usually enough" for LoRA (002 §六.2, 数据准备建议).
 
-The demo's LoRA trained as the demo trains it (the full task's settings and number of steps, 416),
+The demo's LoRA trained as the demo trains it (the full task's settings and number of steps, 400),
 but on the first 300 samples of lora_medical.jsonl instead of all 1,600 (the same steps, so more
 epochs: the amount of distinct data is the only change), every seed; scored on eval_medical, whose
 questions are phrased in ways no training sample uses. "Enough" is the demo's own target for this

@@ -88,17 +88,22 @@ def run(lab) -> Finding:
              f"eval_identity {on_identity['eval_identity']:.1%}"]]
     details = ("Accuracy (mean and range over seeds) and whether removing the adapter gave back the SFT model bit for bit:\n\n"
                + table(["model", "removal bit-exact", *SETS, "task set"], rows)
-               + f"\n\nDrop with lora_medical on, mean over seeds: {100 * drop['eval_general']:.1f} points on eval_general, "
-               f"{100 * drop['eval_general_unseen']:.1f} on eval_general_unseen. General validation loss: SFT alone "
+               + f"\n\nMean over seeds, lora_medical on {change(drop['eval_general'])} on eval_general and "
+               f"{change(drop['eval_general_unseen'])} on eval_general_unseen. General validation loss: SFT alone "
                f"{curve['val_also_loss'][0][1][0]:.3f}, after lora_medical {mean(curve['val_also_loss'][-1][1]):.3f}. "
                "Removing the adapter restores the SFT model bit for bit, so with it removed nothing at all is forgotten; "
                "with it on, the model is a changed one, and lora_medical's data is half general world questions "
                "(rehearsal), which limits the drop. The demo's adapter adapts the tied embedding, which "
                "changes what every token means in every conversation.")
     return Finding(TITLE, CLAIM, SOURCE, RULE,
-                   f"Removed: the SFT model bit for bit{'' if exact else ' (NOT for every seed)'}. On: lora_medical costs "
-                   f"{100 * drop['eval_general']:.1f} points on eval_general and {100 * drop['eval_general_unseen']:.1f} on "
+                   f"Removed: the SFT model bit for bit{'' if exact else ' (NOT for every seed)'}. On, lora_medical "
+                   f"{change(drop['eval_general'])} on eval_general and {change(drop['eval_general_unseen'])} on "
                    "eval_general_unseen (mean over seeds).", verdicts, details, ["lora_forgetting.svg"], "forgetting")
+
+
+def change(drop) -> str:
+    """'costs 7.7 points' for a drop of 0.077, 'gains 1.6 points' for -0.016: no negative cost to decode."""
+    return f"{'costs' if drop >= 0 else 'gains'} {100 * abs(drop):.1f} points"
 
 
 def main(argv=None):

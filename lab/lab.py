@@ -24,7 +24,7 @@ command line, without a Python start-up per run; see run_in_this_process).
 
 Two tasks (settings dicts, merged under the experiment's own):
     the full task    lora_medical.jsonl (or lora_identity.jsonl) at the demo's settings (4 epochs,
-                     416 steps on lora_medical): accuracies, mean and range over seeds
+                     400 steps on lora_medical): accuracies, mean and range over seeds
     the sweep task   lora_medical's first 832 samples (or lora_identity's), one epoch (48 steps):
                      sweeps of many runs compare validation losses after the same short training
                      (said so in the report, beside each sweep); lab/sweeps.py puts every method

@@ -19,6 +19,7 @@ run of this command only re-measures; a change of code or data remakes what depe
 """
 import argparse
 import json
+import math
 import platform
 import sys
 import textwrap
@@ -28,6 +29,7 @@ from dataclasses import asdict
 import torch
 
 from bench.machine import cpu_model
+from demo import stage_parser
 from lab import (adapter_latency, adapter_swap, alpha_choice, alpha_scaling, baselines, cosine, data_size, dropout, epochs,
                  far_tasks, forgetting, gauss_init, gpt3_savings, int8_base, kaiming_init, large_alpha, learning_rate,
                  learning_rate_minimind, learns_less, lora_plus, low_rank, memory, merged_latency, more_epochs, pissa,
@@ -146,6 +148,8 @@ def history(runs: dict) -> str:
     text = f"{full['minutes']:.0f} min for the whole lab, " + (
         f"from nothing ({full['made']} training runs made, the base checkpoints included)" if full["from_nothing"] else
         f"{full['made']} training runs made and the others reused")
+    if full["from_nothing"] and full["minutes"] > MINUTES:
+        text += f", over the {MINUTES} minutes the lab aims at"
     for only in runs.get("only", []):
         text += (f"; then `--only {' '.join(only['names'])}` re-measured {'it' if len(only['names']) == 1 else 'them'} "
                  f"in {only['minutes']:.1f} min ({only['made']} runs made)")
@@ -154,6 +158,10 @@ def history(runs: dict) -> str:
 
 def header(lab, runs) -> str:
     base_minutes = (runs["full"]["base_seconds"] if "full" in runs else lab.base_seconds) / 60  # the full run's
+    lora = stage_parser("lora").parse_args([])  # the demo's LoRA stage: the full task's settings
+    samples = sum(1 for line in (ROOT / lora.data_path).read_text(encoding="utf-8").splitlines() if line.strip())
+    full_steps = lora.epochs * math.ceil((samples - lora.val_samples) / lora.batch_size)
+    questions = len(lab.eval_items("eval_medical"))
     return f"""# The LoRA lab: every claim about LoRA, measured
 
 What the LoRA write-ups say ({len(EXPERIMENTS)} claims from five write-ups and the papers they lean on), tested on
@@ -163,7 +171,7 @@ runnable alone; one command runs them all and rewrites this page and its figures
 
     python -m lab.run_lab
 
-This page was made by that command on {cpu_model()} ({torch.get_num_threads()} threads, torch
+This page was made by that command on {cpu_model()} (torch
 {torch.__version__}, Python {platform.python_version()}):
 {history(runs)}.
 The demo's checkpoints (pretraining, SFT and its two adapters, by the demo's own commands) took
@@ -181,9 +189,9 @@ Methods are compared at matched trainable parameters (within 10%, said in the ta
 best learning rate: a sweep on the **sweep task** (the first 832 samples of `lora_medical.jsonl`, one
 epoch: 48 steps), its grid widened until the best rate is inside it (lab/sweeps.py). The sweep task's
 final validation loss is the measure there (continuous, so finer than accuracy); the **full task** is
-the demo's own training (4 epochs, 416 steps), scored on the demo's question sets, where one question
-of 52 is 1.9 points. Forgetting is also measured on `eval_general_unseen.jsonl` (104 questions in forms
-no training file uses). Small models diverge between CPUs: rerun on yours and expect the same verdicts,
+the demo's own training ({lora.epochs} epochs, {full_steps} steps), scored on the demo's question sets, where one
+question of {questions} is {100 / questions:.1f} points. Forgetting is also measured on `eval_general_unseen.jsonl`
+(questions in forms no training file uses). Small models diverge between CPUs: rerun on yours and expect the same verdicts,
 not the same digits.
 
 ## Report card"""

@@ -16,7 +16,7 @@ import train_pretrain
 from demo import stage_parser
 from formats.checkpoint import read_checkpoint
 from lab import run_lab, sweeps, train_variant
-from lab.lab import VERDICTS, Lab, Run, canonical_flags
+from lab.lab import ROOT, VERDICTS, Lab, Run, canonical_flags
 from plumbing.errors import UserError
 from plot import bar_chart, line_chart, nice_ticks, panels
 
@@ -364,6 +364,16 @@ def test_every_lab_figure_has_round_ticks_and_a_legend_that_covers_no_data(quick
     out, findings = quick_lab
     for figure in {name for f in findings.values() for name in f["figures"]}:
         check_figure(out / "figures" / figure)
+
+
+def test_the_committed_lab_figures_have_round_ticks_and_a_legend_that_covers_no_data():
+    """Guards the figures students read on docs/lora_lab.md (the quick lab's only share their code): one drawn from
+    real numbers with a tick at 2.378, or a legend over its lines, fails here; and a figure the page links exists."""
+    page = (ROOT / "docs" / "lora_lab.md").read_text(encoding="utf-8")
+    linked = set(re.findall(r"figures/(lora_[\w]+\.svg)", page))
+    assert linked, "docs/lora_lab.md links no figure"
+    for name in sorted(linked):
+        check_figure(ROOT / "docs" / "figures" / name)
 
 
 def test_charts_keep_round_ticks_and_a_clear_legend_whatever_the_data(tmp_path):
