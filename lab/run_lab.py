@@ -19,7 +19,6 @@ run of this command only re-measures; a change of code or data remakes what depe
 """
 import argparse
 import json
-import math
 import platform
 import sys
 import textwrap
@@ -37,6 +36,7 @@ from lab import (adapter_latency, adapter_swap, alpha_choice, alpha_scaling, bas
                  which_matrices, zero_init, zero_start)
 from lab.lab import FIGURES, ROOT, Finding, add_lab_args, lab_from_args, measure
 from plumbing.atomic import atomic_write_text
+from plumbing.resume import count_steps
 from plumbing.errors import UserError, run_main
 
 # (write-up, what it is, its claims' modules in report order): the file names are those of the five write-ups
@@ -160,7 +160,8 @@ def header(lab, runs) -> str:
     base_minutes = (runs["full"]["base_seconds"] if "full" in runs else lab.base_seconds) / 60  # the full run's
     lora = stage_parser("lora").parse_args([])  # the demo's LoRA stage: the full task's settings
     samples = sum(1 for line in (ROOT / lora.data_path).read_text(encoding="utf-8").splitlines() if line.strip())
-    full_steps = lora.epochs * math.ceil((samples - lora.val_samples) / lora.batch_size)
+    _, full_steps = count_steps(dict(samples=samples - lora.val_samples, world_size=1, batch_size=lora.batch_size,
+                                     epochs=lora.epochs, accumulation_steps=lora.accumulation_steps))
     questions = len(lab.eval_items("eval_medical"))
     return f"""# The LoRA lab: every claim about LoRA, measured
 
