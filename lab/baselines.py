@@ -63,7 +63,7 @@ def run(lab) -> Finding:
     sft = lab.base()["sft"]
     matched = sweeps.matched(lab)
     LORAS, PREDECESSORS = (sweeps.DEMO, matched["without the embedding"]), (matched["adapter"], matched["prefix"])
-    found = {m.label: sweeps.sweep(lab, m) for m in (*LORAS, *PREDECESSORS)}
+    found = {s.method.label: s for s in sweeps.sweep_all(lab, [*LORAS, *PREDECESSORS])}
     short = dict(zip(found, ("LoRA", "LoRA without the embedding", "adapter", "prefix")))
     models = {"SFT alone": lab.load(sft)[0]}
     for label, s in found.items():

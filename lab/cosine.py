@@ -32,7 +32,7 @@ def verdict(cosine: list, constant: list) -> str:
 
 
 def run(lab) -> Finding:
-    cosine, constant = sweeps.sweep(lab, sweeps.DEMO), sweeps.sweep(lab, CONSTANT)
+    cosine, constant = sweeps.sweep_all(lab, [sweeps.DEMO, CONSTANT])
     steps = cosine.best_runs[0].curve("loss")[-1][0]
     warmup = STAGES["lora"]["warmup_iters"]  # train_lora.py's --warmup_iters
     shapes = {name: [(s, fn(s, steps, 1.0, warmup)) for s in range(steps)] for name, fn in SCHEDULES.items()}

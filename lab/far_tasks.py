@@ -60,7 +60,8 @@ def verdict(per_config: list) -> str:
 
 def run(lab) -> Finding:
     LORAS = loras(lab)
-    found = {(task, m.label): sweeps.sweep(lab, m, lab.sweep_task(task)) for task in TASKS for m in (*LORAS, sweeps.FULL)}
+    found = {(task, m.label): s for task in TASKS
+             for m, s in zip((*LORAS, sweeps.FULL), sweeps.sweep_all(lab, [*LORAS, sweeps.FULL], lab.sweep_task(task)))}
     start = {task: found[task, sweeps.FULL.label].best_runs[0].curve()[0][1] for task in TASKS}
     far, near = sorted(TASKS, key=start.get, reverse=True)
     short = {(task, m.label): shortfalls(found[task, m.label].at_best, found[task, sweeps.FULL.label].at_best, start[task])

@@ -33,7 +33,7 @@ def verdict(candidate: list, standard: list) -> str:
 
 def init_finding(lab, method, title, claim, source, rule, module) -> Finding:
     """The comparison of one initialisation with MiniMind2's (plain LoRA, own best rates), as a Finding."""
-    standard, other = sweeps.sweep(lab, sweeps.PLAIN), sweeps.sweep(lab, method)
+    standard, other = sweeps.sweep_all(lab, [sweeps.PLAIN, method])
     series, spread = sweeps.sweep_series([standard, other])
     figure = f"lora_{module}.svg"
     line_chart(series, lab.figure(figure), f"{method.label.split(' (')[0]} against MiniMind2's A ~ N(0, 0.02^2)",

@@ -45,7 +45,7 @@ def verdict(ratio: float, inside: bool) -> str:
 
 def rate_sweeps(lab) -> tuple:
     """(plain LoRA, the demo's LoRA, full fine-tuning): their sweeps, and the figure of all three."""
-    plain, demo, full = (sweeps.sweep(lab, m) for m in (sweeps.PLAIN, sweeps.DEMO, sweeps.FULL))
+    plain, demo, full = sweeps.sweep_all(lab, [sweeps.PLAIN, sweeps.DEMO, sweeps.FULL])
     series, spread = sweeps.sweep_series([plain, demo, full])
     line_chart(series, lab.figure("lora_learning_rate.svg"), "Validation loss after the sweep task vs learning rate",
                "learning rate (A's for LoRA)", "final validation loss", log_x=True, spread=spread)

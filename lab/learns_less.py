@@ -50,8 +50,7 @@ def verdict(task: dict, general: dict) -> list:
 def run(lab) -> Finding:
     sft = lab.base()["sft"]
     lora, without = loras(lab)
-    found = {"full": sweeps.sweep(lab, sweeps.FULL), "LoRA": sweeps.sweep(lab, lora),
-             "LoRA without the embedding": sweeps.sweep(lab, without)}
+    found = dict(zip(("full", "LoRA", "LoRA without the embedding"), sweeps.sweep_all(lab, [sweeps.FULL, lora, without])))
     task = {k: s.at_best for k, s in found.items()}
     general = {k: [r.final("val_also_loss") for r in s.best_runs] for k, s in found.items()}
     alone = lab.score(sft, sets=SETS)

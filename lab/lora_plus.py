@@ -33,7 +33,7 @@ def verdict(plus_best: list, plain_best: list, plus_shared: list, plain_shared: 
 
 
 def run(lab) -> Finding:
-    plain, demo = sweeps.sweep(lab, sweeps.PLAIN), sweeps.sweep(lab, sweeps.DEMO)
+    plain, demo = sweeps.sweep_all(lab, [sweeps.PLAIN, sweeps.DEMO])
     shared = lab.train_all([sweeps.PLAIN.job(lab, lab.sweep_task(), demo.best, s) for s in lab.seeds])
     plain_shared = [r.final() for r in shared]
     series, spread = sweeps.sweep_series([plain, demo])

@@ -114,9 +114,10 @@ def similarity(small_path, big_path) -> dict:
 
 def run(lab) -> Finding:
     sft = lab.base()["sft"]
-    full, demo = sweeps.sweep(lab, sweeps.FULL), sweeps.sweep(lab, sweeps.DEMO)
-    small = lab.train_all([lab.lora_job(lab.sweep_task(), learning_rate=demo.best, lora_rank=SMALL_R, seed=s) for s in lab.seeds])
-    big = lab.train_all([lab.lora_job(lab.sweep_task(), learning_rate=demo.best, lora_rank=BIG_R, seed=s) for s in lab.seeds])
+    full, demo = sweeps.sweep_all(lab, [sweeps.FULL, sweeps.DEMO])
+    made = lab.train_all([lab.lora_job(lab.sweep_task(), learning_rate=demo.best, lora_rank=r, seed=s)
+                          for r in (SMALL_R, BIG_R) for s in lab.seeds])
+    small, big = made[:len(lab.seeds)], made[len(lab.seeds):]
 
     top16, random16, rows, spectra = [], [], [], {}
     for i, run in enumerate(full.best_runs):

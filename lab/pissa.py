@@ -31,7 +31,7 @@ def verdict(pissa: list, standard: list) -> str:
 
 
 def run(lab) -> Finding:
-    standard, pissa = sweeps.sweep(lab, sweeps.PLAIN), sweeps.sweep(lab, PISSA)
+    standard, pissa = sweeps.sweep_all(lab, [sweeps.PLAIN, PISSA])
     series, spread = sweeps.sweep_series([standard, pissa])
     line_chart(series, lab.figure("lora_pissa.svg"), "PiSSA and the standard start, plain LoRA", "learning rate",
                "final validation loss", log_x=True, spread=spread)

@@ -73,7 +73,7 @@ def matched_prefix(fields, lora_params) -> int:
 
 def run(lab) -> Finding:
     method = sweeps.matched(lab)["prefix"]
-    prefix, demo = sweeps.sweep(lab, method), sweeps.sweep(lab, sweeps.DEMO)
+    prefix, demo = sweeps.sweep_all(lab, [method, sweeps.DEMO])
     matched_length = method.settings["lora_rank"]
     shorter = [n for n in LENGTHS if n < matched_length]
     made = lab.train_all([lab.lora_job(lab.sweep_task(), variant="prefix", lora_rank=n, learning_rate=prefix.best, seed=s)

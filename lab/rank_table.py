@@ -47,7 +47,7 @@ def verdict(by_rank: dict, full: list, start: float) -> list:
 
 
 def run(lab) -> Finding:
-    demo, full, r128 = sweeps.sweep(lab, sweeps.DEMO), sweeps.sweep(lab, sweeps.FULL), sweeps.sweep(lab, RANK_128)
+    demo, full, r128 = sweeps.sweep_all(lab, [sweeps.DEMO, sweeps.FULL, RANK_128])
     made = lab.train_all([lab.lora_job(lab.sweep_task(), learning_rate=demo.best, lora_rank=r, seed=s)
                           for r in RANKS for s in lab.seeds])  # the demo's own rank: its sweep's runs again
     k = len(lab.seeds)

@@ -32,7 +32,7 @@ def verdict(scaled: list, demo: list) -> str:
 
 
 def run(lab) -> Finding:
-    demo, scaled = sweeps.sweep(lab, sweeps.DEMO), sweeps.sweep(lab, SCALE_ALPHA)
+    demo, scaled = sweeps.sweep_all(lab, [sweeps.DEMO, SCALE_ALPHA])
     series, spread = sweeps.sweep_series([demo, scaled])
     line_chart(series, lab.figure("lora_scale_alpha.svg"), f"Scale 1 (alpha / r, alpha = r) and scale {SCALE} (alpha alone)",
                "learning rate", "final validation loss", log_x=True, spread=spread)

@@ -33,7 +33,7 @@ def verdict(standard: list, swapped: list) -> str:
 
 
 def run(lab) -> Finding:
-    standard, swapped, demo = sweeps.sweep(lab, sweeps.PLAIN), sweeps.sweep(lab, SWAPPED), sweeps.sweep(lab, sweeps.DEMO)
+    standard, swapped, demo = sweeps.sweep_all(lab, [sweeps.PLAIN, SWAPPED, sweeps.DEMO])
     with_plus = [r.final() for r in lab.train_all([lab.lora_job(lab.sweep_task(), variant="swapped", learning_rate=demo.best,
                                                                 seed=s) for s in lab.seeds])]
     series, spread = sweeps.sweep_series([standard, swapped])

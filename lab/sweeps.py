@@ -6,6 +6,7 @@ the edge of a grid too small for it. So every method compared is swept on the sw
 
     s = sweep(lab, PLAIN)          # plain LoRA: losses at each rate, the best rate, the runs at it
     s.best, s.at_best, s.inside    # 0.016, [1.49, 1.51, 1.47] (one per seed), True
+    a, b = sweep_all(lab, [PLAIN, FULL])   # several methods swept side by side (their runs share the cores)
 
 The grid steps by GRID_STEP (factors of 2 from 1e-3, so grids of all methods share points) and starts
 at three rates around the method's `centre` (the first edition's best). Whenever the best rate (the
@@ -128,37 +129,57 @@ def sweep(lab, method: Method, task=None, metric: Callable = None) -> Sweep:
     """The method swept on `task` (default: the sweep task of lora_medical), once per Lab.
 
     metric(run) -> the number to minimise (default: the final validation loss; inf for a diverged run)."""
+    return sweep_all(lab, [method], task, metric)[0]
+
+
+def sweep_all(lab, methods: list, task=None, metric: Callable = None) -> list:
+    """[Sweep] of each method on one task, the sweeps advancing side by side: each step trains every sweep's
+    next runs in one lab.train_all (all the grids; then each widening; then every best rate at every seed), so
+    the runs of several sweeps share the cores instead of one lone widening run after another. Each sweep's
+    runs, and so its result, are those it gets swept alone (tests/test_lab.py)."""
     task = task if task is not None else lab.sweep_task()
-    key = (method.label, repr(sorted(task.items())))
-    if key in lab.sweeps:
-        return lab.sweeps[key]
     metric = metric or (lambda run: run.final("val_loss"))
-    grid = [grid_around(method.centre)[1]] if lab.quick else grid_around(method.centre)
-    seeds = list(lab.seeds) if method.every_seed else list(lab.seeds[:1])
-    losses, runs = {}, {}
 
-    def train(rates, seeds):
-        todo = [(lr, s) for lr in rates for s in seeds if (lr, s) not in done]
-        for (lr, s), run in zip(todo, lab.train_all([method.job(lab, task, lr, s) for lr, s in todo])):
-            done[lr, s] = run
-        for lr in rates:
-            runs[lr] = [done[lr, s] for s in lab.seeds if (lr, s) in done]
-            losses[lr] = [metric(r) for r in runs[lr]]
+    def key(m) -> tuple:  # one sweep per method and task, whichever claim asks
+        return m.label, repr(sorted(task.items()))
 
-    done = {}
-    train(grid, seeds)
-    for _ in range(lab.max_widen):
-        best = best_rate(losses)
-        if best not in (min(grid), max(grid)):
+    fresh = list({key(m): m for m in methods if key(m) not in lab.sweeps}.values())
+    grids = {m.label: [grid_around(m.centre)[1]] if lab.quick else grid_around(m.centre) for m in fresh}
+    done = {m.label: {} for m in fresh}  # {(rate, seed): Run} per sweep
+
+    def train(wanted):  # [(method, rate, seed)]: those not yet trained, in one batch
+        todo = [(m, lr, s) for m, lr, s in wanted if (lr, s) not in done[m.label]]
+        for (m, lr, s), run in zip(todo, lab.train_all([m.job(lab, task, lr, s) for m, lr, s in todo])):
+            done[m.label][lr, s] = run
+
+    def runs(m) -> dict:  # {rate: [Run per seed trained there, in lab.seeds order]}
+        return {lr: [done[m.label][lr, s] for s in lab.seeds if (lr, s) in done[m.label]] for lr in sorted(grids[m.label])}
+
+    def best(m) -> float:
+        return best_rate({lr: [metric(r) for r in rs] for lr, rs in runs(m).items()})
+
+    def on_edge(m) -> bool:
+        return best(m) in (min(grids[m.label]), max(grids[m.label]))
+
+    def first_seeds(m) -> list:  # grid points: the first seed only, unless the best rate itself is a verdict's number
+        return list(lab.seeds) if m.every_seed else list(lab.seeds[:1])
+
+    train([(m, lr, s) for m in fresh for lr in grids[m.label] for s in first_seeds(m)])
+    for _ in range(lab.max_widen):  # a best on an edge: grow the grid one step past it, and train the new rate
+        growing = [m for m in fresh if on_edge(m)]
+        if not growing:
             break
-        grid.append(max(grid) * GRID_STEP if best == max(grid) else min(grid) / GRID_STEP)
-        train(grid, seeds)
-    best = best_rate(losses)
-    train([best], lab.seeds)
-    result = Sweep(method, {lr: losses[lr] for lr in sorted(losses)}, {lr: runs[lr] for lr in sorted(runs)}, best,
-                   best not in (min(grid), max(grid)))
-    lab.sweeps[key] = result
-    return result
+        for m in growing:
+            grid = grids[m.label]
+            grid.append(max(grid) * GRID_STEP if best(m) == max(grid) else min(grid) / GRID_STEP)
+        train([(m, grids[m.label][-1], s) for m in growing for s in first_seeds(m)])
+    bests = {m.label: best(m) for m in fresh}
+    train([(m, bests[m.label], s) for m in fresh for s in lab.seeds])
+    for m in fresh:
+        found = runs(m)
+        lab.sweeps[key(m)] = Sweep(m, {lr: [metric(r) for r in rs] for lr, rs in found.items()}, found,
+                                   bests[m.label], bests[m.label] not in (min(found), max(found)))
+    return [lab.sweeps[key(m)] for m in methods]
 
 
 def best_rate(losses: dict) -> float:

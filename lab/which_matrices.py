@@ -67,7 +67,7 @@ def methods(config, budget) -> dict:
 def run(lab) -> Finding:
     config = lab.load(lab.base()["sft"])[0].config
     chosen = methods(config, 2_000 if lab.quick else BUDGET)
-    found = {name: sweeps.sweep(lab, m) for name, m in chosen.items()}
+    found = dict(zip(chosen, sweeps.sweep_all(lab, list(chosen.values()))))
     loss = {name: s.at_best for name, s in found.items()}
     rows = [[name, m.settings["lora_rank"], f"{adapter_size(config, m.settings['lora_targets'], m.settings['lora_rank']):,}",
              found[name].describe(), loss_spread(loss[name])] for name, m in chosen.items()]

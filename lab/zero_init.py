@@ -68,10 +68,9 @@ def step0_gradient_norms(lab, init) -> tuple:
 
 def run(lab) -> Finding:
     norms = {init: step0_gradient_norms(lab, init) for init in INITS}
-    demo = sweeps.sweep(lab, sweeps.DEMO)
+    demo, standard, swapped = sweeps.sweep_all(lab, [sweeps.DEMO, sweeps.PLAIN, SWAPPED])
     zeros = lab.train_all([lab.lora_job(lab.sweep_task(), variant="zeros", learning_rate=demo.best, seed=s) for s in lab.seeds])
     zero_start, zero_final = [r.curve()[0][1] for r in zeros], [r.final() for r in zeros]
-    standard, swapped = sweeps.sweep(lab, sweeps.PLAIN), sweeps.sweep(lab, SWAPPED)
     swapped_start = swapped.best_runs[0].curve()[0][1]
     verdicts = verdict(norms["zeros"], zero_start, zero_final, standard.at_best, swapped.at_best, swapped_start)
     panels([("bar", dict(title="gradient norms at step 0", x_label="‖∇‖ over all adapters",

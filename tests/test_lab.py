@@ -5,7 +5,9 @@ The verdict rules themselves: tests/test_lab_verdicts.py."""
 import json
 import math
 import re
+import shutil
 import xml.etree.ElementTree as ET
+from pathlib import Path
 
 import pytest
 import torch
@@ -16,7 +18,7 @@ import train_pretrain
 from demo import stage_parser
 from formats.checkpoint import read_checkpoint
 from lab import run_lab, sweeps, train_variant
-from lab.lab import ROOT, VERDICTS, Lab, Run, canonical_flags
+from lab.lab import ROOT, VERDICTS, Lab, Run, at_once, canonical_flags
 from plumbing.errors import UserError
 from plot import bar_chart, line_chart, nice_ticks, panels
 
@@ -144,6 +146,24 @@ def test_runs_are_reused_by_content_and_remade_when_their_data_changes(quick_lab
     assert other.train(*job).folder != first.folder and other.made_now == 1
 
 
+def test_runs_started_together_give_the_weights_of_runs_made_one_at_a_time(quick_lab, monkeypatch):
+    """Guards the scheduling changing a result: three runs asked for together on two workers all start at once
+    (at_once), each its own one-thread process; their weights must be byte for byte those the same commands
+    give run one after another (one thread too), and every one of them recorded."""
+    out, _ = quick_lab
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")  # the lone runs' threads: those of the runs side by side
+    data = str(out / "data" / "lora_medical_first64.jsonl")
+    jobs = [Lab(out, quick=True).lora_job({"data_path": data}, seed=s) for s in (11, 12, 13)]
+    one_at_a_time = Lab(out, quick=True, in_process=False)  # quick: one worker, each run a process of its own
+    alone = [Path(r.weights).read_bytes() for r in one_at_a_time.train_all(jobs)]
+    for run in one_at_a_time.train_all(jobs):
+        shutil.rmtree(run.folder)
+    together = Lab(out, quick=True, in_process=False)
+    together.workers = 2
+    runs = together.train_all(jobs)
+    assert together.made_now == 3 and [Path(r.weights).read_bytes() for r in runs] == alone
+
+
 def test_a_variant_run_is_its_trainers_command(quick_lab):
     """Guards the lab's variants drifting from what `python -m lab.train_variant --variant NAME` trains:
     a variant job is that command (its flags left at the trainer's defaults dropped), and a failed
@@ -254,6 +274,7 @@ class FakeLab:
 
     def __init__(self, best, seeds=(1337, 1, 2), max_widen=4):
         self.best, self.seeds, self.max_widen, self.quick, self.sweeps, self.trained = best, seeds, max_widen, False, {}, []
+        self.batches = 0  # train_all calls: each one a batch whose runs share the cores
 
     def sweep_task(self):
         return {"data_path": "x"}
@@ -262,6 +283,7 @@ class FakeLab:
         return "train_lora.py", [learning_rate, seed]
 
     def train_all(self, jobs):
+        self.batches += 1
         self.trained += [flags for _, flags in jobs]
         return [FakeRun(math.log2(lr / self.best) ** 2 + 0.01 * (seed % 7)) for _, (lr, seed) in jobs]
 
@@ -290,6 +312,33 @@ def test_a_sweep_widens_its_grid_until_the_best_rate_is_inside():
     assert not stuck.inside and "a bound" in stuck.describe()
     every = sweeps.sweep(FakeLab(best=4e-3), sweeps.lora("every seed", 4e-3, every_seed=True))
     assert all(len(v) == 3 for v in every.losses.values())
+
+
+def test_sweeps_side_by_side_find_what_each_finds_alone_in_fewer_batches():
+    """Guards sweep_all, which advances several sweeps in step to keep the cores busy: each sweep must train
+    exactly the runs, and end at exactly the best rate and grid, it does when swept alone (a lockstep that
+    widened a finished sweep again, or stopped one early, would change verdicts), in fewer batches than
+    one sweep after another."""
+    methods = [sweeps.lora("near", 8e-3), sweeps.lora("far", 1e-3, every_seed=True), sweeps.lora("inside", 3.2e-2)]
+    together = FakeLab(best=3.2e-2)
+    found = sweeps.sweep_all(together, methods)
+    alone_batches, alone_trained = 0, 0
+    for method, got in zip(methods, found):
+        alone = FakeLab(best=3.2e-2)
+        expected = sweeps.sweep(alone, method)
+        assert (got.losses, got.best, got.inside) == (expected.losses, expected.best, expected.inside)
+        alone_batches, alone_trained = alone_batches + alone.batches, alone_trained + len(alone.trained)
+    assert len(together.trained) == alone_trained and together.batches < alone_batches
+    assert sweeps.sweep_all(together, methods[:1])[0] is found[0] and len(together.trained) == alone_trained  # cached
+
+
+def test_the_last_runs_of_a_batch_share_the_cores_and_no_core_idles():
+    """Guards the lab's scheduling: runs go `workers` at a time, but the last fewer than 2 x workers all start
+    together (3 runs on 2 cores: one round of 1.5 run-times, not two rounds with a core idle in the second);
+    never more processes than that, never fewer than a core each while runs are left."""
+    assert [at_once(left, 2) for left in (8, 4, 3, 2, 1)] == [2, 2, 3, 2, 1]
+    assert [at_once(left, 4) for left in (9, 8, 7, 5)] == [4, 4, 7, 5]
+    assert [at_once(left, 1) for left in (5, 1)] == [1, 1]
 
 
 # ---- figures: readable in five seconds
