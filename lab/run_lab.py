@@ -179,7 +179,8 @@ The demo's checkpoints (pretraining, SFT and its two adapters, by the demo's own
 {base_minutes:.1f} min of it. Each section ends with its module's command, the minutes it took in the
 lab's run (a training run shared with an earlier claim is counted there) and what it would cost alone
 from the demo's checkpoints (the recorded times of the runs it reuses included, two at a time).
-Training runs go two at a time, one thread each.
+Training runs go two at a time, one thread each, the last three of a batch all at once (lab/lab.py's
+`at_once`), and the sweeps a claim compares advance side by side (lab/sweeps.py's `sweep_all`).
 
 How to read it. Every verdict comes from a rule written in its module before the run, quoted in its
 section; a claim with two parts has a verdict per part. Verdicts: *holds*; *holds with a caveat* (true
