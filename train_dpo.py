@@ -1,7 +1,7 @@
 """MiniMind2's preference stage, DPO: the SFT model learns which of two replies to prefer.
 
     python train_dpo.py                        # the demo: out/full_sft_128.pth -> out/rlhf_128.pth
-    python train_dpo.py --lora_rank 16         # LoRA-DPO: only an adapter learns -> out/lora/lora_dpo_128.pth
+    python train_dpo.py --lora_rank 16 --learning_rate 6e-4   # LoRA-DPO (its measured rate) -> out/lora/lora_dpo_128.pth
     python train_dpo.py --base full_sft_512.pth --n_layers 8 --tokenizer minimind_tokenizer \\
         --data_path dpo.jsonl --max_seq_len 1024 --batch_size 8 --learning_rate 1e-8 \
         --log_probs mean --rpo_alpha 0                                                 # MiniMind2's run

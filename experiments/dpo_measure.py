@@ -47,28 +47,32 @@ from plumbing.flags import LORA_PLUS_RATIO, LORA_TARGETS, STAGES
 
 ROOT = Path(__file__).resolve().parent.parent
 EVAL_SETS = ("eval_unknown", "eval_general", "eval_general_unseen")
-MAIN_SEEDS = [1337, 1, 2]  # the comparison's seeds; --rpo_alpha 2 was chosen on them, and checked on seeds 3 and 4 after
+MAIN_SEEDS = [1337, 1, 2]  # the comparison's seeds; --rpo_alpha 2 was chosen on them (at 6e-4)
+RATE_CHOSEN_ON = [3, 1337]  # the default rate, 2e-4, was chosen on these two seeds' runs, then checked on 1, 2 and 4
 SWEEP_SEED = 1337  # the sweeps (lr*, beta*, lora_lr*) run on the demo's seed alone: python -m ... --runs beta0.3 --seeds 1337
 LORA_LEARNING_RATE = "6e-4"  # LoRA-DPO's: of the sweep (lora_lr* below) the rate with the most refusals while general
 # knowledge stays within 10 points (2e-3 cost 25 points of eval_general_unseen)
+FORMER_RATE = "6e-4"  # train_dpo.py's learning rate before 2e-4: the runs measured then name it
 
 # name -> train_dpo.py's flags (beside its defaults), or "sft": the SFT model itself, or "sft_chosen":
 # train_full_sft.py on the chosen replies alone (RPO's term without DPO's), as many steps as a DPO run.
-# The runs before --rpo_alpha's default became 2 (this comparison chose it) name RPO's weight 1 explicitly:
-# the variants and sweeps around "rpo1".
+# The defaults changed twice as this comparison went (--rpo_alpha 1 -> 2, then --learning_rate 6e-4 -> 2e-4), so
+# every run made before names the settings it was made with: RPO's weight 1 and the former rate.
 RPO1 = ["--rpo_alpha", "1"]
+AT_FORMER_RATE = ["--learning_rate", FORMER_RATE]
 RUNS = {
     "sft": "sft",
-    "default": [],  # --rpo_alpha 2
-    "rpo1": RPO1,
-    "rpo2_lr3e-4": ["--learning_rate", "3e-4"],  # the default's RPO weight at half its learning rate
-    "mean": [*RPO1, "--log_probs", "mean"],  # MiniMind2's reply log-probability
-    "plain": ["--rpo_alpha", "0"],  # DPO without RPO's term
-    "plain_mean": ["--rpo_alpha", "0", "--log_probs", "mean"],  # MiniMind2's objective
+    "default": [],  # --rpo_alpha 2 --learning_rate 2e-4
+    **{f"rpo2_lr{lr}": ["--learning_rate", lr] for lr in ("1e-4", "3e-4", FORMER_RATE)},  # the default's RPO weight
+    "rpo1": [*RPO1, *AT_FORMER_RATE],
+    "rpo2_beta0.3": ["--beta", "0.3", *AT_FORMER_RATE],  # RPO weight 2, closer to the reference
+    "mean": [*RPO1, "--log_probs", "mean", *AT_FORMER_RATE],  # MiniMind2's reply log-probability
+    "plain": ["--rpo_alpha", "0", *AT_FORMER_RATE],  # DPO without RPO's term
+    "plain_mean": ["--rpo_alpha", "0", "--log_probs", "mean", *AT_FORMER_RATE],  # MiniMind2's objective
     "sft_chosen": "sft_chosen",
     "lora": [*RPO1, "--lora_rank", "16", "--learning_rate", LORA_LEARNING_RATE],
     **{f"lr{lr}": [*RPO1, "--learning_rate", lr] for lr in ("1e-8", "1e-5", "1e-4", "3e-4", "1e-3", "2e-3")},
-    **{f"beta{beta}": [*RPO1, "--beta", beta] for beta in ("0.01", "0.03", "0.3", "1")},
+    **{f"beta{beta}": [*RPO1, "--beta", beta, *AT_FORMER_RATE] for beta in ("0.01", "0.03", "0.3", "1")},
     **{f"lora_lr{lr}": [*RPO1, "--lora_rank", "16", "--learning_rate", lr] for lr in ("2e-3", "6e-3")},
 }
 
@@ -279,7 +283,24 @@ def per_seed_table(runs, seeds) -> str:
         cells = [f"{100 * sft['eval_unknown']:.1f}% -> {100 * dpo_['eval_unknown']:.1f}%"]
         cells += [f"{100 * sft[k]:.1f}% -> {100 * dpo_[k]:.1f}% ({100 * (sft[k] - dpo_[k]):+.1f})"
                   for k in ("eval_general", "eval_general_unseen")]
-        lines.append(f"| {seed}{'' if seed in MAIN_SEEDS else ' (after the choice)'} | " + " | ".join(cells) + " |")
+        lines.append(f"| {seed}{' (the rate was chosen on it)' if seed in RATE_CHOSEN_ON else ''} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def rate_table(runs) -> str:
+    """RPO's weight 2 at each learning rate measured: refusal on unknown people, and each general set's largest
+    drop from the same seed's SFT model over the seeds the rate ran on (the rule's third part: at most 10)."""
+    lines = ["| learning rate | seeds | eval_unknown: refused | largest drop, eval_general | largest drop, eval_general_unseen |",
+             "|---|---|---:|---:|---:|"]
+    for rate, name in (("1e-4", "rpo2_lr1e-4"), ("2e-4 (the default)", "default"), ("3e-4", "rpo2_lr3e-4"),
+                       (FORMER_RATE + " (the default before)", f"rpo2_lr{FORMER_RATE}")):
+        seeds = sorted(seed for seed in runs.get(name, {}) if seed in runs.get("sft", {}))
+        if not seeds:
+            continue
+        dpo_, sft = [runs[name][s]["scores"] for s in seeds], [runs["sft"][s]["scores"] for s in seeds]
+        drops = [max(100 * (b[k] - a[k]) for a, b in zip(dpo_, sft)) for k in ("eval_general", "eval_general_unseen")]
+        lines.append(f"| {rate} | {', '.join(map(str, seeds))} | {cell([d['eval_unknown'] for d in dpo_])} | "
+                     + " | ".join(f"{d:.1f}" for d in drops) + " |")
     return "\n".join(lines)
 
 
@@ -288,9 +309,10 @@ def report(root, figures) -> str:
     seeds = [s for s in MAIN_SEEDS if s in runs.get("default", {})]
     parts = []
     main_rows = {label: numbers(runs, name, seeds) for name, label in (
-        ("sft", "SFT model (before)"), ("default", "DPO + RPO 2, sum (the default)"), ("rpo1", "DPO + RPO 1, sum"),
-        ("mean", "DPO + RPO 1, mean"),
-        ("plain", "plain DPO, sum"), ("plain_mean", "plain DPO, mean (MiniMind2's objective)"),
+        ("sft", "SFT model (before)"), ("default", "DPO + RPO 2, sum, lr 2e-4 (the default)"),
+        (f"rpo2_lr{FORMER_RATE}", f"DPO + RPO 2, sum, lr {FORMER_RATE} (the default before)"),
+        ("rpo1", f"DPO + RPO 1, sum, lr {FORMER_RATE}"), ("mean", f"DPO + RPO 1, mean, lr {FORMER_RATE}"),
+        ("plain", f"plain DPO, sum, lr {FORMER_RATE}"), ("plain_mean", f"plain DPO, mean, lr {FORMER_RATE} (MiniMind2's objective)"),
         ("sft_chosen", "SFT on the chosen replies alone"), ("lora", f"LoRA-DPO + RPO 1, rank 16, lr {LORA_LEARNING_RATE}"))
         if name in runs}
     parts.append(f"seeds {', '.join(map(str, seeds))}; mean (range)\n\n" + markdown("run", main_rows, ["time"]))
@@ -300,13 +322,14 @@ def report(root, figures) -> str:
         parts.append(f"over seeds {', '.join(map(str, both))}:\n\n" + "\n".join(
             f"- {'holds' if ok else 'DOES NOT HOLD'}: {claim}"
             for claim, ok in verdicts({"sft": {s: runs["sft"][s] for s in both}, "default": {s: runs["default"][s] for s in both}})))
+        parts.append("RPO's weight 2 by learning rate, each over the seeds it ran on:\n\n" + rate_table(runs))
     first = [SWEEP_SEED]
-    for prefix, flag, centre, run in (("lr", "learning rate", STAGES["dpo"]["learning_rate"], "rpo1"), ("beta", "beta", 0.1, "rpo1"),
+    for prefix, flag, centre, run in (("lr", "learning rate", float(FORMER_RATE), "rpo1"), ("beta", "beta", 0.1, "rpo1"),
                                        ("lora_lr", "LoRA-DPO learning rate", float(LORA_LEARNING_RATE), "lora")):
         sweep = {float(name[len(prefix):]): name for name in runs if name.startswith(prefix) and name[len(prefix):][:1].isdigit()}
         if not sweep or run not in runs:
             continue
-        sweep[centre] = run  # the sweep's centre: train_dpo.py's default rate and beta, at RPO's weight 1
+        sweep[centre] = run  # the centre: the run of the table above at that rate (rpo1: beta 0.1, the former rate; lora)
         rows = {f"{value:g}": numbers(runs, name, first) for value, name in sorted(sweep.items())}
         parts.append(f"{flag}, --rpo_alpha 1, seed {first[0]}\n\n" + markdown(flag, rows))
         if prefix != "lora_lr":
@@ -332,7 +355,7 @@ def draw_curves(runs, folder):
     for key, label, file in (("val_accuracy", "held-out preference accuracy", "dpo_held_out_accuracy.svg"),
                              ("val_margin", "held-out reward margin", "dpo_reward_margin.svg")):
         series, bands = {}, {}
-        for name, title in (("default", "DPO + RPO 2, sum (default)"), ("rpo1", "DPO + RPO 1, sum"), ("mean", "DPO + RPO 1, mean"),
+        for name, title in (("default", "DPO + RPO 2, sum, lr 2e-4 (default)"), ("rpo1", "DPO + RPO 1, sum"), ("mean", "DPO + RPO 1, mean"),
                             ("plain_mean", "plain DPO, mean (MiniMind2)")):
             curves = [[(r["step"], r[key]) for r in record["held_out"]] for seed, record in runs.get(name, {}).items()
                       if seed in MAIN_SEEDS]

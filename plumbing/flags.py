@@ -41,7 +41,7 @@ STAGES = {
                  minimind2=dict(epochs=(50, "over its small lora_identity.jsonl; the demo's files are larger, and 4 passes "
                                             "reach its targets (docs/experiments.md)"),
                                 batch_size=(16, ""), learning_rate=(5e-5, SMALL_MODEL), accumulation_steps=(1, ""))),
-    "dpo": dict(data_path="dataset/dpo_demo.jsonl", epochs=2, batch_size=16, learning_rate=6e-4, warmup_iters=10,
+    "dpo": dict(data_path="dataset/dpo_demo.jsonl", epochs=2, batch_size=16, learning_rate=2e-4, warmup_iters=10,
                 max_seq_len=160, save_interval=100,
                 minimind2=dict(epochs=(2, ""), batch_size=(8, CPU_BATCH),
                                learning_rate=(1e-8, "at 1e-8 the demo's model does not move in a run (docs/dpo.md)"),
