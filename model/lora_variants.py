@@ -31,6 +31,7 @@ import torch.nn as nn
 from formats.checkpoint import read_checkpoint
 from model.model_lora import LoRALinear, apply_lora, load_lora, mark_only_lora_as_trainable, save_lora
 from model.predecessors import apply_method, load_method, save_method
+from model.quantize import quantize
 
 
 class SwappedLoRALinear(LoRALinear):
@@ -138,17 +139,15 @@ def _lora(layer_class=LoRALinear, scaling="standard"):
 
 
 def round_to_int8(model: nn.Module) -> None:
-    """Round every block's Linear weight to 8 bits, in place: W <- round(W / s) * s with one scale per
-    output row, s = max|W_row| / 127 (LLM.int8's absmax rows, without its float16 outlier columns). The
+    """Round every block's Linear weight to 8 bits, in place (model/quantize.py): W <- round(W / s) * s with one
+    scale per output row, s = max|W_row| / 127 (LLM.int8's absmax rows, without its float16 outlier columns). The
     tied embedding/output matrix stays as it is, as bitsandbytes leaves lm_head. The weights then hold
     the numbers an 8-bit base computes with; they are still stored in float32 here (the lab counts what
     8 bits would save, lab/int8_base.py)."""
     for name, module in model.named_modules():
         if isinstance(module, nn.Linear) and name.startswith("layers."):
             with torch.no_grad():
-                w = module.weight
-                scale = w.abs().amax(dim=1, keepdim=True).clamp(min=1e-12) / 127  # (out, 1)
-                w.copy_((w / scale).round().clamp(-127, 127) * scale)
+                module.weight.copy_(quantize(module.weight, "int8").dequantize())
 
 
 def _int8_base():
