@@ -29,9 +29,9 @@ import torch
 import torch.nn as nn
 
 from formats.checkpoint import read_checkpoint
+from formats.quantize import quantize
 from model.model_lora import LoRALinear, apply_lora, load_lora, mark_only_lora_as_trainable, save_lora
 from model.predecessors import apply_method, load_method, save_method
-from model.quantize import quantize
 
 
 class SwappedLoRALinear(LoRALinear):
@@ -139,7 +139,7 @@ def _lora(layer_class=LoRALinear, scaling="standard"):
 
 
 def round_to_int8(model: nn.Module) -> None:
-    """Round every block's Linear weight to 8 bits, in place (model/quantize.py): W <- round(W / s) * s with one
+    """Round every block's Linear weight to 8 bits, in place (formats/quantize.py): W <- round(W / s) * s with one
     scale per output row, s = max|W_row| / 127 (LLM.int8's absmax rows, without its float16 outlier columns). The
     tied embedding/output matrix stays as it is, as bitsandbytes leaves lm_head. The weights then hold
     the numbers an 8-bit base computes with; they are still stored in float32 here (the lab counts what

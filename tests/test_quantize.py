@@ -1,9 +1,9 @@
-"""Tests for model/quantize.py: the codebooks as their papers define them, the packing, and what a
+"""Tests for formats/quantize.py: the codebooks as their papers define them, the packing, and what a
 quantized matrix gives back."""
 import pytest
 import torch
 
-from model.quantize import BLOCK, KINDS, error, fp4_codebook, int4_codebook, nf4_codebook, pack_4bit, quantize, unpack_4bit
+from formats.quantize import BLOCK, KINDS, error, fp4_codebook, int4_codebook, nf4_codebook, pack_4bit, quantize, unpack_4bit
 
 # NF4's sixteen values as bitsandbytes ships them (functional.py, the table QLoRA's Appendix E prints)
 PUBLISHED_NF4 = [-1.0, -0.6961928009986877, -0.5250730514526367, -0.39491748809814453, -0.28444138169288635,
