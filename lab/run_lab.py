@@ -1,6 +1,6 @@
 """The LoRA lab, all of it: every claim measured, then docs/lora_lab.md and its figures written.
 
-    python -m lab.run_lab                          # everything, from the demo's first stages (about 65 min on 2 cores)
+    python -m lab.run_lab                          # everything, from the demo's first stages (about 76 min on 2 cores)
     python -m lab.run_lab --only memory low_rank   # some claims; the report keeps the others' last sections
     python -m lab.run_lab --quick --out_dir /tmp/lab   # the code path in seconds; numbers meaningless
 
