@@ -51,7 +51,9 @@ def test_weights_on_the_grid_come_back_exactly_and_zeros_stay_zero(kind):
         book = {"nf4": nf4_codebook, "fp4": fp4_codebook, "int4": int4_codebook}[kind]()
         flat = book[torch.randint(0, 16, (out * inp,), generator=g)]
         flat[::BLOCK] = 1.0  # every block reaches its scale, so scale x value is exact
-        w = (flat.view(-1) * torch.repeat_interleave(torch.rand(-(-out * inp // BLOCK), generator=g) + 0.5, BLOCK)[:out * inp]).view(out, inp)
+        blocks = -(-out * inp // BLOCK)  # ceil: the last block partial
+        scales = torch.repeat_interleave(torch.rand(blocks, generator=g) + 0.5, BLOCK)[:out * inp]
+        w = (flat * scales).view(out, inp)
     w[2] = 0.0
     back = quantize(w, kind).dequantize()
     assert back.shape == w.shape and torch.allclose(back, w, rtol=1e-6, atol=0) and not back[2].any()
