@@ -18,7 +18,7 @@ import train_pretrain
 from demo import stage_parser
 from formats.checkpoint import read_checkpoint
 from lab import run_lab, sweeps, train_variant
-from lab.lab import ROOT, VERDICTS, Lab, Run, at_once, canonical_flags
+from lab.lab import ROOT, VERDICTS, Lab, Run, at_once, canonical_flags, expected_work
 from plumbing.errors import UserError
 from plot import bar_chart, line_chart, nice_ticks, panels
 
@@ -146,21 +146,30 @@ def test_runs_are_reused_by_content_and_remade_when_their_data_changes(quick_lab
     assert other.train(*job).folder != first.folder and other.made_now == 1
 
 
-def test_runs_started_together_give_the_weights_of_runs_made_one_at_a_time(quick_lab, monkeypatch):
+def test_runs_started_together_give_the_weights_of_runs_made_one_at_a_time(quick_lab, monkeypatch, capsys):
     """Guards the scheduling changing a result: three runs asked for together on two workers all start at once
-    (at_once), each its own one-thread process; their weights must be byte for byte those the same commands
-    give run one after another (one thread too), and every one of them recorded."""
+    (at_once), longest first (expected_work: a long run started last finishes alone on one core); their weights
+    must be byte for byte those the same commands give run one after another (one thread too), and every
+    one of them recorded."""
     out, _ = quick_lab
     monkeypatch.setenv("OMP_NUM_THREADS", "1")  # the lone runs' threads: those of the runs side by side
-    data = str(out / "data" / "lora_medical_first64.jsonl")
-    jobs = [Lab(out, quick=True).lora_job({"data_path": data}, seed=s) for s in (11, 12, 13)]
+    lines = (out / "data" / "lora_medical_first64.jsonl").read_text(encoding="utf-8").splitlines(keepends=True)
+    sizes = (16, 64, 32)  # samples per run (quick: one epoch each)
+    for n in sizes:
+        (out / "data" / f"medical_{n}.jsonl").write_text("".join(lines[:n]), encoding="utf-8")
+    jobs = [Lab(out, quick=True).lora_job({"data_path": str(out / "data" / f"medical_{n}.jsonl")}, seed=s)
+            for n, s in zip(sizes, (11, 12, 13))]
+    assert [expected_work(script, flags + ["--epochs", "2"]) for script, flags in jobs] == [32, 128, 64]
     one_at_a_time = Lab(out, quick=True, in_process=False)  # quick: one worker, each run a process of its own
     alone = [Path(r.weights).read_bytes() for r in one_at_a_time.train_all(jobs)]
     for run in one_at_a_time.train_all(jobs):
         shutil.rmtree(run.folder)
     together = Lab(out, quick=True, in_process=False)
     together.workers = 2
+    capsys.readouterr()
     runs = together.train_all(jobs)
+    started = [line for line in capsys.readouterr().err.splitlines() if line.startswith("$ python")]
+    assert [next(n for n in sizes if f"medical_{n}.jsonl" in line) for line in started] == [64, 32, 16]
     assert together.made_now == 3 and [Path(r.weights).read_bytes() for r in runs] == alone
 
 
