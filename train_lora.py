@@ -4,6 +4,8 @@
     python train_lora.py --lora_name lora_identity --data_path dataset/lora_identity.jsonl
     python train_lora.py --base full_sft_512.pth --n_layers 8 --tokenizer minimind_tokenizer \\
         --data_path lora_medical.jsonl --max_seq_len 512 --lora_targets wq,wo --lora_plus_ratio 1   # MiniMind2's LoRA
+    python train_lora.py --quantize_base nf4   # QLoRA: the frozen base in 4 bits (formats/quantize.py)
+    python train_lora.py --method dora         # DoRA: a magnitude per row, LoRA on the direction
 
 Only the adapters' A and B matrices are trained and saved: out/lora/{lora_name}_{dim}.pth, a few
 percent of the model, loadable by MiniMind2's load_lora. Everything else is train_full_sft.py's:
@@ -15,8 +17,10 @@ import sys
 import training
 from dataset.lm_dataset import SFTDataset
 from formats.loader import adapter_path, find_checkpoint, load_checkpoint, shape_from_args
+from formats.quantize import quantize_model
 from model.model import trainable_parameters_report
-from model.model_lora import apply_lora, load_lora, mark_only_lora_as_trainable, save_lora
+from model.lora_variants import apply_dora, load_lora_or_dora, save_adapter
+from model.model_lora import apply_lora, mark_only_lora_as_trainable, save_lora
 from plumbing.run_lock import claim_out_dir
 from plumbing import flags
 from plumbing.runtime import runtime
@@ -44,14 +48,19 @@ def main(argv=None):
                                  max_seq_len=args.max_seq_len, device=rt.device)
         model, tokenizer = loaded.model, loaded.tokenizer
         weights = adapter_path(args.out_dir, args.lora_name, model.config.dim, model.config.use_moe)
+        if args.quantize_base:  # QLoRA: the frozen base in 8 or 4 bits (formats/quantize.py); the adapter as ever
+            quantize_model(model, args.quantize_base)
         # LoRA: adapters beside the chosen Linears (B = 0, so the model is still exactly the SFT model), then
         # freeze everything else: frozen weights get no gradients and no optimizer state
         if args.init_lora:  # an existing adapter, trained further
-            load_lora(model, args.init_lora, dropout=args.lora_dropout)
+            load_lora_or_dora(model, args.init_lora, dropout=args.lora_dropout)
             flags.check_init_lora_agrees(model, args, weights)
-        else:
+        elif args.method == "dora":  # DoRA's layers instead (model/lora_variants.py), everything else the same
+            apply_dora(model, args.lora_rank or flags.LORA_RANK, args.lora_alpha, args.lora_dropout,
+                       (args.lora_targets or flags.LORA_TARGETS).split(","), rank_pattern=args.rank_pattern)
+        else:  # --rank_pattern: some layers of another rank (docs/lora.md)
             apply_lora(model, args.lora_rank or flags.LORA_RANK, args.lora_alpha, args.lora_dropout,
-                       (args.lora_targets or flags.LORA_TARGETS).split(","))
+                       (args.lora_targets or flags.LORA_TARGETS).split(","), rank_pattern=args.rank_pattern)
         mark_only_lora_as_trainable(model)
         rt.print(f"base {base}; " + trainable_parameters_report(model))
 
@@ -59,7 +68,8 @@ def main(argv=None):
         # the frozen base must be the same file again on --resume
         frozen = {"base": base, **({"init_lora": args.init_lora} if args.init_lora else {})}
         return training.train(args, rt, model, training.param_groups(model, args.lora_plus_ratio), SFTDataset, tokenizer,
-                              weights, save=lambda path: save_lora(model, path), frozen=frozen)
+                              weights, save=lambda path: save_adapter(model, path) if args.method == "dora" else
+                              save_lora(model, path), frozen=frozen)
 
 
 if __name__ == "__main__":

@@ -29,18 +29,29 @@ def adapter_contents(layers: list, tensors: dict, model) -> dict:
     `tensors`): the tensors on the CPU, and the lora_config above. "init" records how training started;
     "base" is the fingerprint apply_lora took of the weights the adapter was made on."""
     first = layers[0][1]
-    _, _, rank, alpha = first.saved_factors()  # a PiSSA adapter is saved as the rank-2r one it amounts to
+    _, _, _, alpha = first.saved_factors()  # a PiSSA adapter is saved as the rank-2r one it amounts to
+    rank, pattern = rank_and_pattern({name: layer.saved_factors()[2] for name, layer in layers})
     return {**{key: t.cpu() for key, t in tensors.items()},
             "lora_config": {"rank": rank, "alpha": alpha, "targets": sorted({name.rsplit(".", 1)[-1] for name, _ in layers}),
                             "dim": getattr(getattr(model, "config", None), "dim", None), "scaling": first.scaling,
-                            "init": first.init, "base": getattr(model, "lora_base", None)}}
+                            "init": first.init, "base": getattr(model, "lora_base", None),
+                            **({"rank_pattern": pattern} if pattern else {})}}
+
+
+def rank_and_pattern(ranks: dict) -> tuple[int, dict]:
+    """{layer: rank} -> (the commonest rank, the smallest of a tie; {layer: rank} of the layers of another):
+    what a file records as "rank" and "rank_pattern" (PEFT's r and rank_pattern)."""
+    values = list(ranks.values())
+    rank = max(sorted(set(values)), key=values.count)
+    return rank, {name: r for name, r in ranks.items() if r != rank}
 
 
 def read_lora_file(path) -> tuple[dict, dict]:
     """An adapter file (or such a dict in memory) -> (its tensors, its settings), checked:
 
         settings = {"rank": 16, "alpha": 16.0, "targets": ["wo", "wq"], "dim": 512,
-                    "scaling": "standard", "base": "sha256:3f2a9c0d1b7e4a55" or None}
+                    "scaling": "standard", "base": "sha256:3f2a9c0d1b7e4a55" or None,
+                    "rank_pattern": {"layers.0.attention.wq": 4, ...}}   # layers of another rank ({}: none)
 
     A file of this project carries them in its "lora_config". A MiniMind2 file carries none: its rank
     is read from the tensors' shapes (A is (rank, in)), its targets from the key names, alpha = rank
@@ -57,6 +68,10 @@ def read_lora_file(path) -> tuple[dict, dict]:
         raise CheckpointError(f"{where} is an {state['method_config'].get('method', '?')} file (one of LoRA's "
                               "predecessors), not a LoRA adapter: load it with model.lora_variants.load_adapter")
     meta = state.pop("lora_config", None)
+    if isinstance(meta, dict) and meta.get("init") == "dora":
+        raise CheckpointError(f"{where} is a DoRA adapter (a magnitude vector a layer beside A and B): load it with "
+                              "model.lora_variants.load_lora_or_dora, as eval_model.py does; the server cannot batch it with "
+                              "other adapters, nor merge_lora.py merge it (merge it into the model: convert_model.py --merge)")
     state = clean_state_dict(state)  # strips module./_orig_mod., e.g. from MiniMind2 saving a DDP model
     not_lora = sorted(key for key in state if ".lora." not in key or not isinstance(state[key], torch.Tensor))
     if not_lora or not state:
@@ -69,7 +84,8 @@ def read_lora_file(path) -> tuple[dict, dict]:
             raise CheckpointError(f"{where}: its tensors disagree on the LoRA rank (found ranks {sorted(ranks)})")
         rank = ranks.pop()
         targets = sorted({key.split(".lora.")[0].rsplit(".", 1)[-1] for key in state})
-        return state, {"rank": rank, "alpha": float(rank), "targets": targets, "dim": None, "scaling": "standard", "base": None}
+        return state, {"rank": rank, "alpha": float(rank), "targets": targets, "dim": None, "scaling": "standard", "base": None,
+                       "rank_pattern": {}}
     return state, checked_lora_config(meta, where)
 
 
@@ -98,21 +114,29 @@ def checked_lora_config(meta, where: str) -> dict:
         problems.append(f"scaling {scaling!r} is not a name")
     if base is not None and not isinstance(base, str):
         problems.append(f"base {base!r} is not a fingerprint")
+    pattern = meta.get("rank_pattern", {})  # older files: one rank for every layer
+    if not (isinstance(pattern, dict) and all(isinstance(k, str) and whole(r) for k, r in pattern.items())):
+        problems.append(f"rank_pattern {pattern!r} is not a {{layer name: rank}} object")
     if problems:
         raise CheckpointError(f"{where} has a malformed lora_config: {'; '.join(problems)}")
-    return {"rank": rank, "alpha": float(alpha), "targets": sorted(targets), "dim": dim, "scaling": scaling, "base": base}
+    return {"rank": rank, "alpha": float(alpha), "targets": sorted(targets), "dim": dim, "scaling": scaling, "base": base,
+            "rank_pattern": dict(pattern)}
 
 
-def check_fits(state: dict, rank: int, select_layers, where: str) -> None:
+def check_fits(state: dict, config: dict, select_layers, where: str) -> None:
     """Refuse tensors that are not exactly A (rank, in) and B (out, rank) of each layer the adapter names
-    (select_layers() -> {dotted name: nn.Linear} of the model, ValueError for a name it lacks), naming what
-    is missing, extra or misshapen."""
+    (select_layers() -> {dotted name: nn.Linear} of the model, ValueError for a name it lacks; each layer's
+    rank config["rank"] or its rank_pattern's), naming what is missing, extra or misshapen."""
     try:
         layers = {name: m for name, m in select_layers().items() if ".lora." not in name}
     except ValueError as e:
         raise CheckpointError(f"{where}: {e}") from None
+    unknown = sorted(set(config["rank_pattern"]) - set(layers))
+    if unknown:
+        raise CheckpointError(f"{where}: its rank_pattern names layers it does not adapt: {few(unknown)}")
     expected = {}
     for name, linear in layers.items():
+        rank = config["rank_pattern"].get(name, config["rank"])
         expected[f"{name}.lora.A.weight"] = (rank, linear.in_features)
         expected[f"{name}.lora.B.weight"] = (linear.out_features, rank)
     missing = sorted(expected.keys() - state.keys())

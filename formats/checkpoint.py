@@ -178,13 +178,14 @@ def weights_fingerprint(model) -> str:
     base it was trained on and refuse another (model_lora.load_lora).
 
     The digest is of float32 values, as checkpoints store them. A model whose weights were cast for
-    inference (MiniMindLM.cast_weights: bfloat16 rounds them) keeps the digest of the float32 weights
-    it was cast from, since the rounded ones can no longer say it."""
+    inference (MiniMindLM.cast_weights: bfloat16 rounds them) or quantized (formats/quantize.py: integer
+    codes) keeps the digest of the float32 weights it was made from, since the rounded ones can no
+    longer say it."""
     model = unwrap(model)
     state = {k: v for k, v in model.state_dict().items() if ".lora." not in k}
     if any(t.is_meta for t in state.values()):
         raise ValueError("the model is on the meta device: it has shapes but no weights to fingerprint")
-    if any(t.dtype != torch.float32 for t in state.values() if t.is_floating_point()):
+    if any(t.dtype != torch.float32 for t in state.values()):
         if getattr(model, "float32_fingerprint", None) is None:
             raise ValueError("the model's weights are not float32 and it does not know the fingerprint of the "
                              "float32 weights they were cast from: load adapters before casting")

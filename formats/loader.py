@@ -31,7 +31,7 @@ from formats.checkpoint import (clean_state_dict, config_flags, load_model, read
                                 sidecar_path, weights_fingerprint)
 from model.LMConfig import LMConfig
 from model.model import MiniMindLM  # noqa: F401  (the type load_checkpoint returns)
-from model.model_lora import load_lora
+from model.lora_variants import load_lora_or_dora
 from model.tokenizer import Tokenizer
 from plumbing.device import DEVICE_HELP, DTYPES, INFERENCE_DTYPE_HELP, pick_device
 from plumbing.errors import UserError
@@ -274,7 +274,7 @@ def load_checkpoint(path, *, tokenizer=None, shape=None, max_seq_len=None, adapt
                with it (a flag that would be silently ignored is an error instead).
     max_seq_len: the longest sequence the caller will feed it (--max_seq_len); more than the model's
                positions (config.max_seq_len, the RoPE table) is refused before the weights load.
-    adapter:   a LoRA adapter file (or dict) to load onto the model (model_lora.load_lora).
+    adapter:   a LoRA adapter file (or dict) to load onto the model (lora_variants.load_lora_or_dora: LoRA or DoRA).
     device:    where the model goes: a torch.device, or a --device name ('auto' = cuda, else mps, else cpu).
     dtype:     the weights' dtype in memory, for inference: float32, or bfloat16 (half the bytes read
                per decoded token; plumbing.device.pick_dtype says where it is worth it). Files are unchanged:
@@ -320,7 +320,7 @@ def load_checkpoint(path, *, tokenizer=None, shape=None, max_seq_len=None, adapt
 
     model, meta = load_model(path, config=config)  # the weights, checked tensor by tensor against the config
     if adapter is not None:
-        load_lora(model, adapter)
+        load_lora_or_dora(model, adapter)
     if isinstance(device, str):  # a --device value: 'auto' means what it means everywhere (plumbing/device.py)
         device = pick_device(device)
     if dtype != torch.float32:  # rounded weights can no longer say which base they are: remember it first

@@ -21,11 +21,25 @@ The 4-bit codebooks, 16 values each in [-1, 1], differ in where they put their v
     q = quantize(layer.weight, "nf4")      # codes and scales; q.nbytes() is what it stores
     w = q.dequantize()                     # float32, the weight's shape: what a quantized base computes with
 
-model/lora_variants.py's int8_base (the LoRA lab's 8-bit base) rounds with quantize(.., "int8").
+A quantized *model* (QLoRA's frozen base): quantize_model(model, "nf4") replaces every Linear of the
+transformer blocks by a QuantizedLinear, which keeps only the codes and scales and rebuilds its float
+weight for each product, forward and backward (the float matrix lives for one matmul at a time). The
+tied embedding/output matrix stays in float32, as bitsandbytes leaves lm_head. LoRA then goes on top
+as on any model (apply_lora puts a QLoRALinear beside each quantized Linear it adapts), and the
+adapter file is the ordinary one, recording the full-precision base: it loads there too.
+
+    quantize_model(model, "nf4"); apply_lora(model, 16); mark_only_lora_as_trainable(model)   # QLoRA
+
+The LoRA lab measures both: lab/int8_base.py (8 bits) and lab/qlora.py (the three 4-bit formats).
 """
+import functools
 from dataclasses import dataclass
 
 import torch
+import torch.nn as nn
+
+from formats.checkpoint import weights_fingerprint
+from model.model_lora import SCALINGS, LoRA, LoRALinear
 
 BLOCK = 64  # weights per scale in the 4-bit layout (QLoRA's)
 INT8_MAX = 127  # codes -127..127: symmetric, so -128 is never used and 0 stays exactly 0
@@ -67,6 +81,12 @@ CODEBOOKS = {"int4": int4_codebook, "fp4": fp4_codebook, "nf4": nf4_codebook}
 KINDS = ("int8", *CODEBOOKS)
 
 
+@functools.cache
+def codebook(kind: str) -> torch.Tensor:
+    """CODEBOOKS[kind](), computed once: a quantized layer reads it at every product."""
+    return CODEBOOKS[kind]()
+
+
 @dataclass
 class Quantized:
     """A weight matrix in `kind`: its codes (int8 per weight, or uint8 holding two 4-bit codes), its float32
@@ -83,7 +103,7 @@ class Quantized:
             return self.codes.float() * self.scales  # (out, in) x (out, 1)
         count = self.shape[0] * self.shape[1]
         codes = unpack_4bit(self.codes)[:count + (-count) % BLOCK]  # the padded blocks, as quantized
-        values = CODEBOOKS[self.kind]()[codes.long()].view(-1, BLOCK) * self.scales
+        values = codebook(self.kind).to(self.scales.device)[codes.long()].view(-1, BLOCK) * self.scales
         return values.flatten()[:count].view(self.shape)
 
     def nbytes(self) -> int:
@@ -103,8 +123,8 @@ def quantize(weight: torch.Tensor, kind: str) -> Quantized:
     flat = w.flatten()
     blocks = torch.cat([flat, flat.new_zeros((-flat.numel()) % BLOCK)]).view(-1, BLOCK)  # the last block padded with 0
     scales = blocks.abs().amax(dim=1, keepdim=True).clamp(min=1e-12)  # (blocks, 1): one per block
-    codebook = CODEBOOKS[kind]()
-    codes = ((blocks / scales).unsqueeze(-1) - codebook).abs().argmin(dim=-1)  # the nearest value's index, 0..15
+    values = codebook(kind).to(w.device)
+    codes = ((blocks / scales).unsqueeze(-1) - values).abs().argmin(dim=-1)  # the nearest value's index, 0..15
     return Quantized(kind, pack_4bit(codes.flatten().to(torch.uint8)), scales, tuple(w.shape))
 
 
@@ -125,3 +145,102 @@ def error(weight: torch.Tensor, kind: str) -> float:
     """The quantization's relative error on `weight`: ‖W - dequantize(quantize(W))‖ / ‖W‖ (Frobenius)."""
     w = weight.detach().float()
     return ((w - quantize(w, kind).dequantize()).norm() / w.norm().clamp(min=1e-12)).item()
+
+
+# ---- a quantized base, and LoRA on it (QLoRA)
+
+
+class _DequantizedMatmul(torch.autograd.Function):
+    """y = x Wᵀ with W rebuilt from the codes, in the forward pass and again in the backward pass
+    (dL/dx = g W). Autograd would otherwise keep every layer's float W until the backward pass, the
+    memory quantizing saved; W gets no gradient (frozen), so nothing else needs keeping."""
+
+    @staticmethod
+    def forward(ctx, x, layer):
+        ctx.layer = layer
+        return x @ layer.dequantized(x.dtype).T
+
+    @staticmethod
+    def backward(ctx, grad):
+        return grad @ ctx.layer.dequantized(grad.dtype), None
+
+
+class QLoRALinear(LoRALinear):
+    """LoRA beside a frozen QuantizedLinear, QLoRA's layer (Dettmers et al. 2023):
+
+        y = dequantize(codes) x  +  scale · B(A(dropout(x)))
+
+    A and B are float32 and train as in LoRALinear (the gradient reaches them through the quantized
+    product); the base is the quantized layer itself, a submodule here (its codes move with the model).
+    Merging is refused: W + ΔW would have to be rounded to the codes again, changing what was trained.
+    Merge on the full-precision base instead: the adapter file loads there."""
+
+    def __init__(self, base: "QuantizedLinear", rank: int, alpha: float = None, dropout: float = 0.0,
+                 scaling: str = "standard"):
+        nn.Linear.__init__(self, base.in_features, base.out_features, bias=False, device="meta")
+        self.weight = None  # no float W anywhere: the base computes from its codes
+        self.rank, self.alpha, self.scaling = rank, rank if alpha is None else alpha, scaling
+        self.scale = SCALINGS[scaling](self.alpha, rank)
+        self.lora = LoRA(base.in_features, base.out_features, rank).to(base.scales.device)
+        self.dropout = nn.Dropout(dropout) if dropout > 0 else nn.Identity()
+        self.merged = False
+        self.base_layer = base
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.base_layer(x) + self.scale * self.lora(self.dropout(x))
+
+    def merge(self) -> None:
+        raise ValueError("an adapter on a quantized base cannot be merged into it (W + B·A would be rounded to "
+                         f"{self.base_layer.kind} again); load the adapter on the full-precision base and merge there")
+
+    def to_linear(self) -> "QuantizedLinear":
+        return self.base_layer
+
+
+class QuantizedLinear(nn.Linear):
+    """A frozen Linear stored as `kind` codes and scales (buffers: they move with .to() and appear in the
+    state dict as ...codes and ...scales); its float weight is rebuilt for each product (_DequantizedMatmul).
+    An nn.Linear with no weight, so apply_lora finds it by name like any Linear and wraps it in lora_layer's."""
+
+    def __init__(self, linear: nn.Linear, kind: str):
+        super().__init__(linear.in_features, linear.out_features, bias=linear.bias is not None, device="meta")
+        q = quantize(linear.weight, kind)
+        self.weight, self.bias, self.kind, self.shape = None, linear.bias, kind, q.shape
+        self.register_buffer("codes", q.codes)
+        self.register_buffer("scales", q.scales)
+
+    def lora_layer(self, layer_class) -> type:
+        """The LoRA layer apply_lora puts beside this one: QLoRALinear, for plain LoRA (a variant that changes W,
+        or rescales it as DoRA does, cannot go on codes)."""
+        if layer_class is not LoRALinear:
+            raise ValueError(f"a quantized Linear takes plain LoRA only, not {layer_class.__name__}")
+        return QLoRALinear
+
+    def dequantized(self, dtype=torch.float32) -> torch.Tensor:
+        """The weight the codes stand for, (out, in), in `dtype`."""
+        return Quantized(self.kind, self.codes, self.scales, self.shape).dequantize().to(dtype)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = _DequantizedMatmul.apply(x, self)
+        return y if self.bias is None else y + self.bias
+
+    def extra_repr(self) -> str:
+        return f"{super().extra_repr()}, kind={self.kind}"
+
+
+def quantize_model(model: nn.Module, kind: str) -> None:
+    """Replace every Linear of the transformer blocks (the names starting "layers.") by a QuantizedLinear of
+    `kind`, in place, before any adapter goes on. The tied embedding/output stays as it is. The model
+    remembers the fingerprint of its float32 weights, so adapters trained on it record (and load on)
+    that full-precision base, and its `quantized` says how (training's --resume compares it)."""
+    if kind not in KINDS:
+        raise ValueError(f"unknown quantization {kind!r}: choose one of {', '.join(KINDS)}")
+    if any(isinstance(m, (LoRALinear, QuantizedLinear)) for m in model.modules()):
+        raise ValueError("quantize the base before putting adapters on it, and only once (remove_lora(model) first)")
+    model.float32_fingerprint = weights_fingerprint(model)
+    for name, module in list(model.named_modules()):
+        if type(module) is nn.Linear and name.startswith("layers."):
+            parent, _, child = name.rpartition(".")
+            setattr(model.get_submodule(parent), child, QuantizedLinear(module, kind).train(module.training))
+    model.quantized = kind
+

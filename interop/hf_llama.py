@@ -25,6 +25,7 @@ from itertools import islice
 import torch
 
 from plumbing.atomic import atomic_write_text
+from formats.adapter_file import rank_and_pattern
 from formats.checkpoint import read_checkpoint
 from plumbing.errors import UserError
 from model.LMConfig import LMConfig
@@ -378,7 +379,6 @@ PEFT_PREFIX = "base_model.model."  # PeftModel wraps the LlamaForCausalLM, whose
 # do -> why; refused when set (anything but null, false, {}, [] or "none").
 PEFT_OPTIONS_REFUSED = {
     "use_dora": "DoRA (use_dora) adds a magnitude vector that LoRALinear does not have",
-    "rank_pattern": "per-module ranks (rank_pattern): our adapters have one rank",
     "alpha_pattern": "per-module alphas (alpha_pattern): our adapters have one alpha",
     "bias": "trained biases (bias): MiniMindLM has no biases",
     "lora_bias": "a bias on lora_B (lora_bias): MiniMindLM has no biases",
@@ -409,7 +409,7 @@ PEFT_INITS_CHANGING_W = ("pissa", "olora", "corda", "loftq", "lora_ga")
 
 
 def peft_config(lora_config: dict) -> dict:
-    """adapter_config.json for our lora_config {rank, alpha, targets, dim, scaling}; targets must have Llama
+    """adapter_config.json for our lora_config {rank, alpha, targets, dim, scaling, rank_pattern}; targets must have Llama
     names. rsLoRA's scale alpha / sqrt(r) is PEFT's use_rslora."""
     alpha = lora_config["alpha"]
     return {
@@ -425,7 +425,7 @@ def peft_config(lora_config: dict) -> dict:
         "use_dora": False,
         "fan_in_fan_out": False,
         "modules_to_save": None,
-        "rank_pattern": {},
+        "rank_pattern": {_llama_module(name): r for name, r in lora_config.get("rank_pattern", {}).items()},
         "alpha_pattern": {},
         "layers_to_transform": None,
         "layers_pattern": None,
@@ -433,6 +433,12 @@ def peft_config(lora_config: dict) -> dict:
         "inference_mode": True,
         "revision": None,
     }
+
+
+def _llama_module(name: str) -> str:
+    """"layers.0.attention.wq" -> "layers.0.self_attn.q_proj": a rank_pattern key PEFT matches to that module alone
+    (it matches the end of "model.layers.0.self_attn.q_proj", after a dot)."""
+    return llama_key(f"{name}.weight").removesuffix(".weight").removeprefix("model.")
 
 
 def to_peft_weights(adapter: dict, config: LMConfig) -> dict:
@@ -462,6 +468,9 @@ def adapter_from_peft(cfg: dict, tensors: dict, config: LMConfig, where: str) ->
     rank, lora_alpha = cfg.get("r"), cfg.get("lora_alpha")
     if not (_is_a(rank, int) and rank > 0 and _is_a(lora_alpha, float) and lora_alpha > 0):
         raise ConversionError(f"{where}: r={rank!r} and lora_alpha={lora_alpha!r} must be positive numbers")
+    pattern = cfg.get("rank_pattern") or {}
+    if not (isinstance(pattern, dict) and all(isinstance(k, str) and _is_a(r, int) and r > 0 for k, r in pattern.items())):
+        raise ConversionError(f"{where}: rank_pattern is {pattern!r}, not an object {{module pattern: positive rank}}")
     rslora = cfg.get("use_rslora", False)
     if not _is_a(rslora, bool):  # the string "false" would be true to Python: the other scale, silently
         raise ConversionError(f"{where}: use_rslora is {rslora!r}, not true or false")
@@ -491,18 +500,33 @@ def adapter_from_peft(cfg: dict, tensors: dict, config: LMConfig, where: str) ->
         if module not in shapes:
             raise ConversionError(f"{where}: tensor {key} is for layer {layer}, but the model has {config.n_layers} layers")
         out_features, in_features = shapes[module]
-        expected = (rank, in_features) if ab == "A" else (out_features, rank)
+        r = peft_rank(f"model.layers.{layer}.{match[2]}.{match[3]}", rank, pattern)
+        expected = (r, in_features) if ab == "A" else (out_features, r)
         if tuple(t.shape) != expected:  # before the rows of B are permuted, which needs whole heads
-            raise ConversionError(f"{where}: {key} has shape {tuple(t.shape)}, not {expected} (rank r={rank} on "
+            raise ConversionError(f"{where}: {key} has shape {tuple(t.shape)}, not {expected} (rank r={r} on "
                                   f"a {out_features}x{in_features} layer)")
         module = module.removesuffix(".weight")
         heads = _heads_of(name, config) if ab == "B" else None
         out[f"{module}.lora.{ab}.weight"] = halves_to_interleaved(t, heads) if heads else t
     if not out:
         raise ConversionError(f"{where}: the adapter holds no lora_A/lora_B tensors")
-    out["lora_config"] = {"rank": rank, "alpha": lora_alpha, "dim": config.dim, "scaling": scaling, "init": "standard",
-                          "targets": sorted({k.split(".lora.")[0].rsplit(".", 1)[-1] for k in out})}
+    ours, ranks = rank_and_pattern({k.split(".lora.")[0]: t.shape[0] for k, t in out.items() if k.endswith(".A.weight")})
+    out["lora_config"] = {"rank": ours, "alpha": lora_alpha, "dim": config.dim, "scaling": scaling, "init": "standard",
+                          "targets": sorted({k.split(".lora.")[0].rsplit(".", 1)[-1] for k in out}),
+                          **({"rank_pattern": ranks} if ranks else {})}
     return out
+
+
+def peft_rank(module: str, rank: int, pattern: dict) -> int:
+    """The rank PEFT gives `module` (e.g. "model.layers.0.self_attn.q_proj"): that of the first key of rank_pattern
+    matching the end of its name, as a regular expression (PEFT's get_pattern_key), else r."""
+    for key in pattern:
+        try:
+            if re.match(rf"(.*\.)?({key})$", module):
+                return pattern[key]
+        except re.error as e:
+            raise ConversionError(f"rank_pattern key {key!r} is not a regular expression PEFT can use ({e})") from None
+    return rank
 
 
 def _check_init(init, where: str) -> None:
@@ -633,6 +657,9 @@ def check_chat_template(hf_dir) -> None:
 
 def check_peft_adapter(adapter: dict) -> None:
     """Refuse an adapter of ours that PEFT cannot hold as it is (one on the tied embedding), before anything is written."""
+    if adapter["lora_config"].get("init") == "dora":
+        raise ConversionError("the adapter is a DoRA one, whose PEFT export (use_dora, the magnitude vectors) is not "
+                              "written yet: add --merge to export the adapted model as a plain Hugging Face folder")
     if "output" in adapter["lora_config"]["targets"]:
         # PEFT would need two adapters, on embed_tokens and lm_head, over one tied matrix: PEFT 0.21 then
         # saves the whole embedding matrix in the adapter file, and its merge_and_unload adds the update to

@@ -3,10 +3,10 @@ trains LoRA on it): the adapter learns as well, and the base takes far less memo
 
 Two measurements:
   learning   the demo's LoRA on the sweep task at its best learning rate (lab/sweeps.py), every seed,
-             on the SFT model as it is and on the same model with every block's Linear weights rounded
-             to 8 bits (`python -m lab.train_variant --variant int8_base`, model/lora_variants.py's
-             round_to_int8: one scale per output row, as LLM.int8 stores them; the tied embedding
-             stays, as bitsandbytes leaves lm_head)
+             on the SFT model as it is and on the same model with every block's Linear stored in 8 bits
+             (`train_lora.py --quantize_base int8`, formats/quantize.py: int8 codes and one scale per
+             output row, as LLM.int8 stores them, the weight rebuilt for each product; the tied
+             embedding stays, as bitsandbytes leaves lm_head)
   memory     what LoRA training holds at MiniMind2's size (104M) with the example's adapter (r=16 on
              wq, wk, wv, wo), batch 1 x 512, counted as lab/memory.py counts: the base's weights in
              32 bits or in 8 (1 byte per weight and a 4-byte scale per row), the adapter's weights,
@@ -44,7 +44,7 @@ RULE = ("learns as well: holds if the 8-bit base's validation loss is within noi
         f"the 32-bit base's training memory; with a caveat if at most {QUARTER:.0%}; does not hold otherwise.")
 MINIMIND2 = dict(dim=768, n_layers=16, n_heads=8, n_kv_heads=2, vocab_size=6400)
 TARGETS = ["wq", "wk", "wv", "wo"]  # the PEFT example's q_proj, k_proj, v_proj, o_proj
-INT8 = sweeps.lora("LoRA on the 8-bit base", 4e-3, variant="int8_base")
+INT8 = sweeps.lora("LoRA on the 8-bit base", 4e-3, quantize_base="int8")
 
 
 def verdict(int8: list, fp32: list, start: float, memory_ratio: float) -> list:
@@ -84,7 +84,7 @@ def run(lab) -> Finding:
                                "8-bit base": (mean(int8), min(int8), max(int8))})),
             ("bar", dict(title="MiniMind2 (104M), LoRA training, counted", x_label="MB",
                          bars={"32-bit base": (mem["fp32"] / 1e6,) * 3, "8-bit base": (mem["int8"] / 1e6,) * 3}))],
-           lab.figure("lora_int8_base.svg"), "LoRA on a base rounded to 8 bits", columns=2, width=470)
+           lab.figure("lora_int8_base.svg"), "LoRA on a base stored in 8 bits", columns=2, width=470)
     details = (f"Learning: the sweep task, every seed, at the demo's best rate {demo.best:g}: float base "
                f"{loss_spread(demo.at_best)}, 8-bit base {loss_spread(int8)} (the SFT model: {start:.3f}).\n\n"
                "Memory, MiniMind2 (104M), LoRA r=16 on wq, wk, wv, wo, batch 1 x 512, counted:\n\n"
@@ -94,9 +94,9 @@ def run(lab) -> Finding:
                         ["activations (a real forward pass)", mb["activations"], mb["activations"]],
                         ["sum", mb["fp32"], mb["int8"]]])
                + f"\n\nStoring the frozen base in 8 bits shrinks its weights only; the adapter's state and the activations "
-               f"stay, so the whole comes to {ratio:.2f}x. The rounding is done, not simulated away: the 8-bit run computes with "
-               "the rounded numbers (its weights are still float32 tensors here, so the memory is counted rather than "
-               "measured; bitsandbytes would hold them as int8).")
+               f"stay, so the whole comes to {ratio:.2f}x. The 8-bit run holds its block Linears as int8 codes and computes with "
+               "the numbers they stand for (formats/quantize.py); the memory at MiniMind2's size is counted, as lab/memory.py "
+               "counts it. lab/qlora.py goes on to 4 bits.")
     return Finding(TITLE, CLAIM, SOURCE, RULE,
                    f"Validation loss {loss_spread(int8)} on the 8-bit base vs {loss_spread(demo.at_best)} on the float "
                    f"one; counted training memory at MiniMind2's size {ratio:.2f}x of the 32-bit base's.",

@@ -29,10 +29,10 @@ import torch
 
 from bench.machine import cpu_model
 from demo import stage_parser
-from lab import (adapter_latency, adapter_swap, alpha_choice, alpha_scaling, baselines, cosine, data_size, dropout, epochs,
+from lab import (adapter_latency, adapter_swap, alpha_choice, alpha_scaling, baselines, cosine, data_size, dora, dropout, epochs,
                  far_tasks, forgetting, gauss_init, gpt3_savings, int8_base, kaiming_init, large_alpha, learning_rate,
                  learning_rate_minimind, learns_less, lora_plus, low_rank, memory, merged_latency, more_epochs, pissa,
-                 prefix_tuning, rank_table, rslora, scale_alpha, subtract_switch, swapped_init, trainable_share,
+                 prefix_tuning, qlora, rank_allocation, rank_table, rslora, scale_alpha, subtract_switch, swapped_init, task_merging, trainable_share,
                  which_matrices, zero_init, zero_start)
 from lab.lab import FIGURES, ROOT, Finding, add_lab_args, lab_from_args, measure
 from plumbing.atomic import atomic_write_text
@@ -53,7 +53,7 @@ GROUPS = [
     ("003_lora_notes.txt", "short notes: alpha, initialisation", [large_alpha, zero_init, gauss_init]),
     ("004_lora_steps.txt", "LoRA step by step, with code", [scale_alpha, kaiming_init]),
     ("papers", "what the papers behind the write-ups claim, where the write-ups lead to it",
-     [learns_less, pissa, rslora]),
+     [learns_less, pissa, rslora, qlora, dora, task_merging, rank_allocation]),
 ]
 EXPERIMENTS = [m for _, _, modules in GROUPS for m in modules]
 NAMES = [m.__name__.rsplit(".", 1)[-1] for m in EXPERIMENTS]
@@ -64,7 +64,7 @@ HEADLINES = ["zero_start", "merged_latency", "memory", "forgetting", "learns_les
              "learning_rate", "baselines"]
 RULES_OF_THUMB = ["rank_table", "alpha_choice", "alpha_scaling", "rslora", "scale_alpha", "large_alpha", "learning_rate",
                   "learning_rate_minimind", "lora_plus", "dropout", "epochs", "more_epochs", "data_size", "cosine",
-                  "swapped_init", "zero_init", "gauss_init", "kaiming_init", "int8_base", "which_matrices"]
+                  "swapped_init", "zero_init", "gauss_init", "kaiming_init", "int8_base", "qlora", "which_matrices"]
 
 # The first edition's thirteen claims: (its verdict, the modules that measure it now, what changed and why).
 FIRST_EDITION = {

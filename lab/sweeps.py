@@ -50,7 +50,7 @@ class Method:
         if self.kind == "full":
             return sum(p.numel() for p in model.parameters())
         s = self.settings
-        VARIANTS[s.get("variant", "lora")].apply(model, s.get("lora_rank", LORA_RANK), s.get("lora_alpha"), 0.0,
+        VARIANTS[s.get("variant", s.get("method", "lora"))].apply(model, s.get("lora_rank", LORA_RANK), s.get("lora_alpha"), 0.0,
                                                    s.get("lora_targets", LORA_TARGETS).split(","))
         return sum(p.numel() for p in model.parameters() if p.requires_grad)
 

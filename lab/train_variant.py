@@ -20,6 +20,7 @@ import training
 from dataset.lm_dataset import SFTDataset
 from plumbing.errors import UserError
 from formats.loader import adapter_path, find_checkpoint, load_checkpoint, shape_from_args
+from formats.quantize import quantize_model
 from model.lora_variants import VARIANTS
 from model.model import trainable_parameters_report
 from plumbing.run_lock import claim_out_dir
@@ -49,6 +50,9 @@ def main(argv=None):
     flags.check_lora_args(args)
     if args.init_lora:
         raise UserError("--init_lora continues an adapter: use train_lora.py for that")
+    if args.quantize_base and args.variant not in ("lora", "rslora"):
+        raise UserError(f"--quantize_base goes with --variant lora or rslora (QLoRA's layer is plain LoRA), "
+                        f"not {args.variant}")
     base = args.base or find_checkpoint(args.out_dir, "full_sft", args.dim, args.use_moe)
 
     with claim_out_dir(args.out_dir, args.lora_name, also=["lora"]), \
@@ -58,6 +62,8 @@ def main(argv=None):
         model, tokenizer = loaded.model, loaded.tokenizer
         weights = adapter_path(args.out_dir, args.lora_name, model.config.dim, model.config.use_moe)
         variant = VARIANTS[args.variant]
+        if args.quantize_base:
+            quantize_model(model, args.quantize_base)
         try:
             variant.apply(model, args.lora_rank or flags.LORA_RANK, args.lora_alpha, args.lora_dropout,
                           (args.lora_targets or flags.LORA_TARGETS).split(","))

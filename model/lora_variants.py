@@ -11,26 +11,30 @@ of name -> how to put that kind of adapter on a model and how to save it. The la
     "gauss_r"   A ~ normal(0, 1/r) instead of MiniMind2's normal(0, 0.02) (a write-up's code)
     "kaiming"   A ~ kaiming_uniform(a=sqrt(5)), PEFT's and nn.Linear's default (another write-up's code)
     "pissa"     A and B start on W's top singular directions, W keeps the rest (Meng et al. 2024)
-    "int8_base" plain LoRA on a base whose Linear weights are rounded to 8 bits (a PEFT example's
-                load_in_8bit): what a LoRA learns on a quantized base
+    "dora"      W as a trained magnitude times a direction, LoRA on the direction (Liu et al. 2024);
+                its file adds the magnitudes (save_adapter), load_adapter reads it
     "adapter"   Houlsby's bottleneck adapters, LoRA's predecessor (model/predecessors.py)
     "prefix"    Li & Liang's prefix tuning, the other predecessor (model/predecessors.py)
 
 Every LoRA variant is a subclass of LoRALinear given to apply_lora(layer_class=...), and saves an
 ordinary adapter file (PiSSA's as the rank-2r adapter it amounts to), which model_lora.load_lora
-reads with no knowledge of the variant. A predecessor's file is its own kind: load_adapter tells them
-apart.
+reads with no knowledge of the variant; DoRA's adds a magnitude vector a layer. A predecessor's file
+is its own kind: load_adapter tells them apart. (A quantized base is not a variant: any LoRA goes on
+one, formats/quantize.py.)
 """
 import math
+import os
 from dataclasses import dataclass
 from typing import Callable
 
 import torch
 import torch.nn as nn
+import torch.nn.functional as F
 
-from formats.checkpoint import read_checkpoint
-from formats.quantize import quantize
-from model.model_lora import LoRALinear, apply_lora, load_lora, mark_only_lora_as_trainable, save_lora
+from formats.adapter_file import few
+from formats.checkpoint import CheckpointError, read_checkpoint, save_weights
+from model.model_lora import (LoRAEmbedding, LoRALinear, adapter_state, apply_lora, load_lora, lora_layers,
+                              mark_only_lora_as_trainable, remove_lora, save_lora)
 from model.predecessors import apply_method, load_method, save_method
 
 
@@ -122,6 +126,104 @@ class PiSSALinear(LoRALinear):
         return super().to_linear()
 
 
+class DoRALinear(LoRALinear):
+    """DoRA (Liu et al. 2024): W split into a magnitude and a direction, LoRA on the direction only.
+
+        W' = m · (W + ΔW) / ‖W + ΔW‖        ‖·‖: each output row's norm; m (out,) starts at ‖W‖, trained
+
+    so y = (m / ‖W + ΔW‖) · (W x + scale·B(A(dropout(x)))) + b. At the start ΔW = 0 and m = ‖W‖: the base
+    exactly. The norm is treated as a constant in the backward pass (the paper's §4.3, as PEFT does): it saves
+    keeping the (out, in) matrix W + ΔW for the gradient, at a change the paper measured as negligible.
+    m lives in the adapter module (`...wq.lora.magnitude`), so mark_only_lora_as_trainable trains it and
+    save_adapter writes it. Merged, W holds W' itself; unmerging divides the row factor back out."""
+
+    init = "dora"
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.lora.magnitude = nn.Parameter(self.weight.detach().float().norm(dim=1).to(self.weight.dtype))
+
+    def row_factor(self) -> torch.Tensor:
+        """m / ‖W + ΔW‖ per output row, the norm detached (see the class's docstring)."""
+        norm = (self.weight + self.delta_weight().to(self.weight.dtype)).norm(dim=1).detach()
+        return self.lora.magnitude / norm
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.merged:
+            return super().forward(x)  # W' = m (W + ΔW) / ‖W + ΔW‖ is in W; also refuses training it
+        y = F.linear(x, self.weight) + self.scale * self.lora(self.dropout(x))
+        y = y * self.row_factor()
+        return y if self.bias is None else y + self.bias
+
+    @torch.no_grad()
+    def merge(self) -> None:
+        """W <- m (W + ΔW) / ‖W + ΔW‖, the factor kept so that unmerge can take it out again."""
+        if not self.merged:
+            self.merged_factor = self.row_factor()
+            self.weight.copy_(self.merged_factor[:, None] * (self.weight + self.delta_weight()))
+            self.merged = True
+
+    @torch.no_grad()
+    def unmerge(self) -> None:
+        """W <- W' / factor - ΔW: the base weight again, up to rounding."""
+        if self.merged:
+            self.weight.copy_(self.weight / self.merged_factor[:, None] - self.delta_weight())
+            self.merged = False
+
+
+class DoRAEmbedding(LoRAEmbedding):
+    """The tied embedding of a DoRA output layer: it reads the rows of the same W' = m (E + ΔE) / ‖E + ΔE‖ the
+    output scores with, so that merged (W' inside E) equals unmerged here too."""
+
+    def forward(self, ids: torch.Tensor) -> torch.Tensor:
+        if self.tied_output.merged:
+            return super().forward(ids)
+        return super().forward(ids) * F.embedding(ids, self.tied_output.row_factor()[:, None])
+
+
+def apply_dora(model, rank, alpha=None, dropout=0.0, targets=None, scaling="standard", rank_pattern=None) -> None:
+    """apply_lora with DoRALinear layers, the embedding tied to a DoRA output made a DoRAEmbedding."""
+    apply_lora(model, rank, alpha, dropout, targets, scaling, layer_class=DoRALinear, rank_pattern=rank_pattern)
+    for name, module in list(model.named_modules()):
+        if isinstance(module, LoRAEmbedding) and isinstance(module.tied_output, DoRALinear):
+            parent, _, child = name.rpartition(".")
+            setattr(model.get_submodule(parent), child, DoRAEmbedding(module.to_embedding(), module.tied_output))
+
+
+def save_adapter(model: nn.Module, path) -> None:
+    """save_lora, with each DoRA layer's magnitude vector beside its A and B (the file's init says "dora")."""
+    contents = adapter_state(model)
+    for name, layer in lora_layers(model):
+        if isinstance(layer, DoRALinear):
+            contents[f"{name}.lora.magnitude"] = layer.lora.magnitude.detach().cpu()
+    save_weights(contents, path)
+
+
+def load_dora(model: nn.Module, path, dropout: float = 0.0, allow_other_base: bool = False) -> None:
+    """A DoRA file onto `model`: its A and B read and checked as any LoRA file's (load_lora), then the layers made
+    DoRA ones holding them and the file's magnitudes."""
+    contents = dict(read_checkpoint(path) if not isinstance(path, dict) else path)
+    magnitudes = {k: contents.pop(k) for k in [k for k in contents if k.endswith(".lora.magnitude")]}
+    config = dict(contents["lora_config"], init="standard")  # the rest is an ordinary adapter: checked as one
+    load_lora(model, {**contents, "lora_config": config}, dropout, allow_other_base)
+    layers = lora_layers(model)
+    expected = {f"{name}.lora.magnitude": layer.out_features for name, layer in layers}
+    wrong = sorted(k for k in expected.keys() | magnitudes.keys()
+                   if k not in magnitudes or k not in expected or tuple(magnitudes[k].shape) != (expected[k],))
+    if wrong:
+        raise CheckpointError(f"{path if not isinstance(path, dict) else 'the adapter'}: its DoRA magnitudes do not fit "
+                              f"this model ({few(wrong)} missing, extra or misshapen)")
+    factors = {name: (layer.lora.A.weight.detach().clone(), layer.lora.B.weight.detach().clone()) for name, layer in layers}
+    remove_lora(model)
+    apply_dora(model, config["rank"], config["alpha"], dropout, config["targets"], config["scaling"], config.get("rank_pattern"))
+    with torch.no_grad():
+        for name, layer in lora_layers(model):
+            A, B = factors[name]
+            layer.lora.A.weight.copy_(A)
+            layer.lora.B.weight.copy_(B)
+            layer.lora.magnitude.copy_(magnitudes[f"{name}.lora.magnitude"])
+
+
 @dataclass
 class Variant:
     """One kind of adapter: `apply(model, rank, alpha, dropout, targets)` puts it on the model with only
@@ -138,25 +240,9 @@ def _lora(layer_class=LoRALinear, scaling="standard"):
     return Variant(apply, save_lora)
 
 
-def round_to_int8(model: nn.Module) -> None:
-    """Round every block's Linear weight to 8 bits, in place (formats/quantize.py): W <- round(W / s) * s with one
-    scale per output row, s = max|W_row| / 127 (LLM.int8's absmax rows, without its float16 outlier columns). The
-    tied embedding/output matrix stays as it is, as bitsandbytes leaves lm_head. The weights then hold
-    the numbers an 8-bit base computes with; they are still stored in float32 here (the lab counts what
-    8 bits would save, lab/int8_base.py)."""
-    for name, module in model.named_modules():
-        if isinstance(module, nn.Linear) and name.startswith("layers."):
-            with torch.no_grad():
-                module.weight.copy_(quantize(module.weight, "int8").dequantize())
-
-
-def _int8_base():
-    plain = _lora()
-
-    def apply(model, rank, alpha, dropout, targets):
-        round_to_int8(model)  # before the adapters: they record the rounded weights as their base
-        plain.apply(model, rank, alpha, dropout, targets)
-    return Variant(apply, save_lora)
+def _dora_variant(model, rank, alpha, dropout, targets):
+    apply_dora(model, rank, alpha, dropout, targets)
+    mark_only_lora_as_trainable(model)
 
 
 def _predecessor(method):
@@ -171,7 +257,7 @@ VARIANTS = {
     "gauss_r": _lora(GaussRLoRALinear),
     "kaiming": _lora(KaimingLoRALinear),
     "pissa": _lora(PiSSALinear),
-    "int8_base": _int8_base(),
+    "dora": Variant(_dora_variant, save_adapter),
     "adapter": _predecessor("adapter"),
     "prefix": _predecessor("prefix"),
 }
@@ -179,10 +265,25 @@ INITS = {"standard": LoRALinear, "swapped": SwappedLoRALinear, "zeros": ZerosLoR
          "kaiming": KaimingLoRALinear, "pissa": PiSSALinear}
 
 
-def load_adapter(model: nn.Module, path) -> None:
-    """Put any adapter file on `model`: a predecessor's (it carries a "method_config") with its own
-    loader, every LoRA variant's with model_lora.load_lora."""
-    if "method_config" in read_checkpoint(path):
+def load_adapter(model: nn.Module, path, dropout: float = 0.0, allow_other_base: bool = False) -> None:
+    """Put any adapter file (or such a dict) on `model`: a predecessor's (it carries a "method_config") with its own
+    loader, every LoRA file with load_lora_or_dora."""
+    if "method_config" in _contents(path):
         load_method(model, path)
     else:
-        load_lora(model, path)
+        load_lora_or_dora(model, path, dropout, allow_other_base)
+
+
+def load_lora_or_dora(model: nn.Module, path, dropout: float = 0.0, allow_other_base: bool = False) -> None:
+    """A LoRA file with model_lora.load_lora, a DoRA file (its lora_config's init is "dora") with load_dora: what the
+    scripts load (formats.loader.load_checkpoint); a predecessor's file is refused there, as load_lora refuses it."""
+    config = _contents(path).get("lora_config")
+    if isinstance(config, dict) and config.get("init") == "dora":
+        load_dora(model, path, dropout, allow_other_base)
+    else:
+        load_lora(model, path, dropout, allow_other_base)
+
+
+def _contents(path) -> dict:
+    """An adapter file's dict, to see what kind it is; {} for a missing file (the loader then says it is missing)."""
+    return path if isinstance(path, dict) else read_checkpoint(path) if os.path.isfile(path) else {}

@@ -11,8 +11,8 @@ numbers instead of 262,144, and an adapter file holds only those, so one base we
     remove_lora(model)                                    # none: exactly the base model again
 
 Variants (other initialisations, PiSSA) and LoRA's predecessors live beside it in model/lora_variants.py
-and plug in through apply_lora's `layer_class`; an adapter file's contents and checks: formats/adapter_file.py.
-"""
+and plug in through apply_lora's `layer_class`; an adapter file's contents and checks: formats/adapter_file.py."""
+import collections
 import math
 import os
 
@@ -140,17 +140,21 @@ class LoRAEmbedding(nn.Embedding):
         return embedding
 
 
-def apply_lora(model: nn.Module, rank: int = 16, alpha: float = None, dropout: float = 0.0,
-               target_modules: list = None, scaling: str = "standard", layer_class=LoRALinear) -> None:
+def apply_lora(model: nn.Module, rank: int = 16, alpha: float = None, dropout: float = 0.0, target_modules: list = None,
+               scaling: str = "standard", layer_class=LoRALinear, rank_pattern: dict = None) -> None:
     """Put a LoRA adapter beside chosen nn.Linear layers of `model`, in place (before any DDP or compile
     wrapper); B = 0, so nothing changes yet. alpha None means alpha = rank (scale 1, MiniMind2's).
 
     target_modules=None: every square Linear, MiniMind2's rule (wq and wo in MiniMind2-Small: with 2 kv
     heads wk/wv are (128, 512)). ["wq", "w1", ...]: the Linears of these names; "output" also adapts
     tok_embeddings, its tied weight (a LoRAEmbedding). layer_class: LoRALinear or a variant (lora_variants.py).
-    """
+    rank_pattern: {layer name: rank} for layers of another rank (a budget spread by importance); one alpha for all."""
     model = unwrap(model)
-    for bad, problem in [(not (isinstance(rank, int) and rank > 0), f"rank must be a positive integer, got {rank!r}"),
+    chosen = _select_linears(model, target_modules)
+    ranks = {**{name: rank for name in chosen}, **(rank_pattern or {})}  # each layer's
+    for bad, problem in [(not all(isinstance(r, int) and r > 0 for r in ranks.values()), f"ranks must be positive "
+                          f"integers, got {rank!r} and rank_pattern {rank_pattern}"),
+                         (len(ranks) > len(chosen), f"rank_pattern names layers not adapted: {sorted(set(ranks) - set(chosen))}"),
                          (alpha is not None and not alpha > 0, f"alpha must be positive (or None: rank), got {alpha!r}"),
                          (not 0.0 <= dropout < 1.0, f"dropout must be in [0, 1), got {dropout!r}"),
                          (scaling not in SCALINGS, f"scaling must be one of {', '.join(SCALINGS)}, got {scaling!r}")]:
@@ -158,11 +162,11 @@ def apply_lora(model: nn.Module, rank: int = 16, alpha: float = None, dropout: f
             raise ValueError(problem)
     if lora_layers(model):
         raise ValueError("the model already has LoRA adapters; call remove_lora(model) first to replace them")
-    chosen = _select_linears(model, target_modules)
     tied = _tied_embeddings(model, chosen)
     model.lora_base = base_fingerprint(model)  # the weights it is born on: load_lora refuses others
-    for name, linear in chosen.items():  # .train(...): keep the replaced layer's mode
-        _replace(model, name, layer_class(linear, rank, alpha, dropout, scaling).train(linear.training))
+    for name, linear in chosen.items():  # a quantized Linear names its own LoRA layer (QLoRA: formats/quantize.py)
+        make = linear.lora_layer(layer_class) if hasattr(linear, "lora_layer") else layer_class
+        _replace(model, name, make(linear, ranks[name], rank if alpha is None else alpha, dropout, scaling).train(linear.training))
     for emb_name, linear_name in tied.items():
         embedding = model.get_submodule(emb_name)
         _replace(model, emb_name, LoRAEmbedding(embedding, model.get_submodule(linear_name)).train(embedding.training))
@@ -217,10 +221,9 @@ def load_lora(model: nn.Module, path: str | os.PathLike | dict, dropout: float =
     state, config = read_lora_file(path)
     bare = unwrap(model)
     check_loadable(config, bare, [layer for _, layer in lora_layers(bare)], SCALINGS, allow_other_base, where)
-    check_fits(state, config["rank"], lambda: _select_linears(bare, config["targets"]), where)
-
+    check_fits(state, config, lambda: _select_linears(bare, config["targets"]), where)
     remove_lora(bare)  # the file decides the adapters; those there (unmerged) leave W as it was
-    apply_lora(bare, config["rank"], config["alpha"], dropout, config["targets"], config["scaling"])
+    apply_lora(bare, config["rank"], config["alpha"], dropout, config["targets"], config["scaling"], rank_pattern=config["rank_pattern"])
     with torch.no_grad():
         for name, layer in lora_layers(bare):  # copy_ converts dtype and device (MiniMind saves float16)
             layer.lora.A.weight.copy_(state[f"{name}.lora.A.weight"])
@@ -282,9 +285,7 @@ def _tied_embeddings(model: nn.Module, chosen: dict) -> dict:
     """{embedding name: Linear name} for each chosen Linear whose weight an nn.Embedding shares (MiniMind ties
     tok_embeddings to output): that embedding must read the same adapter, or merging would change it alone.
     A weight shared any other way cannot take an adapter: merging would change its other user too."""
-    users = {}
-    for _, p in model.named_parameters(remove_duplicate=False):
-        users[id(p)] = users.get(id(p), 0) + 1
+    users = collections.Counter(id(p) for _, p in model.named_parameters(remove_duplicate=False))
     embeddings = {id(m.weight): name for name, m in model.named_modules() if isinstance(m, nn.Embedding)}
     for name, linear in chosen.items():
         if users[id(linear.weight)] > 1 and not (users[id(linear.weight)] == 2 and id(linear.weight) in embeddings):

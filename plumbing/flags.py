@@ -8,6 +8,7 @@ differs from MiniMind2's, the flag's help says MiniMind2's and why (add_common_a
     flags.add_model_args(parser, from_checkpoint=True)   # --dim ... --tokenizer
     flags.check_args(args)                                          # before anything loads
 """
+import json
 import math
 import os
 
@@ -15,6 +16,7 @@ from plumbing.device import DEVICE_HELP, DTYPES, TRAINING_DTYPE_HELP
 from plumbing.errors import UserError
 from model.LMConfig import LMConfig
 from formats.loader import DEFAULT_DIM, add_shape_args, check_adapter_name, check_positions, repo_path
+from formats.quantize import KINDS as QUANTIZATIONS
 from plumbing.resume import lora_settings
 
 
@@ -191,7 +193,8 @@ LINEAR_NAMES = ("wq", "wk", "wv", "wo", "w1", "w2", "w3", "output", "gate")
 
 
 def add_lora_args(parser) -> None:
-    """--base, --lora_name, --lora_rank, --lora_alpha, --lora_dropout, --lora_targets, --lora_plus_ratio, --init_lora."""
+    """--base, --lora_name, --lora_rank, --lora_alpha, --lora_dropout, --lora_targets, --lora_plus_ratio, --init_lora,
+    --method, --rank_pattern, --quantize_base."""
     p = parser
     p.add_argument("--base", default=None,
                    help="checkpoint to adapt (default: the full_sft_DIM.pth in OUT_DIR, the only one or --dim's)")
@@ -211,6 +214,16 @@ def add_lora_args(parser) -> None:
     p.add_argument("--init_lora", default=None,
                    help="train this adapter file further (e.g. one imported by convert_model.py from-hf); it gives the "
                         "rank, alpha and targets, so --lora_rank, --lora_alpha and --lora_targets are left out or match it")
+    p.add_argument("--method", choices=("lora", "dora"), default="lora",
+                   help="lora, or dora: W as a trained magnitude times a direction, LoRA on the direction (Liu et al. "
+                        "2024; model/lora_variants.py; its file adds a magnitude vector a layer) (default: %(default)s)")
+    p.add_argument("--rank_pattern", default=None,
+                   help="a JSON file {layer name: rank} for layers of another rank than --lora_rank, e.g. "
+                        '{"layers.0.feed_forward.w1": 32}: a budget of rank spread by importance (docs/lora.md)')
+    p.add_argument("--quantize_base", choices=QUANTIZATIONS, default=None,
+                   help="QLoRA: keep the frozen base's block Linears quantized (int8: 8-bit rows; nf4: QLoRA's 4-bit "
+                        "NormalFloat; int4 and fp4 to compare) and train the adapter on it; the adapter file is the "
+                        "ordinary one and loads on the full-precision base (default: the base as loaded)")
 
 
 def check_lora_args(args) -> None:
@@ -228,8 +241,27 @@ def check_lora_args(args) -> None:
                         f"choose from {','.join(LINEAR_NAMES)}")
     if not (math.isfinite(args.lora_plus_ratio) and args.lora_plus_ratio > 0):
         raise UserError(f"--lora_plus_ratio must be a positive number (1 = plain LoRA), got {args.lora_plus_ratio}")
+    if args.method == "dora" and args.quantize_base:
+        raise UserError("--method dora rescales W's rows, which a quantized base cannot hold: drop --quantize_base, or "
+                        "train plain LoRA on it")
+    if args.rank_pattern is not None:
+        args.rank_pattern = read_rank_pattern(args.rank_pattern)
     if args.init_lora is not None and not os.path.isfile(args.init_lora):
         raise UserError(f"--init_lora {args.init_lora} not found (an adapter file, .pth or .safetensors)")
+
+
+def read_rank_pattern(path) -> dict:
+    """--rank_pattern's file: a JSON object {layer name: rank}, each rank a positive integer."""
+    try:
+        with open(path, encoding="utf-8") as f:
+            pattern = json.load(f)
+    except (OSError, ValueError) as e:
+        raise UserError(f"--rank_pattern {path}: cannot read it as JSON ({e})") from None
+    if not (isinstance(pattern, dict) and all(isinstance(r, int) and not isinstance(r, bool) and r > 0
+                                              for r in pattern.values())):
+        raise UserError(f"--rank_pattern {path} must hold a JSON object {{layer name: positive integer rank}}, "
+                        'e.g. {"layers.0.feed_forward.w1": 32}')
+    return pattern
 
 
 def check_init_lora_agrees(model, args, weights) -> None:
@@ -240,9 +272,12 @@ def check_init_lora_agrees(model, args, weights) -> None:
     if os.path.exists(weights) and os.path.samefile(args.init_lora, weights):
         raise UserError(f"--init_lora {args.init_lora} is the file this run saves to: give the run another --lora_name")
     settings = lora_settings(model)  # {"rank", "alpha", "targets", ...} of the loaded adapter
-    given = {"rank": args.lora_rank, "alpha": args.lora_alpha,
+    if (settings["init"] == "dora") != (args.method == "dora"):
+        raise UserError(f"--init_lora {args.init_lora} is a {'DoRA' if settings['init'] == 'dora' else 'LoRA'} adapter: "
+                        f"train it further with --method {'dora' if settings['init'] == 'dora' else 'lora'}")
+    given = {"rank": args.lora_rank, "alpha": args.lora_alpha, "rank_pattern": args.rank_pattern,
              "targets": sorted(args.lora_targets.split(",")) if args.lora_targets else None}
     for key, value in given.items():
-        if value is not None and value != settings[key]:
+        if value is not None and value != settings.get(key, {}):
             raise UserError(f"--lora_{key} {value} disagrees with {args.init_lora} ({key} {settings[key]}); "
                             "drop the flag: the adapter file gives it")

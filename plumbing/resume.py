@@ -17,7 +17,8 @@ import os
 
 import torch
 
-from formats.checkpoint import atomic_save
+from formats.adapter_file import rank_and_pattern
+from formats.checkpoint import atomic_save, unwrap
 from plumbing.errors import UserError
 from model.model_lora import lora_layers
 
@@ -45,13 +46,17 @@ def file_sha256(path):
 
 def lora_settings(model):
     """The adapters' settings, or None for a model without LoRA: e.g. {"rank": 16, "alpha": 16.0,
-    "scaling": "standard", "init": "standard", "dropout": 0.0, "targets": ["wo", "wq"]}"""
+    "scaling": "standard", "init": "standard", "dropout": 0.0, "targets": ["wo", "wq"]}, and "quantized_base"
+    when the frozen base is quantized (train_lora.py --quantize_base)"""
     layers = {name.rsplit(".", 1)[-1]: m for name, m in lora_layers(model)}
     if not layers:
         return None
     first = next(iter(layers.values()))
-    return {"rank": first.rank, "alpha": float(first.alpha), "scaling": first.scaling, "init": first.init,
-            "dropout": getattr(first.dropout, "p", 0.0), "targets": sorted(layers)}
+    quantized = getattr(unwrap(model), "quantized", None)  # the frozen base's quantization (formats/quantize.py)
+    rank, pattern = rank_and_pattern({name: m.rank for name, m in lora_layers(model)})  # as the file records them
+    return {"rank": rank, "alpha": float(first.alpha), "scaling": first.scaling, "init": first.init,
+            "dropout": getattr(first.dropout, "p", 0.0), "targets": sorted(layers),
+            **({"quantized_base": quantized} if quantized else {}), **({"rank_pattern": pattern} if pattern else {})}
 
 
 def run_plan(model, data, rt, data_identity, max_seq_len, frozen=None):

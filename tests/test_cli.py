@@ -119,6 +119,22 @@ def test_training_and_evaluation_load_the_same_model_through_the_one_loader(chec
     assert all(torch.equal(train_state[k], eval_state[k]) for k in train_state)
 
 
+def test_an_adapter_trained_on_a_quantized_base_loads_on_the_checkpoint_it_was_quantized_from(checkpoint, capsys):
+    """Guards train_lora.py --quantize_base (QLoRA): the run must train on block Linears stored as 4-bit codes
+    (no float weight left in them), and its adapter must be the ordinary file for the full-precision
+    checkpoint, which load_checkpoint accepts (its base fingerprint), as eval_model.py --lora_name does."""
+    out = checkpoint.parent
+    result = train_lora.main(["--base", str(checkpoint), "--out_dir", str(out), "--data_path", str(out / "data.jsonl"),
+                              "--epochs", "1", "--batch_size", "16", "--max_seq_len", "64", "--val_samples", "8",
+                              "--device", "cpu", "--quantize_base", "nf4", "--lora_targets", "wq,w1,output"])
+    blocks = [m for name, m in result.model.named_modules() if name.startswith("layers.") and isinstance(m, torch.nn.Linear)
+              and not name.rsplit(".", 1)[-1] in ("A", "B")]
+    assert blocks and all(getattr(m, "weight", None) is None for m in blocks)
+    assert result.model.layers[0].attention.wq.lora.B.weight.abs().sum() > 0  # trained
+    loaded = load_checkpoint(str(checkpoint), adapter=result.weights)
+    assert loaded.model.layers[0].attention.wq.lora.B.weight.abs().sum() > 0
+
+
 SCRIPTS_THAT_LOAD_MODELS = ["train_full_sft.py", "train_lora.py", "eval_model.py", "experiments/lora_medical.py",
                             "convert_model.py", "serve_openai_api.py"]
 
@@ -246,7 +262,7 @@ def test_every_command_line_tool_is_found():
 
 # The course's entry scripts: the lab, the benchmarks and the experiments run them as commands, never import them.
 ENTRY_SCRIPTS = {"train_pretrain", "train_full_sft", "train_lora", "train_tokenizer", "eval_model", "run_demo",
-                 "serve_openai_api", "convert_model"}
+                 "serve_openai_api", "convert_model", "train_dpo", "merge_lora"}
 MODULE_TOOLS = ["demo.py", *(str(p.relative_to(ROOT)) for folder in ("lab", "bench", "experiments", "dataset")
                              for p in sorted((ROOT / folder).glob("*.py")))]
 

@@ -15,7 +15,7 @@ import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
 ENTRY_SCRIPTS = {"train_tokenizer", "train_pretrain", "train_full_sft", "train_lora", "train_dpo", "eval_model",
-                 "run_demo", "serve_openai_api", "convert_model"}
+                 "run_demo", "serve_openai_api", "convert_model", "merge_lora"}
 CORE_LIMIT = 3500  # lines: the whole path through pretraining, SFT, LoRA and evaluation
 
 

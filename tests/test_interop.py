@@ -107,6 +107,27 @@ def test_imported_peft_adapter_gives_the_golden_adapted_logits(golden):
         assert (model(golden["input_ids"]).logits - golden["logits_with_peft_lora"]).abs().max().item() < 1e-5
 
 
+def test_a_peft_rank_pattern_is_imported_and_exported_layer_by_layer(tmp_path):
+    """Guards per-layer ranks through PEFT: an adapter PEFT made with rank_pattern (every q_proj at 2, one down_proj
+    at 8, the rest at r=4; scale lora_alpha / each rank) must import with those ranks and give PEFT's logits, and
+    export with a rank_pattern that imports back to the same tensors."""
+    golden = torch.load(FIXTURE / "golden_rank_pattern.pth", weights_only=True)
+    model = imported_model()
+    adapter = read_peft_folder(FIXTURE / "peft_rank_pattern", model.config)
+    assert adapter["lora_config"]["rank"] == 4 and adapter["lora_config"]["rank_pattern"] == {
+        "layers.0.attention.wq": 2, "layers.1.attention.wq": 2, "layers.1.feed_forward.w2": 8}
+    load_lora(model, adapter)
+    assert model.layers[1].feed_forward.w2.scale == 1.0 and model.layers[0].attention.wq.scale == 4.0  # 8 / 8, 8 / 2
+    with torch.no_grad():
+        assert (model(golden["input_ids"]).logits - golden["logits_with_peft_rank_pattern"]).abs().max().item() < 1e-5
+    save_peft_folder(tmp_path / "peft", adapter_state(model), model.config)
+    exported = json.loads((tmp_path / "peft" / "adapter_config.json").read_text())
+    assert exported["rank_pattern"] == {"layers.0.self_attn.q_proj": 2, "layers.1.self_attn.q_proj": 2,
+                                        "layers.1.mlp.down_proj": 8}
+    again = read_peft_folder(tmp_path / "peft", model.config)
+    assert all(torch.equal(again[k], adapter[k]) for k in adapter if k != "lora_config")
+
+
 def test_rslora_scale_is_expressed_exactly(golden):
     """Guards against rsLoRA adapters imported with PEFT's plain scale: use_rslora means lora_alpha / sqrt(r),
     our scaling "rslora" with the same alpha. The fixture's scale is 8 / 4 = 2; rsLoRA gets the same 2 from
@@ -415,7 +436,8 @@ BASE_ADAPTER = json.loads((HF_ADAPTER / "adapter_config.json").read_text())
 ADAPTER_REFUSALS = [
     ({"peft_type": "IA3"}, "peft_type 'IA3' is not LORA"),
     ({"use_dora": True}, "use_dora=True cannot be converted: DoRA"),
-    ({"rank_pattern": {"q_proj": 8}}, "per-module ranks (rank_pattern)"),
+    ({"rank_pattern": {"q_proj": 8}}, "not (8, 64) (rank r=8"),  # the tensors are rank 4
+    ({"rank_pattern": {"q_proj": "8"}}, "rank_pattern is {'q_proj': '8'}, not an object"),
     ({"alpha_pattern": {"q_proj": 16}}, "per-module alphas (alpha_pattern)"),
     ({"bias": "all"}, "trained biases"),
     ({"lora_bias": True}, "a bias on lora_B"),

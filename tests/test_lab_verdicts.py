@@ -6,11 +6,11 @@ import inspect
 
 import pytest
 
-from lab import (adapter_latency, adapter_swap, alpha_choice, alpha_scaling, baselines, cosine, data_size, dropout, epochs,
+from lab import (adapter_latency, adapter_swap, alpha_choice, alpha_scaling, baselines, cosine, data_size, dora, dropout, epochs,
                  far_tasks, forgetting, gauss_init, gpt3_savings, int8_base, kaiming_init, large_alpha, learning_rate,
                  learning_rate_minimind, learns_less, lora_plus, low_rank, memory, merged_latency, more_epochs, pissa,
-                 prefix_tuning, rank_table, rslora, run_lab, scale_alpha, subtract_switch, swapped_init, trainable_share,
-                 which_matrices, zero_init, zero_start)
+                 prefix_tuning, qlora, rank_allocation, rank_table, rslora, run_lab, scale_alpha, subtract_switch, swapped_init, task_merging,
+                 trainable_share, which_matrices, zero_init, zero_start)
 from lab.lab import CAVEAT, FAILS, HOLDS, as_good, compare, verdict_of
 
 LOW, MID, HIGH = [1.0, 1.1, 1.2], [1.5, 1.6, 1.7], [2.0, 2.1, 2.2]  # losses over three seeds: ranges apart
@@ -33,6 +33,23 @@ CASES = [
     (int8_base, (NEAR_MID, MID, 8.0, 0.4), [HOLDS, HOLDS]),
     (int8_base, ([1.75, 1.8, 1.85], MID, 8.0, 0.7), [CAVEAT, CAVEAT]),
     (int8_base, ([4.0, 4.1, 4.2], MID, 8.0, 0.9), [FAILS, FAILS]),
+    (dora, ({1: HIGH, 4: MID, 16: LOW}, {1: MID, 4: [1.2, 1.3, 1.4], 16: [0.8, 0.85, 0.9]}), [HOLDS, HOLDS]),
+    (dora, ({1: HIGH, 4: MID, 16: LOW}, {1: [1.7, 1.8, 1.9], 4: NEAR_MID, 16: LOW}), [CAVEAT, HOLDS]),
+    (dora, ({1: HIGH, 4: MID, 16: LOW}, {1: [1.85, 2.0, 2.05], 4: NEAR_MID, 16: LOW}), [FAILS, CAVEAT]),
+    (dora, ({1: MID, 4: MID, 16: LOW}, {1: HIGH, 4: MID, 16: [0.5, 0.6, 0.7]}), [FAILS, FAILS]),
+    (task_merging, ({"average": [0.5, 0.55, 0.6], "TIES (density 0.5)": [0.7, 0.75, 0.8], "DARE (density 0.5)": [0.65, 0.7, 0.8]},
+                    [0.92, 0.95, 0.97, 0.99]), [HOLDS, HOLDS]),
+    (task_merging, ({"average": [0.5, 0.55, 0.6], "TIES (density 0.5)": [0.7, 0.75, 0.8], "DARE (density 0.5)": [0.45, 0.5, 0.55]},
+                    [0.6, 0.95, 0.97, 0.99]), [CAVEAT, CAVEAT]),
+    (task_merging, ({"average": [0.5, 0.55, 0.6], "TIES (density 0.5)": [0.4, 0.45, 0.5], "DARE (density 0.5)": [0.45, 0.5, 0.55]},
+                    [0.3, 0.95, 0.97, 0.99]), [FAILS, FAILS]),
+    (rank_allocation, (LOW, MID), HOLDS),
+    (rank_allocation, ([1.45, 1.5, 1.55], [1.5, 1.6, 1.7]), CAVEAT),
+    (rank_allocation, (HIGH, MID), FAILS),
+    (qlora, (NEAR_MID, MID, 8.0, {"nf4": [0.09, 0.08], "fp4": [0.10, 0.11], "int4": [0.11, 0.10]}), [HOLDS, HOLDS]),
+    (qlora, ([1.75, 1.8, 1.85], MID, 8.0, {"nf4": [0.09, 0.115], "fp4": [0.10, 0.11], "int4": [0.11, 0.13]}),
+     [CAVEAT, CAVEAT]),  # NF4 lowest in the mean, not on the second matrix
+    (qlora, ([4.0, 4.1, 4.2], MID, 8.0, {"nf4": [0.11, 0.12], "fp4": [0.10, 0.11], "int4": [0.11, 0.13]}), [FAILS, FAILS]),
     (dropout, (LOW, MID), HOLDS),
     (dropout, (NEAR_MID, MID), CAVEAT),
     (dropout, (HIGH, MID), FAILS),

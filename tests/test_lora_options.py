@@ -131,8 +131,7 @@ def test_unknown_scaling_is_refused_and_every_variant_is_registered():
     with pytest.raises(ValueError, match="must be one of"):
         apply_lora(fixture_model(), 4, scaling="sqrt")
     assert set(INITS) == {"standard", "swapped", "zeros", "gauss_r", "kaiming", "pissa"}
-    assert set(VARIANTS) == {"lora", "rslora", "swapped", "zeros", "gauss_r", "kaiming", "pissa", "int8_base", "adapter",
-                             "prefix"}
+    assert set(VARIANTS) == {"lora", "rslora", "swapped", "zeros", "gauss_r", "kaiming", "pissa", "dora", "adapter", "prefix"}
 
 
 @pytest.mark.parametrize("init, bound", [("gauss_r", None), ("kaiming", "uniform")])
@@ -152,21 +151,6 @@ def test_the_write_ups_a_inits_draw_at_their_own_scale_and_start_at_the_base(ids
         assert A.abs().max().item() <= limit and A.std().item() == pytest.approx(limit / math.sqrt(3), rel=0.1)
     assert torch.count_nonzero(layer.lora.B.weight) == 0
     assert torch.equal(logits_of(model, ids), logits_of(fixture_model(), ids))
-
-
-def test_the_8_bit_base_rounds_each_row_to_255_levels_and_leaves_the_embedding(ids):
-    """Guards lab/int8_base.py measuring a base that was not rounded (or rounded so coarsely it is not LLM.int8's):
-    every block's Linear weight must take at most 255 values per row, each within half a step of the original,
-    the tied embedding untouched, and LoRA put on top with only A and B trainable."""
-    model, base = fixture_model(), fixture_model()
-    VARIANTS["int8_base"].apply(model, 4, None, 0.0, ["wq", "wo"])
-    w, w0 = model.layers[0].feed_forward.w1.weight, base.layers[0].feed_forward.w1.weight
-    step = w0.abs().amax(dim=1, keepdim=True) / 127
-    assert all(len(torch.unique(row)) <= 255 for row in w) and ((w - w0).abs() <= step / 2 + 1e-7).all()
-    assert not torch.equal(w, w0)
-    assert torch.equal(model.tok_embeddings.weight, base.tok_embeddings.weight)
-    assert {n for n, p in model.named_parameters() if p.requires_grad} == {
-        n for n, _ in model.named_parameters() if ".lora." in n}
 
 
 # --- the predecessors --------------------------------------------------------------------------

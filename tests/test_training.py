@@ -420,8 +420,8 @@ def test_interrupted_run_resumes_to_the_same_weights(kind, tmp_path, data, pipel
         expected = ["model.n_kv_heads=2 then, 4 now", "batch_size=8 then, 4 now", "max_seq_len=64 then, 32 now",
                     "data=pretrain_demo.jsonl.pretrain.len64."]
     else:
-        changes = ["--lora_rank", "8", "--base", changed_base(pipeline["sft"].weights, tmp_path)]
-        expected = ["lora.rank=4 then, 8 now", "base=sha256:"]
+        changes = ["--lora_rank", "8", "--base", changed_base(pipeline["sft"].weights, tmp_path), "--quantize_base", "nf4"]
+        expected = ["lora.rank=4 then, 8 now", "base=sha256:", "lora.quantized_base=unrecorded then, nf4 now"]
     err = one_line_error_of_training(script.main, [*argv, "--resume", *changes], capsys)
     assert "belongs to a run with different settings" in err and all(e in err for e in expected), err
 
