@@ -14,6 +14,10 @@ Rule (set before the run), one verdict per half:
   the gap is largest at low    holds if LoRA's loss minus DoRA's (means) is largest at rank 1 and the ranges
   rank                         there are apart; with a caveat if largest at rank 1 only in the means; does not
                                hold otherwise
+  beats LoRA at matched        the same as the first half, DoRA at rank r against LoRA at rank r + 1, which
+  parameters                   trains at least as many parameters (24% more at r = 1, 2% more at r = 16): what
+                               DoRA's magnitudes buy beyond their own parameter count
+                               (added after the first run, which measured the first two halves, before its own)
 
     python -m lab.dora
 """
@@ -33,52 +37,61 @@ RANKS = (1, 4, 16)  # the rank table's (its LoRA runs are these): low, middle, t
 RULE = ("Beats LoRA at equal rank: holds if DoRA's validation loss is below LoRA's at every rank (ranges over seeds "
         "apart); with a caveat if below at some and within noise at the others; does not hold if below at none. The gap "
         "is largest at low rank: holds if LoRA's mean loss minus DoRA's is largest at rank 1 and the ranges there are "
-        "apart; with a caveat if largest at rank 1 in the means only; does not hold otherwise.")
+        "apart; with a caveat if largest at rank 1 in the means only; does not hold otherwise. Beats LoRA at matched "
+        "parameters: the first half's rule, DoRA at rank r against LoRA at rank r + 1 (at least as many parameters).")
 DORA = sweeps.lora("DoRA (r=16, the demo's targets, LoRA+)", 4e-3, method="dora")
 assert set(RANKS) <= set(TABLE_RANKS)
 
 
-def verdict(lora: dict, dora: dict) -> list:
-    """lora, dora: {rank: [validation loss per seed]}, the same ranks."""
+def beats(lora: dict, dora: dict) -> str:
+    """DoRA below LoRA at every rank of `dora` (ranges apart), at some (and above at none), or at none."""
+    lower = [r for r in dora if below(dora[r], lora[r])]
+    higher = [r for r in dora if below(lora[r], dora[r])]
+    return HOLDS if len(lower) == len(dora) else CAVEAT if lower and not higher else FAILS
+
+
+def verdict(lora: dict, dora: dict, lora_next: dict) -> list:
+    """lora, dora: {rank: [validation loss per seed]}, the same ranks; lora_next: {rank r: LoRA's losses at r + 1}."""
     ranks = sorted(lora)
-    lower = [r for r in ranks if below(dora[r], lora[r])]
-    higher = [r for r in ranks if below(lora[r], dora[r])]
-    beats = HOLDS if len(lower) == len(ranks) else CAVEAT if lower and not higher else FAILS
     gap = {r: mean(lora[r]) - mean(dora[r]) for r in ranks}
     largest_low = max(ranks, key=gap.get) == ranks[0] and gap[ranks[0]] > 0
-    low = HOLDS if largest_low and ranks[0] in lower else CAVEAT if largest_low else FAILS
-    return [("beats LoRA at equal rank", beats), ("the gap is largest at low rank", low)]
+    low = HOLDS if largest_low and below(dora[ranks[0]], lora[ranks[0]]) else CAVEAT if largest_low else FAILS
+    return [("beats LoRA at equal rank", beats(lora, dora)), ("the gap is largest at low rank", low),
+            ("beats LoRA at matched parameters", beats(lora_next, dora))]
 
 
 def run(lab) -> Finding:
     demo, dora_sweep = sweeps.sweep_all(lab, [sweeps.DEMO, DORA])
-    jobs = [(lab.lora_job(lab.sweep_task(), learning_rate=rate, lora_rank=r, seed=s, **extra))
-            for rate, extra in ((demo.best, {}), (dora_sweep.best, {"method": "dora"})) for r in RANKS for s in lab.seeds]
-    made = lab.train_all(jobs)
-    k, n = len(lab.seeds), len(RANKS) * len(lab.seeds)
-    lora = {r: [run.final() for run in made[i * k:(i + 1) * k]] for i, r in enumerate(RANKS)}
-    dora = {r: [run.final() for run in made[n + i * k:n + (i + 1) * k]] for i, r in enumerate(RANKS)}
+    configurations = [(demo.best, {}, r) for r in RANKS] + [(dora_sweep.best, {"method": "dora"}, r) for r in RANKS] + \
+        [(demo.best, {}, r + 1) for r in RANKS]  # LoRA one rank up: at least DoRA's parameters
+    made = lab.train_all([lab.lora_job(lab.sweep_task(), learning_rate=rate, lora_rank=r, seed=s, **extra)
+                          for rate, extra, r in configurations for s in lab.seeds])
+    k, n = len(lab.seeds), len(RANKS)
+    losses = [[run.final() for run in made[i * k:(i + 1) * k]] for i in range(len(configurations))]
+    lora, dora, lora_next = ({r: losses[part * n + i] for i, r in enumerate(RANKS)} for part in range(3))
     start = demo.best_runs[0].curve()[0][1]
     trainable = {(name, r): sweeps.lora("", 0, lora_rank=r, **extra).trainable(lab)
                  for name, extra in (("LoRA", {}), ("DoRA", {"method": "dora"})) for r in RANKS}
-    verdicts = verdict(lora, dora)
+    trainable |= {("LoRA", r + 1): sweeps.lora("", 0, lora_rank=r + 1).trainable(lab) for r in RANKS}
+    verdicts = verdict(lora, dora, lora_next)
     rows = [[f"r={r}", f"{trainable['LoRA', r]:,}", loss_spread(lora[r]), f"{trainable['DoRA', r]:,}", loss_spread(dora[r]),
-             f"{mean(lora[r]) - mean(dora[r]):+.3f}"] for r in RANKS]
-    series = {"LoRA": [(r, mean(lora[r])) for r in RANKS], "DoRA": [(r, mean(dora[r])) for r in RANKS]}
+             f"{trainable['LoRA', r + 1]:,}", loss_spread(lora_next[r])] for r in RANKS]
+    series = {"LoRA": [(r, mean(lora[r])) for r in RANKS], "DoRA": [(r, mean(dora[r])) for r in RANKS],
+              "LoRA one rank up (drawn at r)": [(r, mean(lora_next[r])) for r in RANKS]}
     line_chart(series, lab.figure("lora_dora.svg"), "Validation loss after the sweep task: LoRA and DoRA at equal rank",
                "rank r", "validation loss (mean over seeds)", log_x=True, x_ticks=list(RANKS),
                spread={"LoRA": [(r, min(lora[r]), max(lora[r])) for r in RANKS],
-                       "DoRA": [(r, min(dora[r]), max(dora[r])) for r in RANKS]},
-               refs=[(start, "the SFT model (step 0)")])
+                       "DoRA": [(r, min(dora[r]), max(dora[r])) for r in RANKS]})  # the SFT model's 8.5 would flatten them
     details = (f"Sweep task, seeds {', '.join(map(str, lab.seeds))}, each method at its own best learning rate (LoRA "
                f"{demo.describe()}, DoRA {dora_sweep.describe()}, swept at rank 16); trainable parameters and final "
                f"validation loss (mean, range; the SFT model: {start:.3f}):\n\n"
-               + table(["rank", "LoRA: trainable", "LoRA: loss", "DoRA: trainable", "DoRA: loss", "LoRA - DoRA"], rows)
+               + table(["rank r", "LoRA: trainable", "LoRA: loss", "DoRA: trainable", "DoRA: loss", "LoRA at r + 1: trainable",
+                        "LoRA at r + 1: loss"], rows)
                + "\n\nDoRA's extra parameters are its magnitudes, one per output row of each adapted matrix; its extra "
                "cost per step is W + ΔW, built for the norm, the full matrix LoRA never builds.")
     return Finding(TITLE, CLAIM, SOURCE, RULE,
-                   "Validation loss, LoRA vs DoRA: " + "; ".join(f"r={r}: {mean(lora[r]):.3f} vs {mean(dora[r]):.3f}"
-                                                                 for r in RANKS) + ".",
+                   "Validation loss, LoRA vs DoRA (LoRA one rank up): " + "; ".join(
+                       f"r={r}: {mean(lora[r]):.3f} vs {mean(dora[r]):.3f} ({mean(lora_next[r]):.3f})" for r in RANKS) + ".",
                    verdicts, details, ["lora_dora.svg"], "dora")
 
 
