@@ -36,7 +36,8 @@ try:
                                 read_llama_folder, read_peft_folder, save_llama_folder, save_peft_folder)
     from formats.loader import add_shape_args, checkpoint_meta, load_checkpoint, load_tokenizer, path_for_sidecar, shape_from_args
     from model.model import MiniMindLM
-    from model.model_lora import adapter_state, load_lora, merge_lora, remove_lora, save_lora
+    from model.lora_variants import adapter_file_contents, load_lora_or_dora, save_adapter
+    from model.model_lora import merge_lora, remove_lora
     from plumbing.run_lock import make_out_dir
 except KeyboardInterrupt:
     print(f"\n{os.path.basename(sys.argv[0])}: interrupted", file=sys.stderr)
@@ -53,7 +54,7 @@ def to_hf(args) -> None:
     if model.config.use_moe:  # LlamaForCausalLM has one feed-forward per block, not routed experts
         raise UserError(f"{args.ckpt} is a mixture-of-experts model, which a Llama folder cannot hold; "
                         "only dense models go to Hugging Face here")
-    adapter = adapter_state(model) if args.lora_path else None
+    adapter = adapter_file_contents(model) if args.lora_path else None  # a DoRA adapter's magnitudes included
     if adapter and not args.merge:
         check_peft_adapter(adapter)  # an adapter PEFT cannot hold is refused before anything is written
 
@@ -124,11 +125,11 @@ def from_hf(args) -> None:
     model = MiniMindLM(config)
     load_weights(model, state_dict)
     if args.peft_dir:
-        load_lora(model, read_peft_folder(args.peft_dir, config))  # checks every shape against the model
+        load_lora_or_dora(model, read_peft_folder(args.peft_dir, config))  # checks every shape against the model
 
     # Everything is checked: from here on, files are written.
     if args.peft_dir:
-        save_lora(model, args.lora_out)
+        save_adapter(model, args.lora_out)
         remove_lora(model)  # unmerged: exactly the imported weights again
         print(f"wrote {args.lora_out} (LoRA adapter for {args.out})")
     if has_tokenizer:

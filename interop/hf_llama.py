@@ -378,7 +378,6 @@ PEFT_PREFIX = "base_model.model."  # PeftModel wraps the LlamaForCausalLM, whose
 # adapter_config.json options that change what the adapter computes and that our LoRALinear does not
 # do -> why; refused when set (anything but null, false, {}, [] or "none").
 PEFT_OPTIONS_REFUSED = {
-    "use_dora": "DoRA (use_dora) adds a magnitude vector that LoRALinear does not have",
     "alpha_pattern": "per-module alphas (alpha_pattern): our adapters have one alpha",
     "bias": "trained biases (bias): MiniMindLM has no biases",
     "lora_bias": "a bias on lora_B (lora_bias): MiniMindLM has no biases",
@@ -422,7 +421,7 @@ def peft_config(lora_config: dict) -> dict:
         "lora_dropout": 0.0,  # dropout is a training setting; the file does not record it
         "bias": "none",
         "use_rslora": lora_config.get("scaling", "standard") == "rslora",
-        "use_dora": False,
+        "use_dora": lora_config.get("init") == "dora",  # a DoRA adapter (model/lora_variants.py): magnitudes beside A, B
         "fan_in_fan_out": False,
         "modules_to_save": None,
         "rank_pattern": {_llama_module(name): r for name, r in lora_config.get("rank_pattern", {}).items()},
@@ -447,10 +446,11 @@ def to_peft_weights(adapter: dict, config: LMConfig) -> dict:
     for key, t in adapter.items():
         if key == "lora_config":
             continue
-        module, ab = key.split(".lora.")  # "layers.0.attention.wq", "A.weight"
-        heads = _heads_of(module, config) if ab == "B.weight" else None
+        module, part = key.split(".lora.")  # "layers.0.attention.wq", "A.weight" (or DoRA's "magnitude")
+        heads = _heads_of(module, config) if part in ("B.weight", "magnitude") else None  # both are per output row
         llama_module = llama_key(module + ".weight").removesuffix(".weight")
-        out[f"{PEFT_PREFIX}{llama_module}.lora_{ab}"] = (interleaved_to_halves(t, heads) if heads else t).contiguous()
+        name = "lora_magnitude_vector" if part == "magnitude" else f"lora_{part}"
+        out[f"{PEFT_PREFIX}{llama_module}.{name}"] = (interleaved_to_halves(t, heads) if heads else t).contiguous()
     return out
 
 
@@ -475,6 +475,9 @@ def adapter_from_peft(cfg: dict, tensors: dict, config: LMConfig, where: str) ->
     if not _is_a(rslora, bool):  # the string "false" would be true to Python: the other scale, silently
         raise ConversionError(f"{where}: use_rslora is {rslora!r}, not true or false")
     scaling = "rslora" if rslora else "standard"
+    dora = cfg.get("use_dora", False)
+    if not _is_a(dora, bool):
+        raise ConversionError(f"{where}: use_dora is {dora!r}, not true or false")
     from_llama = {llama: ours for ours, llama in TARGET_NAMES.items()}
     targets = cfg.get("target_modules")
     if not (targets is None or isinstance(targets, str)
@@ -489,7 +492,8 @@ def adapter_from_peft(cfg: dict, tensors: dict, config: LMConfig, where: str) ->
 
     out, shapes = {}, model_shapes(config)
     for key, t in tensors.items():
-        match = re.fullmatch(r"base_model\.model\.(?:model\.)?layers\.(\d+)\.(self_attn|mlp)\.(\w+)\.lora_([AB])\.weight", key)
+        match = re.fullmatch(r"base_model\.model\.(?:model\.)?layers\.(\d+)\.(self_attn|mlp)\.(\w+)\.lora_([AB])\.weight", key) \
+            or re.fullmatch(r"base_model\.model\.(?:model\.)?layers\.(\d+)\.(self_attn|mlp)\.(\w+)\.lora_(magnitude)_vector", key)
         if not match or match[3] not in from_llama:
             raise ConversionError(f"{where}: tensor {key} cannot be converted (only lora_A/lora_B of the blocks' "
                                   f"{', '.join(sorted(from_llama))} have counterparts)")
@@ -501,17 +505,23 @@ def adapter_from_peft(cfg: dict, tensors: dict, config: LMConfig, where: str) ->
             raise ConversionError(f"{where}: tensor {key} is for layer {layer}, but the model has {config.n_layers} layers")
         out_features, in_features = shapes[module]
         r = peft_rank(f"model.layers.{layer}.{match[2]}.{match[3]}", rank, pattern)
-        expected = (r, in_features) if ab == "A" else (out_features, r)
+        expected = {"A": (r, in_features), "B": (out_features, r), "magnitude": (out_features,)}[ab]
         if tuple(t.shape) != expected:  # before the rows of B are permuted, which needs whole heads
             raise ConversionError(f"{where}: {key} has shape {tuple(t.shape)}, not {expected} (rank r={r} on "
                                   f"a {out_features}x{in_features} layer)")
         module = module.removesuffix(".weight")
-        heads = _heads_of(name, config) if ab == "B" else None
-        out[f"{module}.lora.{ab}.weight"] = halves_to_interleaved(t, heads) if heads else t
+        heads = _heads_of(name, config) if ab in ("B", "magnitude") else None  # B's rows and the magnitudes: per output row
+        out[f"{module}.lora.{ab}" + ("" if ab == "magnitude" else ".weight")] = halves_to_interleaved(t, heads) if heads else t
     if not out:
         raise ConversionError(f"{where}: the adapter holds no lora_A/lora_B tensors")
+    adapted = {k.split(".lora.")[0] for k in out if k.endswith(".A.weight")}
+    magnitudes = {k.split(".lora.")[0] for k in out if k.endswith(".lora.magnitude")}
+    if magnitudes != (adapted if dora else set()):
+        raise ConversionError(f"{where}: use_dora is {str(dora).lower()} but {len(magnitudes)} of the {len(adapted)} adapted "
+                              "layers have a lora_magnitude_vector (DoRA needs one for each, LoRA none)")
     ours, ranks = rank_and_pattern({k.split(".lora.")[0]: t.shape[0] for k, t in out.items() if k.endswith(".A.weight")})
-    out["lora_config"] = {"rank": ours, "alpha": lora_alpha, "dim": config.dim, "scaling": scaling, "init": "standard",
+    out["lora_config"] = {"rank": ours, "alpha": lora_alpha, "dim": config.dim, "scaling": scaling,
+                          "init": "dora" if dora else "standard",
                           "targets": sorted({k.split(".lora.")[0].rsplit(".", 1)[-1] for k in out}),
                           **({"rank_pattern": ranks} if ranks else {})}
     return out
@@ -657,9 +667,6 @@ def check_chat_template(hf_dir) -> None:
 
 def check_peft_adapter(adapter: dict) -> None:
     """Refuse an adapter of ours that PEFT cannot hold as it is (one on the tied embedding), before anything is written."""
-    if adapter["lora_config"].get("init") == "dora":
-        raise ConversionError("the adapter is a DoRA one, whose PEFT export (use_dora, the magnitude vectors) is not "
-                              "written yet: add --merge to export the adapted model as a plain Hugging Face folder")
     if "output" in adapter["lora_config"]["targets"]:
         # PEFT would need two adapters, on embed_tokens and lm_head, over one tied matrix: PEFT 0.21 then
         # saves the whole embedding matrix in the adapter file, and its merge_and_unload adds the update to

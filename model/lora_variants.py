@@ -190,13 +190,19 @@ def apply_dora(model, rank, alpha=None, dropout=0.0, targets=None, scaling="stan
             setattr(model.get_submodule(parent), child, DoRAEmbedding(module.to_embedding(), module.tied_output))
 
 
-def save_adapter(model: nn.Module, path) -> None:
-    """save_lora, with each DoRA layer's magnitude vector beside its A and B (the file's init says "dora")."""
+def adapter_file_contents(model: nn.Module) -> dict:
+    """model_lora.adapter_state, with each DoRA layer's magnitude vector beside its A and B (the file's init then
+    says "dora"): what save_adapter writes and the PEFT export reads."""
     contents = adapter_state(model)
     for name, layer in lora_layers(model):
         if isinstance(layer, DoRALinear):
             contents[f"{name}.lora.magnitude"] = layer.lora.magnitude.detach().cpu()
-    save_weights(contents, path)
+    return contents
+
+
+def save_adapter(model: nn.Module, path) -> None:
+    """save_lora, DoRA's magnitudes included (adapter_file_contents)."""
+    save_weights(adapter_file_contents(model), path)
 
 
 def load_dora(model: nn.Module, path, dropout: float = 0.0, allow_other_base: bool = False) -> None:

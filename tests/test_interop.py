@@ -128,6 +128,26 @@ def test_a_peft_rank_pattern_is_imported_and_exported_layer_by_layer(tmp_path):
     assert all(torch.equal(again[k], adapter[k]) for k in adapter if k != "lora_config")
 
 
+def test_a_peft_dora_adapter_is_imported_and_exported_with_its_magnitudes(tmp_path):
+    """Guards DoRA through PEFT: an adapter PEFT made with use_dora (its magnitudes moved off |W|) must import as our
+    DoRA file (the magnitudes of q_proj/k_proj permuted like B's rows) and give PEFT's logits, unmerged and merged,
+    and export with use_dora and magnitudes that import back to the same tensors."""
+    from model.lora_variants import adapter_file_contents, load_lora_or_dora
+    golden = torch.load(FIXTURE / "golden_dora.pth", weights_only=True)
+    model = imported_model()
+    adapter = read_peft_folder(FIXTURE / "peft_dora", model.config)
+    assert adapter["lora_config"]["init"] == "dora" and sum(k.endswith(".lora.magnitude") for k in adapter) == 14
+    load_lora_or_dora(model, adapter)
+    with torch.no_grad():
+        assert (model(golden["input_ids"]).logits - golden["logits_with_peft_dora"]).abs().max().item() < 1e-5
+        save_peft_folder(tmp_path / "peft", adapter_file_contents(model), model.config)
+        merge_lora(model)
+        assert (model(golden["input_ids"]).logits - golden["logits_with_peft_dora"]).abs().max().item() < 1e-5
+    assert json.loads((tmp_path / "peft" / "adapter_config.json").read_text())["use_dora"] is True
+    again = read_peft_folder(tmp_path / "peft", model.config)
+    assert again.keys() == adapter.keys() and all(torch.equal(again[k], adapter[k]) for k in adapter if k != "lora_config")
+
+
 def test_rslora_scale_is_expressed_exactly(golden):
     """Guards against rsLoRA adapters imported with PEFT's plain scale: use_rslora means lora_alpha / sqrt(r),
     our scaling "rslora" with the same alpha. The fixture's scale is 8 / 4 = 2; rsLoRA gets the same 2 from
@@ -435,7 +455,8 @@ def test_deeply_nested_json_in_a_folder_is_one_line(name, tmp_path):
 BASE_ADAPTER = json.loads((HF_ADAPTER / "adapter_config.json").read_text())
 ADAPTER_REFUSALS = [
     ({"peft_type": "IA3"}, "peft_type 'IA3' is not LORA"),
-    ({"use_dora": True}, "use_dora=True cannot be converted: DoRA"),
+    ({"use_dora": True}, "use_dora is true but 0 of the 14 adapted layers have a lora_magnitude_vector"),
+    ({"use_dora": "true"}, "use_dora is 'true', not true or false"),
     ({"rank_pattern": {"q_proj": 8}}, "not (8, 64) (rank r=8"),  # the tensors are rank 4
     ({"rank_pattern": {"q_proj": "8"}}, "rank_pattern is {'q_proj': '8'}, not an object"),
     ({"alpha_pattern": {"q_proj": 16}}, "per-module alphas (alpha_pattern)"),
