@@ -65,6 +65,19 @@ def pick_device(name: str) -> torch.device:
 NATIVE_BF16_FLAGS = ("avx512_bf16", "amx_bf16")
 
 
+def cpu_flags(cpuinfo: str = "/proc/cpuinfo") -> set:
+    """The CPU's feature flags, as Linux lists them in /proc/cpuinfo ({"avx2", "avx512_bf16", ...}); an empty set where
+    there is no such file (macOS, Windows): every rule below then takes its safe side."""
+    try:
+        with open(cpuinfo, encoding="utf-8", errors="replace") as f:
+            for line in f:
+                if line.startswith("flags"):  # "flags : fpu vme ... avx512_bf16 ... amx_bf16 ..."
+                    return set(line.split(":", 1)[1].split())
+    except OSError:
+        pass
+    return set()
+
+
 def cpu_has_native_bfloat16(cpuinfo: str = "/proc/cpuinfo") -> bool:
     """True if the CPU's flags (Linux's /proc/cpuinfo) include AVX512-BF16 or AMX-BF16.
 
@@ -79,14 +92,7 @@ def cpu_has_native_bfloat16(cpuinfo: str = "/proc/cpuinfo") -> bool:
     Windows) and on ARM (whose bfloat16 kernels this project has not measured), the answer is False:
     float32, which is never slower than before.
     """
-    try:
-        with open(cpuinfo, encoding="utf-8", errors="replace") as f:
-            for line in f:
-                if line.startswith("flags"):  # "flags : fpu vme ... avx512_bf16 ... amx_bf16 ..."
-                    return any(flag in line.split() for flag in NATIVE_BF16_FLAGS)
-    except OSError:
-        pass
-    return False
+    return bool(cpu_flags(cpuinfo) & set(NATIVE_BF16_FLAGS))
 
 
 def pick_dtype(device: torch.device, requested: str) -> tuple[torch.dtype, str]:

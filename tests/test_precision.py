@@ -19,9 +19,10 @@ import serve_openai_api
 import train_pretrain
 import training
 from plumbing import device as device_module
-from plumbing.device import DTYPES, cpu_has_native_bfloat16, pick_dtype
+from plumbing.device import DTYPES, cpu_flags, cpu_has_native_bfloat16, pick_dtype
 from plumbing.errors import UserError
 from formats.loader import load_checkpoint
+from speed import matvec
 from speed.matvec import linear
 from model.model_lora import load_lora
 from plumbing import runtime as runtime_module
@@ -186,18 +187,38 @@ def test_bfloat16_weights_decode_float32s_greedy_tokens():
     torch.testing.assert_close(logits.float(), golden["logits"], atol=0.03, rtol=0)
 
 
-def test_a_single_bfloat16_row_takes_the_matrix_vector_product():
+@pytest.mark.parametrize("mv_is_faster", [True, False])
+def test_a_single_bfloat16_row_takes_the_matrix_vector_product_where_it_is_faster(monkeypatch, mv_is_faster):
     """Guards against the decoding shortcut computing something other than F.linear (a transposed
-    weight, a lost batch dimension), or being taken where it must not: float32, several rows."""
+    weight, a lost batch dimension), being taken where it must not (float32, several rows), or taken on
+    a CPU where torch.mv is the slower kernel (AMD Zen 4: 1.15-1.3x slower decoding): there both the
+    product and the model stay F.linear's."""
+    monkeypatch.setattr(matvec, "MV_IS_FASTER", mv_is_faster)
     torch.manual_seed(0)
     w, x = torch.randn(48, 32), torch.randn(1, 1, 32)
     want = F.linear(x, w)
     got = linear(x.bfloat16(), w.bfloat16())
     assert got.shape == (1, 1, 48) and got.dtype == torch.bfloat16
     torch.testing.assert_close(got.float(), want, atol=0.1, rtol=0.02)  # bfloat16 inputs: ~3 digits
+    assert torch.equal(got, torch.mv(w.bfloat16(), x.reshape(-1).bfloat16()).view(1, 1, 48) if mv_is_faster
+                       else F.linear(x.bfloat16(), w.bfloat16()))
     assert torch.equal(linear(x, w), want)  # float32: F.linear itself
     rows = torch.randn(3, 1, 32).bfloat16()
     assert torch.equal(linear(rows, w.bfloat16()), F.linear(rows, w.bfloat16()))
+    model = matvec.prepare_for_decoding(torch.nn.Sequential(torch.nn.Linear(32, 48, bias=False)), torch.device("cpu"),
+                                        torch.bfloat16)
+    assert isinstance(model[0], matvec.MatVecLinear) is mv_is_faster
+
+
+@pytest.mark.parametrize("flags, expected", [("fpu avx512f avx512_bf16 amx_bf16 amx_tile", True),  # Sapphire Rapids
+                                             ("fpu avx512f avx512bw avx512_bf16", False)])        # AMD Zen 4
+def test_the_matrix_vector_kernel_is_chosen_by_the_cpus_flags(tmp_path, flags, expected):
+    """Guards the rule speed/matvec.py decides by: torch.mv where the CPU has AMX (measured faster there), not on a
+    CPU with AVX512-BF16 alone (measured slower), and the flags read as whole words."""
+    cpuinfo = tmp_path / "cpuinfo"
+    cpuinfo.write_text(f"processor\t: 0\nflags\t\t: {flags}\n")
+    assert matvec.mv_is_faster(cpu_flags(str(cpuinfo))) is expected
+    assert cpu_flags(str(tmp_path / "missing")) == set()
 
 
 def test_load_checkpoint_casts_the_weights_and_never_the_file(tmp_path):
