@@ -252,9 +252,13 @@ def readme_block(findings: list, runs: dict) -> str:
     full = runs.get("full", {})
     rows = [f"| [{by_module[m].title}](docs/lora_lab.md#{m}) | {by_module[m].measured} | {by_module[m].verdict_text(bold=False)} |"
             for m in HEADLINES]
+    since = runs.get("only", [])  # claims measured (or added) after the full run: its minutes are not the whole lab's
+    minutes = (f": its last full run took {full['minutes']:.0f} minutes on 2 CPU cores"
+               + (f", and {len({n for o in since for n in o['names']})} claims were added or re-measured alone since"
+                  if since else "")) if full else ""
     intro = (f"`python -m lab.run_lab` puts {len(findings)} claims of the LoRA write-ups (and of the papers they lean on) "
              "to the test on the demo's own model, and at MiniMind2's sizes where size matters"
-             + (f": {full['minutes']:.0f} minutes on 2 CPU cores" if full else "") + ". One module of [`lab/`](lab) per "
+             + minutes + ". One module of [`lab/`](lab) per "
              "claim, each with its rule written before the run, three seeds, every method at its own best learning rate. "
              "Some headlines of its report card, [docs/lora_lab.md](docs/lora_lab.md), where every number has its command "
              "and figure:")
