@@ -67,8 +67,8 @@ def main(argv=None):
     print(table(["merge", "w", *SETS], [[method, f"{w:g}", *(cell([r[s] for r in merged[method, w]]) for s in SETS)]
                                          for method in METHODS for w in WEIGHTS]))
     series = {s: [(w, mean([r[s] for r in merged["cat", w]])) for w in SWEEP] for s in SETS}
-    line_chart(series, str(FIGURES / "merge_weight.svg"), f"lora_medical + lora_identity merged exactly (cat), "
-               f"both weighted w; " + (f"mean of {len(args.seeds)} seeds" if len(args.seeds) > 1 else f"seed {args.seeds[0]}"), "w (each adapter's weight)", "accuracy",
+    line_chart(series, str(FIGURES / "merge_weight.svg"), "lora_medical + lora_identity merged exactly (cat), "
+               "both weighted w; " + (f"mean of {len(args.seeds)} seeds" if len(args.seeds) > 1 else f"seed {args.seeds[0]}"), "w (each adapter's weight)", "accuracy",
                percent=True, x_ticks=list(SWEEP),
                refs=[(mean([r["eval_general_unseen"] for r in rows["SFT model"]]), "SFT model, eval_general_unseen")])
     print("\nwrote docs/figures/merge_weight.svg")

@@ -15,14 +15,12 @@ docs/lora.md's "A quantized base" section (the lab's claim, lab/qlora.py, uses t
                a fresh process
 
 The runs are the LoRA lab's (lab/lab.py: content-keyed, in --out_dir's lab/runs; the float base's are the lab's own
-lora_medical runs, so a lab run leaves only the quantized ones to train). Scores are kept in
-OUT_DIR/experiments/qlora/scores.json, keyed by the files' bytes and the format.
+lora_medical runs, so a lab run leaves only the quantized ones to train), and so are the scores (Lab.score,
+remembered in OUT_DIR/lab/scores.json by the files' bytes and the format).
 """
 import argparse
-import json
 import sys
 import time
-from pathlib import Path
 
 import torch
 
@@ -31,15 +29,12 @@ from bench.bench_generate import model_sizes
 from bench.bench_lora import rss_mb
 from bench.bench_train import make_batch, train_step
 from bench.machine import cpu_model, run_in_fresh_process
-from demo import demo_eval_settings
-from evaluation import evaluate_set
 from formats.quantize import quantize_model
-from lab.lab import Lab, mean, sha256_file, table
+from lab.lab import Lab, mean, table
 from lab.memory import SMALL
 from model.LMConfig import LMConfig
 from model.model import MiniMindLM
-from model.model_lora import apply_lora, load_lora, mark_only_lora_as_trainable
-from plumbing.atomic import atomic_write_text
+from model.model_lora import apply_lora, mark_only_lora_as_trainable
 from plumbing.errors import run_main
 from plumbing.flags import LORA_TARGETS
 
@@ -54,24 +49,9 @@ def name(kind) -> str:
     return kind or "float32"
 
 
-def scores(lab, out, kind, adapter=None) -> dict:
-    """{set: accuracy} of the SFT model quantized as `kind` (None: as it is), with `adapter` on it; remembered."""
-    sft = lab.base()["sft"]
-    key = "|".join([sha256_file(sft), sha256_file(adapter) if adapter else "-", name(kind), *SETS])
-    path = out / "scores.json"
-    cache = json.loads(path.read_text()) if path.is_file() else {}
-    if key not in cache:
-        model, tok = lab.load(sft)
-        if kind:
-            quantize_model(model, kind)
-        if adapter:
-            load_lora(model, adapter)  # a quantized model remembers its float32 base: the adapter's
-        settings = demo_eval_settings("out")
-        cache[key] = {s: evaluate_set(model, tok, lab.eval_items(s), settings.max_new_tokens, settings.batch_size,
-                                      model.config.max_seq_len)["accuracy"] for s in SETS}
-        path.parent.mkdir(parents=True, exist_ok=True)
-        atomic_write_text(path, json.dumps(cache, indent=1) + "\n")
-    return cache[key]
+def scores(lab, kind, adapter=None) -> dict:
+    """{set: accuracy} of the SFT model quantized as `kind` (None: as it is), with `adapter` on it (Lab.score)."""
+    return lab.score(lab.base()["sft"], adapter, SETS, quantize=kind)
 
 
 def stored_bytes(fields, kind) -> int:
@@ -114,18 +94,17 @@ def pct(values) -> str:
 
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--out_dir", default="out", help="the checkpoints' folder: its lab/ runs and this experiment's scores (default: out)")
+    p.add_argument("--out_dir", default="out", help="the checkpoints' folder: its lab/ runs and scores (default: out)")
     p.add_argument("--seeds", type=int, nargs="+", default=[1337, 1, 2])
     args = p.parse_args(argv)
     lab = Lab(f"{args.out_dir}/lab")
-    out = Path(args.out_dir).resolve() / "experiments" / "qlora"
 
     print(f"# LoRA on a quantized base ({cpu_model()}, torch {torch.__version__})\n")
     sizes = {"demo (1.1M)": model_sizes()["demo"], "MiniMind2-Small (25.8M)": SMALL, "MiniMind2 (104M)": MINIMIND2}
     print(table(["model", *map(name, BASES)], [[size, *(f"{stored_bytes(fields, k) / 1e6:,.1f} MB" for k in BASES)]
                                              for size, fields in sizes.items()]) + "\n")
 
-    print(table(["SFT model", *SETS[1:]], [[name(k), *(f"{scores(lab, out, k)[s]:.1%}" for s in SETS[1:])]
+    print(table(["SFT model", *SETS[1:]], [[name(k), *(f"{scores(lab, k)[s]:.1%}" for s in SETS[1:])]
                                           for k in FORMATS]) + "\n")
 
     jobs = [lab.lora_job(lab.full_task(), seed=s, **({"quantize_base": k} if k else {})) for k in BASES for s in args.seeds]
@@ -134,8 +113,8 @@ def main(argv=None):
     rows = []
     for i, k in enumerate(BASES):
         adapters = [r.weights for r in runs[i * n:(i + 1) * n]]
-        on_own = [scores(lab, out, k, a) for a in adapters]
-        on_float = [scores(lab, out, None, a) for a in adapters]
+        on_own = [scores(lab, k, a) for a in adapters]
+        on_float = [scores(lab, None, a) for a in adapters]
         rows.append([name(k), *(pct([s[x] for s in on_own]) for x in SETS),
                      *(pct([s[x] for s in on_float]) for x in SETS[:1])])
     print(table(["trained on", *(f"{s}, on its base" for s in SETS), "eval_medical, on the float32 base"], rows) + "\n")

@@ -29,8 +29,7 @@ import sys
 
 import torch.nn as nn
 
-from evaluation import reference_loss
-from formats.quantize import KINDS, error, quantize_model
+from formats.quantize import KINDS, error
 from lab import sweeps
 from lab.int8_base import INT8
 from lab.lab import CAVEAT, FAILS, HOLDS, Finding, as_good, loss_spread, mean, run_alone, table
@@ -65,18 +64,6 @@ def block_matrices(model) -> dict:
             if type(m) is nn.Linear and name.startswith("layers.")}
 
 
-def answer_losses(lab, kind) -> dict:
-    """{set: nats per reference-answer token} of the SFT model, quantized as `kind` (None: as it is)."""
-    model, tok = lab.load(lab.base()["sft"])
-    if kind:
-        quantize_model(model, kind)
-    out = {}
-    for name in GENERAL_SETS:
-        total, count = reference_loss(model, tok, lab.eval_items(name), 16, model.config.max_seq_len)
-        out[name] = total / count
-    return out
-
-
 def run(lab) -> Finding:
     demo = sweeps.sweep(lab, sweeps.DEMO)
     runs = lab.train_all([method.job(lab, lab.sweep_task(), demo.best, s) for method in (QUANTIZED, INT8) for s in lab.seeds])
@@ -87,7 +74,7 @@ def run(lab) -> Finding:
     model, _ = lab.load(lab.base()["sft"])
     matrices = block_matrices(model)
     errors = {kind: [error(w, kind) for w in matrices.values()] for kind in KINDS}
-    losses = {kind: answer_losses(lab, kind if kind != "float" else None) for kind in ("float", *KINDS)}
+    losses = {kind: lab.answer_losses(GENERAL_SETS, quantize=kind if kind != "float" else None) for kind in ("float", *KINDS)}
     verdicts = verdict(nf4, demo.at_best, start, errors)
 
     nf4_lowest = sum(all(errors["nf4"][i] <= errors[o][i] for o in FOUR_BIT) for i in range(len(matrices)))

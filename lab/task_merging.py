@@ -25,7 +25,6 @@ Rule (set before the run), one verdict per half:
 """
 import sys
 
-from evaluation import reference_loss
 from formats.adapter_file import read_lora_file
 from lab.lab import CAVEAT, FAILS, HOLDS, Finding, below, mean, run_alone, spread, table
 from merging.merge import merge_adapters
@@ -63,12 +62,7 @@ def verdict(kept: dict, dare_alone: list) -> list:
 
 def losses(lab, contents) -> dict:
     """{eval set: nats per reference-answer token} of the SFT model wearing `contents` (None: bare)."""
-    model, tok = lab.load(lab.base()["sft"], contents)
-    out = {}
-    for name in TASKS.values():
-        total, count = reference_loss(model, tok, lab.eval_items(name), 16, model.config.max_seq_len)
-        out[name] = total / count
-    return out
+    return lab.answer_losses(TASKS.values(), contents)
 
 
 def run(lab) -> Finding:
